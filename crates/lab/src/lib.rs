@@ -1,0 +1,1 @@
+//! strata lab: guest kernels, initramfs, qemu. (being written)

@@ -1,0 +1,183 @@
+//! The mount plan: what `strata serve` tells the guest about the tree it serves.
+//!
+//! The served virtio-fs tree is synthesized by the daemon and looks like this from the guest:
+//!
+//! ```text
+//! /plan.json        this plan (read-only)
+//! /layers/0         topmost read-only layer (overlayfs `lowerdir` order: first = top)
+//! /layers/1         ...
+//! /upper            the container's writable directory
+//! /work             overlayfs work directory (same host filesystem as upper)
+//! ```
+//!
+//! The guest mounts the virtio-fs tag somewhere (`root`), then mounts
+//! `overlay -o lowerdir=root/layers/0:root/layers/1,upperdir=root/upper,workdir=root/work,<options>`.
+//! Paths in the plan are relative to the virtio-fs mount root.
+
+use serde::{Deserialize, Serialize};
+
+/// The file name of the plan at the root of the served tree.
+pub const PLAN_FILE: &str = "plan.json";
+/// Directory holding one sub-directory per layer, named by index (0 = topmost).
+pub const LAYERS_DIR: &str = "layers";
+/// The writable upper directory.
+pub const UPPER_DIR: &str = "upper";
+/// The overlayfs work directory.
+pub const WORK_DIR: &str = "work";
+/// Default virtio-fs tag.
+pub const DEFAULT_TAG: &str = "strata";
+/// The plan format version this build writes and understands.
+pub const PLAN_VERSION: u32 = 1;
+
+/// Overlay options strata always asks for. They keep the upper directory in the basic on-disk
+/// format (whiteouts + opaque dirs only) that a default host `mount -t overlay` reads back, so
+/// the host can always check or reuse what the guest wrote.
+pub const DEFAULT_OVERLAY_OPTIONS: &[&str] = &["index=off", "redirect_dir=off", "metacopy=off"];
+
+/// How the guest assembles the container root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountPlan {
+    /// Plan format version ([`PLAN_VERSION`]).
+    pub version: u32,
+    /// Read-only layers, topmost first, relative to the tree root (e.g. `layers/0`).
+    pub lowers: Vec<String>,
+    /// Writable upper directory, relative to the tree root.
+    pub upper: String,
+    /// Work directory, relative to the tree root.
+    pub work: String,
+    /// Extra overlay mount options (`key=value` or flags), appended after the directories.
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// Why a plan cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("mount plan is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("mount plan version {found} is not supported (this strata understands {PLAN_VERSION}); use the same strata version on host and guest")]
+    Version { found: u32 },
+    #[error("mount plan has no layers")]
+    NoLayers,
+    #[error("mount plan path {0:?} is not a plain relative path")]
+    BadPath(String),
+    #[error("mount plan option {0:?} is not allowed (options may not contain ',' or set directories)")]
+    BadOption(String),
+}
+
+impl MountPlan {
+    /// The plan for `n_layers` layers served in the standard layout.
+    pub fn standard(n_layers: usize) -> Self {
+        MountPlan {
+            version: PLAN_VERSION,
+            lowers: (0..n_layers).map(|i| format!("{LAYERS_DIR}/{i}")).collect(),
+            upper: UPPER_DIR.to_string(),
+            work: WORK_DIR.to_string(),
+            options: DEFAULT_OVERLAY_OPTIONS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Parse and validate a plan.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, PlanError> {
+        let plan: MountPlan = serde_json::from_slice(bytes)?;
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// Serialize (pretty, with a trailing newline: people read it).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("a MountPlan always serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Check the plan is usable: known version, layers present, paths relative and plain.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        if self.version != PLAN_VERSION {
+            return Err(PlanError::Version { found: self.version });
+        }
+        if self.lowers.is_empty() {
+            return Err(PlanError::NoLayers);
+        }
+        for p in self.lowers.iter().chain([&self.upper, &self.work]) {
+            let plain = !p.is_empty()
+                && !p.starts_with('/')
+                && !p.contains([',', ':', '\\', '\0'])
+                && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+            if !plain {
+                return Err(PlanError::BadPath(p.clone()));
+            }
+        }
+        for o in &self.options {
+            let key = o.split('=').next().unwrap_or_default();
+            if o.is_empty()
+                || o.contains([',', '\0'])
+                || matches!(key, "lowerdir" | "upperdir" | "workdir" | "lowerdir+" | "datadir+")
+            {
+                return Err(PlanError::BadOption(o.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The overlay mount data string for a virtio-fs tree mounted at `root`.
+    pub fn overlay_options(&self, root: &str) -> String {
+        let root = root.trim_end_matches('/');
+        let lowers: Vec<String> = self.lowers.iter().map(|l| format!("{root}/{l}")).collect();
+        let mut s = format!(
+            "lowerdir={},upperdir={root}/{},workdir={root}/{}",
+            lowers.join(":"),
+            self.upper,
+            self.work
+        );
+        for o in &self.options {
+            s.push(',');
+            s.push_str(o);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_plan_round_trips() {
+        let p = MountPlan::standard(3);
+        let back = MountPlan::from_json(&p.to_json()).unwrap();
+        assert_eq!(p, back);
+        assert_eq!(back.lowers, ["layers/0", "layers/1", "layers/2"]);
+    }
+
+    #[test]
+    fn overlay_options_keep_layer_order() {
+        let p = MountPlan::standard(2);
+        assert_eq!(
+            p.overlay_options("/run/strata/fs/"),
+            "lowerdir=/run/strata/fs/layers/0:/run/strata/fs/layers/1,\
+             upperdir=/run/strata/fs/upper,workdir=/run/strata/fs/work,\
+             index=off,redirect_dir=off,metacopy=off"
+        );
+    }
+
+    #[test]
+    fn rejects_escapes_and_injection() {
+        for bad in ["../x", "/abs", "a/../b", "a,b", "a:b", ""] {
+            let mut p = MountPlan::standard(1);
+            p.upper = bad.to_string();
+            assert!(matches!(p.validate(), Err(PlanError::BadPath(_))), "{bad}");
+        }
+        let mut p = MountPlan::standard(1);
+        p.options.push("upperdir=/etc".into());
+        assert!(matches!(p.validate(), Err(PlanError::BadOption(_))));
+        let mut p = MountPlan::standard(1);
+        p.version = 9;
+        assert!(matches!(p.validate(), Err(PlanError::Version { found: 9 })));
+        assert!(matches!(MountPlan::from_json(b"{"), Err(PlanError::Json(_))));
+        let mut p = MountPlan::standard(1);
+        p.lowers.clear();
+        assert!(matches!(p.validate(), Err(PlanError::NoLayers)));
+    }
+}
