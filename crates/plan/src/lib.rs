@@ -62,7 +62,9 @@ pub enum PlanError {
     NoLayers,
     #[error("mount plan path {0:?} is not a plain relative path")]
     BadPath(String),
-    #[error("mount plan option {0:?} is not allowed (options may not contain ',' or set directories)")]
+    #[error(
+        "mount plan option {0:?} is not allowed (options may not contain ',' or set directories)"
+    )]
     BadOption(String),
 }
 
@@ -74,7 +76,10 @@ impl MountPlan {
             lowers: (0..n_layers).map(|i| format!("{LAYERS_DIR}/{i}")).collect(),
             upper: UPPER_DIR.to_string(),
             work: WORK_DIR.to_string(),
-            options: DEFAULT_OVERLAY_OPTIONS.iter().map(|s| s.to_string()).collect(),
+            options: DEFAULT_OVERLAY_OPTIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 
@@ -95,7 +100,9 @@ impl MountPlan {
     /// Check the plan is usable: known version, layers present, paths relative and plain.
     pub fn validate(&self) -> Result<(), PlanError> {
         if self.version != PLAN_VERSION {
-            return Err(PlanError::Version { found: self.version });
+            return Err(PlanError::Version {
+                found: self.version,
+            });
         }
         if self.lowers.is_empty() {
             return Err(PlanError::NoLayers);
@@ -113,7 +120,10 @@ impl MountPlan {
             let key = o.split('=').next().unwrap_or_default();
             if o.is_empty()
                 || o.contains([',', '\0'])
-                || matches!(key, "lowerdir" | "upperdir" | "workdir" | "lowerdir+" | "datadir+")
+                || matches!(
+                    key,
+                    "lowerdir" | "upperdir" | "workdir" | "lowerdir+" | "datadir+"
+                )
             {
                 return Err(PlanError::BadOption(o.clone()));
             }
@@ -175,7 +185,10 @@ mod tests {
         let mut p = MountPlan::standard(1);
         p.version = 9;
         assert!(matches!(p.validate(), Err(PlanError::Version { found: 9 })));
-        assert!(matches!(MountPlan::from_json(b"{"), Err(PlanError::Json(_))));
+        assert!(matches!(
+            MountPlan::from_json(b"{"),
+            Err(PlanError::Json(_))
+        ));
         let mut p = MountPlan::standard(1);
         p.lowers.clear();
         assert!(matches!(p.validate(), Err(PlanError::NoLayers)));

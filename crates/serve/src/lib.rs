@@ -1,1 +1,21 @@
-//! strata serve (being written)
+//! `strata serve`: a vhost-user-fs daemon that gives one VM its container rootfs as a
+//! synthesized tree (read-only layers, upper, work and a mount plan) without a single host
+//! mount. The guest kernel assembles the overlay itself.
+//!
+//! Layout: [`config`] (what to serve, checked before anything is created), [`tree`] (the
+//! `FileSystem` implementation, one file per operation family), [`backend`] (the vhost-user
+//! transport glue), [`sandbox`] (the seccomp filter that makes mounting impossible), [`daemon`]
+//! (start-up, socket, signals), [`sys`] (the only `unsafe`).
+
+pub mod backend;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod sandbox;
+mod sys;
+pub mod tree;
+
+pub use config::ServeConfig;
+pub use daemon::serve;
+pub use error::{ConfigError, ServeError};
+pub use tree::{CachePolicy, StrataFs};

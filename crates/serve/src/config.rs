@@ -1,0 +1,181 @@
+//! What `strata serve` is asked to serve, and the checks made before anything is created.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::ConfigError;
+
+/// One VM's rootfs as the operator gives it: layers (topmost first), upper and work.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Read-only layer directories, topmost first (overlayfs `lowerdir` order).
+    pub lowers: Vec<PathBuf>,
+    /// The container's writable directory.
+    pub upper: PathBuf,
+    /// The overlayfs work directory: must be on the same filesystem as `upper`.
+    pub work: PathBuf,
+    /// The vhost-user socket the VMM connects to.
+    pub socket: PathBuf,
+    /// virtio-fs tag (informational: the VMM sets the tag; it goes into logs).
+    pub tag: String,
+}
+
+/// A configuration that passed every check, with canonical paths.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+fn dir(path: &Path, role: &'static str) -> Result<(PathBuf, std::fs::Metadata), ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Missing {
+        role,
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(ConfigError::NotADirectory {
+            role,
+            path: path.to_owned(),
+        });
+    }
+    let canon = path.canonicalize().map_err(|source| ConfigError::Missing {
+        role,
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok((canon, meta))
+}
+
+impl ServeConfig {
+    /// Check the directories without creating or changing anything.
+    pub fn check(&self) -> Result<Checked, ConfigError> {
+        if self.lowers.is_empty() {
+            return Err(ConfigError::NoLayers);
+        }
+        if self.lowers.len() > crate::tree::MAX_LAYERS {
+            return Err(ConfigError::TooManyLayers {
+                count: self.lowers.len(),
+                max: crate::tree::MAX_LAYERS,
+            });
+        }
+        let mut all: Vec<(&'static str, PathBuf, std::fs::Metadata)> = Vec::new();
+        for l in &self.lowers {
+            let (p, m) = dir(l, "layer")?;
+            all.push(("layer", p, m));
+        }
+        let (upper, um) = dir(&self.upper, "upper")?;
+        let (work, wm) = dir(&self.work, "work")?;
+        if um.dev() != wm.dev() {
+            return Err(ConfigError::DifferentFilesystems { upper, work });
+        }
+        all.push(("upper", upper.clone(), um));
+        all.push(("work", work.clone(), wm));
+
+        for (i, (ra, pa, ma)) in all.iter().enumerate() {
+            for (rb, pb, mb) in &all[i + 1..] {
+                if (ma.dev(), ma.ino()) == (mb.dev(), mb.ino()) {
+                    return Err(ConfigError::SameDirectory {
+                        first: (*ra, pa.clone()),
+                        second: (*rb, pb.clone()),
+                    });
+                }
+                // A writable dir inside a layer (or a layer inside a writable dir) would let
+                // the guest change a layer that other containers share.
+                let writable = |r: &str| r == "upper" || r == "work";
+                if writable(ra) || writable(rb) {
+                    let (inner, outer) = if pa.starts_with(pb) {
+                        ((*ra, pa), (*rb, pb))
+                    } else if pb.starts_with(pa) {
+                        ((*rb, pb), (*ra, pa))
+                    } else {
+                        continue;
+                    };
+                    return Err(ConfigError::Nested {
+                        inner: (inner.0, inner.1.clone()),
+                        outer: (outer.0, outer.1.clone()),
+                    });
+                }
+            }
+        }
+        let lowers = all
+            .iter()
+            .filter(|(r, _, _)| *r == "layer")
+            .map(|(_, p, _)| p.clone())
+            .collect();
+        Ok(Checked {
+            lowers,
+            upper,
+            work,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(root: &Path, lowers: &[&str], upper: &str, work: &str) -> ServeConfig {
+        ServeConfig {
+            lowers: lowers.iter().map(|l| root.join(l)).collect(),
+            upper: root.join(upper),
+            work: root.join(work),
+            socket: root.join("sock"),
+            tag: "strata".into(),
+        }
+    }
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for p in ["l0", "l1", "c/upper", "c/work"] {
+            std::fs::create_dir_all(d.path().join(p)).unwrap();
+        }
+        std::fs::write(d.path().join("file"), b"").unwrap();
+        d
+    }
+
+    #[test]
+    fn good_config_passes() {
+        let d = tree();
+        let c = cfg(d.path(), &["l0", "l1"], "c/upper", "c/work")
+            .check()
+            .unwrap();
+        assert_eq!(c.lowers.len(), 2);
+        assert!(c.lowers[0].ends_with("l0"));
+    }
+
+    #[test]
+    fn each_bad_config_is_named() {
+        let d = tree();
+        let p = d.path();
+        let err = |c: ServeConfig| c.check().unwrap_err().to_string();
+        assert!(err(cfg(p, &["nope"], "c/upper", "c/work")).contains("layer"));
+        assert!(err(cfg(p, &["file"], "c/upper", "c/work")).contains("not a directory"));
+        assert!(err(cfg(p, &["l0"], "c/missing", "c/work")).contains("upper"));
+        assert!(err(cfg(p, &["l0", "l0"], "c/upper", "c/work")).contains("twice"));
+        assert!(err(cfg(p, &["l0"], "c/upper", "c/upper")).contains("twice"));
+        std::fs::create_dir_all(p.join("l0/inner")).unwrap();
+        assert!(err(cfg(p, &["l0"], "l0/inner", "c/work")).contains("inside"));
+        assert!(err(cfg(p, &[], "c/upper", "c/work")).contains("layer"));
+    }
+
+    #[test]
+    fn different_filesystems_are_refused() {
+        // /dev/shm (tmpfs) vs a temp dir on the root filesystem, where both exist.
+        let shm = Path::new("/dev/shm");
+        let d = tree();
+        let on_disk = std::fs::metadata(d.path()).unwrap().dev();
+        if !shm.is_dir() || std::fs::metadata(shm).unwrap().dev() == on_disk {
+            eprintln!("skipped: no second filesystem to compare with");
+            return;
+        }
+        let w = tempfile::tempdir_in(shm).unwrap();
+        let mut c = cfg(d.path(), &["l0"], "c/upper", "c/work");
+        c.work = w.path().to_owned();
+        assert!(matches!(
+            c.check(),
+            Err(ConfigError::DifferentFilesystems { .. })
+        ));
+    }
+}

@@ -1,0 +1,133 @@
+//! Start-up and lifetime of one `strata serve` process: check, open, forbid mounts, listen,
+//! serve one VMM connection, clean up.
+
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::backend::FsBackend;
+use crate::config::ServeConfig;
+use crate::error::{ConfigError, ServeError};
+use crate::sandbox;
+use crate::tree::{CachePolicy, StrataFs};
+
+/// What happened during one session, for logs and tests.
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    /// From `serve()` being called to the socket accepting connections.
+    pub startup: Duration,
+    /// FUSE requests served.
+    pub requests: u64,
+    /// Descriptor chains that could not even be parsed.
+    pub bad_chains: u64,
+}
+
+/// Refuse a socket path a live server uses; clear a stale socket left by a dead one.
+fn claim_socket(path: &Path) -> Result<(), ConfigError> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if !m.file_type().is_socket() => Err(ConfigError::SocketPathTaken(path.to_owned())),
+        Ok(_) => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ConfigError::SocketInUse(path.to_owned()));
+            }
+            tracing::info!("removing stale socket {path:?}");
+            let _ = std::fs::remove_file(path);
+            Ok(())
+        }
+    }
+}
+
+/// Removes the socket file when the session ends, however it ends.
+struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Stop on SIGTERM/SIGINT: remove the socket and exit. Every guest write has already gone to
+/// the host file by the time it was acknowledged, so there is nothing to flush.
+fn stop_on_signals(socket: PathBuf) -> io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("strata-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!("signal {sig}: stopping, removing {socket:?}");
+                let _ = std::fs::remove_file(&socket);
+                std::process::exit(0);
+            }
+        })?;
+    Ok(())
+}
+
+/// Serve one VM: returns when the VMM disconnects.
+pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, ServeError> {
+    let t0 = Instant::now();
+    let checked = cfg.check()?;
+    claim_socket(&cfg.socket)?;
+    let fs = Arc::new(StrataFs::new(&checked, cache)?);
+    let backend = Arc::new(FsBackend::new(fs));
+    let stats = backend.stats.clone();
+    let mut daemon = VhostUserDaemon::new(
+        "strata-serve".into(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| ServeError::Session(e.to_string()))?;
+    stop_on_signals(cfg.socket.clone()).map_err(|e| ServeError::Session(e.to_string()))?;
+
+    // From here on no thread of this process can mount anything.
+    sandbox::forbid_mounts()?;
+
+    let mut listener = Listener::new(&cfg.socket, false).map_err(|e| ServeError::Listen {
+        path: cfg.socket.clone(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let _guard = SocketGuard(cfg.socket.clone());
+    let startup = t0.elapsed();
+    tracing::info!(
+        socket = ?cfg.socket,
+        tag = %cfg.tag,
+        layers = checked.lowers.len(),
+        upper = ?checked.upper,
+        "ready in {:.2} ms; {}",
+        startup.as_secs_f64() * 1e3,
+        sandbox::describe()
+    );
+
+    daemon
+        .start(&mut listener)
+        .map_err(|e| ServeError::Session(e.to_string()))?;
+    tracing::info!("VMM connected");
+    let end = daemon.wait();
+    let report = SessionReport {
+        startup,
+        requests: stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+        bad_chains: stats.bad_chains.load(std::sync::atomic::Ordering::Relaxed),
+    };
+    match end {
+        Ok(()) => {}
+        // A VMM that quits simply hangs up: that is the normal end of a session.
+        Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => {}
+        Err(e) => return Err(ServeError::Session(e.to_string())),
+    }
+    tracing::info!(
+        requests = report.requests,
+        bad_chains = report.bad_chains,
+        "VMM disconnected; session over"
+    );
+    Ok(report)
+}

@@ -1,0 +1,370 @@
+//! The only module of strata-serve with `unsafe`: thin wrappers over the libc calls the served
+//! tree needs, each taking owned/borrowed fds and `CStr` names and returning `io::Result`.
+//!
+//! Every call here operates *relative to an fd the daemon already holds* (`*at` calls, or the
+//! `/proc/self/fd/N` magic link of an `O_PATH` fd). No call resolves a path from the guest
+//! beyond a single, already-validated component, and every open uses `O_NOFOLLOW` where a name
+//! is involved, so the guest cannot make the daemon follow a symlink on the host.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io;
+use std::mem::{ManuallyDrop, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+pub use libc::{stat64, statvfs64};
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// `/proc/self/fd/N` for an fd we own: opening it re-opens the very inode behind the fd.
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    // A decimal number never contains NUL.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by a successful open-like syscall, so it is a valid fd
+    // that nothing else owns; wrapping it transfers ownership exactly once.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn file(fd: RawFd) -> File {
+    File::from(owned(fd))
+}
+
+/// Open a host directory given by the operator as an `O_PATH` anchor for a served subtree.
+pub fn open_anchor(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let fd = cvt(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    Ok(owned(fd))
+}
+
+/// `openat(dir, name, O_PATH | O_NOFOLLOW)`: a handle on one child, never following a symlink.
+pub fn open_path_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `dir` is a live fd for the duration of the call and `name` is NUL-terminated.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    Ok(owned(fd))
+}
+
+/// `openat(dir, name, flags | O_CREAT | O_NOFOLLOW, mode)`: create (or open) a regular file.
+pub fn create_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io::Result<File> {
+    let flags = flags | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: as for `open_path_at`; `mode` is passed as the variadic mode argument.
+    let fd = cvt(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) })?;
+    Ok(file(fd))
+}
+
+/// Re-open the inode behind an `O_PATH` fd with real access flags.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
+    let p = proc_fd_path(fd);
+    let flags = (flags | libc::O_CLOEXEC) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+    // SAFETY: `p` is a valid C string; the magic link resolves to the inode `fd` refers to.
+    let fd = cvt(unsafe { libc::open(p.as_ptr(), flags) })?;
+    Ok(file(fd))
+}
+
+/// `fstatat(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)`: attributes of the inode itself.
+pub fn stat_fd(fd: BorrowedFd<'_>) -> io::Result<stat64> {
+    let mut st = MaybeUninit::<stat64>::zeroed();
+    // SAFETY: `st` is a properly sized, writable stat64; the empty path is a valid C string.
+    cvt(unsafe {
+        libc::fstatat64(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat64 succeeded, so it filled the whole struct (it was zeroed before anyway).
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstatfs` of the filesystem holding `fd`, in the `statvfs` shape FUSE replies with.
+pub fn statfs_fd(fd: BorrowedFd<'_>) -> io::Result<statvfs64> {
+    let mut st = MaybeUninit::<libc::statfs64>::zeroed();
+    // SAFETY: `st` is a properly sized, writable statfs64.
+    cvt(unsafe { libc::fstatfs64(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs64 succeeded and filled the struct.
+    let s = unsafe { st.assume_init() };
+    // SAFETY: statvfs64 is plain old data; all-zero is a valid value.
+    let mut out: statvfs64 = unsafe { std::mem::zeroed() };
+    out.f_bsize = s.f_bsize as _;
+    out.f_frsize = if s.f_frsize != 0 {
+        s.f_frsize as _
+    } else {
+        s.f_bsize as _
+    };
+    out.f_blocks = s.f_blocks;
+    out.f_bfree = s.f_bfree;
+    out.f_bavail = s.f_bavail;
+    out.f_files = s.f_files;
+    out.f_ffree = s.f_ffree;
+    out.f_favail = s.f_ffree;
+    out.f_namemax = s.f_namelen as _;
+    Ok(out)
+}
+
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: live fd, NUL-terminated name.
+    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32, rdev: u64) -> io::Result<()> {
+    // SAFETY: live fd, NUL-terminated name.
+    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlink_at(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: live fd, NUL-terminated strings.
+    cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<()> {
+    // SAFETY: live fd, NUL-terminated name.
+    cvt(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn rename_at(
+    olddir: BorrowedFd<'_>,
+    oldname: &CStr,
+    newdir: BorrowedFd<'_>,
+    newname: &CStr,
+    flags: u32,
+) -> io::Result<()> {
+    // SAFETY: live fds, NUL-terminated names; renameat2 never follows the final components.
+    cvt(unsafe {
+        libc::renameat2(
+            olddir.as_raw_fd(),
+            oldname.as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `linkat(fd, "", newdir, newname, AT_EMPTY_PATH)`: a new name for the inode behind `fd`.
+pub fn link_at(fd: BorrowedFd<'_>, newdir: BorrowedFd<'_>, newname: &CStr) -> io::Result<()> {
+    // SAFETY: live fds, NUL-terminated names.
+    cvt(unsafe {
+        libc::linkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            newdir.as_raw_fd(),
+            newname.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+/// The target of the symlink behind an `O_PATH | O_NOFOLLOW` fd.
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is writable for `buf.len()` bytes; the empty path names `fd` itself.
+    let n = cvt_size(unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Change owner of the inode behind `fd` (never following a symlink). `u32::MAX` = unchanged.
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: live fd, empty path names the fd itself.
+    cvt(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// chmod of the inode behind an `O_PATH` fd (through its `/proc/self/fd` link).
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    let p = proc_fd_path(fd);
+    // SAFETY: NUL-terminated path.
+    cvt(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// Set times of the inode behind an `O_PATH` fd. `None` = leave alone (`UTIME_OMIT`).
+pub fn utimens_fd(fd: BorrowedFd<'_>, times: [libc::timespec; 2]) -> io::Result<()> {
+    let p = proc_fd_path(fd);
+    // SAFETY: `times` is a two-element array as utimensat requires; NUL-terminated path.
+    // The magic link resolves to the inode itself, symlinks included, and is not followed
+    // any further.
+    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
+}
+
+pub fn ftruncate(f: &File, size: u64) -> io::Result<()> {
+    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: live fd.
+    cvt(unsafe { libc::ftruncate64(f.as_raw_fd(), size) }).map(drop)
+}
+
+pub fn fallocate(f: &File, mode: u32, offset: u64, len: u64) -> io::Result<()> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let len = i64::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: live fd, plain integer arguments.
+    cvt(unsafe { libc::fallocate64(f.as_raw_fd(), mode as i32, off, len) }).map(drop)
+}
+
+pub fn lseek(f: &File, offset: u64, whence: u32) -> io::Result<u64> {
+    let off = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: live fd, plain integer arguments.
+    let r = unsafe { libc::lseek64(f.as_raw_fd(), off, whence as i32) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// One `getdents64` batch from the directory's current position into `buf`.
+pub fn getdents(f: &File, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its length; the kernel writes at most that many bytes.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            f.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Run `op` with a `&mut File` view of a shared file (fuse-backend-rs' zero-copy traits want
+/// `&mut`, but pread/pwrite never touch the file position, so sharing is sound).
+pub fn with_file_mut<R>(f: &File, op: impl FnOnce(&mut File) -> R) -> R {
+    // SAFETY: the fd stays owned by `f`, which outlives this call; ManuallyDrop makes sure the
+    // temporary `File` never closes it.
+    let mut tmp = ManuallyDrop::new(unsafe { File::from_raw_fd(f.as_raw_fd()) });
+    op(&mut tmp)
+}
+
+/// Extended attributes, addressed through the `/proc/self/fd` link of an `O_PATH` fd.
+pub mod xattr {
+    use super::*;
+
+    pub fn get(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> io::Result<Vec<u8>> {
+        let p = proc_fd_path(fd);
+        let mut buf = vec![0u8; size];
+        // SAFETY: `buf` writable for `size` bytes (a null pointer with size 0 asks the length).
+        let n = cvt_size(unsafe {
+            libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), size)
+        })?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn len(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<usize> {
+        let p = proc_fd_path(fd);
+        // SAFETY: size 0 with a null buffer only queries the length.
+        cvt_size(unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) })
+    }
+
+    pub fn list(fd: BorrowedFd<'_>, size: usize) -> io::Result<Vec<u8>> {
+        let p = proc_fd_path(fd);
+        let mut buf = vec![0u8; size];
+        // SAFETY: `buf` writable for `size` bytes (size 0 asks the length).
+        let n = cvt_size(unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), size) })?;
+        if size == 0 {
+            return Ok(vec![0; n]);
+        }
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn set(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
+        let p = proc_fd_path(fd);
+        // SAFETY: `value` readable for its length; NUL-terminated strings.
+        cvt(unsafe {
+            libc::setxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags,
+            )
+        })
+        .map(drop)
+    }
+
+    pub fn remove(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+        let p = proc_fd_path(fd);
+        // SAFETY: NUL-terminated strings.
+        cvt(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) }).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn symlink_inode_ops_never_follow() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("target"), b"x").unwrap();
+        std::os::unix::fs::symlink("target", d.path().join("link")).unwrap();
+        let dir = open_anchor(d.path()).unwrap();
+        let l = open_path_at(dir.as_fd(), c"link").unwrap();
+        let st = stat_fd(l.as_fd()).unwrap();
+        assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFLNK);
+        assert_eq!(readlink_fd(l.as_fd()).unwrap(), b"target");
+        // utimens through the proc link must hit the symlink, not its target.
+        let t = libc::timespec {
+            tv_sec: 1_000_000,
+            tv_nsec: 0,
+        };
+        utimens_fd(l.as_fd(), [t, t]).unwrap();
+        let lst = std::fs::symlink_metadata(d.path().join("link")).unwrap();
+        let tst = std::fs::metadata(d.path().join("target")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(lst.mtime(), 1_000_000);
+        assert_ne!(tst.mtime(), 1_000_000);
+    }
+}

@@ -1,0 +1,270 @@
+//! Directories: listing, and every change to the namespace (all confined to the writable area).
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Mutex;
+
+use fuse_backend_rs::api::filesystem::{Context, DirEntry, Entry};
+
+use super::{check_name, err, Handle, HostNode, Node, StrataFs, LAYERS, PLAN, ROOT};
+use crate::sys;
+
+/// Rename flags the guest may use (overlayfs uses all three).
+const RENAME_FLAGS: u32 = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
+
+/// One `linux_dirent64` record parsed out of a `getdents64` buffer.
+struct RawDirent<'a> {
+    ino: u64,
+    off: u64,
+    kind: u8,
+    name: &'a [u8],
+}
+
+/// Iterate the records of a `getdents64` buffer, stopping at the first malformed one.
+fn dirents(buf: &[u8]) -> impl Iterator<Item = RawDirent<'_>> {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        let rec = buf.get(pos..)?;
+        let head = rec.get(..19)?;
+        let ino = u64::from_ne_bytes(head[0..8].try_into().ok()?);
+        let off = i64::from_ne_bytes(head[8..16].try_into().ok()?) as u64;
+        let reclen = u16::from_ne_bytes(head[16..18].try_into().ok()?) as usize;
+        let kind = head[18];
+        let name_area = rec.get(19..reclen)?;
+        let len = name_area.iter().position(|&c| c == 0)?;
+        pos += reclen;
+        Some(RawDirent {
+            ino,
+            off,
+            kind,
+            name: &name_area[..len],
+        })
+    })
+}
+
+impl StrataFs {
+    pub(crate) fn do_opendir(&self, inode: u64) -> io::Result<Option<u64>> {
+        match self.node(inode)? {
+            Node::Root | Node::Layers => Ok(None),
+            Node::Plan => Err(err(libc::ENOTDIR)),
+            Node::Host(h) => {
+                if !h.is_dir() {
+                    return Err(err(libc::ENOTDIR));
+                }
+                let dir = sys::reopen(h.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+                Ok(Some(self.add_handle(Handle::Dir {
+                    dir: Mutex::new(dir),
+                })?))
+            }
+        }
+    }
+
+    pub(crate) fn do_readdir(
+        &self,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        match self.node(inode)? {
+            Node::Root => {
+                let names: [(&[u8], u64, u32); 6] = [
+                    (b".", ROOT, libc::DT_DIR as u32),
+                    (b"..", ROOT, libc::DT_DIR as u32),
+                    (b"plan.json", PLAN, libc::DT_REG as u32),
+                    (b"layers", LAYERS, libc::DT_DIR as u32),
+                    (b"upper", ROOT, libc::DT_DIR as u32),
+                    (b"work", ROOT, libc::DT_DIR as u32),
+                ];
+                for (i, (name, ino, type_)) in names.iter().enumerate().skip(offset as usize) {
+                    let e = DirEntry {
+                        ino: *ino,
+                        offset: i as u64 + 1,
+                        type_: *type_,
+                        name,
+                    };
+                    if add_entry(e)? == 0 {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Node::Layers => {
+                let total = self.n_layers() as u64 + 2;
+                for i in offset..total {
+                    let owned;
+                    let name: &[u8] = match i {
+                        0 => b".",
+                        1 => b"..",
+                        n => {
+                            owned = (n - 2).to_string();
+                            owned.as_bytes()
+                        }
+                    };
+                    let e = DirEntry {
+                        ino: if i < 2 { LAYERS } else { ROOT },
+                        offset: i + 1,
+                        type_: libc::DT_DIR as u32,
+                        name,
+                    };
+                    if add_entry(e)? == 0 {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Node::Plan => Err(err(libc::ENOTDIR)),
+            Node::Host(_) => {
+                let h = self.handle(handle)?;
+                let Handle::Dir { dir } = &*h else {
+                    return Err(err(libc::EBADF));
+                };
+                let dir = dir.lock().map_err(|_| err(libc::EIO))?;
+                sys::lseek(&dir, offset, libc::SEEK_SET as u32)?;
+                let mut buf = vec![0u8; (size as usize).clamp(1024, 64 * 1024)];
+                loop {
+                    let n = sys::getdents(&dir, &mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    for d in dirents(&buf[..n]) {
+                        let e = DirEntry {
+                            ino: d.ino,
+                            offset: d.off,
+                            type_: d.kind as u32,
+                            name: d.name,
+                        };
+                        if add_entry(e)? == 0 {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hand a newly created name to the guest: owned by the caller, registered as a node.
+    fn created(&self, ctx: &Context, dir: &HostNode, name: &CStr) -> io::Result<Entry> {
+        let fd = sys::open_path_at(dir.fd.as_fd(), name)?;
+        if ctx.uid != 0 || ctx.gid != 0 {
+            sys::chown_fd(fd.as_fd(), ctx.uid, ctx.gid)?;
+        }
+        self.register(fd, dir.area)
+    }
+
+    pub(crate) fn do_mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        check_name(name)?;
+        let dir = self.rw_dir(parent)?;
+        sys::mkdir_at(dir.fd.as_fd(), name, mode & !umask & 0o7777)?;
+        self.created(ctx, &dir, name)
+    }
+
+    pub(crate) fn do_mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        check_name(name)?;
+        let dir = self.rw_dir(parent)?;
+        let kind = mode & libc::S_IFMT;
+        // Fifos, sockets and plain files are harmless. Of devices only the overlayfs whiteout
+        // (char 0:0) is allowed: a real device node in an upper dir is a host device.
+        let allowed = matches!(kind, libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK)
+            || (kind == libc::S_IFCHR && rdev == 0);
+        if !allowed {
+            return Err(err(libc::EPERM));
+        }
+        let perm = mode & !umask & 0o7777;
+        sys::mknod_at(dir.fd.as_fd(), name, kind | perm, rdev as u64)?;
+        self.created(ctx, &dir, name)
+    }
+
+    pub(crate) fn do_symlink(
+        &self,
+        ctx: &Context,
+        target: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        check_name(name)?;
+        if target.to_bytes().is_empty() || target.to_bytes().len() >= libc::PATH_MAX as usize {
+            return Err(err(libc::EINVAL));
+        }
+        let dir = self.rw_dir(parent)?;
+        // The target is stored as text; the daemon never follows it.
+        sys::symlink_at(target, dir.fd.as_fd(), name)?;
+        self.created(ctx, &dir, name)
+    }
+
+    pub(crate) fn do_unlink(&self, parent: u64, name: &CStr, flags: i32) -> io::Result<()> {
+        check_name(name)?;
+        let dir = self.rw_dir(parent)?;
+        sys::unlink_at(dir.fd.as_fd(), name, flags)
+    }
+
+    pub(crate) fn do_rename(
+        &self,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        check_name(oldname)?;
+        check_name(newname)?;
+        if flags & !RENAME_FLAGS != 0 {
+            return Err(err(libc::EINVAL));
+        }
+        let from = self.rw_dir(olddir)?;
+        let to = self.rw_dir(newdir)?;
+        sys::rename_at(from.fd.as_fd(), oldname, to.fd.as_fd(), newname, flags)
+    }
+
+    pub(crate) fn do_link(&self, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        check_name(newname)?;
+        let src = self.host(inode, libc::EPERM)?;
+        // A hard link from a layer into the upper dir would make a shared, immutable layer
+        // file writable by this guest: report it like a link across filesystems.
+        if !src.area.writable() {
+            return Err(err(libc::EXDEV));
+        }
+        if src.is_dir() {
+            return Err(err(libc::EPERM));
+        }
+        let dir = self.rw_dir(newparent)?;
+        sys::link_at(src.fd.as_fd(), dir.fd.as_fd(), newname)?;
+        let fd = sys::open_path_at(dir.fd.as_fd(), newname)?;
+        self.register(fd, dir.area)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dirents;
+
+    #[test]
+    fn malformed_dirent_buffers_stop_cleanly() {
+        // Truncated header, reclen past the end, missing NUL: no panic, no entries.
+        assert_eq!(dirents(&[0u8; 10]).count(), 0);
+        let mut rec = vec![0u8; 24];
+        rec[16] = 200; // reclen beyond buffer
+        assert_eq!(dirents(&rec).count(), 0);
+        let mut rec = vec![b'a'; 24];
+        rec[16] = 24;
+        rec[17] = 0;
+        assert_eq!(dirents(&rec).count(), 0);
+    }
+}

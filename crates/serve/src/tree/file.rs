@@ -1,0 +1,146 @@
+//! Open files: open/create, read/write, sync, release.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::AsFd;
+
+use fuse_backend_rs::abi::fuse_abi::{CreateIn, OpenOptions};
+use fuse_backend_rs::api::filesystem::{Context, Entry, ZeroCopyReader, ZeroCopyWriter};
+
+use super::{check_name, err, Area, Handle, Node, StrataFs, PLAN};
+use crate::sys;
+
+/// Open flags the guest may pass through to the host open.
+fn host_flags(flags: u32) -> i32 {
+    (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_PATH)
+}
+
+fn wants_write(flags: i32) -> bool {
+    (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl StrataFs {
+    pub(crate) fn do_open(&self, inode: u64, flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
+        let flags = host_flags(flags);
+        let h = match self.node(inode)? {
+            Node::Plan if wants_write(flags) => return Err(err(libc::EROFS)),
+            Node::Plan => return Ok((None, OpenOptions::KEEP_CACHE)),
+            Node::Root | Node::Layers => return Err(err(libc::EISDIR)),
+            Node::Host(h) => h,
+        };
+        match h.kind {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(err(libc::EISDIR)),
+            // Device nodes in an image are host devices, and opening a fifo would block the
+            // daemon: the guest's overlay never needs either, so refuse them.
+            _ => return Err(err(libc::EACCES)),
+        }
+        if !h.area.writable() && wants_write(flags) {
+            return Err(err(libc::EROFS));
+        }
+        let file = sys::reopen(h.fd.as_fd(), flags)?;
+        let id = self.add_handle(Handle::File { file, area: h.area })?;
+        let opts = match h.area {
+            Area::Layer(_) => OpenOptions::KEEP_CACHE,
+            Area::Rw => OpenOptions::empty(),
+        };
+        Ok((Some(id), opts))
+    }
+
+    pub(crate) fn do_create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions)> {
+        check_name(name)?;
+        let dir = self.rw_dir(parent)?;
+        let mode = args.mode & !args.umask & 0o7777;
+        let file = sys::create_at(dir.fd.as_fd(), name, host_flags(args.flags), mode)?;
+        let fd = sys::open_path_at(dir.fd.as_fd(), name)?;
+        if ctx.uid != 0 || ctx.gid != 0 {
+            sys::chown_fd(fd.as_fd(), ctx.uid, ctx.gid)?;
+        }
+        let entry = self.register(fd, dir.area)?;
+        let id = self.add_handle(Handle::File {
+            file,
+            area: dir.area,
+        })?;
+        Ok((entry, Some(id), OpenOptions::empty()))
+    }
+
+    pub(crate) fn do_read(
+        &self,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+    ) -> io::Result<usize> {
+        if inode == PLAN {
+            let plan = self.plan_bytes();
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(plan.len());
+            let end = start.saturating_add(size as usize).min(plan.len());
+            return w.write(&plan[start..end]);
+        }
+        let h = self.handle(handle)?;
+        let Handle::File { file, .. } = &*h else {
+            return Err(err(libc::EISDIR));
+        };
+        sys::with_file_mut(file, |f| w.write_from(f, size as usize, offset))
+    }
+
+    pub(crate) fn do_write(
+        &self,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+    ) -> io::Result<usize> {
+        let h = self.handle(handle)?;
+        let Handle::File { file, area } = &*h else {
+            return Err(err(libc::EISDIR));
+        };
+        if !area.writable() {
+            return Err(err(libc::EROFS));
+        }
+        sys::with_file_mut(file, |f| r.read_to(f, size as usize, offset))
+    }
+
+    pub(crate) fn do_fsync(&self, handle: u64, datasync: bool) -> io::Result<()> {
+        let h = self.handle(handle)?;
+        match &*h {
+            Handle::File { file, .. } if datasync => file.sync_data(),
+            Handle::File { file, .. } => file.sync_all(),
+            Handle::Dir { dir } => dir.lock().map_err(|_| err(libc::EIO))?.sync_all(),
+        }
+    }
+
+    pub(crate) fn do_fallocate(
+        &self,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        let h = self.handle(handle)?;
+        match &*h {
+            Handle::File { file, area } if area.writable() => {
+                sys::fallocate(file, mode, offset, length)
+            }
+            Handle::File { .. } => Err(err(libc::EROFS)),
+            Handle::Dir { .. } => Err(err(libc::EISDIR)),
+        }
+    }
+
+    pub(crate) fn do_lseek(&self, handle: u64, offset: u64, whence: u32) -> io::Result<u64> {
+        let h = self.handle(handle)?;
+        match &*h {
+            Handle::File { file, .. } => sys::lseek(file, offset, whence),
+            Handle::Dir { .. } => Err(err(libc::EINVAL)),
+        }
+    }
+}

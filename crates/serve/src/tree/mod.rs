@@ -1,0 +1,388 @@
+//! The synthesized tree one VM sees: a virtual root holding `plan.json`, `layers/N` (read-only
+//! host layer directories), `upper` and `work` (read-write host directories).
+//!
+//! Why not fuse-backend-rs' `Vfs` with one passthrough per directory: `Vfs` refuses `rename` and
+//! `link` between its backends (EINVAL), and the guest's overlayfs renames from `work` into
+//! `upper` on every copy-up and whiteout. Here upper and work are one *area* served from one
+//! inode table, so those renames are plain host `renameat2` calls between two held fds.
+//!
+//! Layout of this module, one file per operation family:
+//! - `mod.rs`: nodes, the inode table, handles, name checks, attributes;
+//! - `lookup.rs`: lookup/forget/getattr/setattr/readlink/statfs;
+//! - `dir.rs`: directory reads and namespace changes (mkdir, unlink, rename, link, ...);
+//! - `file.rs`: open/create/read/write/fsync/release;
+//! - `xattr.rs`: extended attributes and which namespaces a guest may write;
+//! - `filesystem.rs`: the `FileSystem` trait impl that dispatches to the above.
+
+mod dir;
+mod file;
+mod filesystem;
+mod lookup;
+mod xattr;
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use fuse_backend_rs::api::filesystem::Entry;
+use strata_plan::MountPlan;
+
+use crate::config::Checked;
+use crate::sys::{self, stat64};
+
+/// Most layers one tree serves (overlayfs itself allows 500 lower layers).
+pub const MAX_LAYERS: usize = 500;
+
+/// Node ids of the virtual part of the tree.
+pub(crate) const ROOT: u64 = fuse_backend_rs::api::filesystem::ROOT_ID;
+pub(crate) const LAYERS: u64 = 2;
+pub(crate) const PLAN: u64 = 3;
+const FIRST_HOST_NODE: u64 = 16;
+
+/// Which part of the host a node belongs to. Upper and work are one area: the guest's overlay
+/// renames and links between them, and they are on one host filesystem (checked at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Area {
+    /// Read-only layer, by index (0 = topmost).
+    Layer(u16),
+    /// The writable area: upper and work.
+    Rw,
+}
+
+impl Area {
+    pub fn writable(self) -> bool {
+        matches!(self, Area::Rw)
+    }
+}
+
+/// How long the guest may cache entries and attributes.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    /// Layers are immutable: cache for a long time and keep page cache across opens.
+    pub layer: Duration,
+    /// Upper/work change only through this guest, but stay short so host-side checks agree.
+    pub rw: Duration,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            layer: Duration::from_secs(24 * 3600),
+            rw: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A host inode the guest holds a reference to.
+pub(crate) struct HostNode {
+    /// `O_PATH | O_NOFOLLOW` fd on the inode: every operation goes through it.
+    pub fd: OwnedFd,
+    pub area: Area,
+    /// File type bits (`S_IFMT`) at lookup time; the type of an inode never changes.
+    pub kind: u32,
+    key: (Area, u64, u64),
+    /// Outstanding guest lookups (FUSE nlookup).
+    refs: AtomicU64,
+}
+
+impl HostNode {
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+}
+
+/// What a node id refers to.
+#[derive(Clone)]
+pub(crate) enum Node {
+    Root,
+    Layers,
+    Plan,
+    Host(Arc<HostNode>),
+}
+
+#[derive(Default)]
+struct NodeTable {
+    by_id: HashMap<u64, Arc<HostNode>>,
+    by_key: HashMap<(Area, u64, u64), u64>,
+}
+
+/// An open file or directory.
+pub(crate) enum Handle {
+    File { file: File, area: Area },
+    Dir { dir: Mutex<File> },
+}
+
+/// The served tree of one VM.
+pub struct StrataFs {
+    layers: Vec<OwnedFd>,
+    upper: OwnedFd,
+    work: OwnedFd,
+    plan: Vec<u8>,
+    cache: CachePolicy,
+    nodes: RwLock<NodeTable>,
+    next_node: AtomicU64,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_handle: AtomicU64,
+}
+
+pub(crate) fn err(errno: i32) -> io::Error {
+    io::Error::from_raw_os_error(errno)
+}
+
+/// A name from the guest must be one plain path component.
+pub(crate) fn check_name(name: &CStr) -> io::Result<()> {
+    let b = name.to_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(err(libc::EINVAL));
+    }
+    if b.len() > 255 {
+        return Err(err(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
+fn lock_poisoned() -> io::Error {
+    // A panic elsewhere poisoned a lock; refuse the request rather than panic again.
+    err(libc::EIO)
+}
+
+impl StrataFs {
+    /// Open the anchors of every served directory.
+    pub fn new(cfg: &Checked, cache: CachePolicy) -> Result<StrataFs, crate::ServeError> {
+        let open = |role: &'static str, p: &std::path::Path| {
+            sys::open_anchor(p).map_err(|source| crate::ServeError::Open {
+                role,
+                path: p.to_owned(),
+                source,
+            })
+        };
+        let layers = cfg
+            .lowers
+            .iter()
+            .map(|l| open("layer", l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let plan = MountPlan::standard(layers.len()).to_json();
+        Ok(StrataFs {
+            layers,
+            upper: open("upper", &cfg.upper)?,
+            work: open("work", &cfg.work)?,
+            plan,
+            cache,
+            nodes: RwLock::new(NodeTable::default()),
+            next_node: AtomicU64::new(FIRST_HOST_NODE),
+            handles: RwLock::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        })
+    }
+
+    /// The plan file's bytes, as the guest reads them.
+    pub fn plan_bytes(&self) -> &[u8] {
+        &self.plan
+    }
+
+    /// Number of host inodes the guest currently holds.
+    pub fn live_nodes(&self) -> usize {
+        self.nodes.read().map(|t| t.by_id.len()).unwrap_or(0)
+    }
+
+    pub(crate) fn node(&self, id: u64) -> io::Result<Node> {
+        match id {
+            ROOT => Ok(Node::Root),
+            LAYERS => Ok(Node::Layers),
+            PLAN => Ok(Node::Plan),
+            _ => self
+                .nodes
+                .read()
+                .map_err(|_| lock_poisoned())?
+                .by_id
+                .get(&id)
+                .cloned()
+                .map(Node::Host)
+                .ok_or_else(|| err(libc::EBADF)),
+        }
+    }
+
+    /// The host node behind `id`, or the error for the virtual part of the tree.
+    pub(crate) fn host(&self, id: u64, virtual_err: i32) -> io::Result<Arc<HostNode>> {
+        match self.node(id)? {
+            Node::Host(h) => Ok(h),
+            _ => Err(err(virtual_err)),
+        }
+    }
+
+    /// A host directory in the writable area: the parent of every namespace change.
+    pub(crate) fn rw_dir(&self, id: u64) -> io::Result<Arc<HostNode>> {
+        let h = self.host(id, libc::EROFS)?;
+        if !h.area.writable() {
+            return Err(err(libc::EROFS));
+        }
+        if !h.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        Ok(h)
+    }
+
+    pub(crate) fn timeout(&self, area: Area) -> Duration {
+        match area {
+            Area::Layer(_) => self.cache.layer,
+            Area::Rw => self.cache.rw,
+        }
+    }
+
+    /// Register (or find) the host inode behind `fd` and count one guest lookup of it.
+    pub(crate) fn register(&self, fd: OwnedFd, area: Area) -> io::Result<Entry> {
+        let st = sys::stat_fd(fd.as_fd())?;
+        let key = (area, st.st_dev, st.st_ino);
+        let mut t = self.nodes.write().map_err(|_| lock_poisoned())?;
+        let id = match t.by_key.get(&key) {
+            Some(&id) => {
+                if let Some(n) = t.by_id.get(&id) {
+                    n.refs.fetch_add(1, Ordering::Relaxed);
+                }
+                id
+            }
+            None => {
+                let id = self.next_node.fetch_add(1, Ordering::Relaxed);
+                let node = HostNode {
+                    fd,
+                    area,
+                    kind: st.st_mode & libc::S_IFMT,
+                    key,
+                    refs: AtomicU64::new(1),
+                };
+                t.by_id.insert(id, Arc::new(node));
+                t.by_key.insert(key, id);
+                id
+            }
+        };
+        drop(t);
+        let tmo = self.timeout(area);
+        Ok(Entry {
+            inode: id,
+            generation: 0,
+            attr: st,
+            attr_flags: 0,
+            attr_timeout: tmo,
+            entry_timeout: tmo,
+        })
+    }
+
+    /// Drop `count` guest lookups of node `id`; the host fd closes with the last one.
+    pub(crate) fn forget_node(&self, id: u64, count: u64) {
+        if id < FIRST_HOST_NODE {
+            return;
+        }
+        let Ok(mut t) = self.nodes.write() else {
+            return;
+        };
+        let Some(n) = t.by_id.get(&id) else {
+            return;
+        };
+        let prev = n.refs.load(Ordering::Relaxed);
+        let left = prev.saturating_sub(count);
+        n.refs.store(left, Ordering::Relaxed);
+        if left == 0 {
+            if let Some(n) = t.by_id.remove(&id) {
+                t.by_key.remove(&n.key);
+            }
+        }
+    }
+
+    /// The anchor fd of a top-level served directory, and its area.
+    pub(crate) fn anchor(&self, name: &[u8]) -> Option<(BorrowedFd<'_>, Area)> {
+        match name {
+            b"upper" => Some((self.upper.as_fd(), Area::Rw)),
+            b"work" => Some((self.work.as_fd(), Area::Rw)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn layer_anchor(&self, name: &[u8]) -> Option<(BorrowedFd<'_>, Area)> {
+        let s = std::str::from_utf8(name).ok()?;
+        let i: usize = s.parse().ok()?;
+        // Canonical names only: "01" or "+1" are not layer 1.
+        if i.to_string() != s {
+            return None;
+        }
+        let fd = self.layers.get(i)?;
+        Some((fd.as_fd(), Area::Layer(i as u16)))
+    }
+
+    pub(crate) fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub(crate) fn add_handle(&self, h: Handle) -> io::Result<u64> {
+        let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .write()
+            .map_err(|_| lock_poisoned())?
+            .insert(id, Arc::new(h));
+        Ok(id)
+    }
+
+    pub(crate) fn handle(&self, id: u64) -> io::Result<Arc<Handle>> {
+        self.handles
+            .read()
+            .map_err(|_| lock_poisoned())?
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| err(libc::EBADF))
+    }
+
+    pub(crate) fn drop_handle(&self, id: u64) {
+        if let Ok(mut h) = self.handles.write() {
+            h.remove(&id);
+        }
+    }
+
+    /// Attributes of a virtual node.
+    pub(crate) fn virtual_attr(&self, id: u64) -> stat64 {
+        let mut st: stat64 = zeroed_stat();
+        st.st_ino = id;
+        st.st_uid = 0;
+        st.st_gid = 0;
+        st.st_blksize = 4096;
+        match id {
+            PLAN => {
+                st.st_mode = libc::S_IFREG | 0o444;
+                st.st_nlink = 1;
+                st.st_size = self.plan.len() as i64;
+                st.st_blocks = (self.plan.len() as i64 + 511) / 512;
+            }
+            LAYERS => {
+                st.st_mode = libc::S_IFDIR | 0o555;
+                st.st_nlink = 2 + self.layers.len() as u64;
+            }
+            _ => {
+                st.st_mode = libc::S_IFDIR | 0o555;
+                st.st_nlink = 5;
+            }
+        }
+        st
+    }
+
+    pub(crate) fn virtual_entry(&self, id: u64) -> Entry {
+        Entry {
+            inode: id,
+            generation: 0,
+            attr: self.virtual_attr(id),
+            attr_flags: 0,
+            attr_timeout: self.cache.layer,
+            entry_timeout: self.cache.layer,
+        }
+    }
+}
+
+fn zeroed_stat() -> stat64 {
+    // `Entry::default()` already holds a zeroed stat64; reuse it to stay free of `unsafe`.
+    Entry::default().attr
+}
+
+#[cfg(test)]
+mod tests;

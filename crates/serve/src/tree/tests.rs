@@ -1,0 +1,286 @@
+//! The served tree over temp dirs, without a VM: fast feedback on the rules a hostile guest
+//! runs into. (The VM tests in crates/strata/tests drive the same code through real virtio-fs.)
+
+use std::ffi::CString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use fuse_backend_rs::abi::fuse_abi::CreateIn;
+use fuse_backend_rs::api::filesystem::{Context, GetxattrReply};
+
+use super::*;
+use crate::config::ServeConfig;
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+    fs: StrataFs,
+}
+
+fn c(s: &str) -> CString {
+    CString::new(s).unwrap()
+}
+
+fn sandbox() -> Sandbox {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    for d in [
+        "l0/etc",
+        "l1/etc",
+        "l1/usr/bin",
+        "c/upper",
+        "c/work",
+        "outside",
+    ] {
+        std::fs::create_dir_all(p.join(d)).unwrap();
+    }
+    std::fs::write(p.join("l0/etc/top"), b"top").unwrap();
+    std::fs::write(p.join("l1/etc/base"), b"base").unwrap();
+    std::fs::write(p.join("outside/secret"), b"secret").unwrap();
+    std::os::unix::fs::symlink("/", p.join("l1/rootlink")).unwrap();
+    std::os::unix::fs::symlink("../../outside/secret", p.join("l1/etc/up")).unwrap();
+    let cfg = ServeConfig {
+        lowers: vec![p.join("l0"), p.join("l1")],
+        upper: p.join("c/upper"),
+        work: p.join("c/work"),
+        socket: p.join("sock"),
+        tag: "t".into(),
+    };
+    let fs = StrataFs::new(&cfg.check().unwrap(), CachePolicy::default()).unwrap();
+    Sandbox { dir, fs }
+}
+
+impl Sandbox {
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.dir.path().join(rel)
+    }
+    /// Walk a path from the root of the served tree, as the guest kernel would.
+    fn walk(&self, path: &str) -> io::Result<u64> {
+        let mut id = ROOT;
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            id = self.fs.do_lookup(id, &c(comp))?.inode;
+        }
+        Ok(id)
+    }
+}
+
+fn errno(r: io::Result<impl Sized>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+#[test]
+fn root_has_plan_layers_upper_work() {
+    let s = sandbox();
+    let plan = s.walk("plan.json").unwrap();
+    assert_eq!(plan, PLAN);
+    let parsed = strata_plan::MountPlan::from_json(s.fs.plan_bytes()).unwrap();
+    assert_eq!(parsed.lowers, ["layers/0", "layers/1"]);
+    assert!(s.walk("layers/0/etc/top").is_ok());
+    assert!(s.walk("layers/1/etc/base").is_ok());
+    assert_eq!(errno(s.walk("layers/2")), libc::ENOENT);
+    assert_eq!(errno(s.walk("layers/01")), libc::ENOENT);
+    assert!(s.walk("upper").is_ok());
+    assert!(s.walk("work").is_ok());
+    assert_eq!(errno(s.walk("nothing")), libc::ENOENT);
+}
+
+#[test]
+fn dotdot_stays_inside() {
+    let s = sandbox();
+    // `..` at the root is the root; below it `..` is refused rather than resolved on the host.
+    assert_eq!(s.fs.do_lookup(ROOT, c"..").unwrap().inode, ROOT);
+    let l0 = s.walk("layers/0").unwrap();
+    assert_eq!(errno(s.fs.do_lookup(l0, c"..")), libc::EINVAL);
+    let up = s.walk("upper").unwrap();
+    assert_eq!(errno(s.fs.do_lookup(up, c"..")), libc::EINVAL);
+    assert_eq!(errno(s.fs.do_lookup(up, c"a/b")), libc::EINVAL);
+}
+
+#[test]
+fn symlinks_are_never_followed() {
+    let s = sandbox();
+    let link = s.walk("layers/1/rootlink").unwrap();
+    assert_eq!(s.fs.do_readlink(link).unwrap(), b"/");
+    // Looking up through a symlink is ENOTDIR: it is not a directory on our side.
+    assert_eq!(errno(s.fs.do_lookup(link, c"etc")), libc::ENOTDIR);
+    let up = s.walk("layers/1/etc/up").unwrap();
+    assert_eq!(errno(s.fs.do_open(up, libc::O_RDONLY as u32)), libc::EACCES);
+}
+
+#[test]
+fn layers_are_read_only() {
+    let s = sandbox();
+    let ctx = Context::default();
+    let etc = s.walk("layers/0/etc").unwrap();
+    let top = s.walk("layers/0/etc/top").unwrap();
+    assert_eq!(errno(s.fs.do_mkdir(&ctx, etc, c"x", 0o755, 0)), libc::EROFS);
+    assert_eq!(errno(s.fs.do_unlink(etc, c"top", 0)), libc::EROFS);
+    assert_eq!(errno(s.fs.do_open(top, libc::O_WRONLY as u32)), libc::EROFS);
+    assert_eq!(
+        errno(s.fs.do_open(top, (libc::O_RDONLY | libc::O_TRUNC) as u32)),
+        libc::EROFS
+    );
+    let args = CreateIn {
+        flags: libc::O_WRONLY as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    assert_eq!(errno(s.fs.do_create(&ctx, etc, c"new", args)), libc::EROFS);
+    assert_eq!(
+        errno(s.fs.do_setxattr(top, c"user.x", b"1", 0)),
+        libc::EROFS
+    );
+    // The virtual part is read-only too.
+    assert_eq!(
+        errno(s.fs.do_mkdir(&ctx, ROOT, c"x", 0o755, 0)),
+        libc::EROFS
+    );
+    assert_eq!(errno(s.fs.do_open(PLAN, libc::O_RDWR as u32)), libc::EROFS);
+    assert!(s.fs.do_open(top, libc::O_RDONLY as u32).is_ok());
+    assert_eq!(std::fs::read(s.path("l0/etc/top")).unwrap(), b"top");
+}
+
+#[test]
+fn work_to_upper_rename_and_link_work_but_not_from_layers() {
+    let s = sandbox();
+    let ctx = Context::default();
+    let work = s.walk("work").unwrap();
+    let upper = s.walk("upper").unwrap();
+    s.fs.do_mknod(&ctx, work, c"wh", libc::S_IFCHR | 0o000, 0, 0)
+        .unwrap();
+    s.fs.do_rename(work, c"wh", upper, c"gone", 0).unwrap();
+    let m = std::fs::symlink_metadata(s.path("c/upper/gone")).unwrap();
+    assert_eq!(m.mode() & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!(m.rdev(), 0);
+    let gone = s.walk("upper/gone").unwrap();
+    s.fs.do_link(gone, work, c"again").unwrap();
+    // A layer file may not be linked into the upper dir (it would become writable).
+    let top = s.walk("layers/0/etc/top").unwrap();
+    assert_eq!(errno(s.fs.do_link(top, upper, c"stolen")), libc::EXDEV);
+    let l0 = s.walk("layers/0/etc").unwrap();
+    assert_eq!(
+        errno(s.fs.do_rename(l0, c"top", upper, c"x", 0)),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(s.fs.do_rename(upper, c"gone", ROOT, c"x", 0)),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(s.fs.do_rename(upper, c"gone", upper, c"x", 0x80)),
+        libc::EINVAL
+    );
+}
+
+#[test]
+fn device_nodes_cannot_be_made_or_opened() {
+    let s = sandbox();
+    let ctx = Context::default();
+    let upper = s.walk("upper").unwrap();
+    let sda = libc::makedev(8, 0) as u32;
+    assert_eq!(
+        errno(s.fs.do_mknod(&ctx, upper, c"sda", libc::S_IFBLK | 0o600, sda, 0)),
+        libc::EPERM
+    );
+    let null = libc::makedev(1, 3) as u32;
+    assert_eq!(
+        errno(s.fs.do_mknod(&ctx, upper, c"null", libc::S_IFCHR | 0o600, null, 0)),
+        libc::EPERM
+    );
+    s.fs.do_mknod(&ctx, upper, c"fifo", libc::S_IFIFO | 0o600, 0, 0)
+        .unwrap();
+    let fifo = s.walk("upper/fifo").unwrap();
+    assert_eq!(
+        errno(s.fs.do_open(fifo, libc::O_RDONLY as u32)),
+        libc::EACCES
+    );
+}
+
+#[test]
+fn created_files_belong_to_the_caller() {
+    let s = sandbox();
+    let ctx = Context {
+        uid: 1234,
+        gid: 5678,
+        pid: 1,
+    };
+    let upper = s.walk("upper").unwrap();
+    let args = CreateIn {
+        flags: libc::O_WRONLY as u32,
+        mode: 0o666,
+        umask: 0o022,
+        fuse_flags: 0,
+    };
+    s.fs.do_create(&ctx, upper, c"f", args).unwrap();
+    s.fs.do_mkdir(&ctx, upper, c"d", 0o777, 0o022).unwrap();
+    s.fs.do_symlink(&ctx, c"/etc/passwd", upper, c"l").unwrap();
+    for (name, mode) in [("f", 0o644), ("d", 0o755)] {
+        let m = std::fs::symlink_metadata(s.path(&format!("c/upper/{name}"))).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1234, 5678), "{name}");
+        assert_eq!(m.permissions().mode() & 0o777, mode, "{name}");
+    }
+    let l = std::fs::symlink_metadata(s.path("c/upper/l")).unwrap();
+    assert_eq!((l.uid(), l.gid()), (1234, 5678));
+}
+
+#[test]
+fn xattr_namespaces() {
+    let s = sandbox();
+    let ctx = Context::default();
+    let upper = s.walk("upper").unwrap();
+    s.fs.do_mkdir(&ctx, upper, c"d", 0o755, 0).unwrap();
+    let d = s.walk("upper/d").unwrap();
+    s.fs.do_setxattr(d, c"user.note", b"hi", 0).unwrap();
+    s.fs.do_setxattr(d, c"trusted.overlay.opaque", b"y", 0)
+        .unwrap();
+    assert_eq!(
+        errno(s.fs.do_setxattr(d, c"trusted.evil", b"1", 0)),
+        libc::EPERM
+    );
+    match s.fs.do_getxattr(d, c"trusted.overlay.opaque", 16).unwrap() {
+        GetxattrReply::Value(v) => assert_eq!(v, b"y"),
+        GetxattrReply::Count(_) => panic!("asked for the value"),
+    }
+    s.fs.do_removexattr(d, c"user.note").unwrap();
+}
+
+#[test]
+fn forget_releases_host_fds() {
+    let s = sandbox();
+    let before = s.fs.live_nodes();
+    let e1 = s.fs.do_lookup(ROOT, c"upper").unwrap();
+    let e2 = s.fs.do_lookup(ROOT, c"upper").unwrap();
+    assert_eq!(e1.inode, e2.inode, "one node per host inode");
+    assert_eq!(s.fs.live_nodes(), before + 1);
+    s.fs.forget_node(e1.inode, 2);
+    assert_eq!(s.fs.live_nodes(), before);
+    // Forgetting unknown or virtual nodes is harmless.
+    s.fs.forget_node(ROOT, 5);
+    s.fs.forget_node(999_999, 1);
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let s = sandbox();
+    let ctx = Context::default();
+    let upper = s.walk("upper").unwrap();
+    for bad in [".", "..", "a/b", ""] {
+        assert_eq!(
+            errno(s.fs.do_mkdir(&ctx, upper, &c(bad), 0o755, 0)),
+            libc::EINVAL,
+            "{bad:?}"
+        );
+    }
+    let long = "x".repeat(300);
+    assert_eq!(
+        errno(s.fs.do_mkdir(&ctx, upper, &c(&long), 0o755, 0)),
+        libc::ENAMETOOLONG
+    );
+    assert!(!Path::new(&s.path("c/upper/a")).exists());
+    // Unknown node ids and handles are errors, not panics.
+    assert_eq!(errno(s.fs.do_getattr(123_456)), libc::EBADF);
+    assert_eq!(errno(s.fs.do_fsync(777, false)), libc::EBADF);
+}

@@ -1,0 +1,88 @@
+//! Extended attributes. Reads pass through (the guest's overlayfs reads `trusted.overlay.*` on
+//! layers to find opaque dirs); writes are limited to the writable area and to the namespaces a
+//! container rootfs needs.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::AsFd;
+
+use fuse_backend_rs::api::filesystem::{GetxattrReply, ListxattrReply};
+
+use super::{err, StrataFs};
+use crate::sys::xattr;
+
+/// Largest xattr value or list the kernel accepts (XATTR_SIZE_MAX / XATTR_LIST_MAX).
+const XATTR_MAX: u32 = 65536;
+
+/// May a guest set or remove this attribute on its upper/work files?
+/// `user.*` for applications, `trusted.overlay.*` for the guest's own overlayfs, `security.*`
+/// (file capabilities, SELinux labels) and POSIX ACLs that overlayfs copies up with a file.
+/// Anything else under `trusted.*` would be host-root metadata the guest has no business with.
+pub fn guest_may_write(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"security.")
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+}
+
+impl StrataFs {
+    pub(crate) fn do_getxattr(
+        &self,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        let h = self.host(inode, libc::ENODATA)?;
+        if size == 0 {
+            let n = xattr::len(h.fd.as_fd(), name)?;
+            return Ok(GetxattrReply::Count(n as u32));
+        }
+        let v = xattr::get(h.fd.as_fd(), name, size.min(XATTR_MAX) as usize)?;
+        Ok(GetxattrReply::Value(v))
+    }
+
+    pub(crate) fn do_listxattr(&self, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let Ok(h) = self.host(inode, libc::ENODATA) else {
+            return Ok(if size == 0 {
+                ListxattrReply::Count(0)
+            } else {
+                ListxattrReply::Names(Vec::new())
+            });
+        };
+        if size == 0 {
+            let n = xattr::list(h.fd.as_fd(), 0)?.len();
+            return Ok(ListxattrReply::Count(n as u32));
+        }
+        let names = xattr::list(h.fd.as_fd(), size.min(XATTR_MAX) as usize)?;
+        Ok(ListxattrReply::Names(names))
+    }
+
+    pub(crate) fn do_setxattr(
+        &self,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        let h = self.host(inode, libc::EROFS)?;
+        if !h.area.writable() {
+            return Err(err(libc::EROFS));
+        }
+        if !guest_may_write(name.to_bytes()) {
+            return Err(err(libc::EPERM));
+        }
+        xattr::set(h.fd.as_fd(), name, value, flags as i32)
+    }
+
+    pub(crate) fn do_removexattr(&self, inode: u64, name: &CStr) -> io::Result<()> {
+        let h = self.host(inode, libc::EROFS)?;
+        if !h.area.writable() {
+            return Err(err(libc::EROFS));
+        }
+        if !guest_may_write(name.to_bytes()) {
+            return Err(err(libc::EPERM));
+        }
+        xattr::remove(h.fd.as_fd(), name)
+    }
+}
