@@ -1,1 +1,22 @@
-//! strata lab: guest kernels, initramfs, qemu. (being written)
+//! strata lab: the VM harness for tests, the demo and the stall lab.
+//!
+//! - [`GuestKernel::fetch`] gets a Debian cloud kernel (6.1 or 6.12) into the cache, once.
+//! - [`Initramfs`] writes newc cpio archives; [`guest_initramfs`] builds the strata guest image.
+//! - [`VmConfig`] boots it under qemu (TCG) and captures the serial console.
+//! - [`fixture`] builds rootfs layers (busybox, whiteouts, opaque dirs).
+//!
+//! Host requirements are installed by `scripts/install-deps.sh`.
+
+mod cmd;
+pub mod elf;
+mod error;
+pub mod fixture;
+pub mod initramfs;
+pub mod kernel;
+pub mod qemu;
+mod sys;
+
+pub use error::{LabError, Result};
+pub use initramfs::{guest_initramfs, Contents, Initramfs};
+pub use kernel::{cache_dir, GuestKernel, KernelChoice, GUEST_MODULES};
+pub use qemu::{Vm, VmConfig, VmOutput};

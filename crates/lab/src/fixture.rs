@@ -1,0 +1,186 @@
+//! Test fixtures: a busybox rootfs layer and overlayfs-format layer helpers.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+use crate::error::{LabError, Result};
+
+/// The xattr that marks an overlayfs directory opaque (hides lower layers' contents).
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// Where busybox-static installs busybox.
+const BUSYBOX_PATHS: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
+
+/// The host's static busybox (from the busybox-static package), checked to be static.
+pub fn static_busybox() -> Result<PathBuf> {
+    let Some(p) = BUSYBOX_PATHS.iter().map(Path::new).find(|p| p.is_file()) else {
+        return Err(LabError::MissingTool {
+            tool: "busybox (busybox-static)",
+        });
+    };
+    crate::elf::check_static(p)?;
+    Ok(p.to_path_buf())
+}
+
+/// Create a minimal busybox root filesystem layer in `dir` (created if missing).
+///
+/// `bin/busybox` (static) with a `bin/<applet>` symlink for every applet it has,
+/// `sbin/init -> ../bin/busybox`, the directories `proc sys dev tmp(1777) etc root(0700) run`,
+/// and `etc/passwd` / `etc/group` with root.
+pub fn busybox_rootfs(dir: &Path) -> Result<()> {
+    let busybox = static_busybox()?;
+    let out = crate::cmd::run(
+        Command::new(&busybox).arg("--list"),
+        "busybox",
+        "reinstall busybox-static (scripts/install-deps.sh)",
+    )?;
+    let applets: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.contains('/') && *a != "busybox")
+        .map(str::to_string)
+        .collect();
+
+    for (d, mode) in [
+        ("", 0o755),
+        ("bin", 0o755),
+        ("sbin", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("tmp", 0o1777),
+        ("etc", 0o755),
+        ("root", 0o700),
+        ("run", 0o755),
+    ] {
+        let p = dir.join(d);
+        fs::create_dir_all(&p).map_err(LabError::io("cannot create directory", &p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+            .map_err(LabError::io("cannot chmod", &p))?;
+    }
+    let bb = dir.join("bin/busybox");
+    fs::copy(&busybox, &bb).map_err(LabError::io("cannot copy busybox to", &bb))?;
+    fs::set_permissions(&bb, fs::Permissions::from_mode(0o755))
+        .map_err(LabError::io("cannot chmod", &bb))?;
+    for a in &applets {
+        replace_symlink("busybox", &dir.join("bin").join(a))?;
+    }
+    replace_symlink("../bin/busybox", &dir.join("sbin/init"))?;
+    for (f, text) in [
+        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
+        ("etc/group", "root:x:0:\n"),
+    ] {
+        let p = dir.join(f);
+        fs::write(&p, text).map_err(LabError::io("cannot write", &p))?;
+    }
+    tracing::debug!(?dir, applets = applets.len(), "busybox rootfs created");
+    Ok(())
+}
+
+fn replace_symlink(target: &str, link: &Path) -> Result<()> {
+    match fs::symlink_metadata(link) {
+        Ok(_) => fs::remove_file(link).map_err(LabError::io("cannot replace", link))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(LabError::Io {
+                what: "cannot stat",
+                path: link.to_path_buf(),
+                source: e,
+            })
+        }
+    }
+    symlink(target, link).map_err(LabError::io("cannot create symlink", link))
+}
+
+/// Create an overlayfs whiteout at `path`: a character device 0:0 (needs CAP_MKNOD).
+pub fn whiteout(path: &Path) -> Result<()> {
+    mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(|e| LabError::Io {
+        what: "cannot create whiteout (char 0:0; needs root)",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// Mark `dir` opaque for overlayfs (`trusted.overlay.opaque = "y"`; needs CAP_SYS_ADMIN).
+pub fn set_opaque(dir: &Path) -> Result<()> {
+    crate::sys::lsetxattr(dir, OPAQUE_XATTR, b"y").map_err(|e| LabError::Io {
+        what: "cannot set trusted.overlay.opaque (needs root and a filesystem with trusted xattrs)",
+        path: dir.to_path_buf(),
+        source: e,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn busybox_rootfs_works() {
+        if static_busybox().is_err() {
+            eprintln!("SKIP: busybox-static not installed (run scripts/install-deps.sh)");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        busybox_rootfs(d.path()).unwrap();
+        // Idempotent.
+        busybox_rootfs(d.path()).unwrap();
+        for a in [
+            "sh",
+            "ls",
+            "cat",
+            "find",
+            "md5sum",
+            "sha256sum",
+            "dd",
+            "stat",
+            "ln",
+            "mv",
+        ] {
+            assert_eq!(
+                fs::read_link(d.path().join("bin").join(a)).unwrap(),
+                Path::new("busybox"),
+                "{a}"
+            );
+        }
+        assert_eq!(
+            fs::read_link(d.path().join("sbin/init")).unwrap(),
+            Path::new("../bin/busybox")
+        );
+        let m = fs::metadata(d.path().join("tmp")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o1777);
+        let out = Command::new(d.path().join("bin/sh"))
+            .args(["-c", "echo ok"])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"ok\n");
+    }
+
+    #[test]
+    fn whiteout_and_opaque() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIP: whiteouts and trusted xattrs need root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path().join("gone");
+        whiteout(&w).unwrap();
+        let m = fs::symlink_metadata(&w).unwrap();
+        assert!(m.file_type().is_char_device());
+        assert_eq!(std::os::unix::fs::MetadataExt::rdev(&m), 0);
+        let o = d.path().join("dir");
+        fs::create_dir(&o).unwrap();
+        match set_opaque(&o) {
+            Ok(()) => {}
+            // tmpfs before 6.6 has no trusted xattrs.
+            Err(LabError::Io { source, .. }) if source.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                eprintln!("SKIP: no trusted xattrs on {:?}", d.path())
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

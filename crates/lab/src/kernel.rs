@@ -1,0 +1,668 @@
+//! Debian guest kernels: fetch with apt, cache, and hand out the modules the guest needs.
+//!
+//! Kernels come from Debian's `linux-image-*-cloud-amd64` packages (small, virtio-centric).
+//! They are downloaded with `apt-get download` and unpacked with `dpkg-deb -x` into
+//! `$STRATA_CACHE/kernels/<release>/` (default cache: `/var/cache/strata`), once. A marker file
+//! `kernels/current-<choice>` names the release in use, so later fetches make no apt calls;
+//! delete it to move to a newer kernel.
+//!
+//! Fetching is safe across threads and processes: it runs under an exclusive `flock` on
+//! `kernels/.lock`, and a kernel directory is published by renaming a fully extracted temporary
+//! directory, so a half-extracted kernel is never seen.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::cmd;
+use crate::error::{LabError, Result};
+
+/// The kernel modules the strata guest needs, in a working load order (dependencies first).
+///
+/// Names that a kernel has built in are simply absent from [`GuestKernel::modules`]' result.
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "virtio_blk",
+    "fuse",
+    "virtiofs",
+    "overlay",
+];
+
+const APT_HINT: &str =
+    "run scripts/install-deps.sh and check the apt sources (/etc/apt/sources.list*) reach Debian";
+
+/// Which Debian guest kernel to boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelChoice {
+    /// Debian 12's own 6.1 kernel: newest `linux-image-6.1.0-NN-cloud-amd64`.
+    Debian6_1,
+    /// The 6.12 kernel for Debian 12 (lockless shrinkers): newest
+    /// `linux-image-6.12.N+deb12-cloud-amd64` (bookworm security/main) or `+bpo` (backports).
+    Debian6_12,
+}
+
+impl KernelChoice {
+    /// Every choice, oldest first.
+    pub const ALL: [KernelChoice; 2] = [KernelChoice::Debian6_1, KernelChoice::Debian6_12];
+
+    /// Short name: `6.1` or `6.12`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelChoice::Debian6_1 => "6.1",
+            KernelChoice::Debian6_12 => "6.12",
+        }
+    }
+
+    /// Human-readable package pattern, for messages.
+    fn pattern(self) -> &'static str {
+        match self {
+            KernelChoice::Debian6_1 => "linux-image-6.1.0-NN-cloud-amd64",
+            KernelChoice::Debian6_12 => "linux-image-6.12.N+deb12-cloud-amd64 (or +bpo)",
+        }
+    }
+
+    /// POSIX regex for `apt-cache search --names-only`.
+    fn search_regex(self) -> &'static str {
+        match self {
+            KernelChoice::Debian6_1 => r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
+            KernelChoice::Debian6_12 => r"^linux-image-6\.12\.[0-9]+\+(deb12|bpo)-cloud-amd64$",
+        }
+    }
+
+    /// Sort key of a matching package name (higher = newer), or `None` if it does not match
+    /// exactly (e.g. `-unsigned`, `-dbg`).
+    fn version_key(self, package: &str) -> Option<(u64, u8)> {
+        let (prefix, rest) = match self {
+            KernelChoice::Debian6_1 => ("linux-image-6.1.0-", "-cloud-amd64"),
+            KernelChoice::Debian6_12 => ("linux-image-6.12.", "-cloud-amd64"),
+        };
+        let mid = package.strip_prefix(prefix)?.strip_suffix(rest)?;
+        match self {
+            KernelChoice::Debian6_1 => {
+                let n = parse_digits(mid)?;
+                Some((n, 0))
+            }
+            KernelChoice::Debian6_12 => {
+                let (n, flavour) = mid.split_once('+')?;
+                let rank = match flavour {
+                    "deb12" => 1,
+                    "bpo" => 0,
+                    _ => return None,
+                };
+                Some((parse_digits(n)?, rank))
+            }
+        }
+    }
+}
+
+fn parse_digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+impl fmt::Display for KernelChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KernelChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "6.1" => Ok(KernelChoice::Debian6_1),
+            "6.12" => Ok(KernelChoice::Debian6_12),
+            _ => Err(format!("unknown kernel {s:?}: expected 6.1 or 6.12")),
+        }
+    }
+}
+
+/// The strata cache directory: `$STRATA_CACHE`, or `/var/cache/strata`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("STRATA_CACHE") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from("/var/cache/strata"),
+    }
+}
+
+/// An unpacked Debian guest kernel in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestKernel {
+    /// Which kernel line this is.
+    pub choice: KernelChoice,
+    /// The bootable kernel image (`boot/vmlinuz-<release>`), for qemu `-kernel`.
+    pub vmlinuz: PathBuf,
+    /// The kernel release, e.g. `6.1.0-41-cloud-amd64` (`uname -r` in the guest).
+    pub release: String,
+    /// The unpacked package root (`kernels/<release>/` in the cache).
+    pub dir: PathBuf,
+}
+
+impl GuestKernel {
+    /// Fetch (once) and return the newest kernel of the given line.
+    ///
+    /// The first call downloads the package with apt (running `apt-get update` if nothing is
+    /// found, and adding bookworm-backports for 6.12 only if that still finds nothing); later
+    /// calls read the cache marker and make no apt calls.
+    pub fn fetch(which: KernelChoice) -> Result<GuestKernel> {
+        let kernels = cache_dir().join("kernels");
+        if let Some(k) = Self::cached(which, &kernels) {
+            return Ok(k);
+        }
+        fs::create_dir_all(&kernels).map_err(|e| LabError::Io {
+            what: "cannot create the kernel cache (set STRATA_CACHE to a writable directory)",
+            path: kernels.clone(),
+            source: e,
+        })?;
+        let lock_path = kernels.join(".lock");
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(LabError::io("cannot open lock file", &lock_path))?;
+        tracing::debug!(?lock_path, "taking the kernel cache lock");
+        let _lock =
+            Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| LabError::Io {
+                what: "cannot lock",
+                path: lock_path.clone(),
+                source: e.into(),
+            })?;
+        // Someone else may have fetched it while we waited.
+        if let Some(k) = Self::cached(which, &kernels) {
+            return Ok(k);
+        }
+        remove_stale_temp_dirs(&kernels);
+
+        let package = newest_package(which)?;
+        let release = package.trim_start_matches("linux-image-").to_string();
+        let dir = kernels.join(&release);
+        if !dir
+            .join("boot")
+            .join(format!("vmlinuz-{release}"))
+            .is_file()
+        {
+            download_and_extract(&package, &release, &kernels)?;
+        }
+        write_marker(&kernels, which, &release)?;
+        Self::cached(which, &kernels).ok_or_else(|| LabError::BadKernelPackage {
+            package,
+            detail: "no boot/vmlinuz after extraction".into(),
+            dir,
+        })
+    }
+
+    /// The kernel named by the cache marker, if it is fully there.
+    fn cached(which: KernelChoice, kernels: &Path) -> Option<GuestKernel> {
+        let marker = kernels.join(format!("current-{}", which.name()));
+        let release = fs::read_to_string(marker).ok()?.trim().to_string();
+        if release.is_empty() || release.contains('/') {
+            return None;
+        }
+        let dir = kernels.join(&release);
+        let vmlinuz = dir.join("boot").join(format!("vmlinuz-{release}"));
+        if !vmlinuz.is_file() {
+            return None;
+        }
+        tracing::debug!(%release, "using cached guest kernel");
+        Some(GuestKernel {
+            choice: which,
+            vmlinuz,
+            release,
+            dir,
+        })
+    }
+
+    /// `lib/modules/<release>` inside the unpacked package.
+    pub fn modules_dir(&self) -> PathBuf {
+        self.dir.join("lib/modules").join(&self.release)
+    }
+
+    /// Plain `.ko` files for the given module base names (e.g. `virtio_pci`), in a load order:
+    /// the given order, except that a module comes after the other requested modules it
+    /// depends on (its `.modinfo` `depends=`), so `insmod` in the returned order works.
+    ///
+    /// `.ko.xz` modules are decompressed (with `xz`) into the cache on first use. Names the
+    /// kernel has built in (or does not have at all) are skipped and logged.
+    pub fn modules(&self, names: &[&str]) -> Result<Vec<PathBuf>> {
+        let index = self.module_index()?;
+        let builtin =
+            fs::read_to_string(self.modules_dir().join("modules.builtin")).unwrap_or_default();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let key = normalize(name);
+            let Some(src) = index.get(&key) else {
+                let is_builtin = builtin
+                    .lines()
+                    .filter_map(|l| l.rsplit('/').next())
+                    .any(|f| normalize(f.trim_end_matches(".ko")) == key);
+                if is_builtin {
+                    tracing::debug!(module = name, release = %self.release, "built into the kernel");
+                } else {
+                    tracing::warn!(module = name, release = %self.release, "module not found (and not listed as built in); skipping");
+                }
+                continue;
+            };
+            let file = src
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let ko = if file.ends_with(".ko") {
+                src.clone()
+            } else {
+                self.decompress(name, src)?
+            };
+            let bytes = fs::read(&ko).map_err(LabError::io("cannot read module", &ko))?;
+            out.push((key, modinfo_depends(&bytes), ko));
+        }
+        Ok(dependency_order(out))
+    }
+
+    /// Map of normalized module name -> file, for every `.ko` / `.ko.xz` of the kernel.
+    fn module_index(&self) -> Result<HashMap<String, PathBuf>> {
+        let root = self.modules_dir().join("kernel");
+        let mut index = HashMap::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            let entries =
+                fs::read_dir(&d).map_err(LabError::io("cannot read module directory", &d))?;
+            for e in entries {
+                let e = e.map_err(LabError::io("cannot read module directory", &d))?;
+                let path = e.path();
+                let ft = e.file_type().map_err(LabError::io("cannot stat", &path))?;
+                if ft.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let name = e.file_name().to_string_lossy().into_owned();
+                let base = name
+                    .strip_suffix(".ko")
+                    .or_else(|| name.strip_suffix(".ko.xz"));
+                if let Some(base) = base {
+                    index.insert(normalize(base), path);
+                }
+            }
+        }
+        Ok(index)
+    }
+
+    /// Decompress a `.ko.xz` into `<dir>/strata-ko/<name>.ko` once (atomically).
+    fn decompress(&self, name: &str, src: &Path) -> Result<PathBuf> {
+        let out_dir = self.dir.join("strata-ko");
+        let out = out_dir.join(format!("{}.ko", normalize(name)));
+        if out.is_file() {
+            return Ok(out);
+        }
+        fs::create_dir_all(&out_dir).map_err(LabError::io("cannot create directory", &out_dir))?;
+        let tmp = tempfile::NamedTempFile::new_in(&out_dir)
+            .map_err(LabError::io("cannot create temp file in", &out_dir))?;
+        let stdout = tmp
+            .reopen()
+            .map_err(LabError::io("cannot reopen temp file", tmp.path()))?;
+        let mut c = Command::new("xz");
+        c.arg("-dc").arg(src).stdout(Stdio::from(stdout));
+        let command = cmd::describe(&c);
+        let status = c.status().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                LabError::MissingTool { tool: "xz" }
+            } else {
+                LabError::Command {
+                    command: command.clone(),
+                    detail: e.to_string(),
+                    hint: "check the xz-utils install",
+                }
+            }
+        })?;
+        if !status.success() {
+            return Err(LabError::Command {
+                command,
+                detail: status.to_string(),
+                hint: "the cached module may be corrupt: delete the kernel's cache directory and retry",
+            });
+        }
+        publish(tmp, &out)?;
+        tracing::debug!(module = name, ?out, "decompressed module");
+        Ok(out)
+    }
+}
+
+/// The `depends=` list from a module's `.modinfo` strings (NUL-separated `key=value`).
+fn modinfo_depends(ko: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"\0depends=";
+    let Some(at) = ko.windows(KEY.len()).position(|w| w == KEY) else {
+        return Vec::new();
+    };
+    let rest = &ko[at + KEY.len()..];
+    let value = &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())];
+    String::from_utf8_lossy(value)
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(normalize)
+        .collect()
+}
+
+/// Stable topological order: each module after the listed modules it depends on.
+fn dependency_order(mut pending: Vec<(String, Vec<String>, PathBuf)>) -> Vec<PathBuf> {
+    let mut done: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    while !pending.is_empty() {
+        let ready = pending.iter().position(|(_, deps, _)| {
+            deps.iter()
+                .all(|d| done.contains(d) || !pending.iter().any(|(k, _, _)| k == d))
+        });
+        // A cycle cannot happen with real modules; keep the given order if it does.
+        let (key, _, path) = pending.remove(ready.unwrap_or(0));
+        done.push(key);
+        out.push(path);
+    }
+    out
+}
+
+/// Module names use `-` and `_` interchangeably.
+fn normalize(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// Leftovers of fetches that died half-way (we hold the lock, so nobody is using them).
+fn remove_stale_temp_dirs(kernels: &Path) {
+    let Ok(entries) = fs::read_dir(kernels) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".fetch-") {
+            tracing::debug!(path = ?e.path(), "removing a stale partial kernel fetch");
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn write_marker(kernels: &Path, which: KernelChoice, release: &str) -> Result<()> {
+    let marker = kernels.join(format!("current-{}", which.name()));
+    let mut tmp = tempfile::NamedTempFile::new_in(kernels)
+        .map_err(LabError::io("cannot create temp file in", kernels))?;
+    std::io::Write::write_all(&mut tmp, format!("{release}\n").as_bytes())
+        .map_err(LabError::io("cannot write", tmp.path()))?;
+    publish(tmp, &marker)
+}
+
+/// Make a finished temp file world-readable and rename it to `dest`.
+fn publish(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(LabError::io("cannot chmod", tmp.path()))?;
+    tmp.persist(dest).map_err(|e| LabError::Io {
+        what: "cannot write",
+        path: dest.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Names matching `which` in the apt lists, newest first.
+fn search(which: KernelChoice) -> Result<Vec<String>> {
+    let out = cmd::run(
+        Command::new("apt-cache").args(["search", "--names-only", which.search_regex()]),
+        "apt-cache",
+        APT_HINT,
+    )?;
+    let mut found: Vec<(u64, u8, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|name| {
+            which
+                .version_key(name)
+                .map(|(n, r)| (n, r, name.to_string()))
+        })
+        .collect();
+    found.sort();
+    Ok(found.into_iter().rev().map(|(_, _, n)| n).collect())
+}
+
+fn apt_update() -> Result<()> {
+    tracing::info!("running apt-get update");
+    cmd::run(
+        Command::new("apt-get").args(["-q", "update"]),
+        "apt-get",
+        APT_HINT,
+    )?;
+    Ok(())
+}
+
+/// The newest package name for `which`, updating apt lists (and adding backports) only if needed.
+fn newest_package(which: KernelChoice) -> Result<String> {
+    if let Some(p) = search(which)?.into_iter().next() {
+        return Ok(p);
+    }
+    apt_update()?;
+    if let Some(p) = search(which)?.into_iter().next() {
+        return Ok(p);
+    }
+    if which == KernelChoice::Debian6_12 && ensure_backports()? {
+        apt_update()?;
+        if let Some(p) = search(which)?.into_iter().next() {
+            return Ok(p);
+        }
+    }
+    Err(LabError::KernelNotFound {
+        pattern: which.pattern(),
+        hint: "check that the apt sources include Debian bookworm (and bookworm-security or bookworm-backports for 6.12)",
+    })
+}
+
+/// Add `bookworm-backports` to the apt sources if apt does not know it. Returns whether added.
+fn ensure_backports() -> Result<bool> {
+    let policy = cmd::run(
+        Command::new("apt-cache").arg("policy"),
+        "apt-cache",
+        APT_HINT,
+    )?;
+    let suite = format!("{}-backports", codename());
+    if String::from_utf8_lossy(&policy.stdout).contains(&suite) {
+        return Ok(false);
+    }
+    let uri = debian_mirror().unwrap_or_else(|| "http://deb.debian.org/debian".to_string());
+    let path = Path::new("/etc/apt/sources.list.d/strata-backports.list");
+    tracing::warn!(?path, %uri, %suite, "adding Debian backports to the apt sources for the 6.12 kernel");
+    fs::write(path, format!("deb {uri} {suite} main\n")).map_err(|e| LabError::Io {
+        what: "cannot add backports to apt sources (run as root, or add it by hand)",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    Ok(true)
+}
+
+/// The distribution codename (`bookworm` unless /etc/os-release says otherwise).
+fn codename() -> String {
+    fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VERSION_CODENAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "bookworm".to_string())
+}
+
+/// The mirror URI already used for the main Debian suite, in either sources format.
+fn debian_mirror() -> Option<String> {
+    let codename = codename();
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for f in files {
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if ext == "sources" {
+            for para in text.split("\n\n") {
+                let field = |k: &str| {
+                    para.lines()
+                        .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+                };
+                let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) else {
+                    continue;
+                };
+                if suites.split_whitespace().any(|s| s == codename) {
+                    return uris.split_whitespace().next().map(str::to_string);
+                }
+            }
+        } else if ext == "list" || f.file_name().is_some_and(|n| n == "sources.list") {
+            for l in text.lines() {
+                let words: Vec<&str> = l
+                    .split_whitespace()
+                    .filter(|w| !w.starts_with('['))
+                    .collect();
+                if words.len() >= 3 && words[0] == "deb" && words[2] == codename {
+                    return Some(words[1].to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Download `package`, unpack it, and publish it as `kernels/<release>` by rename.
+fn download_and_extract(package: &str, release: &str, kernels: &Path) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".fetch-")
+        .tempdir_in(kernels)
+        .map_err(LabError::io("cannot create temp dir in", kernels))?;
+    tracing::info!(%package, "downloading guest kernel");
+    let download = |tmp: &Path| {
+        let mut c = Command::new("apt-get");
+        if nix::unistd::geteuid().is_root() {
+            // The sandbox user cannot write into our private temp dir; avoid the warning.
+            c.args(["-o", "APT::Sandbox::User=root"]);
+        }
+        c.args(["-q", "download", package]).current_dir(tmp);
+        cmd::run(&mut c, "apt-get", APT_HINT)
+    };
+    if let Err(e) = download(tmp.path()) {
+        // Stale lists name versions the mirror no longer has: refresh once and retry.
+        tracing::warn!(error = %e, "apt-get download failed; running apt-get update and retrying");
+        apt_update()?;
+        download(tmp.path())?;
+    }
+    let deb = fs::read_dir(tmp.path())
+        .map_err(LabError::io("cannot read", tmp.path()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| LabError::Command {
+            command: format!("apt-get download {package}"),
+            detail: "no .deb file was produced".into(),
+            hint: APT_HINT,
+        })?;
+    let root = tmp.path().join("root");
+    cmd::run(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+        "dpkg-deb",
+        "the download may be corrupt: retry; check free space in the cache (STRATA_CACHE)",
+    )?;
+    let _ = fs::remove_file(&deb);
+    let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
+    if !vmlinuz.is_file() || !root.join("lib/modules").join(release).is_dir() {
+        return Err(LabError::BadKernelPackage {
+            package: package.to_string(),
+            detail: format!("expected boot/vmlinuz-{release} and lib/modules/{release}"),
+            dir: root,
+        });
+    }
+    let dest = kernels.join(release);
+    fs::rename(&root, &dest).map_err(LabError::io("cannot publish kernel to", &dest))?;
+    tracing::info!(%release, ?dest, "guest kernel cached");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_exact_names_and_numeric_order() {
+        let k = KernelChoice::Debian6_1;
+        assert_eq!(
+            k.version_key("linux-image-6.1.0-56-cloud-amd64"),
+            Some((56, 0))
+        );
+        assert_eq!(
+            k.version_key("linux-image-6.1.0-9-cloud-amd64"),
+            Some((9, 0))
+        );
+        assert!(
+            k.version_key("linux-image-6.1.0-9-cloud-amd64")
+                < k.version_key("linux-image-6.1.0-10-cloud-amd64")
+        );
+        assert_eq!(
+            k.version_key("linux-image-6.1.0-56-cloud-amd64-unsigned"),
+            None
+        );
+        assert_eq!(k.version_key("linux-image-6.1.0-56-cloud-amd64-dbg"), None);
+        assert_eq!(k.version_key("linux-image-6.1.0-56-amd64"), None);
+        let k = KernelChoice::Debian6_12;
+        assert_eq!(
+            k.version_key("linux-image-6.12.117+deb12-cloud-amd64"),
+            Some((117, 1))
+        );
+        assert_eq!(
+            k.version_key("linux-image-6.12.38+bpo-cloud-amd64"),
+            Some((38, 0))
+        );
+        assert_eq!(k.version_key("linux-image-6.12-cloud-amd64"), None);
+        assert_eq!(
+            k.version_key("linux-image-6.12.117+deb12-cloud-amd64-unsigned"),
+            None
+        );
+        assert!(
+            k.version_key("linux-image-6.12.99+deb12-cloud-amd64")
+                < k.version_key("linux-image-6.12.100+deb12-cloud-amd64")
+        );
+    }
+
+    #[test]
+    fn orders_dependencies_first() {
+        let m = |k: &str, deps: &[&str]| {
+            let deps = deps.iter().map(|d| d.to_string()).collect();
+            (k.to_string(), deps, PathBuf::from(k))
+        };
+        let order = dependency_order(vec![
+            m("virtio", &["virtio_ring"]),
+            m("virtio_ring", &[]),
+            m("virtio_blk", &["virtio", "virtio_ring", "builtin_thing"]),
+            m("fuse", &[]),
+        ]);
+        assert_eq!(
+            order,
+            ["virtio_ring", "virtio", "virtio_blk", "fuse"].map(PathBuf::from)
+        );
+        let ko = b"\x7fELF...\0license=GPL\0depends=virtio,virtio_ring\0intree=Y\0";
+        assert_eq!(modinfo_depends(ko), ["virtio", "virtio_ring"]);
+        assert!(modinfo_depends(b"\0depends=\0").is_empty());
+    }
+
+    #[test]
+    fn choice_round_trips() {
+        for c in KernelChoice::ALL {
+            assert_eq!(c.name().parse::<KernelChoice>(), Ok(c));
+        }
+        assert!("5.10".parse::<KernelChoice>().is_err());
+    }
+}

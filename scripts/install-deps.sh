@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install the Debian packages strata's VM lab and tests need.
+#
+# Idempotent and fast when everything is present: `apt-get update` only runs when a package is
+# missing. Needs root (or sudo) and Debian's apt sources.
+#
+#   qemu-system-x86  boots the guest kernels (TCG; see crates/lab)
+#   busybox-static   the guest userland for test rootfs layers and smoke tests
+#   cpio, xz-utils   initramfs inspection and .ko.xz kernel modules (6.12 kernels)
+#   strace           debugging the daemon
+#   umoci            unpacking OCI images into layers
+set -euo pipefail
+
+PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci)
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        echo "install-deps: not root and no sudo; run this script as root" >&2
+        exit 1
+    fi
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-deps: all present (${PACKAGES[*]})"
+    exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -q
+"${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "install-deps: installed ${missing[*]}"
