@@ -1,0 +1,363 @@
+//! Mounting: the virtio-fs tag, the overlay built from the plan, moves and the root switch.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::unistd::{chdir, chroot};
+use strata_plan::{MountPlan, PLAN_FILE};
+
+use crate::GuestError;
+
+/// Parent of the staging mounts of `strata guest mount` (`/run/strata/<tag>`).
+pub(crate) const STAGING_BASE: &str = "/run/strata";
+/// How long to wait for the virtio-fs device (it may be probed a little after its modules load).
+pub(crate) const VIRTIOFS_WAIT: Duration = Duration::from_secs(5);
+const VIRTIOFS_RETRY_EVERY: Duration = Duration::from_millis(20);
+/// Longest virtio-fs tag (the `tag` field of the device config space).
+pub(crate) const MAX_TAG_LEN: usize = 36;
+/// mount(2) copies at most one page of option data, NUL included.
+pub(crate) const MOUNT_DATA_MAX: usize = 4095;
+/// How many kernel log lines to show with a mount error.
+const KMSG_HINT_LINES: usize = 8;
+
+/// Where `strata guest mount` mounts the tag itself.
+pub(crate) fn staging_dir(tag: &str) -> PathBuf {
+    Path::new(STAGING_BASE).join(tag)
+}
+
+/// A tag must be a valid virtio-fs tag and, since it names the staging directory that ends up
+/// in the overlay options, free of the characters overlayfs treats specially.
+pub(crate) fn validate_tag(tag: &str) -> Result<(), GuestError> {
+    let reason = if tag.is_empty() {
+        Some("it is empty")
+    } else if tag.len() > MAX_TAG_LEN {
+        Some("virtio-fs tags are at most 36 bytes")
+    } else if tag == "." || tag == ".." {
+        Some("it must not be . or ..")
+    } else if !tag
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b',' | b':' | b'\\' | b'"' | b'\''))
+    {
+        Some("use only printable ASCII without spaces, quotes, '/', ',', ':' or '\\'")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(GuestError::BadTag {
+            tag: tag.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `mkdir -p`.
+pub(crate) fn mkdir_p(path: &Path) -> Result<(), GuestError> {
+    std::fs::create_dir_all(path).map_err(|source| GuestError::Mkdir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Whether `target` is a mount point according to `/proc/self/mounts` (false if /proc is not
+/// mounted yet).
+pub(crate) fn is_mounted(target: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let Some(target) = target.to_str() else {
+        return false;
+    };
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(target))
+}
+
+/// Watches the kernel log from "now" on, to show what the kernel said about a failed mount
+/// (overlayfs and virtio-fs explain their refusals only there).
+pub(crate) struct KmsgWatch(Option<File>);
+
+impl KmsgWatch {
+    /// Start watching; silently does nothing if `/dev/kmsg` is unavailable.
+    pub(crate) fn start() -> Self {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .ok()
+            .and_then(|mut f| f.seek(SeekFrom::End(0)).ok().map(|_| f));
+        KmsgWatch(file)
+    }
+
+    /// The last `max` messages logged since [`KmsgWatch::start`] that contain any of `patterns`.
+    pub(crate) fn lines(&mut self, patterns: &[&str], max: usize) -> Vec<String> {
+        let Some(file) = self.0.as_mut() else {
+            return Vec::new();
+        };
+        let mut records = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        // Each read returns one record; EAGAIN at the end, EPIPE if records were overwritten.
+        for _ in 0..100_000 {
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => records.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(e)
+                    if e.kind() == ErrorKind::Interrupted
+                        || e.raw_os_error() == Some(libc::EPIPE) => {}
+                Err(_) => break,
+            }
+        }
+        matching_messages(records.iter().map(String::as_str), patterns, max)
+    }
+}
+
+/// The message text of one `/dev/kmsg` record (`prio,seq,usec,flags;text\n KEY=value...`).
+pub(crate) fn kmsg_message(record: &str) -> Option<&str> {
+    let (_, rest) = record.split_once(';')?;
+    let text = rest.lines().next().unwrap_or("").trim_end();
+    (!text.is_empty()).then_some(text)
+}
+
+/// The last `max` distinct messages among `records` that contain any of `patterns` (a repeated
+/// message, e.g. one per mount retry, is kept once, at its last position).
+pub(crate) fn matching_messages<'a>(
+    records: impl Iterator<Item = &'a str>,
+    patterns: &[&str],
+    max: usize,
+) -> Vec<String> {
+    let mut hits: Vec<String> = Vec::new();
+    for m in records
+        .filter_map(kmsg_message)
+        .filter(|m| patterns.iter().any(|p| m.contains(p)))
+    {
+        hits.retain(|h| h != m);
+        hits.push(m.to_string());
+    }
+    let skip = hits.len().saturating_sub(max);
+    hits.drain(..skip);
+    hits
+}
+
+/// Mount virtio-fs `tag` at `target`, retrying for up to `wait` while the device or the
+/// filesystem type is not there yet.
+pub(crate) fn mount_virtiofs(tag: &str, target: &Path, wait: Duration) -> Result<(), GuestError> {
+    let mut kmsg = KmsgWatch::start();
+    let start = Instant::now();
+    loop {
+        match mount(
+            Some(tag),
+            target,
+            Some("virtiofs"),
+            MsFlags::empty(),
+            None::<&str>,
+        ) {
+            Ok(()) => return Ok(()),
+            // ENODEV: virtiofs not registered yet; EINVAL/ENOENT/ENXIO: no device with this tag yet.
+            Err(Errno::ENODEV | Errno::EINVAL | Errno::ENOENT | Errno::ENXIO)
+                if start.elapsed() < wait =>
+            {
+                std::thread::sleep(VIRTIOFS_RETRY_EVERY);
+            }
+            Err(errno) => {
+                return Err(GuestError::Virtiofs {
+                    tag: tag.to_string(),
+                    target: target.to_path_buf(),
+                    errno,
+                    waited_ms: start.elapsed().as_millis(),
+                    kmsg: kmsg.lines(
+                        &["virtio-fs", "virtiofs", "virtio_fs", "fuse"],
+                        KMSG_HINT_LINES,
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// Read and validate `<root>/plan.json`.
+pub(crate) fn read_plan(root: &Path) -> Result<MountPlan, GuestError> {
+    let path = root.join(PLAN_FILE);
+    let bytes = std::fs::read(&path).map_err(|source| GuestError::ReadPlan {
+        path: path.clone(),
+        source,
+    })?;
+    MountPlan::from_json(&bytes).map_err(|source| GuestError::Plan { path, source })
+}
+
+/// The overlay mount data for the tree mounted at `root`, checked against the mount(2) limit.
+pub(crate) fn overlay_data(plan: &MountPlan, root: &Path) -> Result<String, GuestError> {
+    let root_str = root.to_str().ok_or_else(|| GuestError::NonUtf8Path {
+        path: root.to_path_buf(),
+    })?;
+    let data = plan.overlay_options(root_str);
+    if data.len() > MOUNT_DATA_MAX {
+        return Err(GuestError::OverlayOptionsTooLong {
+            len: data.len(),
+            max: MOUNT_DATA_MAX,
+            layers: plan.lowers.len(),
+        });
+    }
+    Ok(data)
+}
+
+/// Mount the overlay described by `plan` (paths relative to `root`) at `target`.
+pub(crate) fn mount_overlay(
+    plan: &MountPlan,
+    root: &Path,
+    target: &Path,
+) -> Result<(), GuestError> {
+    let data = overlay_data(plan, root)?;
+    let mut kmsg = KmsgWatch::start();
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|errno| GuestError::Overlay {
+        target: target.to_path_buf(),
+        errno,
+        kmsg: kmsg.lines(&["overlayfs"], KMSG_HINT_LINES),
+        options: data,
+    })
+}
+
+/// `mount --move from to`.
+pub(crate) fn move_mount(from: &Path, to: &Path) -> Result<(), GuestError> {
+    mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|errno| {
+        GuestError::MoveMount {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+            errno,
+        }
+    })
+}
+
+/// Make the mount at `newroot` the root, the way `switch_root` does it for an initramfs (whose
+/// rootfs cannot be `pivot_root`ed away): `chdir newroot; mount --move . /; chroot .; chdir /`.
+pub(crate) fn switch_root(newroot: &Path) -> Result<(), GuestError> {
+    let fail = |step: &'static str| {
+        move |errno| GuestError::SwitchRoot {
+            newroot: newroot.to_path_buf(),
+            step,
+            errno,
+        }
+    };
+    chdir(newroot).map_err(fail("chdir to the new root"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(fail("mount --move . /"))?;
+    chroot(".").map_err(fail("chroot ."))?;
+    chdir("/").map_err(fail("chdir /"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        for ok in ["strata", "rootfs-1", "a_b.c", "x".repeat(36).as_str()] {
+            assert!(validate_tag(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a,b",
+            "a:b",
+            "a b",
+            "a\\b",
+            "\u{e9}",
+            "x".repeat(37).as_str(),
+        ] {
+            assert!(
+                matches!(validate_tag(bad), Err(GuestError::BadTag { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn staging_is_per_tag() {
+        assert_eq!(staging_dir("strata"), Path::new("/run/strata/strata"));
+    }
+
+    #[test]
+    fn overlay_data_for_init_and_mount() {
+        let plan = MountPlan::standard(2);
+        assert_eq!(
+            overlay_data(&plan, Path::new("/run/strata/fs")).unwrap(),
+            "lowerdir=/run/strata/fs/layers/0:/run/strata/fs/layers/1,upperdir=/run/strata/fs/upper,\
+             workdir=/run/strata/fs/work,index=off,redirect_dir=off,metacopy=off"
+        );
+        assert_eq!(
+            overlay_data(&MountPlan::standard(1), &staging_dir("mytag")).unwrap(),
+            "lowerdir=/run/strata/mytag/layers/0,upperdir=/run/strata/mytag/upper,\
+             workdir=/run/strata/mytag/work,index=off,redirect_dir=off,metacopy=off"
+        );
+    }
+
+    #[test]
+    fn overlay_data_respects_the_page_limit() {
+        // ~27 bytes per layer: 120 layers fit, 200 do not.
+        assert!(overlay_data(&MountPlan::standard(120), Path::new("/run/strata/fs")).is_ok());
+        match overlay_data(&MountPlan::standard(200), Path::new("/run/strata/fs")) {
+            Err(GuestError::OverlayOptionsTooLong { len, max, layers }) => {
+                assert!(len > max);
+                assert_eq!(layers, 200);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn kmsg_records() {
+        assert_eq!(
+            kmsg_message("4,512,1234567,-;overlayfs: failed to set xattr on upper\n SUBSYSTEM=x\n"),
+            Some("overlayfs: failed to set xattr on upper")
+        );
+        assert_eq!(kmsg_message("6,1,2,-;\n"), None);
+        assert_eq!(kmsg_message("garbage"), None);
+        let records = [
+            "6,1,0,-;overlayfs: old\n",
+            "6,2,0,-;virtio-fs: tag <x> not found\n",
+            "4,3,0,-;overlayfs: upper fs does not support tmpfile.\n",
+            "3,4,0,-;overlayfs: failed to verify upper root origin\n",
+            "6,5,0,-;virtio-fs: tag <x> not found\n",
+        ];
+        assert_eq!(
+            matching_messages(records.into_iter(), &["overlayfs"], 2),
+            [
+                "overlayfs: upper fs does not support tmpfile.",
+                "overlayfs: failed to verify upper root origin"
+            ]
+        );
+        assert_eq!(
+            matching_messages(records.into_iter(), &["virtio-fs"], 8),
+            ["virtio-fs: tag <x> not found"]
+        );
+    }
+
+    #[test]
+    fn plan_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        match read_plan(dir.path()) {
+            Err(e @ GuestError::ReadPlan { .. }) => {
+                assert!(e.to_string().contains("plan.json"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(dir.path().join(PLAN_FILE), b"{\"version\": 7}").unwrap();
+        assert!(matches!(
+            read_plan(dir.path()),
+            Err(GuestError::Plan { .. })
+        ));
+        std::fs::write(dir.path().join(PLAN_FILE), MountPlan::standard(3).to_json()).unwrap();
+        assert_eq!(read_plan(dir.path()).unwrap(), MountPlan::standard(3));
+    }
+}
