@@ -10,6 +10,9 @@ pub type Result<T, E = LabError> = std::result::Result<T, E>;
 /// Every message says what failed and, where there is one, what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
+    /// `strata serve` could not be started or watched.
+    #[error("strata serve: {0}")]
+    Serve(String),
     /// A filesystem operation failed.
     #[error("{what} {path:?}: {source}")]
     Io {

@@ -14,6 +14,7 @@ pub mod fixture;
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
+pub mod session;
 mod sys;
 
 pub use error::{LabError, Result};

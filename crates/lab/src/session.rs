@@ -1,0 +1,208 @@
+//! One container start as strata does it: `strata serve` on the host (optionally under strace,
+//! to count mount-family syscalls), a guest VM booted on the served tree, and the evidence
+//! afterwards (console, syscall count, host mount table before/after).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::LabError;
+
+/// Syscalls that create, change or move a mount, or make a mount namespace.
+pub const MOUNT_SYSCALLS: &[&str] = &[
+    "mount",
+    "umount2",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "pivot_root",
+    "unshare",
+    "setns",
+];
+
+/// What to serve.
+#[derive(Debug, Clone)]
+pub struct ServeSpec {
+    /// Layers, topmost first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub socket: PathBuf,
+    pub tag: String,
+}
+
+/// A running `strata serve`.
+pub struct ServeProcess {
+    child: Child,
+    socket: PathBuf,
+    strace_log: Option<PathBuf>,
+    /// Time from spawn to the socket accepting connections.
+    pub ready_after: Duration,
+}
+
+/// Lines of `/proc/self/mountinfo`: the host mount table of this mount namespace.
+pub fn host_mount_count() -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+impl ServeProcess {
+    /// Start `strata serve` (under `strace -f` when `strace_log` is given) and wait until its
+    /// socket accepts connections.
+    pub fn spawn(
+        strata: &Path,
+        spec: &ServeSpec,
+        strace_log: Option<&Path>,
+        log: &Path,
+    ) -> Result<ServeProcess, LabError> {
+        let mut cmd = match strace_log {
+            Some(out) => {
+                let mut c = Command::new("strace");
+                c.arg("-f")
+                    .arg("-qq")
+                    .arg("-o")
+                    .arg(out)
+                    .arg(format!("-e trace={}", MOUNT_SYSCALLS.join(",")))
+                    .arg(strata);
+                c
+            }
+            None => Command::new(strata),
+        };
+        cmd.arg("serve")
+            .arg("--socket")
+            .arg(&spec.socket)
+            .arg("--upper")
+            .arg(&spec.upper)
+            .arg("--work")
+            .arg(&spec.work)
+            .arg("--tag")
+            .arg(&spec.tag);
+        for l in &spec.lowers {
+            cmd.arg("--lower").arg(l);
+        }
+        let logf = std::fs::File::create(log).map_err(LabError::io("cannot create", log))?;
+        let logf2 = logf.try_clone().map_err(LabError::io("cannot duplicate", log))?;
+        cmd.stdin(Stdio::null()).stdout(logf).stderr(logf2);
+        let t0 = Instant::now();
+        let child = cmd.spawn().map_err(|e| {
+            LabError::Serve(format!(
+                "cannot start {}: {e} (is strace installed? run scripts/install-deps.sh)",
+                if strace_log.is_some() { "strace" } else { "strata serve" }
+            ))
+        })?;
+        let mut p = ServeProcess {
+            child,
+            socket: spec.socket.clone(),
+            strace_log: strace_log.map(Path::to_owned),
+            ready_after: Duration::ZERO,
+        };
+        let deadline = t0 + Duration::from_secs(20);
+        loop {
+            // Never connect to probe: the daemon serves exactly one connection.
+            if p.socket_listening() {
+                break;
+            }
+            if let Ok(Some(st)) = p.child.try_wait() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                return Err(LabError::Serve(format!(
+                    "strata serve exited ({st}) before listening:\n{text}"
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Serve("strata serve did not listen within 20 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        p.ready_after = t0.elapsed();
+        Ok(p)
+    }
+
+    /// The socket file exists: the daemon creates it with bind+listen, after every check.
+    fn socket_listening(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        std::fs::symlink_metadata(&self.socket)
+            .map(|m| m.file_type().is_socket())
+            .unwrap_or(false)
+    }
+
+    /// Wait for the daemon to end on its own (it does when the VMM disconnects).
+    pub fn wait(mut self, timeout: Duration) -> Result<ServeOutcome, LabError> {
+        let t0 = Instant::now();
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break Some(st),
+                Ok(None) if t0.elapsed() > timeout => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(LabError::Serve(format!("waiting for strata serve: {e}"))),
+            }
+        };
+        let mount_syscalls = match &self.strace_log {
+            Some(p) => Some(count_mount_syscalls(p)?),
+            None => None,
+        };
+        Ok(ServeOutcome {
+            exited_cleanly: status.map(|s| s.success()).unwrap_or(false),
+            mount_syscalls,
+        })
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// How the daemon's session ended.
+#[derive(Debug, Clone)]
+pub struct ServeOutcome {
+    /// Exit status 0 (it stops by itself when the VMM disconnects).
+    pub exited_cleanly: bool,
+    /// Mount-family syscalls strace saw the daemon make (attempts, successful or not).
+    pub mount_syscalls: Option<Vec<String>>,
+}
+
+/// The mount-family syscalls recorded in an `strace -f -e trace=...` log.
+pub fn count_mount_syscalls(log: &Path) -> Result<Vec<String>, LabError> {
+    let text = std::fs::read_to_string(log).map_err(LabError::io("cannot read", log))?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            // "<pid> name(args) = ret": a syscall line, not a signal or exit notice.
+            let call = l.split_once(' ').map(|(_, r)| r).unwrap_or(l).trim_start();
+            MOUNT_SYSCALLS.iter().any(|s| call.starts_with(&format!("{s}(")))
+        })
+        .map(str::to_owned)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_only_mount_family_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log");
+        std::fs::write(
+            &p,
+            "123 mount(\"none\", \"/x\", \"tmpfs\", 0, NULL) = -1 EPERM (Operation not permitted)\n\
+             124 +++ exited with 0 +++\n\
+             125 unshare(CLONE_NEWNS) = -1 EPERM\n\
+             126 mountain(1) = 0\n",
+        )
+        .unwrap();
+        assert_eq!(count_mount_syscalls(&p).unwrap().len(), 2);
+    }
+}
