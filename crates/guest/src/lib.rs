@@ -30,6 +30,7 @@ mod error;
 mod init;
 pub mod modules;
 mod mounts;
+pub mod probe;
 #[allow(unsafe_code)]
 mod sys;
 

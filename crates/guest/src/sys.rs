@@ -36,3 +36,33 @@ pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit has no preconditions and never returns.
     unsafe { libc::_exit(code) }
 }
+
+/// Map all `len` bytes of `f` shared and writable, let `op` change them, msync and unmap.
+pub(crate) fn with_shared_mapping(
+    f: &std::fs::File,
+    len: std::num::NonZeroUsize,
+    op: impl FnOnce(&mut [u8]),
+) -> nix::Result<()> {
+    use nix::sys::mman::{mmap, msync, munmap, MapFlags, MsFlags, ProtFlags};
+    // SAFETY: a fresh shared mapping of a file we opened read-write; no other Rust reference
+    // to this memory exists.
+    let ptr = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            f,
+            0,
+        )
+    }?;
+    // SAFETY: the mapping is `len` bytes long, readable and writable, and lives until the
+    // munmap below; the slice does not outlive this function.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr().cast::<u8>(), len.get()) };
+    op(bytes);
+    // SAFETY: same mapping, same length.
+    let synced = unsafe { msync(ptr, len.get(), MsFlags::MS_SYNC) };
+    // SAFETY: unmapping what we mapped; `bytes` is no longer used.
+    unsafe { munmap(ptr, len.get()) }?;
+    synced
+}

@@ -8,6 +8,7 @@
 //! Host requirements are installed by `scripts/install-deps.sh`.
 
 mod cmd;
+pub mod demo;
 pub mod elf;
 mod error;
 pub mod fixture;

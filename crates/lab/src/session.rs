@@ -66,7 +66,7 @@ impl ServeProcess {
                     .arg("-qq")
                     .arg("-o")
                     .arg(out)
-                    .arg(format!("-e trace={}", MOUNT_SYSCALLS.join(",")))
+                    .arg(format!("--trace={}", MOUNT_SYSCALLS.join(",")))
                     .arg(strata);
                 c
             }
@@ -85,13 +85,21 @@ impl ServeProcess {
             cmd.arg("--lower").arg(l);
         }
         let logf = std::fs::File::create(log).map_err(LabError::io("cannot create", log))?;
-        let logf2 = logf.try_clone().map_err(LabError::io("cannot duplicate", log))?;
+        let logf2 = logf
+            .try_clone()
+            .map_err(LabError::io("cannot duplicate", log))?;
         cmd.stdin(Stdio::null()).stdout(logf).stderr(logf2);
+        // Own process group: stopping it reaches strace's tracee too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let t0 = Instant::now();
         let child = cmd.spawn().map_err(|e| {
             LabError::Serve(format!(
                 "cannot start {}: {e} (is strace installed? run scripts/install-deps.sh)",
-                if strace_log.is_some() { "strace" } else { "strata serve" }
+                if strace_log.is_some() {
+                    "strace"
+                } else {
+                    "strata serve"
+                }
             ))
         })?;
         let mut p = ServeProcess {
@@ -113,7 +121,9 @@ impl ServeProcess {
                 )));
             }
             if Instant::now() > deadline {
-                return Err(LabError::Serve("strata serve did not listen within 20 s".into()));
+                return Err(LabError::Serve(
+                    "strata serve did not listen within 20 s".into(),
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -136,8 +146,7 @@ impl ServeProcess {
             match self.child.try_wait() {
                 Ok(Some(st)) => break Some(st),
                 Ok(None) if t0.elapsed() > timeout => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
+                    self.kill_group();
                     break None;
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
@@ -155,11 +164,19 @@ impl ServeProcess {
     }
 }
 
+impl ServeProcess {
+    /// SIGKILL the daemon's whole process group (the daemon, and strace when it traces it).
+    fn kill_group(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for ServeProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.kill_group();
         }
     }
 }
@@ -181,7 +198,9 @@ pub fn count_mount_syscalls(log: &Path) -> Result<Vec<String>, LabError> {
         .filter(|l| {
             // "<pid> name(args) = ret": a syscall line, not a signal or exit notice.
             let call = l.split_once(' ').map(|(_, r)| r).unwrap_or(l).trim_start();
-            MOUNT_SYSCALLS.iter().any(|s| call.starts_with(&format!("{s}(")))
+            MOUNT_SYSCALLS
+                .iter()
+                .any(|s| call.starts_with(&format!("{s}(")))
         })
         .map(str::to_owned)
         .collect())

@@ -64,6 +64,27 @@ enum GuestCmd {
         #[arg(long)]
         target: PathBuf,
     },
+    /// File-operation probes for tests inside a busybox-only VM.
+    #[command(subcommand, hide = true)]
+    Probe(ProbeCmd),
+}
+
+#[derive(Subcommand)]
+enum ProbeCmd {
+    XattrSet {
+        path: String,
+        name: String,
+        value: String,
+    },
+    XattrGet {
+        path: String,
+        name: String,
+    },
+    MmapWrite {
+        path: String,
+        offset: usize,
+        data: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -91,9 +112,8 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
-    // As the initramfs' /init the kernel gives us no arguments: act as `strata guest init`.
-    let argv0 = std::env::args_os().next().unwrap_or_default();
-    if std::path::Path::new(&argv0).file_name() == Some("init".as_ref()) {
+    // As the initramfs' /init the kernel runs us as PID 1, with no arguments we can rely on.
+    if strata_guest::running_as_init() {
         strata_guest::init();
     }
     let cli = Cli::parse();
@@ -104,6 +124,23 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("strata guest mount: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Guest(GuestCmd::Probe(p)) => {
+            use strata_guest::probe::Probe;
+            let p = match p {
+                ProbeCmd::XattrSet { path, name, value } => Probe::XattrSet { path, name, value },
+                ProbeCmd::XattrGet { path, name } => Probe::XattrGet { path, name },
+                ProbeCmd::MmapWrite { path, offset, data } => {
+                    Probe::MmapWrite { path, offset, data }
+                }
+            };
+            match strata_guest::probe::run(&p) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("strata guest probe: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -131,8 +168,42 @@ fn main() -> ExitCode {
         }
         Cmd::Demo(a) => {
             init_logging(cli.verbose);
-            let _ = (a.dir, a.keep);
-            eprintln!("strata demo: not yet");
+            demo(a)
+        }
+    }
+}
+
+fn demo(a: DemoArgs) -> ExitCode {
+    let strata = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("strata demo: cannot find my own binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut tmp = None;
+    let dir = match a.dir {
+        Some(d) => d,
+        None => match tempfile::Builder::new().prefix("strata-demo-").tempdir() {
+            Ok(t) => tmp.insert(t).path().to_owned(),
+            Err(e) => {
+                eprintln!("strata demo: cannot create a temp dir: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let result = strata_lab::demo::run(&strata, &dir);
+    if a.keep {
+        if let Some(t) = tmp.take() {
+            let _ = t.keep();
+        }
+        eprintln!("kept {}", dir.display());
+    }
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("strata demo: {e}");
             ExitCode::FAILURE
         }
     }
