@@ -147,11 +147,20 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
         timeout: Duration::from_secs(180),
         ..VmConfig::new(&kernel.vmlinuz, &initrd)
     };
-    let out = vm.run_with(|line| {
+    let vm_start = Instant::now();
+    let first_container_line = std::sync::Arc::new(std::sync::Mutex::new(None::<Duration>));
+    let seen = first_container_line.clone();
+    let out = vm.run_with(move |line| {
         if line.starts_with("container:") || line.starts_with("strata:") {
             eprintln!("      guest| {line}");
         }
+        if line.starts_with("container:") {
+            if let Ok(mut s) = seen.lock() {
+                s.get_or_insert(vm_start.elapsed());
+            }
+        }
     })?;
+    let boot_to_command = first_container_line.lock().ok().and_then(|s| *s);
     let serve_ready = serve.ready_after;
     let outcome = serve.wait(Duration::from_secs(30))?;
     let mounts_after = host_mount_count();
@@ -173,9 +182,10 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
     );
     print!("{}", describe_upper(&upper));
     println!(
-        "timings: strata serve ready {:.1} ms after spawn{}; guest rootfs ready {ready_ms} after init start; VM boot-to-poweroff {:.2} s",
+        "timings: strata serve ready {:.1} ms after spawn{}; guest rootfs ready {ready_ms} after init start; qemu start to first container output {}; VM boot-to-poweroff {:.2} s",
         serve_ready.as_secs_f64() * 1e3,
         if use_strace { " (under strace)" } else { "" },
+        boot_to_command.map(|d| format!("{:.2} s", d.as_secs_f64())).unwrap_or_else(|| "?".into()),
         out.elapsed.as_secs_f64()
     );
     let table_delta = mounts_after as i64 - mounts_before as i64;
