@@ -29,28 +29,63 @@ pub struct SessionReport {
     pub bad_chains: u64,
 }
 
-/// Refuse a socket path a live server uses; clear a stale socket left by a dead one.
-fn claim_socket(path: &Path) -> Result<(), ConfigError> {
-    match std::fs::symlink_metadata(path) {
-        Err(_) => Ok(()),
-        Ok(m) if !m.file_type().is_socket() => Err(ConfigError::SocketPathTaken(path.to_owned())),
-        Ok(_) => {
-            if UnixStream::connect(path).is_ok() {
-                return Err(ConfigError::SocketInUse(path.to_owned()));
-            }
-            tracing::info!("removing stale socket {path:?}");
-            let _ = std::fs::remove_file(path);
-            Ok(())
-        }
-    }
+/// The lock file that marks a socket as owned by a live `strata serve`.
+fn lock_path(socket: &Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
 }
 
-/// Removes the socket file when the session ends, however it ends.
-struct SocketGuard(PathBuf);
+/// Refuse a socket path a live server uses; clear a stale socket left by a dead one.
+///
+/// A live strata daemon holds an flock on `SOCKET.lock` for its lifetime, so it is detected
+/// without connecting (a connection would be taken as the VMM's and end its session). Another
+/// kind of server on the path is detected by connecting.
+fn claim_socket(path: &Path) -> Result<SocketGuard, ConfigError> {
+    let meta = std::fs::symlink_metadata(path).ok();
+    if let Some(m) = &meta {
+        if !m.file_type().is_socket() {
+            return Err(ConfigError::SocketPathTaken(path.to_owned()));
+        }
+    }
+    let lock_path = lock_path(path);
+    if let Ok(f) = std::fs::File::open(&lock_path) {
+        if matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
+            return Err(ConfigError::SocketInUse(path.to_owned()));
+        }
+    }
+    if meta.is_some() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ConfigError::SocketInUse(path.to_owned()));
+        }
+        tracing::info!("removing stale socket {path:?}");
+        let _ = std::fs::remove_file(path);
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .and_then(|f| f.try_lock().map(|()| f).map_err(io::Error::from))
+        .map_err(|_| ConfigError::SocketInUse(path.to_owned()))?;
+    Ok(SocketGuard {
+        socket: path.to_owned(),
+        lock_path,
+        _lock: lock,
+    })
+}
+
+/// Owns the socket path for the session: removes socket and lock file however it ends.
+struct SocketGuard {
+    socket: PathBuf,
+    lock_path: PathBuf,
+    _lock: std::fs::File,
+}
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(&self.lock_path);
     }
 }
 
@@ -65,6 +100,7 @@ fn stop_on_signals(socket: PathBuf) -> io::Result<()> {
             if let Some(sig) = signals.forever().next() {
                 tracing::info!("signal {sig}: stopping, removing {socket:?}");
                 let _ = std::fs::remove_file(&socket);
+                let _ = std::fs::remove_file(lock_path(&socket));
                 std::process::exit(0);
             }
         })?;
@@ -75,7 +111,7 @@ fn stop_on_signals(socket: PathBuf) -> io::Result<()> {
 pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, ServeError> {
     let t0 = Instant::now();
     let checked = cfg.check()?;
-    claim_socket(&cfg.socket)?;
+    let guard = claim_socket(&cfg.socket)?;
     let fs = Arc::new(StrataFs::new(&checked, cache)?);
     let backend = Arc::new(FsBackend::new(fs));
     let stats = backend.stats.clone();
@@ -94,7 +130,6 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         path: cfg.socket.clone(),
         source: io::Error::other(e.to_string()),
     })?;
-    let _guard = SocketGuard(cfg.socket.clone());
     let startup = t0.elapsed();
     tracing::info!(
         socket = ?cfg.socket,
@@ -111,6 +146,7 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         .map_err(|e| ServeError::Session(e.to_string()))?;
     tracing::info!("VMM connected");
     let end = daemon.wait();
+    drop(guard);
     let report = SessionReport {
         startup,
         requests: stats.requests.load(std::sync::atomic::Ordering::Relaxed),
