@@ -4,9 +4,11 @@
 //! - [`Initramfs`] writes newc cpio archives; [`guest_initramfs`] builds the strata guest image.
 //! - [`VmConfig`] boots it under qemu (TCG) and captures the serial console.
 //! - [`fixture`] builds rootfs layers (busybox, whiteouts, opaque dirs).
+//! - [`bench`](mod@bench) measures the host-side cost of a container start and end (`strata bench create`).
 //!
 //! Host requirements are installed by `scripts/install-deps.sh`.
 
+pub mod bench;
 mod cmd;
 pub mod demo;
 pub mod elf;

@@ -12,8 +12,8 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::backend::FsBackend;
-use crate::config::ServeConfig;
+use crate::backend::{FsBackend, Stats};
+use crate::config::{Checked, ServeConfig};
 use crate::error::{ConfigError, ServeError};
 use crate::sandbox;
 use crate::tree::{CachePolicy, StrataFs};
@@ -107,30 +107,93 @@ fn stop_on_signals(socket: PathBuf) -> io::Result<()> {
     Ok(())
 }
 
-/// Serve one VM: returns when the VMM disconnects.
-pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, ServeError> {
+/// A daemon made ready up to listening on its socket, not yet accepting a VMM: the configuration
+/// checked, the socket claimed (lock file held), the served tree open, the vhost-user daemon
+/// created and the socket bound.
+///
+/// Dropping it undoes all of that: the worker threads are joined, and the socket and its lock
+/// file are removed. [`serve`] is [`prepare`] plus signal handling, the seccomp filter and one
+/// VMM session; `strata bench create` times [`prepare`] and the drop.
+pub struct Prepared {
+    // Field order is drop order: stop the workers, close the listener, then release the path.
+    daemon: VhostUserDaemon<Arc<FsBackend>>,
+    listener: Listener,
+    stats: Arc<Stats>,
+    checked: Checked,
+    startup: Duration,
+    guard: SocketGuard,
+}
+
+impl Prepared {
+    /// The socket the daemon listens on.
+    pub fn socket(&self) -> &Path {
+        &self.guard.socket
+    }
+
+    /// From the start of preparation to the socket listening.
+    pub fn startup(&self) -> Duration {
+        self.startup
+    }
+}
+
+/// Set up a daemon up to listening on `cfg.socket` (see [`Prepared`]), without installing signal
+/// handlers or the seccomp filter and without accepting a connection.
+///
+/// Refuses what [`serve`] refuses, with the same errors, before creating anything.
+pub fn prepare(cfg: &ServeConfig, cache: CachePolicy) -> Result<Prepared, ServeError> {
+    prepare_with(cfg, cache, || Ok(()))
+}
+
+/// The one start-up path of [`prepare`] and [`serve`]: `before_listen` runs after everything
+/// else is set up and right before the socket is bound, so that [`serve`] has its signal handler
+/// and seccomp filter in force before a VMM can see the socket.
+fn prepare_with(
+    cfg: &ServeConfig,
+    cache: CachePolicy,
+    before_listen: impl FnOnce() -> Result<(), ServeError>,
+) -> Result<Prepared, ServeError> {
     let t0 = Instant::now();
     let checked = cfg.check()?;
     let guard = claim_socket(&cfg.socket)?;
     let fs = Arc::new(StrataFs::new(&checked, cache)?);
     let backend = Arc::new(FsBackend::new(fs));
     let stats = backend.stats.clone();
-    let mut daemon = VhostUserDaemon::new(
+    let daemon = VhostUserDaemon::new(
         "strata-serve".into(),
         backend,
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .map_err(|e| ServeError::Session(e.to_string()))?;
-    stop_on_signals(cfg.socket.clone()).map_err(|e| ServeError::Session(e.to_string()))?;
-
-    // From here on no thread of this process can mount anything.
-    sandbox::forbid_mounts()?;
-
-    let mut listener = Listener::new(&cfg.socket, false).map_err(|e| ServeError::Listen {
+    before_listen()?;
+    let listener = Listener::new(&cfg.socket, false).map_err(|e| ServeError::Listen {
         path: cfg.socket.clone(),
         source: io::Error::other(e.to_string()),
     })?;
-    let startup = t0.elapsed();
+    Ok(Prepared {
+        daemon,
+        listener,
+        stats,
+        checked,
+        startup: t0.elapsed(),
+        guard,
+    })
+}
+
+/// Serve one VM: returns when the VMM disconnects.
+pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, ServeError> {
+    let prepared = prepare_with(cfg, cache, || {
+        stop_on_signals(cfg.socket.clone()).map_err(|e| ServeError::Session(e.to_string()))?;
+        // From here on no thread of this process can mount anything.
+        sandbox::forbid_mounts()
+    })?;
+    let Prepared {
+        mut daemon,
+        mut listener,
+        stats,
+        checked,
+        startup,
+        guard,
+    } = prepared;
     tracing::info!(
         socket = ?cfg.socket,
         tag = %cfg.tag,

@@ -16,6 +16,6 @@ mod sys;
 pub mod tree;
 
 pub use config::ServeConfig;
-pub use daemon::serve;
+pub use daemon::{prepare, serve, Prepared};
 pub use error::{ConfigError, ServeError};
 pub use tree::{CachePolicy, StrataFs};

@@ -29,6 +29,33 @@ enum Cmd {
     Guest(GuestCmd),
     /// Build a tiny image, serve it, boot a Debian 6.1 guest on it and show what happened.
     Demo(DemoArgs),
+    /// Measure host-side costs (as root; no external commands, so it runs inside a guest too).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time one container start and end per strategy: a host overlay mount (Kata-style), a
+    /// tmpfs mount (control), and strata's set-up up to listening (no mount).
+    Create(BenchCreateArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchCreateArgs {
+    /// Directory to work in (created if missing; everything created in it is removed).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Timed iterations per strategy (after 5 untimed warm-up iterations).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    n: u32,
+    /// overlay-mount, tmpfs-mount or strata; repeat to pick several (default: all three, in
+    /// that order).
+    #[arg(long = "strategy", value_parser = str::parse::<strata_lab::bench::Strategy>)]
+    strategies: Vec<strata_lab::bench::Strategy>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -98,8 +125,13 @@ struct DemoArgs {
 }
 
 fn init_logging(verbose: u8) {
+    init_logging_quiet(verbose, "info")
+}
+
+/// Logging with `quiet` as the level when no `-v` is given.
+fn init_logging_quiet(verbose: u8, quiet: &str) {
     let default = match verbose {
-        0 => "info",
+        0 => quiet,
         1 => "debug",
         _ => "trace",
     };
@@ -169,6 +201,67 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => {
             init_logging(cli.verbose);
             demo(a)
+        }
+        Cmd::Bench(BenchCmd::Create(a)) => {
+            init_logging_quiet(cli.verbose, "warn");
+            bench_create(a)
+        }
+    }
+}
+
+fn bench_create(a: BenchCreateArgs) -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    use strata_lab::bench::{self, BenchConfig, Progress, Strategy};
+
+    let mut strategies: Vec<Strategy> = Vec::new();
+    for s in a.strategies {
+        if !strategies.contains(&s) {
+            strategies.push(s);
+        }
+    }
+    if strategies.is_empty() {
+        strategies = Strategy::ALL.to_vec();
+    }
+    let cfg = BenchConfig {
+        dir: a.dir,
+        n: a.n as usize,
+        strategies,
+        warmup: bench::WARMUP,
+    };
+    let stop = match bench::stop_on_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("strata bench create: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut last: Option<std::time::Instant> = None;
+    let mut progress = |p: Progress| {
+        let due = !matches!(last, Some(t) if t.elapsed().as_millis() < 200) || p.done == p.total;
+        if tty && due {
+            last = Some(std::time::Instant::now());
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K{}: {}/{}", p.strategy.name(), p.done, p.total);
+            let _ = err.flush();
+        }
+    };
+    let result = bench::run(&cfg, &stop, &mut progress);
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    match result {
+        Ok(report) => {
+            if a.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("strata bench create: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
