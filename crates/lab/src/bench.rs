@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use strata_serve::{CachePolicy, Prepared, ServeConfig, ServeError};
 
 /// Untimed iterations run per strategy before the measured ones.
@@ -70,7 +70,7 @@ impl FromStr for Strategy {
 }
 
 /// Which half of a container's life a sample measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Container start: make the rootfs available.
@@ -90,7 +90,7 @@ impl Phase {
 }
 
 /// The distribution of one phase of one strategy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PhaseStats {
     /// The strategy's name ([`Strategy::name`]).
     pub name: String,
@@ -106,6 +106,10 @@ pub struct PhaseStats {
     pub p999_ms: f64,
     /// Slowest sample, in milliseconds.
     pub max_ms: f64,
+    /// Every sample in milliseconds, ascending (for CDF plots); only serialized when kept
+    /// (`strata bench create --samples`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples_ms: Vec<f64>,
 }
 
 impl PhaseStats {
@@ -121,6 +125,7 @@ impl PhaseStats {
             p99_ms: ms(990)?,
             p999_ms: ms(999)?,
             max_ms: samples.last()?.as_secs_f64() * 1e3,
+            samples_ms: samples.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
         })
     }
 }
@@ -140,7 +145,7 @@ pub fn percentile(sorted: &[Duration], per_mille: u32) -> Option<Duration> {
 }
 
 /// The result of a run: for each strategy, its start then its end phase.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
     /// One entry per strategy and phase, in run order.
     pub strategies: Vec<PhaseStats>,
@@ -150,6 +155,14 @@ impl BenchReport {
     /// The report as one JSON object: `{"strategies": [{"name", "phase", "n", "p50_ms", ...}]}`.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("a report always serializes")
+    }
+
+    /// The same report without the raw samples (summary only).
+    pub fn without_samples(mut self) -> Self {
+        for s in &mut self.strategies {
+            s.samples_ms.clear();
+        }
+        self
     }
 
     /// The report as a text table, one row per strategy and phase, times in ms.
@@ -185,6 +198,12 @@ pub struct BenchConfig {
     pub strategies: Vec<Strategy>,
     /// Untimed iterations per strategy before the timed ones (normally [`WARMUP`]).
     pub warmup: usize,
+    /// Untimed pause after each iteration (spreads a run over a window of time, as the lab
+    /// does to sample while reclaim is going on). Zero by default.
+    pub interval: Duration,
+    /// Stop early, after at least one timed iteration, once this file exists: `n` is then the
+    /// maximum. Lets the lab run a bench exactly as long as its pressure phase lasts.
+    pub until: Option<PathBuf>,
 }
 
 /// Where a run is, for a progress line.
@@ -616,6 +635,12 @@ pub fn run(
                 done: i + 1,
                 total,
             });
+            if i >= cfg.warmup && cfg.until.as_deref().is_some_and(Path::exists) {
+                break;
+            }
+            if !cfg.interval.is_zero() {
+                std::thread::sleep(cfg.interval);
+            }
         }
         for (phase, samples) in [(Phase::Start, &mut starts), (Phase::End, &mut ends)] {
             report
@@ -704,6 +729,8 @@ mod tests {
             n: 3,
             strategies: vec![Strategy::Strata],
             warmup: 1,
+            interval: Duration::ZERO,
+            until: None,
         };
         let mut seen = 0;
         let r = run(&cfg, &AtomicBool::new(false), &mut |p| seen = p.done).unwrap();
@@ -721,6 +748,8 @@ mod tests {
             n: 3,
             strategies: vec![Strategy::Strata],
             warmup: 0,
+            interval: Duration::ZERO,
+            until: None,
         };
         let stop = AtomicBool::new(false);
         let e = run(&cfg, &stop, &mut |_| stop.store(true, Ordering::Relaxed)).unwrap_err();

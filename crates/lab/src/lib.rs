@@ -16,8 +16,10 @@ mod error;
 pub mod fixture;
 pub mod initramfs;
 pub mod kernel;
+pub mod plot;
 pub mod qemu;
 pub mod session;
+pub mod stall;
 mod sys;
 
 pub use error::{LabError, Result};

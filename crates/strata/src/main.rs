@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod lab_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "strata",
@@ -32,6 +34,12 @@ enum Cmd {
     /// Measure host-side costs (as root; no external commands, so it runs inside a guest too).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Boot real Debian kernels (6.1 before, 6.12 after the shrinker fix), reproduce the
+    /// shrinker_rwsem stall and measure every container-start strategy under it.
+    Lab(lab_cmd::LabArgs),
+    /// Inside the lab's VM: pressure tools.
+    #[command(subcommand, hide = true)]
+    LabGuest(lab_cmd::LabGuestCmd),
 }
 
 #[derive(Subcommand)]
@@ -56,6 +64,16 @@ struct BenchCreateArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// With --json: include every sample (`samples_ms`, ascending) for latency plots.
+    #[arg(long, requires = "json")]
+    samples: bool,
+    /// Untimed pause between iterations, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
+    /// Stop early (after at least one timed iteration) once this file exists; --n is then the
+    /// maximum.
+    #[arg(long)]
+    until: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -198,6 +216,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Lab(a) => {
+            init_logging(cli.verbose);
+            lab_cmd::lab(a)
+        }
+        Cmd::LabGuest(c) => lab_cmd::lab_guest(c),
         Cmd::Demo(a) => {
             init_logging(cli.verbose);
             demo(a)
@@ -227,6 +250,8 @@ fn bench_create(a: BenchCreateArgs) -> ExitCode {
         n: a.n as usize,
         strategies,
         warmup: bench::WARMUP,
+        interval: std::time::Duration::from_millis(a.interval_ms),
+        until: a.until,
     };
     let stop = match bench::stop_on_signals() {
         Ok(s) => s,
@@ -253,6 +278,11 @@ fn bench_create(a: BenchCreateArgs) -> ExitCode {
     match result {
         Ok(report) => {
             if a.json {
+                let report = if a.samples {
+                    report
+                } else {
+                    report.without_samples()
+                };
                 println!("{}", report.to_json());
             } else {
                 print!("{}", report.table());

@@ -1,0 +1,68 @@
+# strata lab, inside the guest (the container command of a strata-served rootfs).
+# Usage: sh /lab.sh SCENARIO N COUNT INTERVAL_MS CYCLES
+# Prints machine-readable lines the host parses:
+#   @phase TEXT            progress
+#   @vmstat TAG k v ...    reclaim counters (/proc/vmstat)
+#   @psi TAG ...           /proc/pressure/memory
+#   @bench PHASE STRATEGY {json}
+SC=$1; N=$2; COUNT=$3; INTERVAL=$4; CYCLES=$5
+STRATEGIES="overlay-mount tmpfs-mount strata"
+mkdir -p /lab /mnt/disk
+mount -t tmpfs -o size=64m tmpfs /lab || { echo "@fatal cannot mount tmpfs on /lab"; exit 1; }
+i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+mount -t ext4 /dev/vda /mnt/disk || { echo "@fatal cannot mount the scratch disk /dev/vda"; exit 1; }
+snap() {
+  echo "@vmstat $1 $(grep -E '^(pgscan_kswapd|pgscan_direct|pgsteal_kswapd|pgsteal_direct|slabs_scanned|allocstall_[a-z0-9]+) ' /proc/vmstat | tr '\n' ' ')"
+  echo "@psi $1 $(tr '\n' ' ' < /proc/pressure/memory)"
+}
+# run_benches PHASE MAX EXTRA...: one bench process per strategy, all at once.
+run_benches() {
+  phase=$1; max=$2; shift 2
+  pids=""
+  for s in $STRATEGIES; do
+    strata bench create --dir /lab/b-$s --n "$max" --strategy $s --json --samples \
+      --interval-ms "$INTERVAL" "$@" > /lab/$phase-$s.json 2> /lab/$phase-$s.err &
+    pids="$pids $!"
+  done
+}
+collect() {
+  for p in $pids; do wait $p; done
+  for s in $STRATEGIES; do
+    if [ -s /lab/$1-$s.json ]; then echo "@bench $1 $s $(cat /lab/$1-$s.json)"; else echo "@error $1 $s $(cat /lab/$1-$s.err)"; fi
+  done
+}
+pressure_cycle() {
+  case $SC in
+    dentries)
+      echo 2 > /proc/sys/vm/drop_caches
+      strata lab-guest dentries /mnt/disk/neg "$COUNT" ;;
+    pagecache)
+      dd if=/dev/zero of=/mnt/disk/fill bs=1M count=1500 2>/dev/null
+      rm -f /mnt/disk/fill
+      strata lab-guest dentries /mnt/disk/neg "$COUNT" ;;
+  esac
+}
+
+echo "@phase idle baseline ($N starts per strategy)"
+snap idle-start
+run_benches idle "$N"
+collect idle
+snap idle-end
+
+echo "@phase building pressure: $SC ($COUNT negative dentries on ext4)"
+[ "$SC" = pagecache ] && echo 1000 > /proc/sys/vm/watermark_scale_factor
+strata lab-guest dentries /mnt/disk/neg "$COUNT"
+echo "@phase measuring under pressure ($CYCLES reclaim cycles)"
+snap pressure-start
+rm -f /lab/stop
+run_benches pressure 20000 --until /lab/stop
+c=1
+while [ $c -le "$CYCLES" ]; do
+  echo "@phase reclaim cycle $c/$CYCLES"
+  pressure_cycle
+  c=$((c + 1))
+done
+touch /lab/stop
+collect pressure
+snap pressure-end
+echo "@phase done"

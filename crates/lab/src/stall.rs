@@ -1,0 +1,475 @@
+//! `strata lab`: reproduce the `shrinker_rwsem` stall in a real guest kernel and measure every
+//! container-start strategy side by side, idle and under reclaim.
+//!
+//! For each kernel: a rootfs (busybox + the static `strata` binary + `lab.sh`) is served by
+//! `strata serve` over virtio-fs, a sparse ext4 scratch disk is attached as virtio-blk, and the
+//! guest runs `lab.sh`: an idle baseline of `strata bench create` for each strategy, then the
+//! scenario's pressure (millions of negative dentries, reclaimed by `drop_caches` or by page
+//! cache pressure) while one bench process per strategy keeps starting and ending containers.
+//! The guest prints `@bench`, `@vmstat` and `@psi` lines; the host turns them into a table, JSON
+//! and a latency CDF plot.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bench::{BenchReport, Phase, PhaseStats};
+use crate::error::LabError;
+use crate::kernel::{GuestKernel, KernelChoice};
+use crate::qemu::VmConfig;
+use crate::session::{ServeProcess, ServeSpec};
+use crate::Result;
+
+const LAB_SH: &str = include_str!("lab_guest/lab.sh");
+
+/// What pressure the guest is put under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Millions of negative dentries on ext4, reclaimed with `drop_caches=2` in cycles.
+    Dentries,
+    /// The dentries plus writes larger than guest RAM and a raised watermark_scale_factor.
+    Pagecache,
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "dentries" => Ok(Scenario::Dentries),
+            "pagecache" => Ok(Scenario::Pagecache),
+            other => Err(format!(
+                "unknown scenario {other:?}: use dentries or pagecache (memcg is not implemented yet)"
+            )),
+        }
+    }
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Dentries => "dentries",
+            Scenario::Pagecache => "pagecache",
+        }
+    }
+}
+
+/// One lab run.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    pub kernels: Vec<KernelChoice>,
+    pub scenario: Scenario,
+    /// Container starts per strategy in the idle baseline.
+    pub n: usize,
+    /// Negative dentries to create.
+    pub dentries: u64,
+    /// Reclaim cycles during the pressure phase.
+    pub cycles: u32,
+    /// Pause between container starts of one strategy (ms).
+    pub interval_ms: u64,
+    pub mem_mib: u32,
+    pub disk_gib: u64,
+    /// Where images, disks and sockets live while it runs (removed afterwards unless kept).
+    pub workdir: PathBuf,
+    /// Longest one VM may run.
+    pub timeout: Duration,
+}
+
+/// Counters from `/proc/vmstat` and `/proc/pressure/memory` over one phase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reclaim {
+    /// Deltas of pgscan/pgsteal (kswapd, direct), slabs_scanned and allocstall (summed).
+    pub vmstat: BTreeMap<String, u64>,
+    /// PSI memory "some"/"full" total stall time during the phase, in ms.
+    pub psi_some_ms: f64,
+    pub psi_full_ms: f64,
+}
+
+/// One phase (idle or pressure) of one kernel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabPhase {
+    pub phase: String,
+    pub strategies: Vec<PhaseStats>,
+    pub reclaim: Reclaim,
+}
+
+/// Everything measured on one kernel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelRun {
+    pub kernel: String,
+    pub release: String,
+    pub scenario: Scenario,
+    pub phases: Vec<LabPhase>,
+    pub vm_seconds: f64,
+    /// Problems the guest reported (a bench that failed, ...).
+    pub errors: Vec<String>,
+}
+
+/// The whole lab result (`--json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabReport {
+    pub runs: Vec<KernelRun>,
+}
+
+/// Guest side: stat `count` absent names under `dir` so the kernel caches them as negative
+/// dentries. Returns how long it took.
+pub fn make_negative_dentries(dir: &Path, count: u64) -> std::io::Result<Duration> {
+    std::fs::create_dir_all(dir)?;
+    let t0 = Instant::now();
+    let mut name = String::with_capacity(16);
+    let mut path = dir.to_path_buf();
+    for i in 0..count {
+        name.clear();
+        let _ = write!(name, "n{i}");
+        path.push(&name);
+        let _ = std::fs::symlink_metadata(&path);
+        path.pop();
+    }
+    Ok(t0.elapsed())
+}
+
+fn parse_vmstat(fields: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    let mut it = fields.split_whitespace();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let Ok(v) = v.parse::<u64>() {
+            let key = if k.starts_with("allocstall_") {
+                "allocstall"
+            } else {
+                k
+            };
+            *m.entry(key.to_string()).or_insert(0) += v;
+        }
+    }
+    m
+}
+
+fn parse_psi_totals(fields: &str) -> (f64, f64) {
+    // "some avg10=0.00 avg60=0.00 avg300=0.00 total=123 full avg10=... total=45"
+    let mut some = 0.0;
+    let mut full = 0.0;
+    let mut cur = "";
+    for w in fields.split_whitespace() {
+        match w {
+            "some" | "full" => cur = if w == "some" { "some" } else { "full" },
+            _ => {
+                if let Some(t) = w.strip_prefix("total=") {
+                    let v = t.parse::<f64>().unwrap_or(0.0) / 1000.0;
+                    if cur == "some" {
+                        some = v;
+                    } else {
+                        full = v;
+                    }
+                }
+            }
+        }
+    }
+    (some, full)
+}
+
+/// Turn the guest console into phases. Tolerates noise and partial output.
+pub fn parse_console(console: &str) -> (Vec<LabPhase>, Vec<String>) {
+    let mut benches: BTreeMap<String, Vec<PhaseStats>> = BTreeMap::new();
+    let mut vm: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut psi: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for line in console.lines() {
+        // A console line may carry noise before the marker.
+        let Some(at) = line.find('@') else { continue };
+        let line = &line[at..];
+        let mut parts = line.splitn(3, ' ');
+        let (Some(kind), Some(tag)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let rest = parts.next().unwrap_or("");
+        match kind {
+            "@bench" => {
+                let json = rest.split_once(' ').map(|(_, j)| j).unwrap_or("");
+                match serde_json::from_str::<BenchReport>(json) {
+                    Ok(r) => benches
+                        .entry(tag.to_string())
+                        .or_default()
+                        .extend(r.strategies),
+                    Err(e) => errors.push(format!("{tag}: unreadable bench output: {e}")),
+                }
+            }
+            "@vmstat" => {
+                vm.insert(tag.to_string(), parse_vmstat(rest));
+            }
+            "@psi" => {
+                psi.insert(tag.to_string(), parse_psi_totals(rest));
+            }
+            "@error" | "@fatal" => errors.push(format!("{tag} {rest}")),
+            _ => {}
+        }
+    }
+    let mut phases = Vec::new();
+    for name in ["idle", "pressure"] {
+        let Some(strategies) = benches.remove(name) else {
+            continue;
+        };
+        let (s0, s1) = (format!("{name}-start"), format!("{name}-end"));
+        let mut reclaim = Reclaim::default();
+        if let (Some(a), Some(b)) = (vm.get(&s0), vm.get(&s1)) {
+            for (k, v1) in b {
+                let v0 = a.get(k).copied().unwrap_or(0);
+                reclaim.vmstat.insert(k.clone(), v1.saturating_sub(v0));
+            }
+        }
+        if let (Some(a), Some(b)) = (psi.get(&s0), psi.get(&s1)) {
+            reclaim.psi_some_ms = (b.0 - a.0).max(0.0);
+            reclaim.psi_full_ms = (b.1 - a.1).max(0.0);
+        }
+        phases.push(LabPhase {
+            phase: name.to_string(),
+            strategies,
+            reclaim,
+        });
+    }
+    (phases, errors)
+}
+
+fn run_cmd(cmd: &mut std::process::Command, what: &str) -> Result<()> {
+    let out = cmd
+        .output()
+        .map_err(|e| LabError::Serve(format!("cannot run {what}: {e}")))?;
+    if !out.status.success() {
+        return Err(LabError::Serve(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn write(path: &Path, data: &str) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(LabError::io("cannot create directory", p))?;
+    }
+    std::fs::write(path, data).map_err(LabError::io("cannot write", path))
+}
+
+/// Run the lab on one kernel. `progress` gets one short line per step.
+pub fn run_kernel(
+    strata: &Path,
+    cfg: &LabConfig,
+    which: KernelChoice,
+    progress: &mut dyn FnMut(&str),
+) -> Result<KernelRun> {
+    let dir = cfg.workdir.join(which.name());
+    let _ = std::fs::remove_dir_all(&dir);
+    progress(&format!("{}: fetching kernel", which.name()));
+    let kernel = GuestKernel::fetch(which)?;
+    let initrd = dir.join("initrd.cpio");
+    std::fs::create_dir_all(&dir).map_err(LabError::io("cannot create directory", &dir))?;
+    crate::initramfs::guest_initramfs(strata, &kernel, &initrd)?;
+
+    progress(&format!(
+        "{}: building the lab rootfs and a {} GiB scratch disk",
+        which.name(),
+        cfg.disk_gib
+    ));
+    let layer = dir.join("layer");
+    crate::fixture::busybox_rootfs(&layer)?;
+    std::fs::copy(strata, layer.join("bin/strata"))
+        .map_err(LabError::io("cannot copy strata into", &layer))?;
+    write(&layer.join("lab.sh"), LAB_SH)?;
+    let (upper, work) = (dir.join("ctr/upper"), dir.join("ctr/work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).map_err(LabError::io("cannot create directory", d))?;
+    }
+    let disk = dir.join("scratch.img");
+    let f = std::fs::File::create(&disk).map_err(LabError::io("cannot create", &disk))?;
+    f.set_len(cfg.disk_gib << 30)
+        .map_err(LabError::io("cannot size", &disk))?;
+    drop(f);
+    run_cmd(
+        std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&disk),
+        "mkfs.ext4 on the scratch disk (install e2fsprogs)",
+    )?;
+
+    let spec = ServeSpec {
+        lowers: vec![layer.clone()],
+        upper,
+        work,
+        socket: dir.join("lab.sock"),
+        tag: "strata".into(),
+    };
+    let serve = ServeProcess::spawn(strata, &spec, None, &dir.join("serve.log"))?;
+    let vm = VmConfig {
+        cmdline: format!(
+            "strata.tag=strata strata.cmd=\"/bin/sh /lab.sh {} {} {} {} {}\"",
+            cfg.scenario.name(),
+            cfg.n,
+            cfg.dentries,
+            cfg.interval_ms,
+            cfg.cycles
+        ),
+        mem_mib: cfg.mem_mib,
+        cpus: 2,
+        virtiofs: Some((spec.socket.clone(), spec.tag.clone())),
+        disks: vec![disk.clone()],
+        timeout: cfg.timeout,
+        ..VmConfig::new(&kernel.vmlinuz, &initrd)
+    };
+    let name = which.name().to_string();
+    let t0 = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let handle = vm.spawn_with(move |line| {
+        if let Some(p) = line.find("@phase ").map(|i| &line[i + 7..]) {
+            let _ = tx.send(p.to_string());
+        } else if line.contains("strata: FATAL") || line.contains("@fatal") {
+            let _ = tx.send(line.to_string());
+        }
+    })?;
+    let waiter = std::thread::spawn(move || handle.wait());
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(p) => progress(&format!(
+                "{name}: {p} [{:.0} s]",
+                t0.elapsed().as_secs_f64()
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if waiter.is_finished() {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let out = waiter
+        .join()
+        .map_err(|_| LabError::Serve("the VM watcher thread panicked".into()))??;
+    let _ = serve.wait(Duration::from_secs(10));
+    let _ = std::fs::remove_file(&disk);
+    let (phases, mut errors) = parse_console(&out.console);
+    if out.timed_out {
+        errors.push(format!("the VM ran past the {:?} timeout", cfg.timeout));
+    }
+    if out.status != Some(0) {
+        errors.push(format!(
+            "lab script status {:?}; last console lines:\n{}",
+            out.status,
+            out.console
+                .lines()
+                .rev()
+                .take(15)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        ));
+    }
+    Ok(KernelRun {
+        kernel: which.name().to_string(),
+        release: kernel.release.clone(),
+        scenario: cfg.scenario,
+        phases,
+        vm_seconds: out.elapsed.as_secs_f64(),
+        errors,
+    })
+}
+
+/// The table people read: one row per strategy × phase, idle and pressure side by side.
+pub fn table(report: &LabReport) -> String {
+    let mut out = String::new();
+    for run in &report.runs {
+        let _ = writeln!(
+            out,
+            "kernel {} ({}), scenario {}, VM {:.0} s",
+            run.kernel,
+            run.release,
+            run.scenario.name(),
+            run.vm_seconds
+        );
+        let _ = writeln!(
+            out,
+            "  {:<9} {:<14} {:<5} {:>6} {:>9} {:>9} {:>9} {:>10}",
+            "phase", "strategy", "", "n", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        for ph in &run.phases {
+            for s in &ph.strategies {
+                let _ = writeln!(
+                    out,
+                    "  {:<9} {:<14} {:<5} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>10.3}",
+                    ph.phase,
+                    s.name,
+                    s.phase.name(),
+                    s.n,
+                    s.p50_ms,
+                    s.p99_ms,
+                    s.p999_ms,
+                    s.max_ms
+                );
+            }
+            let v = &ph.reclaim.vmstat;
+            let g = |k: &str| v.get(k).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "  {:<9} reclaim: pgscan kswapd {} direct {}, pgsteal kswapd {} direct {}, slabs_scanned {}, allocstall {}, PSI some {:.0} ms full {:.0} ms",
+                ph.phase,
+                g("pgscan_kswapd"),
+                g("pgscan_direct"),
+                g("pgsteal_kswapd"),
+                g("pgsteal_direct"),
+                g("slabs_scanned"),
+                g("allocstall"),
+                ph.reclaim.psi_some_ms,
+                ph.reclaim.psi_full_ms
+            );
+        }
+        for e in &run.errors {
+            let _ = writeln!(out, "  ! {e}");
+        }
+    }
+    out
+}
+
+/// Max start latency of `strategy` in `phase` of a run, if measured.
+pub fn max_start_ms(run: &KernelRun, phase: &str, strategy: &str) -> Option<f64> {
+    run.phases
+        .iter()
+        .find(|p| p.phase == phase)?
+        .strategies
+        .iter()
+        .find(|s| s.name == strategy && s.phase == Phase::Start)
+        .map(|s| s.max_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_guest_markers() {
+        let console = "\
+noise @vmstat idle-start pgscan_kswapd 10 slabs_scanned 5 allocstall_normal 1 allocstall_movable 2
+@psi idle-start some avg10=0.00 avg60=0.00 avg300=0.00 total=1000 full avg10=0.00 avg60=0.00 avg300=0.00 total=500
+@bench idle strata {\"strategies\":[{\"name\":\"strata\",\"phase\":\"start\",\"n\":2,\"p50_ms\":0.2,\"p99_ms\":0.3,\"p999_ms\":0.3,\"max_ms\":0.3,\"samples_ms\":[0.2,0.3]}]}
+@vmstat idle-end pgscan_kswapd 15 slabs_scanned 9 allocstall_normal 4 allocstall_movable 2
+@psi idle-end some avg10=0.00 avg60=0.00 avg300=0.00 total=3000 full avg10=0.00 avg60=0.00 avg300=0.00 total=1500
+@error pressure overlay-mount boom
+";
+        let (phases, errors) = parse_console(console);
+        assert_eq!(phases.len(), 1);
+        let p = &phases[0];
+        assert_eq!(p.strategies[0].samples_ms, vec![0.2, 0.3]);
+        assert_eq!(p.reclaim.vmstat["pgscan_kswapd"], 5);
+        assert_eq!(p.reclaim.vmstat["allocstall"], 3);
+        assert_eq!(p.reclaim.psi_some_ms, 2.0);
+        assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn negative_dentries_helper_creates_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        make_negative_dentries(d.path(), 1000).unwrap();
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+}

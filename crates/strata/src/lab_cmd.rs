@@ -1,0 +1,139 @@
+//! `strata lab` (host) and `strata lab-guest` (inside the lab's VM).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use strata_lab::kernel::KernelChoice;
+use strata_lab::stall::{self, LabConfig, LabReport, Scenario};
+
+#[derive(clap::Args)]
+pub struct LabArgs {
+    /// Guest kernel: 6.1 (rwsem shrinkers) or 6.12 (lockless); repeat for a side-by-side run.
+    #[arg(long = "kernel", value_parser = str::parse::<KernelChoice>, default_value = "6.1")]
+    kernels: Vec<KernelChoice>,
+    /// Pressure scenario: dentries or pagecache.
+    #[arg(long, value_parser = str::parse::<Scenario>, default_value = "dentries")]
+    scenario: Scenario,
+    /// Container starts per strategy in the idle baseline.
+    #[arg(long, default_value_t = 200)]
+    n: usize,
+    /// Negative dentries to create in the guest.
+    #[arg(long, default_value_t = 2_500_000)]
+    dentries: u64,
+    /// Reclaim cycles while measuring under pressure.
+    #[arg(long, default_value_t = 3)]
+    cycles: u32,
+    /// Pause between starts of one strategy, in ms.
+    #[arg(long, default_value_t = 5)]
+    interval_ms: u64,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 1024)]
+    mem_mib: u32,
+    /// Write the full result (every sample) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw the start-latency CDF (SVG, log-scale x).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Longest one VM may run, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+    /// Working directory (default: a temp dir, removed afterwards).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum LabGuestCmd {
+    /// Stat COUNT absent names in DIR, leaving that many negative dentries in the dcache.
+    Dentries { dir: PathBuf, count: u64 },
+}
+
+pub fn lab_guest(cmd: LabGuestCmd) -> ExitCode {
+    match cmd {
+        LabGuestCmd::Dentries { dir, count } => match stall::make_negative_dentries(&dir, count) {
+            Ok(d) => {
+                println!(
+                    "@phase {count} negative dentries in {:.1} s ({:.0}/s)",
+                    d.as_secs_f64(),
+                    count as f64 / d.as_secs_f64().max(1e-9)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("strata lab-guest dentries {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+pub fn lab(a: LabArgs) -> ExitCode {
+    let strata = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("strata lab: cannot find my own binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut tmp = None;
+    let workdir = match a.workdir {
+        Some(d) => d,
+        None => match tempfile::Builder::new().prefix("strata-lab-").tempdir() {
+            Ok(t) => tmp.insert(t).path().to_owned(),
+            Err(e) => {
+                eprintln!("strata lab: cannot create a temp dir: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let cfg = LabConfig {
+        kernels: a.kernels.clone(),
+        scenario: a.scenario,
+        n: a.n,
+        dentries: a.dentries,
+        cycles: a.cycles,
+        interval_ms: a.interval_ms,
+        mem_mib: a.mem_mib,
+        disk_gib: 6,
+        workdir,
+        timeout: Duration::from_secs(a.timeout),
+    };
+    let mut report = LabReport { runs: Vec::new() };
+    for &k in &cfg.kernels {
+        let mut progress = |s: &str| eprintln!("lab: {s}");
+        match stall::run_kernel(&strata, &cfg, k, &mut progress) {
+            Ok(run) => report.runs.push(run),
+            Err(e) => {
+                eprintln!("strata lab: {}: {e}", k.name());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    print!("{}", stall::table(&report));
+    if let Some(p) = &a.json {
+        match serde_json::to_vec_pretty(&report) {
+            Ok(v) => {
+                if let Err(e) = std::fs::write(p, v) {
+                    eprintln!("strata lab: cannot write {}: {e}", p.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            Err(e) => eprintln!("strata lab: cannot serialize the report: {e}"),
+        }
+    }
+    if let Some(p) = &a.plot {
+        if let Err(e) = strata_lab::plot::cdf_svg(&report, p) {
+            eprintln!("strata lab: cannot draw {}: {e}", p.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("lab: wrote {}", p.display());
+    }
+    let failed = report.runs.iter().any(|r| !r.errors.is_empty());
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
