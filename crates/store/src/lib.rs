@@ -1,0 +1,20 @@
+//! strata's image store: OCI images imported into a content-addressed store of unpacked
+//! layers in the overlayfs on-disk format, shared by every container that uses them.
+//!
+//! ```text
+//! STORE/layers/sha256/<diff_id hex>/   one unpacked layer (whiteouts = char 0:0, opaque dirs)
+//! STORE/images/<escaped name>.json     image record: name, digests, layers bottom-first
+//! STORE/containers/<id>/{upper,work,rootfs.json}
+//! STORE/tmp/                           imports in progress (removed on failure, by gc)
+//! STORE/lock                           flock: imports share it, gc takes it exclusively
+//! ```
+
+pub mod digest;
+pub mod error;
+pub mod source;
+mod store;
+mod sys;
+pub mod unpack;
+
+pub use error::{EntryRule, StoreError};
+pub use store::*;

@@ -1,0 +1,712 @@
+//! The store: import, image records, container rootfs records, gc.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use nix::errno::Errno;
+use nix::fcntl::{renameat2, FlockArg, RenameFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{is_limit, HashReader, LimitReader, Sha256};
+use crate::error::{Result, StoreError};
+use crate::source::{self, LayerSpec, Source};
+use crate::unpack::{Budget, Extractor};
+
+/// Where `strata` keeps its store unless told otherwise.
+pub const DEFAULT_STORE: &str = "/var/lib/strata";
+/// Default limit on bytes unpacked by one import (decompressed tar streams; file data).
+pub const DEFAULT_MAX_UNPACKED: u64 = 8 << 30;
+
+/// One layer of an image, as recorded in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Digest of the blob as distributed (compressed or not).
+    pub digest: String,
+    /// Digest of the uncompressed tar: the layer's identity in the store.
+    pub diff_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The unpacked layer directory.
+    pub path: PathBuf,
+}
+
+/// An image in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    /// Manifest digest (OCI sources; absent for docker save archives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
+    pub config_digest: String,
+    /// Bottom-first, as in the OCI config.
+    pub layers: Vec<LayerRecord>,
+}
+
+/// A container's root filesystem: its layers (topmost first) and writable dirs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsRecord {
+    pub id: String,
+    pub image: String,
+    pub config_digest: String,
+    /// Layer directories, topmost first (overlayfs `lowerdir` order).
+    pub lowers: Vec<PathBuf>,
+    /// The layers' diff_ids, topmost first.
+    pub diff_ids: Vec<String>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+/// How to import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Name to record (default: the name in the source, else the digest).
+    pub name: Option<String>,
+    /// Limit on unpacked bytes for this import.
+    pub max_unpacked: u64,
+    /// Show a progress bar on stderr (callers pass `stderr().is_terminal()`).
+    pub progress: bool,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            name: None,
+            max_unpacked: DEFAULT_MAX_UNPACKED,
+            progress: false,
+        }
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    pub image: ImageRecord,
+    /// Layers unpacked by this import.
+    pub unpacked: usize,
+    /// Layers already in the store (or unpacked concurrently by another import).
+    pub reused: usize,
+    /// Decompressed tar bytes read.
+    pub bytes: u64,
+    /// Non-directory entries created.
+    pub files: u64,
+}
+
+/// What gc removed.
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    pub layers_removed: Vec<String>,
+    pub tmp_removed: usize,
+}
+
+/// A store rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A held flock on STORE/lock (released on drop).
+struct Lock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 255 && n.chars().all(|c| !c.is_whitespace() && !c.is_control())
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+/// A file name for an image name: `[A-Za-z0-9_.-]` kept (but a leading `.`), the rest `%XX`.
+fn escape(name: &str) -> String {
+    let mut s = String::new();
+    for (i, b) in name.bytes().enumerate() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && i > 0) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+fn write_json_atomic(tmp_dir: &Path, dest: &Path, value: &impl Serialize) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::BadJson {
+        what: "record".into(),
+        reason: e.to_string(),
+    })?;
+    bytes.push(b'\n');
+    let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir)
+        .map_err(StoreError::io("cannot create temp file in", tmp_dir))?;
+    std::io::Write::write_all(&mut tmp, &bytes)
+        .map_err(StoreError::io("cannot write", tmp.path()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(StoreError::io("cannot sync", tmp.path()))?;
+    tmp.persist(dest).map_err(|e| StoreError::Io {
+        what: "cannot write",
+        path: dest.to_owned(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(StoreError::io("cannot read", path))?;
+    serde_json::from_slice(&bytes).map_err(|e| StoreError::BadRecord {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> std::result::Result<(), Errno> {
+    renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE)
+}
+
+/// The decompressor for a layer blob, by its first bytes (gzip, zstd, else plain tar).
+enum Decoder<R: BufRead> {
+    Plain(R),
+    Gzip(flate2::bufread::MultiGzDecoder<R>),
+    Zstd(zstd::stream::read::Decoder<'static, R>),
+}
+
+impl<R: BufRead> Decoder<R> {
+    fn new(mut r: R) -> std::io::Result<Self> {
+        let head = r.fill_buf()?;
+        Ok(if head.starts_with(&[0x1f, 0x8b]) {
+            Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(r))
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(r)?)
+        } else {
+            Decoder::Plain(r)
+        })
+    }
+
+    fn into_inner(self) -> R {
+        match self {
+            Decoder::Plain(r) => r,
+            Decoder::Gzip(g) => g.into_inner(),
+            Decoder::Zstd(z) => z.finish(),
+        }
+    }
+}
+
+impl<R: BufRead> Read for Decoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Decoder::Plain(r) => r.read(buf),
+            Decoder::Gzip(g) => g.read(buf),
+            Decoder::Zstd(z) => z.read(buf),
+        }
+    }
+}
+
+/// Counts read bytes into a progress bar.
+struct Progress<R> {
+    inner: R,
+    bar: indicatif::ProgressBar,
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+impl Store {
+    /// Open (creating the skeleton if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        for d in ["layers/sha256", "images", "containers", "tmp"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(StoreError::io("cannot create store directory", &p))?;
+        }
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// The directory of the layer with this diff_id.
+    pub fn layer_path(&self, diff_id: &Sha256) -> PathBuf {
+        self.root.join("layers/sha256").join(diff_id.hex())
+    }
+
+    fn image_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join("images")
+            .join(format!("{}.json", escape(name)))
+    }
+
+    fn container_path(&self, id: &str) -> PathBuf {
+        self.root.join("containers").join(id)
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<Lock> {
+        let p = self.root.join("lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(StoreError::io("cannot open store lock", &p))?;
+        let arg = if exclusive {
+            FlockArg::LockExclusive
+        } else {
+            FlockArg::LockShared
+        };
+        let held = nix::fcntl::Flock::lock(f, arg).map_err(|(_, e)| StoreError::Io {
+            what: "cannot lock store",
+            path: p.clone(),
+            source: std::io::Error::from_raw_os_error(e as i32),
+        })?;
+        Ok(Lock(held))
+    }
+
+    /// Import an image from `src` (OCI layout dir, OCI archive tar or docker save tar).
+    ///
+    /// New layers are unpacked into `tmp/` and only moved into `layers/` (atomically, never
+    /// replacing) once every layer and digest checked out; on any error nothing in the store
+    /// changes.
+    pub fn import(&self, src: &Path, opts: &ImportOptions) -> Result<ImportReport> {
+        let _lock = self.lock(false)?;
+        let source = Source::open(src)?;
+        let spec = source::resolve(&source, opts.name.as_deref())?;
+        let name = match (&opts.name, &spec.name) {
+            (Some(n), _) | (None, Some(n)) => n.clone(),
+            (None, None) => spec
+                .manifest_digest
+                .as_ref()
+                .unwrap_or(&spec.config_digest)
+                .to_string(),
+        };
+        if !valid_name(&name) {
+            return Err(StoreError::BadName(name));
+        }
+        let work = tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(self.tmp())
+            .map_err(StoreError::io("cannot create temp dir in", self.tmp()))?;
+
+        let bar = if opts.progress {
+            let total: u64 = spec.layers.iter().filter_map(|l| l.size).sum();
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+
+        let budget = Budget::new(opts.max_unpacked);
+        let mut records = Vec::new();
+        let mut fresh: Vec<Sha256> = Vec::new();
+        let mut reused = 0;
+        for (i, l) in spec.layers.iter().enumerate() {
+            bar.set_message(format!("layer {}/{}", i + 1, spec.layers.len()));
+            let present = self.layer_path(&l.diff_id).is_dir() || fresh.contains(&l.diff_id);
+            let staged = work.path().join(l.diff_id.hex());
+            let digest = self.layer(
+                &source,
+                l,
+                (!present).then_some(staged.as_path()),
+                &budget,
+                &bar,
+            )?;
+            if present {
+                reused += 1;
+            } else {
+                fresh.push(l.diff_id.clone());
+            }
+            records.push(LayerRecord {
+                digest: digest.to_string(),
+                diff_id: l.diff_id.to_string(),
+                media_type: l.media_type.clone(),
+                path: self.layer_path(&l.diff_id),
+            });
+        }
+        bar.finish_and_clear();
+
+        // Commit: make the new layers durable, then visible, then the record.
+        if !fresh.is_empty() {
+            let f = File::open(work.path()).map_err(StoreError::io("cannot open", work.path()))?;
+            nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| StoreError::Io {
+                what: "cannot sync",
+                path: work.path().to_owned(),
+                source: std::io::Error::from_raw_os_error(e as i32),
+            })?;
+        }
+        let mut unpacked = 0;
+        for d in &fresh {
+            let dest = self.layer_path(d);
+            match rename_noreplace(&work.path().join(d.hex()), &dest) {
+                Ok(()) => unpacked += 1,
+                // Another import got there first with the same content: keep theirs.
+                Err(Errno::EEXIST | Errno::ENOTEMPTY) => reused += 1,
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        what: "cannot move layer into place",
+                        path: dest,
+                        source: std::io::Error::from_raw_os_error(e as i32),
+                    })
+                }
+            }
+        }
+        let image = ImageRecord {
+            name: name.clone(),
+            manifest_digest: spec.manifest_digest.as_ref().map(|d| d.to_string()),
+            config_digest: spec.config_digest.to_string(),
+            layers: records,
+        };
+        write_json_atomic(&self.tmp(), &self.image_path(&name), &image)?;
+        drop(work);
+        Ok(ImportReport {
+            image,
+            unpacked,
+            reused,
+            bytes: budget.stream.load(Ordering::Relaxed),
+            files: budget.files.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Read one layer blob, verifying its digest, size and (when unpacking into `dest`) its
+    /// diff_id. Returns the blob digest.
+    fn layer(
+        &self,
+        source: &Source,
+        l: &LayerSpec,
+        dest: Option<&Path>,
+        budget: &Budget,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<Sha256> {
+        let lname = l
+            .digest
+            .as_ref()
+            .map_or_else(|| l.blob.clone(), |d| d.to_string());
+        let read_err = |e: std::io::Error| StoreError::Tar {
+            layer: lname.clone(),
+            after: String::new(),
+            source: e,
+        };
+        let (reader, len) = source.open_member(&l.blob)?;
+        if let Some(size) = l.size {
+            if len != size {
+                return Err(StoreError::Truncated {
+                    what: format!("layer blob {lname}"),
+                    expected: size,
+                    actual: len,
+                });
+            }
+        }
+        // Check the blob before a decompressor or the tar reader sees a byte of it.
+        let mut digest = None;
+        if let Some(want) = &l.digest {
+            let mut blob = HashReader::new(Progress {
+                inner: reader,
+                bar: if dest.is_none() {
+                    bar.clone()
+                } else {
+                    indicatif::ProgressBar::hidden()
+                },
+            });
+            let (d, n) = blob.finish().map_err(read_err)?;
+            if n != len {
+                return Err(StoreError::Truncated {
+                    what: format!("layer blob {lname}"),
+                    expected: len,
+                    actual: n,
+                });
+            }
+            if *want != d {
+                return Err(StoreError::DigestMismatch {
+                    what: format!("layer blob {lname}"),
+                    expected: want.to_string(),
+                    actual: d.to_string(),
+                });
+            }
+            digest = Some(d);
+        }
+        let Some(dest) = dest else {
+            return match digest {
+                Some(d) => Ok(d),
+                None => {
+                    let (reader, _) = source.open_member(&l.blob)?;
+                    let (d, _) = HashReader::new(Progress {
+                        inner: reader,
+                        bar: bar.clone(),
+                    })
+                    .finish()
+                    .map_err(read_err)?;
+                    Ok(d)
+                }
+            };
+        };
+        let (reader, _) = source.open_member(&l.blob)?;
+        let blob = HashReader::new(Progress {
+            inner: reader,
+            bar: bar.clone(),
+        });
+        fs::create_dir(dest).map_err(StoreError::io("cannot create", dest))?;
+        let buffered = BufReader::with_capacity(256 * 1024, blob);
+        let decoder = Decoder::new(buffered).map_err(read_err)?;
+        let limited = LimitReader::new(decoder, budget.stream.clone(), budget.limit);
+        let mut archive = tar::Archive::new(HashReader::new(limited));
+        Extractor::new(dest, &lname, budget)?.run(&mut archive)?;
+        let mut tar_stream = archive.into_inner();
+        let (diff, _) = tar_stream.finish().map_err(|e| {
+            if is_limit(&e) {
+                StoreError::TooLarge {
+                    layer: lname.clone(),
+                    entry: "(data after the end of the archive)".into(),
+                    limit: budget.limit,
+                }
+            } else {
+                read_err(e)
+            }
+        })?;
+        if diff != l.diff_id {
+            return Err(StoreError::DigestMismatch {
+                what: format!("layer {lname}: uncompressed tar (diff_id)"),
+                expected: l.diff_id.to_string(),
+                actual: diff.to_string(),
+            });
+        }
+        let mut blob = tar_stream
+            .into_inner()
+            .into_inner()
+            .into_inner()
+            .into_inner();
+        let (d, _) = blob.finish().map_err(read_err)?;
+        if digest.as_ref().is_some_and(|want| *want != d) {
+            return Err(StoreError::DigestMismatch {
+                what: format!("layer blob {lname} (changed while importing)"),
+                expected: digest.map(|d| d.to_string()).unwrap_or_default(),
+                actual: d.to_string(),
+            });
+        }
+        Ok(d)
+    }
+
+    /// Every image, sorted by name.
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))? {
+            let e = e.map_err(StoreError::io("cannot list", &dir))?;
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                out.push(read_json::<ImageRecord>(&p)?);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// An image by name or manifest/config digest.
+    pub fn image(&self, reference: &str) -> Result<ImageRecord> {
+        if valid_name(reference) {
+            let p = self.image_path(reference);
+            if p.is_file() {
+                return read_json(&p);
+            }
+        }
+        self.images()?
+            .into_iter()
+            .find(|i| {
+                i.manifest_digest.as_deref() == Some(reference) || i.config_digest == reference
+            })
+            .ok_or_else(|| StoreError::ImageNotFound(reference.to_string()))
+    }
+
+    /// Forget an image (its layers stay until `gc`).
+    pub fn remove_image(&self, reference: &str) -> Result<ImageRecord> {
+        let _lock = self.lock(false)?;
+        let img = self.image(reference)?;
+        let p = self.image_path(&img.name);
+        fs::remove_file(&p).map_err(StoreError::io("cannot remove", &p))?;
+        Ok(img)
+    }
+
+    /// Every container rootfs, sorted by id.
+    pub fn rootfs_list(&self) -> Result<Vec<RootfsRecord>> {
+        let dir = self.root.join("containers");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))? {
+            let e = e.map_err(StoreError::io("cannot list", &dir))?;
+            let p = e.path().join("rootfs.json");
+            if p.is_file() {
+                out.push(read_json::<RootfsRecord>(&p)?);
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Remove layers no image or container references, and leftovers of interrupted imports.
+    pub fn gc(&self) -> Result<GcReport> {
+        let _lock = self.lock(true)?;
+        let mut keep: HashSet<String> = HashSet::new();
+        for i in self.images()? {
+            keep.extend(i.layers.iter().map(|l| l.diff_id.clone()));
+        }
+        for r in self.rootfs_list()? {
+            keep.extend(r.diff_ids.iter().cloned());
+        }
+        let mut report = GcReport::default();
+        // No import runs while we hold the lock exclusively: everything in tmp/ is stale.
+        let tmp = self.tmp();
+        for e in fs::read_dir(&tmp).map_err(StoreError::io("cannot list", &tmp))? {
+            let p = e.map_err(StoreError::io("cannot list", &tmp))?.path();
+            remove_any(&p)?;
+            report.tmp_removed += 1;
+        }
+        let layers = self.root.join("layers/sha256");
+        for e in fs::read_dir(&layers).map_err(StoreError::io("cannot list", &layers))? {
+            let e = e.map_err(StoreError::io("cannot list", &layers))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if keep.contains(&format!("sha256:{name}")) {
+                continue;
+            }
+            // Out of sight first (atomic), then delete.
+            let doomed = tmp.join(format!("gc-{name}"));
+            fs::rename(e.path(), &doomed)
+                .map_err(StoreError::io("cannot remove layer", e.path()))?;
+            remove_any(&doomed)?;
+            report.layers_removed.push(format!("sha256:{name}"));
+        }
+        report.layers_removed.sort();
+        Ok(report)
+    }
+
+    /// Create container `id`'s rootfs from an image: upper and work dirs and its layer list.
+    pub fn create_rootfs(&self, image: &str, id: &str) -> Result<RootfsRecord> {
+        if !valid_id(id) {
+            return Err(StoreError::BadId(id.to_string()));
+        }
+        let _lock = self.lock(false)?;
+        let img = self.image(image)?;
+        let dest = self.container_path(id);
+        if dest.exists() {
+            return Err(StoreError::RootfsExists(id.to_string()));
+        }
+        let mut lowers = Vec::new();
+        let mut diff_ids = Vec::new();
+        for l in img.layers.iter().rev() {
+            let d = Sha256::parse(&l.diff_id, "diff_id")?;
+            let p = self.layer_path(&d);
+            if !p.is_dir() {
+                return Err(StoreError::LayerMissing(l.diff_id.clone()));
+            }
+            lowers.push(p);
+            diff_ids.push(l.diff_id.clone());
+        }
+        let stage = tempfile::Builder::new()
+            .prefix("rootfs-")
+            .tempdir_in(self.tmp())
+            .map_err(StoreError::io("cannot create temp dir in", self.tmp()))?;
+        for d in ["upper", "work"] {
+            let p = stage.path().join(d);
+            fs::create_dir(&p).map_err(StoreError::io("cannot create", &p))?;
+        }
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut fs::metadata(stage.path())
+                .map_err(StoreError::io("cannot stat", stage.path()))?
+                .permissions(),
+            0o700,
+        );
+        let rec = RootfsRecord {
+            id: id.to_string(),
+            image: img.name.clone(),
+            config_digest: img.config_digest.clone(),
+            lowers,
+            diff_ids,
+            upper: dest.join("upper"),
+            work: dest.join("work"),
+        };
+        write_json_atomic(stage.path(), &stage.path().join("rootfs.json"), &rec)?;
+        match rename_noreplace(stage.path(), &dest) {
+            Ok(()) => {
+                let _ = stage.keep();
+                Ok(rec)
+            }
+            Err(Errno::EEXIST | Errno::ENOTEMPTY) => Err(StoreError::RootfsExists(id.to_string())),
+            Err(e) => Err(StoreError::Io {
+                what: "cannot create",
+                path: dest,
+                source: std::io::Error::from_raw_os_error(e as i32),
+            }),
+        }
+    }
+
+    /// A container rootfs by id.
+    pub fn rootfs(&self, id: &str) -> Result<RootfsRecord> {
+        if !valid_id(id) {
+            return Err(StoreError::BadId(id.to_string()));
+        }
+        let p = self.container_path(id).join("rootfs.json");
+        if !p.is_file() {
+            return Err(StoreError::RootfsNotFound(id.to_string()));
+        }
+        read_json(&p)
+    }
+
+    /// Remove a container rootfs (upper, work and record).
+    pub fn remove_rootfs(&self, id: &str) -> Result<()> {
+        let _lock = self.lock(false)?;
+        self.rootfs(id)?;
+        let src = self.container_path(id);
+        let doomed = tempfile::Builder::new()
+            .prefix("rm-")
+            .tempdir_in(self.tmp())
+            .map_err(StoreError::io("cannot create temp dir in", self.tmp()))?;
+        let target = doomed.path().join(id);
+        fs::rename(&src, &target).map_err(StoreError::io("cannot remove", &src))?;
+        remove_any(doomed.path())?;
+        let _ = doomed.keep();
+        Ok(())
+    }
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(p).map_err(StoreError::io("cannot stat", p))?;
+    if meta.is_dir() {
+        fs::remove_dir_all(p).map_err(StoreError::io("cannot remove", p))
+    } else {
+        fs::remove_file(p).map_err(StoreError::io("cannot remove", p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ids() {
+        assert_eq!(escape("busybox:latest"), "busybox%3Alatest");
+        assert_eq!(escape(".x/y"), "%2Ex%2Fy");
+        assert!(valid_id("ctr-1.a_b"));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id(".x"));
+        assert!(!valid_name("a b"));
+    }
+}

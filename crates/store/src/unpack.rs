@@ -1,0 +1,707 @@
+//! Extract one layer tar into a directory in the overlayfs on-disk format, refusing hostile
+//! entries.
+//!
+//! Every path is created relative to a directory fd opened component by component with
+//! `O_NOFOLLOW | O_DIRECTORY`, so a symlink from the archive is never followed: an entry
+//! written "through" one is refused. Nothing is ever replaced or removed: a path that already
+//! exists is a duplicate (unless it is a directory created implicitly for a child, and the
+//! entry is that directory).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{self, Mode, SFlag};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{self, Gid, Uid};
+
+use crate::digest::is_limit;
+use crate::error::{EntryRule, Result, StoreError};
+use crate::sys;
+
+/// overlayfs: a directory with this xattr set to `y` hides the lower layers' contents.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// What a path in the layer is, as far as later entries care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    /// Anything a hard link may point to.
+    Linkable,
+    Whiteout,
+    Marker,
+}
+
+/// Counters shared by every layer of one import.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Decompressed tar bytes (counted by the reader chain).
+    pub stream: Arc<AtomicU64>,
+    /// File data bytes written (sparse files can expand beyond their stream size).
+    pub written: Arc<AtomicU64>,
+    pub limit: u64,
+    pub files: Arc<AtomicU64>,
+}
+
+impl Budget {
+    pub fn new(limit: u64) -> Self {
+        Budget {
+            stream: Arc::default(),
+            written: Arc::default(),
+            limit,
+            files: Arc::default(),
+        }
+    }
+}
+
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: TimeSpec,
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+pub struct Extractor<'a> {
+    layer: &'a str,
+    root: OwnedFd,
+    seen: HashMap<Vec<u8>, Kind>,
+    implicit: HashSet<Vec<u8>>,
+    dir_times: Vec<(Vec<u8>, TimeSpec)>,
+    cache: Option<(Vec<u8>, OwnedFd)>,
+    budget: &'a Budget,
+    last: String,
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Split an archive path into its components; `.` and empty components are dropped.
+fn components(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, EntryRule> {
+    if raw.contains(&0) {
+        return Err(EntryRule::BadName);
+    }
+    if raw.first() == Some(&b'/') {
+        return Err(EntryRule::Absolute);
+    }
+    let comps: Vec<&[u8]> = raw
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    if comps.iter().any(|c| *c == b"..") {
+        return Err(EntryRule::DotDot);
+    }
+    Ok(comps)
+}
+
+fn join(comps: &[&[u8]]) -> Vec<u8> {
+    comps.join(&b'/')
+}
+
+fn errno_io(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+fn proc_path(dir: RawFd, name: &[u8]) -> PathBuf {
+    let mut p = PathBuf::from(format!("/proc/self/fd/{dir}"));
+    p.push(std::ffi::OsStr::from_bytes(name));
+    p
+}
+
+impl<'a> Extractor<'a> {
+    /// Extract into `dest`, an existing empty directory.
+    pub fn new(dest: &Path, layer: &'a str, budget: &'a Budget) -> Result<Self> {
+        let root = sys::openat(
+            libc::AT_FDCWD,
+            dest.as_os_str().as_bytes(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(|e| StoreError::Io {
+            what: "cannot open layer directory",
+            path: dest.to_owned(),
+            source: errno_io(e),
+        })?;
+        Ok(Extractor {
+            layer,
+            root,
+            seen: HashMap::new(),
+            implicit: HashSet::new(),
+            dir_times: Vec::new(),
+            cache: None,
+            budget,
+            last: String::new(),
+        })
+    }
+
+    fn rule(&self, entry: &[u8], rule: EntryRule) -> StoreError {
+        StoreError::Entry {
+            layer: self.layer.to_string(),
+            entry: lossy(entry),
+            rule,
+        }
+    }
+
+    fn eio(&self, entry: &[u8], what: &'static str) -> impl FnOnce(Errno) -> StoreError {
+        let layer = self.layer.to_string();
+        let entry = lossy(entry);
+        move |e| StoreError::EntryIo {
+            layer,
+            entry,
+            what,
+            source: errno_io(e),
+        }
+    }
+
+    /// The fd of directory `comps` (relative to the root), creating missing directories
+    /// (recorded as implicit). Never follows a symlink.
+    fn dir_fd(&mut self, entry: &[u8], comps: &[&[u8]], create: bool) -> Result<RawFd> {
+        if comps.is_empty() {
+            return Ok(self.root.as_raw_fd());
+        }
+        let key = join(comps);
+        if let Some((k, fd)) = &self.cache {
+            if *k == key {
+                return Ok(fd.as_raw_fd());
+            }
+        }
+        let mut cur: Option<OwnedFd> = None;
+        for i in 0..comps.len() {
+            let at = cur
+                .as_ref()
+                .map_or(self.root.as_raw_fd(), |f| f.as_raw_fd());
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+            let opened = match sys::openat(at, comps[i], flags, Mode::empty()) {
+                Err(Errno::ENOENT) if create => {
+                    match stat::mkdirat(Some(at), comps[i], Mode::from_bits_truncate(0o755)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(self.eio(entry, "cannot create parent directory")(e)),
+                    }
+                    self.implicit.insert(join(&comps[..=i]));
+                    self.seen.insert(join(&comps[..=i]), Kind::Dir);
+                    sys::openat(at, comps[i], flags, Mode::empty())
+                }
+                r => r,
+            };
+            match opened {
+                Ok(fd) => cur = Some(fd),
+                Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                    return Err(self.rule(
+                        entry,
+                        EntryRule::ThroughSymlink {
+                            parent: lossy(&join(&comps[..=i])),
+                        },
+                    ))
+                }
+                Err(e) => return Err(self.eio(entry, "cannot open parent directory")(e)),
+            }
+        }
+        let fd = cur.ok_or_else(|| self.rule(entry, EntryRule::BadName))?;
+        let raw = fd.as_raw_fd();
+        self.cache = Some((key, fd));
+        Ok(raw)
+    }
+
+    fn meta(&self, entry: &mut tar::Entry<'_, impl Read>, path: &[u8]) -> Result<Meta> {
+        let h = entry.header();
+        let bad = |what: &str| StoreError::EntryIo {
+            layer: self.layer.to_string(),
+            entry: lossy(path),
+            what: "bad tar header field",
+            source: io::Error::new(io::ErrorKind::InvalidData, format!("invalid {what}")),
+        };
+        let mode = h.mode().map_err(|_| bad("mode"))? & 0o7777;
+        let mut uid = h.uid().map_err(|_| bad("uid"))?;
+        let mut gid = h.gid().map_err(|_| bad("gid"))?;
+        let mut secs = h.mtime().map_err(|_| bad("mtime"))? as i64;
+        let mut nsecs = 0i64;
+        let mut xattrs = Vec::new();
+        let pax = entry.pax_extensions().map_err(|e| StoreError::EntryIo {
+            layer: self.layer.to_string(),
+            entry: lossy(path),
+            what: "bad PAX header",
+            source: e,
+        })?;
+        if let Some(pax) = pax {
+            for ext in pax {
+                let ext = ext.map_err(|e| StoreError::EntryIo {
+                    layer: self.layer.to_string(),
+                    entry: lossy(path),
+                    what: "bad PAX header",
+                    source: e,
+                })?;
+                let Ok(key) = ext.key() else { continue };
+                let val = ext.value_bytes();
+                let num = || std::str::from_utf8(val).ok();
+                match key {
+                    "uid" => uid = num().and_then(|v| v.parse().ok()).unwrap_or(uid),
+                    "gid" => gid = num().and_then(|v| v.parse().ok()).unwrap_or(gid),
+                    "mtime" => {
+                        if let Some(v) = num() {
+                            let (s, frac) = v.split_once('.').unwrap_or((v, ""));
+                            if let Ok(s) = s.parse::<i64>() {
+                                secs = s;
+                                let digits: String =
+                                    frac.chars().chain("000000000".chars()).take(9).collect();
+                                nsecs = digits.parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    _ => {
+                        if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                            if name.starts_with("trusted.overlay.") {
+                                return Err(self.rule(
+                                    path,
+                                    EntryRule::ReservedXattr {
+                                        name: name.to_string(),
+                                    },
+                                ));
+                            }
+                            xattrs.push((name.to_string(), val.to_vec()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Meta {
+            mode,
+            uid: uid as u32,
+            gid: gid as u32,
+            mtime: TimeSpec::new(secs, nsecs),
+            xattrs,
+        })
+    }
+
+    /// Extract every entry of `archive`.
+    pub fn run<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<()> {
+        let entries = archive.entries().map_err(|e| self.tar_err(e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| self.tar_err(e))?;
+            let path = entry.path_bytes().into_owned();
+            self.last = lossy(&path);
+            self.entry(&mut entry, &path)?;
+        }
+        self.finish()
+    }
+
+    fn tar_err(&self, e: io::Error) -> StoreError {
+        if is_limit(&e) {
+            return StoreError::TooLarge {
+                layer: self.layer.to_string(),
+                entry: self.last.clone(),
+                limit: self.budget.limit,
+            };
+        }
+        StoreError::Tar {
+            layer: self.layer.to_string(),
+            after: self.last.clone(),
+            source: e,
+        }
+    }
+
+    fn claim(&mut self, path: &[u8], key: Vec<u8>, kind: Kind) -> Result<()> {
+        if self.seen.contains_key(&key) {
+            if kind == Kind::Dir && self.implicit.remove(&key) {
+                return Ok(());
+            }
+            return Err(self.rule(path, EntryRule::Duplicate));
+        }
+        self.seen.insert(key, kind);
+        Ok(())
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, path: &[u8]) -> Result<()> {
+        use tar::EntryType as T;
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
+        ) {
+            return Ok(());
+        }
+        let comps = components(path).map_err(|r| self.rule(path, r))?;
+        let Some((name, parent)) = comps.split_last() else {
+            // The layer root itself ("./").
+            if kind != T::Directory {
+                return Err(self.rule(path, EntryRule::BadName));
+            }
+            let meta = self.meta(entry, path)?;
+            let fd = self.root.try_clone().map_err(|e| StoreError::EntryIo {
+                layer: self.layer.to_string(),
+                entry: lossy(path),
+                what: "cannot dup layer root",
+                source: e,
+            })?;
+            return self.apply_fd(path, fd, &meta, Vec::new());
+        };
+        let name: &[u8] = name;
+
+        // Whiteouts.
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+            self.meta(entry, path)?;
+            if name == OPAQUE_MARKER {
+                self.claim(path, join(&comps), Kind::Marker)?;
+                let dir = self.dir_fd(path, parent, true)?;
+                let f = File::from(
+                    sys::openat(
+                        dir,
+                        b".",
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                        Mode::empty(),
+                    )
+                    .map_err(self.eio(path, "cannot open directory"))?,
+                );
+                return xattr::FileExt::set_xattr(&f, OPAQUE_XATTR, b"y").map_err(|e| {
+                    StoreError::EntryIo {
+                        layer: self.layer.to_string(),
+                        entry: lossy(path),
+                        what: "cannot set trusted.overlay.opaque (needs root and a filesystem with trusted xattrs)",
+                        source: e,
+                    }
+                });
+            }
+            if target.starts_with(WHITEOUT_PREFIX) {
+                // aufs metadata (.wh..wh.plnk, .wh..wh.aufs): not part of the filesystem.
+                tracing::debug!(entry = %lossy(path), "skipping aufs metadata");
+                return Ok(());
+            }
+            if target.is_empty() || target == b"." || target == b".." {
+                return Err(self.rule(path, EntryRule::BadWhiteout));
+            }
+            let mut key = join(parent);
+            if !key.is_empty() {
+                key.push(b'/');
+            }
+            key.extend_from_slice(target);
+            self.claim(path, key, Kind::Whiteout)?;
+            let dir = self.dir_fd(path, parent, true)?;
+            return match stat::mknodat(Some(dir), target, SFlag::S_IFCHR, Mode::empty(), 0) {
+                Ok(()) => Ok(()),
+                Err(Errno::EEXIST) => Err(self.rule(path, EntryRule::Duplicate)),
+                Err(e) => Err(self
+                    .eio(path, "cannot create whiteout (char 0:0; needs root)")(
+                    e
+                )),
+            };
+        }
+
+        let key = join(&comps);
+        match kind {
+            T::Directory => {
+                self.claim(path, key.clone(), Kind::Dir)?;
+                let meta = self.meta(entry, path)?;
+                let dir = self.dir_fd(path, parent, true)?;
+                match stat::mkdirat(Some(dir), name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(self.eio(path, "cannot create directory")(e)),
+                }
+                let fd = match sys::openat(
+                    dir,
+                    name,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+                    Mode::empty(),
+                ) {
+                    Ok(fd) => fd,
+                    Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                        return Err(self.rule(path, EntryRule::Duplicate))
+                    }
+                    Err(e) => return Err(self.eio(path, "cannot open directory")(e)),
+                };
+                self.apply_fd(path, fd, &meta, key)
+            }
+            T::Regular | T::Continuous | T::GNUSparse => {
+                self.claim(path, key, Kind::Linkable)?;
+                let meta = self.meta(entry, path)?;
+                let expected = entry.size();
+                let dir = self.dir_fd(path, parent, true)?;
+                let fd = match sys::openat(
+                    dir,
+                    name,
+                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
+                    Mode::from_bits_truncate(0o600),
+                ) {
+                    Ok(fd) => fd,
+                    Err(Errno::EEXIST) => return Err(self.rule(path, EntryRule::Duplicate)),
+                    Err(e) => return Err(self.eio(path, "cannot create file")(e)),
+                };
+                let mut file = File::from(fd);
+                let got = self.copy(entry, &mut file, path)?;
+                if got != expected {
+                    return Err(self.rule(path, EntryRule::Truncated { expected, got }));
+                }
+                self.budget.files.fetch_add(1, Ordering::Relaxed);
+                self.apply_fd(path, OwnedFd::from(file), &meta, Vec::new())
+            }
+            T::Symlink => {
+                self.claim(path, key, Kind::Linkable)?;
+                let meta = self.meta(entry, path)?;
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .filter(|t| !t.is_empty() && !t.contains(&0))
+                    .ok_or_else(|| self.rule(path, EntryRule::BadName))?;
+                let dir = self.dir_fd(path, parent, true)?;
+                match unistd::symlinkat(target.as_slice(), Some(dir), name) {
+                    Ok(()) => {}
+                    Err(Errno::EEXIST) => return Err(self.rule(path, EntryRule::Duplicate)),
+                    Err(e) => return Err(self.eio(path, "cannot create symlink")(e)),
+                }
+                self.budget.files.fetch_add(1, Ordering::Relaxed);
+                self.apply_at(path, dir, name, &meta, false)
+            }
+            T::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                let outside = || {
+                    self.rule(
+                        path,
+                        EntryRule::HardLinkOutside {
+                            target: lossy(&target),
+                        },
+                    )
+                };
+                let tcomps = components(&target).map_err(|_| outside())?;
+                let Some((tname, tparent)) = tcomps.split_last() else {
+                    return Err(outside());
+                };
+                if self.seen.get(&join(&tcomps)) != Some(&Kind::Linkable) {
+                    return Err(outside());
+                }
+                self.claim(path, key, Kind::Linkable)?;
+                let tdir = self.dir_fd(path, tparent, false)?;
+                // Keep the target's directory open while the cache moves to ours.
+                let tdir = sys::openat(
+                    tdir,
+                    b".",
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                    Mode::empty(),
+                )
+                .map_err(self.eio(path, "cannot open hard link target directory"))?;
+                let dir = self.dir_fd(path, parent, true)?;
+                match unistd::linkat(
+                    Some(tdir.as_raw_fd()),
+                    *tname,
+                    Some(dir),
+                    name,
+                    AtFlags::empty(),
+                ) {
+                    Ok(()) => Ok(()),
+                    Err(Errno::EEXIST) => Err(self.rule(path, EntryRule::Duplicate)),
+                    Err(e) => Err(self.eio(path, "cannot create hard link")(e)),
+                }
+            }
+            T::Char | T::Block | T::Fifo => {
+                self.claim(path, key, Kind::Linkable)?;
+                let meta = self.meta(entry, path)?;
+                let h = entry.header();
+                let major = h.device_major().ok().flatten().unwrap_or(0);
+                let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                let sflag = match kind {
+                    T::Char => SFlag::S_IFCHR,
+                    T::Block => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
+                };
+                let dev = if kind == T::Fifo {
+                    0
+                } else {
+                    stat::makedev(major as u64, minor as u64)
+                };
+                let dir = self.dir_fd(path, parent, true)?;
+                match stat::mknodat(Some(dir), name, sflag, Mode::from_bits_truncate(0o600), dev) {
+                    Ok(()) => {}
+                    Err(Errno::EEXIST) => return Err(self.rule(path, EntryRule::Duplicate)),
+                    Err(e) => {
+                        return Err(self
+                            .eio(path, "cannot create device node or fifo (needs root)")(
+                            e
+                        ))
+                    }
+                }
+                self.budget.files.fetch_add(1, Ordering::Relaxed);
+                self.apply_at(path, dir, name, &meta, true)
+            }
+            other => Err(self.rule(
+                path,
+                EntryRule::UnsupportedType {
+                    kind: other.as_byte(),
+                },
+            )),
+        }
+    }
+
+    fn copy<R: Read>(&self, entry: &mut R, file: &mut File, path: &[u8]) -> Result<u64> {
+        let mut buf = vec![0u8; 128 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_limit(&e) => {
+                    return Err(StoreError::TooLarge {
+                        layer: self.layer.to_string(),
+                        entry: lossy(path),
+                        limit: self.budget.limit,
+                    })
+                }
+                Err(e) => {
+                    return Err(StoreError::EntryIo {
+                        layer: self.layer.to_string(),
+                        entry: lossy(path),
+                        what: "cannot read entry data",
+                        source: e,
+                    })
+                }
+            };
+            let written = self.budget.written.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+            if written > self.budget.limit {
+                return Err(StoreError::TooLarge {
+                    layer: self.layer.to_string(),
+                    entry: lossy(path),
+                    limit: self.budget.limit,
+                });
+            }
+            file.write_all(&buf[..n]).map_err(|e| StoreError::EntryIo {
+                layer: self.layer.to_string(),
+                entry: lossy(path),
+                what: "cannot write file",
+                source: e,
+            })?;
+            total += n as u64;
+        }
+        Ok(total)
+    }
+
+    /// Ownership, mode, xattrs and (for files; directories later) times through an fd.
+    fn apply_fd(&mut self, path: &[u8], fd: OwnedFd, meta: &Meta, dir_key: Vec<u8>) -> Result<()> {
+        let raw = fd.as_raw_fd();
+        unistd::fchown(
+            raw,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(self.eio(path, "cannot chown"))?;
+        stat::fchmod(raw, Mode::from_bits_truncate(meta.mode))
+            .map_err(self.eio(path, "cannot chmod"))?;
+        let file = File::from(fd);
+        for (k, v) in &meta.xattrs {
+            xattr::FileExt::set_xattr(&file, k, v).map_err(|e| StoreError::EntryIo {
+                layer: self.layer.to_string(),
+                entry: lossy(path),
+                what: "cannot set xattr",
+                source: e,
+            })?;
+        }
+        let is_dir = file
+            .metadata()
+            .map(|m| m.is_dir())
+            .map_err(|e| StoreError::EntryIo {
+                layer: self.layer.to_string(),
+                entry: lossy(path),
+                what: "cannot stat",
+                source: e,
+            })?;
+        if is_dir {
+            self.dir_times.push((dir_key, meta.mtime));
+        } else {
+            stat::futimens(raw_of(&file), &meta.mtime, &meta.mtime)
+                .map_err(self.eio(path, "cannot set times"))?;
+        }
+        Ok(())
+    }
+
+    /// The same through the parent directory fd, never following a symlink.
+    fn apply_at(
+        &self,
+        path: &[u8],
+        dir: RawFd,
+        name: &[u8],
+        meta: &Meta,
+        chmod: bool,
+    ) -> Result<()> {
+        unistd::fchownat(
+            Some(dir),
+            name,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(self.eio(path, "cannot chown"))?;
+        if chmod {
+            // Only for device nodes and fifos we just created (never a symlink).
+            stat::fchmodat(
+                Some(dir),
+                name,
+                Mode::from_bits_truncate(meta.mode),
+                stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(self.eio(path, "cannot chmod"))?;
+        }
+        for (k, v) in &meta.xattrs {
+            xattr::set(proc_path(dir, name), k, v).map_err(|e| StoreError::EntryIo {
+                layer: self.layer.to_string(),
+                entry: lossy(path),
+                what: "cannot set xattr",
+                source: e,
+            })?;
+        }
+        stat::utimensat(
+            Some(dir),
+            name,
+            &meta.mtime,
+            &meta.mtime,
+            stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(self.eio(path, "cannot set times"))?;
+        Ok(())
+    }
+
+    /// Directory times last: creating children changed them.
+    fn finish(&mut self) -> Result<()> {
+        self.cache = None;
+        let times = std::mem::take(&mut self.dir_times);
+        for (key, t) in times {
+            let comps: Vec<&[u8]> = key
+                .split(|b| *b == b'/')
+                .filter(|c| !c.is_empty())
+                .collect();
+            let fd = self.dir_fd(&key, &comps, false)?;
+            stat::futimens(fd, &t, &t).map_err(self.eio(&key, "cannot set times"))?;
+        }
+        self.cache = None;
+        Ok(())
+    }
+}
+
+fn raw_of(f: &File) -> RawFd {
+    f.as_raw_fd()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_rules() {
+        assert_eq!(
+            components(b"./a//b/./c").unwrap(),
+            vec![&b"a"[..], b"b", b"c"]
+        );
+        assert_eq!(components(b"/etc").unwrap_err(), EntryRule::Absolute);
+        assert_eq!(components(b"a/../../x").unwrap_err(), EntryRule::DotDot);
+        assert_eq!(components(b"a\0b").unwrap_err(), EntryRule::BadName);
+        assert!(components(b"./").unwrap().is_empty());
+    }
+}

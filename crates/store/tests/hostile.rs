@@ -1,0 +1,291 @@
+//! Hostile images: each is refused with an error naming the entry and the rule, and the store
+//! is exactly as before.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{Comp, RawTar};
+use strata_store::{ImportOptions, Store, StoreError};
+
+/// A store holding one good image.
+fn store(dir: &Path) -> Store {
+    let s = Store::open(dir.join("store")).unwrap();
+    let good = RawTar::default().dir("etc/").file("etc/ok", b"ok").finish();
+    common::oci_layout(&dir.join("good"), &[good], Comp::Gzip, "good");
+    s.import(&dir.join("good"), &ImportOptions::default())
+        .unwrap();
+    s
+}
+
+/// Import `tars` as one image; it must fail with an error containing every `needle`.
+fn refused_with(tars: &[Vec<u8>], comp: Comp, opts: ImportOptions, needles: &[&str]) -> StoreError {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    let before = common::listing(s.root());
+    let l = tmp.path().join("bad");
+    common::oci_layout(&l, tars, comp, "bad");
+    let err = s.import(&l, &opts).unwrap_err();
+    let msg = err.to_string();
+    for n in needles {
+        assert!(msg.contains(n), "error {msg:?} does not mention {n:?}");
+    }
+    assert_eq!(
+        common::listing(s.root()),
+        before,
+        "store changed after: {msg}"
+    );
+    err
+}
+
+fn refused(tar: Vec<u8>, needles: &[&str]) -> StoreError {
+    refused_with(&[tar], Comp::Gzip, ImportOptions::default(), needles)
+}
+
+#[test]
+fn dotdot_and_absolute_paths() {
+    refused(
+        RawTar::default().file("../evil", b"x").finish(),
+        &["\"../evil\"", "'..'"],
+    );
+    refused(
+        RawTar::default()
+            .dir("a/")
+            .file("a/../../evil", b"x")
+            .finish(),
+        &["a/../../evil", "'..'"],
+    );
+    refused(
+        RawTar::default().file("/etc/evil", b"x").finish(),
+        &["\"/etc/evil\"", "absolute"],
+    );
+}
+
+#[test]
+fn writes_through_symlinks() {
+    let outside = tempfile::tempdir().unwrap();
+    let o = outside.path().display().to_string();
+    let e = refused(
+        RawTar::default()
+            .symlink("lnk", &o)
+            .file("lnk/pwned", b"x")
+            .finish(),
+        &["lnk/pwned", "symlink", "\"lnk\""],
+    );
+    assert!(matches!(e, StoreError::Entry { .. }));
+    refused(
+        RawTar::default()
+            .symlink("lnk", &o)
+            .dir("lnk/sub/")
+            .finish(),
+        &["lnk/sub/", "symlink"],
+    );
+    refused(
+        RawTar::default()
+            .symlink("d", ".")
+            .symlink("d/x", "/")
+            .finish(),
+        &["d/x", "symlink"],
+    );
+    // Through a symlink in an earlier layer of the same image is fine for the store (layers
+    // are separate directories), but within a layer a whiteout through it is refused too.
+    refused(
+        RawTar::default()
+            .symlink("lnk", &o)
+            .file("lnk/.wh.x", b"")
+            .finish(),
+        &["lnk/.wh.x", "symlink"],
+    );
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "wrote outside the layer"
+    );
+}
+
+#[test]
+fn hard_links_outside_the_layer() {
+    refused(
+        RawTar::default().hardlink("h", "../../etc/passwd").finish(),
+        &["\"h\"", "hard link", "../../etc/passwd"],
+    );
+    refused(
+        RawTar::default().hardlink("h", "/etc/passwd").finish(),
+        &["\"h\"", "hard link", "/etc/passwd"],
+    );
+    refused(
+        RawTar::default().hardlink("h", "absent").finish(),
+        &["\"h\"", "hard link", "absent"],
+    );
+    refused(
+        RawTar::default()
+            .hardlink("h", "later")
+            .file("later", b"x")
+            .finish(),
+        &["\"h\"", "hard link", "later"],
+    );
+    refused(
+        RawTar::default().dir("d/").hardlink("h", "d").finish(),
+        &["\"h\"", "hard link"],
+    );
+}
+
+#[test]
+fn whiteouts_for_dot_and_dotdot() {
+    refused(
+        RawTar::default().dir("a/").file("a/.wh...", b"").finish(),
+        &["a/.wh...", "whiteout"],
+    );
+    refused(
+        RawTar::default().file(".wh..", b"").finish(),
+        &[".wh..", "whiteout"],
+    );
+    refused(
+        RawTar::default().file(".wh.", b"").finish(),
+        &[".wh.", "whiteout"],
+    );
+}
+
+#[test]
+fn duplicate_entries() {
+    refused(
+        RawTar::default().file("a", b"1").file("a", b"2").finish(),
+        &["\"a\"", "duplicate"],
+    );
+    refused(
+        RawTar::default().dir("d/").dir("d").finish(),
+        &["\"d\"", "duplicate"],
+    );
+    refused(
+        RawTar::default()
+            .file("x", b"1")
+            .file(".wh.x", b"")
+            .finish(),
+        &[".wh.x", "duplicate"],
+    );
+    refused(
+        RawTar::default()
+            .dir("d/")
+            .file("d/f", b"")
+            .file("./d/f", b"")
+            .finish(),
+        &["./d/f", "duplicate"],
+    );
+}
+
+#[test]
+fn decompression_bomb() {
+    let zeros = vec![0u8; 64 << 20];
+    let tar = RawTar::default().file("zeros", &zeros).finish();
+    let opts = ImportOptions {
+        max_unpacked: 8 << 20,
+        ..Default::default()
+    };
+    let e = refused_with(
+        &[tar],
+        Comp::Gzip,
+        opts,
+        &["\"zeros\"", "limit", "--max-unpacked"],
+    );
+    assert!(matches!(e, StoreError::TooLarge { .. }));
+}
+
+#[test]
+fn reserved_xattrs() {
+    refused(
+        RawTar::default()
+            .dir("d/")
+            .pax(&[("SCHILY.xattr.trusted.overlay.redirect", b"/etc")])
+            .dir("d/e/")
+            .finish(),
+        &["d/e/", "trusted.overlay.redirect", "reserved"],
+    );
+}
+
+#[test]
+fn digest_mismatch_and_truncation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    let before = common::listing(s.root());
+    let tar = RawTar::default().file("f", &vec![7u8; 100_000]).finish();
+
+    // A flipped byte in a layer blob (same size).
+    for comp in [Comp::Plain, Comp::Gzip] {
+        let l = tmp.path().join(format!("flip-{comp:?}"));
+        let d = common::oci_layout(&l, std::slice::from_ref(&tar), comp, "x");
+        let p = common::blob_path(&l, &d[0].to_string());
+        let mut b = fs::read(&p).unwrap();
+        let n = b.len();
+        b[n / 2] ^= 0x55;
+        fs::write(&p, &b).unwrap();
+        let msg = s
+            .import(&l, &ImportOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("mismatch") || msg.contains("corrupt") || msg.contains("invalid"),
+            "{msg}"
+        );
+        assert!(msg.contains(d[0].hex()), "{msg}");
+        assert_eq!(common::listing(s.root()), before);
+    }
+
+    // A truncated layer blob.
+    let l = tmp.path().join("trunc");
+    let d = common::oci_layout(&l, std::slice::from_ref(&tar), Comp::Gzip, "x");
+    let p = common::blob_path(&l, &d[0].to_string());
+    let b = fs::read(&p).unwrap();
+    fs::write(&p, &b[..b.len() / 2]).unwrap();
+    let msg = s
+        .import(&l, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("truncated") && msg.contains(d[0].hex()),
+        "{msg}"
+    );
+    assert_eq!(common::listing(s.root()), before);
+
+    // A tampered config.
+    let l = tmp.path().join("cfg");
+    common::oci_layout(&l, std::slice::from_ref(&tar), Comp::Gzip, "x");
+    let (_, m) = common::read_manifest(&l);
+    let cd = m["config"]["digest"].as_str().unwrap().to_string();
+    let p = common::blob_path(&l, &cd);
+    let mut b = fs::read(&p).unwrap();
+    b[0] = b' ';
+    fs::write(&p, &b).unwrap();
+    let msg = s
+        .import(&l, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("digest mismatch") && msg.contains(&cd),
+        "{msg}"
+    );
+    assert_eq!(common::listing(s.root()), before);
+}
+
+#[test]
+fn truncated_tar_with_matching_digests() {
+    // The tar itself ends inside a file's data; digests describe the truncated bytes.
+    let full = RawTar::default()
+        .file("a", b"a")
+        .file("big", &vec![1u8; 10_000])
+        .finish();
+    let cut = full[..512 * 3 + 2000].to_vec();
+    refused(cut, &["\"big\"", "truncated"]);
+}
+
+#[test]
+fn failed_second_layer_leaves_no_first_layer() {
+    let good = RawTar::default().file("fine", b"fine").finish();
+    let bad = RawTar::default().file("../evil", b"x").finish();
+    refused_with(
+        &[good, bad],
+        Comp::Zstd,
+        ImportOptions::default(),
+        &["../evil"],
+    );
+}
