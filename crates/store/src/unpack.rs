@@ -214,16 +214,11 @@ impl<'a> Extractor<'a> {
 
     fn meta(&self, entry: &mut tar::Entry<'_, impl Read>, path: &[u8]) -> Result<Meta> {
         let h = entry.header();
-        let bad = |what: &str| StoreError::EntryIo {
-            layer: self.layer.to_string(),
-            entry: lossy(path),
-            what: "bad tar header field",
-            source: io::Error::new(io::ErrorKind::InvalidData, format!("invalid {what}")),
-        };
-        let mode = h.mode().map_err(|_| bad("mode"))? & 0o7777;
-        let mut uid = h.uid().map_err(|_| bad("uid"))?;
-        let mut gid = h.gid().map_err(|_| bad("gid"))?;
-        let mut secs = h.mtime().map_err(|_| bad("mtime"))? as i64;
+        // Empty numeric fields (some writers leave them NUL) read as 0.
+        let mode = h.mode().unwrap_or(0) & 0o7777;
+        let mut uid = h.uid().unwrap_or(0);
+        let mut gid = h.gid().unwrap_or(0);
+        let mut secs = h.mtime().unwrap_or(0) as i64;
         let mut nsecs = 0i64;
         let mut xattrs = Vec::new();
         let pax = entry.pax_extensions().map_err(|e| StoreError::EntryIo {

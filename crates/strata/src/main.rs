@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod image_cmd;
 mod lab_cmd;
 
 #[derive(Parser)]
@@ -26,6 +27,14 @@ struct Cli {
 enum Cmd {
     /// Serve one VM its rootfs over vhost-user-fs (virtio-fs): layers, upper, work, mount plan.
     Serve(ServeArgs),
+    /// OCI images in the layer store: import, ls, inspect, rm.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCmd),
+    /// Container root filesystems in the store: create (upper, work, layer list), rm.
+    #[command(subcommand)]
+    Rootfs(image_cmd::RootfsCmd),
+    /// Remove layers no image or container rootfs references.
+    Gc(image_cmd::GcArgs),
     /// Inside the VM: assemble the rootfs with the guest kernel.
     #[command(subcommand)]
     Guest(GuestCmd),
@@ -82,14 +91,21 @@ struct ServeArgs {
     #[arg(long)]
     socket: PathBuf,
     /// Read-only layer directory; repeat, topmost first (overlayfs lowerdir order).
-    #[arg(long = "lower", required = true)]
+    #[arg(long = "lower", required_unless_present = "rootfs")]
     lowers: Vec<PathBuf>,
     /// The container's writable directory.
-    #[arg(long)]
-    upper: PathBuf,
+    #[arg(long, required_unless_present = "rootfs")]
+    upper: Option<PathBuf>,
     /// overlayfs work directory, on the same filesystem as --upper.
-    #[arg(long)]
-    work: PathBuf,
+    #[arg(long, required_unless_present = "rootfs")]
+    work: Option<PathBuf>,
+    /// Serve the container rootfs ID from the store (`strata rootfs create`) instead of
+    /// --lower/--upper/--work.
+    #[arg(long, conflicts_with_all = ["lowers", "upper", "work"])]
+    rootfs: Option<String>,
+    /// The store of --rootfs (default /var/lib/strata).
+    #[arg(long, requires = "rootfs")]
+    store: Option<PathBuf>,
     /// virtio-fs tag the VMM gives the device.
     #[arg(long, default_value = strata_plan::DEFAULT_TAG)]
     tag: String,
@@ -201,10 +217,24 @@ fn main() -> ExitCode {
                 println!("{}", strata_serve::sandbox::describe());
                 return ExitCode::SUCCESS;
             }
+            let (lowers, upper, work) = match a.rootfs {
+                Some(id) => match image_cmd::rootfs_dirs(a.store, &id) {
+                    Ok(dirs) => dirs,
+                    Err(e) => {
+                        eprintln!("strata serve: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => (
+                    a.lowers,
+                    a.upper.unwrap_or_default(),
+                    a.work.unwrap_or_default(),
+                ),
+            };
             let cfg = strata_serve::ServeConfig {
-                lowers: a.lowers,
-                upper: a.upper,
-                work: a.work,
+                lowers,
+                upper,
+                work,
                 socket: a.socket,
                 tag: a.tag,
             };
@@ -215,6 +245,18 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code() as u8)
                 }
             }
+        }
+        Cmd::Image(c) => {
+            init_logging_quiet(cli.verbose, "warn");
+            image_cmd::image(c)
+        }
+        Cmd::Rootfs(c) => {
+            init_logging_quiet(cli.verbose, "warn");
+            image_cmd::rootfs(c)
+        }
+        Cmd::Gc(a) => {
+            init_logging_quiet(cli.verbose, "warn");
+            image_cmd::gc(a)
         }
         Cmd::Lab(a) => {
             init_logging(cli.verbose);
