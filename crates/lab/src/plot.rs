@@ -1,5 +1,7 @@
-//! Latency pictures: the CDF of container-start latency per strategy, idle vs under pressure,
-//! one panel per kernel, log-scale x (a stall is orders of magnitude, not percent).
+//! Latency pictures: the tail of container-start latency per strategy, idle vs under pressure,
+//! one panel per kernel. Plotted as the complementary CDF (fraction of starts slower than x) on
+//! log-log axes: a stall hits one start in thousands and is orders of magnitude long, which a
+//! linear CDF would hide in its last pixel.
 
 use std::path::Path;
 
@@ -22,11 +24,27 @@ pub fn cdf_svg(report: &LabReport, out: &Path) -> Result<(), String> {
     let areas = root.split_evenly((1, panels));
     for (area, run) in areas.iter().zip(&report.runs) {
         let mut max_ms: f64 = 1.0;
+        let mut min_ms: f64 = f64::MAX;
         for ph in &run.phases {
             for s in &ph.strategies {
                 max_ms = max_ms.max(s.max_ms);
+                min_ms = s.samples_ms.iter().copied().fold(min_ms, f64::min);
             }
         }
+        let min_ms = if min_ms == f64::MAX {
+            0.01
+        } else {
+            (min_ms / 1.5).max(0.001)
+        };
+        let most = run
+            .phases
+            .iter()
+            .flat_map(|p| &p.strategies)
+            .map(|s| s.samples_ms.len())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let min_frac = 0.5 / most as f64;
         let mut chart = ChartBuilder::on(area)
             .caption(
                 format!(
@@ -34,17 +52,20 @@ pub fn cdf_svg(report: &LabReport, out: &Path) -> Result<(), String> {
                     run.kernel,
                     run.scenario.name()
                 ),
-                ("sans-serif", 18),
+                ("sans-serif", 16),
             )
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(48)
-            .build_cartesian_2d((0.01f64..max_ms * 2.0).log_scale(), 0f64..1.0f64)
+            .build_cartesian_2d(
+                (min_ms..max_ms * 1.5).log_scale(),
+                (min_frac..1.0f64).log_scale(),
+            )
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
             .x_desc("container start latency (ms, log)")
-            .y_desc("fraction of starts")
+            .y_desc("fraction of starts slower (log)")
             .draw()
             .map_err(|e| e.to_string())?;
         for ph in &run.phases {
@@ -68,7 +89,7 @@ pub fn cdf_svg(report: &LabReport, out: &Path) -> Result<(), String> {
                     .samples_ms
                     .iter()
                     .enumerate()
-                    .map(|(k, &v)| (v.max(0.01), (k + 1) as f64 / n));
+                    .map(|(k, &v)| (v.max(min_ms), ((n - k as f64) / n).max(min_frac)));
                 chart
                     .draw_series(LineSeries::new(pts, style))
                     .map_err(|e| e.to_string())?
@@ -78,7 +99,7 @@ pub fn cdf_svg(report: &LabReport, out: &Path) -> Result<(), String> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()

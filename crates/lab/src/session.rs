@@ -89,8 +89,9 @@ impl ServeProcess {
             .try_clone()
             .map_err(LabError::io("cannot duplicate", log))?;
         cmd.stdin(Stdio::null()).stdout(logf).stderr(logf2);
-        // Own process group: stopping it reaches strace's tracee too.
+        // Own process group: stopping it reaches strace's tracee too. And it dies with us.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        crate::sys::kill_with_parent(&mut cmd);
         let t0 = Instant::now();
         let child = cmd.spawn().map_err(|e| {
             LabError::Serve(format!(

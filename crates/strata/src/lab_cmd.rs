@@ -25,7 +25,7 @@ pub struct LabArgs {
     #[arg(long, default_value_t = 3)]
     cycles: u32,
     /// Pause between starts of one strategy, in ms.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 20)]
     interval_ms: u64,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 1024)]
@@ -88,6 +88,30 @@ pub fn lab(a: LabArgs) -> ExitCode {
             }
         },
     };
+    // Ctrl-C / SIGTERM: remove everything the lab created (disk images are GBs), then exit;
+    // qemu and strata serve die with this process (PR_SET_PDEATHSIG).
+    {
+        let workdir = workdir.clone();
+        let owned = tmp.is_some();
+        if let Ok(mut signals) = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+        ]) {
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    eprintln!("\nlab: interrupted; removing {}", workdir.display());
+                    if owned {
+                        let _ = std::fs::remove_dir_all(&workdir);
+                    } else {
+                        for k in ["6.1", "6.12"] {
+                            let _ = std::fs::remove_dir_all(workdir.join(k));
+                        }
+                    }
+                    std::process::exit(130);
+                }
+            });
+        }
+    }
     let cfg = LabConfig {
         kernels: a.kernels.clone(),
         scenario: a.scenario,
