@@ -20,11 +20,12 @@ run_benches() {
   phase=$1; max=$2; shift 2
   pids=""
   for s in $STRATEGIES; do
-    # Benches run at a higher priority than the pressure generator, so that what they measure
-    # is lock waits, not a starved vCPU (TCG has no spare cores).
-    nice -n -10 strata bench create --dir /lab/b-$s --n "$max" --strategy $s --json --samples \
+    strata bench create --dir /lab/b-$s --n "$max" --strategy $s --json --samples \
       --interval-ms "$INTERVAL" "$@" > /lab/$phase-$s.json 2> /lab/$phase-$s.err &
     pids="$pids $!"
+    # Benches run at a higher priority than the pressure generator, so that what they measure
+    # is lock waits, not a starved vCPU (TCG has no spare cores). busybox has renice, no nice.
+    renice -10 -p $! > /dev/null
   done
 }
 collect() {
@@ -33,16 +34,17 @@ collect() {
     if [ -s /lab/$1-$s.json ]; then echo "@bench $1 $s $(cat /lab/$1-$s.json)"; else echo "@error $1 $s $(cat /lab/$1-$s.err)"; fi
   done
 }
-# One reclaim cycle, at the lowest priority (the benches run at -10).
+# One reclaim cycle. The script's own shell runs at nice 19 from the pressure phase on (see
+# below), so these run below the benches.
 pressure_cycle() {
   case $SC in
     dentries)
-      nice -n 19 sh -c 'echo 2 > /proc/sys/vm/drop_caches'
-      nice -n 19 strata lab-guest dentries /mnt/disk/neg "$COUNT" ;;
+      echo 2 > /proc/sys/vm/drop_caches
+      strata lab-guest dentries /mnt/disk/neg "$COUNT" ;;
     pagecache)
-      nice -n 19 dd if=/dev/zero of=/mnt/disk/fill bs=1M count=1500 2>/dev/null
+      dd if=/dev/zero of=/mnt/disk/fill bs=1M count=1500 2>/dev/null
       rm -f /mnt/disk/fill
-      nice -n 19 strata lab-guest dentries /mnt/disk/neg "$COUNT" ;;
+      strata lab-guest dentries /mnt/disk/neg "$COUNT" ;;
   esac
 }
 
@@ -54,7 +56,8 @@ snap idle-end
 
 echo "@phase building pressure: $SC ($COUNT negative dentries on ext4)"
 [ "$SC" = pagecache ] && echo 1000 > /proc/sys/vm/watermark_scale_factor
-nice -n 19 strata lab-guest dentries /mnt/disk/neg "$COUNT"
+renice 19 -p $$ > /dev/null
+strata lab-guest dentries /mnt/disk/neg "$COUNT"
 echo "@phase measuring under pressure ($CYCLES reclaim cycles)"
 snap pressure-start
 rm -f /lab/stop
