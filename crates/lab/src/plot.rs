@@ -85,9 +85,12 @@ pub fn cdf_svg(report: &LabReport, out: &Path) -> Result<(), String> {
                 } else {
                     color.stroke_width(2)
                 };
-                let pts = thin(s.samples_ms.len())
-                    .into_iter()
-                    .map(|k| (s.samples_ms[k].max(min_ms), ((n - k as f64) / n).max(min_frac)));
+                let pts = thin(s.samples_ms.len()).into_iter().map(|k| {
+                    (
+                        s.samples_ms[k].max(min_ms),
+                        ((n - k as f64) / n).max(min_frac),
+                    )
+                });
                 chart
                     .draw_series(LineSeries::new(pts, style))
                     .map_err(|e| e.to_string())?
