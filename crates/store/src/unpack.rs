@@ -77,7 +77,7 @@ pub struct Extractor<'a> {
     seen: HashMap<Vec<u8>, Kind>,
     implicit: HashSet<Vec<u8>>,
     dir_times: Vec<(Vec<u8>, TimeSpec)>,
-    cache: Option<(Vec<u8>, OwnedFd)>,
+    cache: Vec<(Vec<u8>, OwnedFd)>,
     budget: &'a Budget,
     last: String,
 }
@@ -138,7 +138,7 @@ impl<'a> Extractor<'a> {
             seen: HashMap::new(),
             implicit: HashSet::new(),
             dir_times: Vec::new(),
-            cache: None,
+            cache: Vec::new(),
             budget,
             last: String::new(),
         })
@@ -166,20 +166,20 @@ impl<'a> Extractor<'a> {
     /// The fd of directory `comps` (relative to the root), creating missing directories
     /// (recorded as implicit). Never follows a symlink.
     fn dir_fd(&mut self, entry: &[u8], comps: &[&[u8]], create: bool) -> Result<RawFd> {
-        if comps.is_empty() {
-            return Ok(self.root.as_raw_fd());
-        }
-        let key = join(comps);
-        if let Some((k, fd)) = &self.cache {
-            if *k == key {
-                return Ok(fd.as_raw_fd());
-            }
-        }
-        let mut cur: Option<OwnedFd> = None;
-        for i in 0..comps.len() {
-            let at = cur
-                .as_ref()
-                .map_or(self.root.as_raw_fd(), |f| f.as_raw_fd());
+        // The open directories of the last path walked: archives list entries in tree order,
+        // so most walks reuse all or most of it.
+        let keep = self
+            .cache
+            .iter()
+            .zip(comps)
+            .take_while(|((name, _), c)| name.as_slice() == **c)
+            .count();
+        self.cache.truncate(keep);
+        for i in keep..comps.len() {
+            let at = self
+                .cache
+                .last()
+                .map_or(self.root.as_raw_fd(), |(_, f)| f.as_raw_fd());
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
             let opened = match sys::openat(at, comps[i], flags, Mode::empty()) {
                 Err(Errno::ENOENT) if create => {
@@ -194,7 +194,7 @@ impl<'a> Extractor<'a> {
                 r => r,
             };
             match opened {
-                Ok(fd) => cur = Some(fd),
+                Ok(fd) => self.cache.push((comps[i].to_vec(), fd)),
                 Err(Errno::ELOOP | Errno::ENOTDIR) => {
                     return Err(self.rule(
                         entry,
@@ -206,10 +206,10 @@ impl<'a> Extractor<'a> {
                 Err(e) => return Err(self.eio(entry, "cannot open parent directory")(e)),
             }
         }
-        let fd = cur.ok_or_else(|| self.rule(entry, EntryRule::BadName))?;
-        let raw = fd.as_raw_fd();
-        self.cache = Some((key, fd));
-        Ok(raw)
+        Ok(self
+            .cache
+            .last()
+            .map_or(self.root.as_raw_fd(), |(_, f)| f.as_raw_fd()))
     }
 
     fn meta(&self, entry: &mut tar::Entry<'_, impl Read>, path: &[u8]) -> Result<Meta> {
@@ -665,8 +665,8 @@ impl<'a> Extractor<'a> {
 
     /// Directory times last: creating children changed them.
     fn finish(&mut self) -> Result<()> {
-        self.cache = None;
-        let times = std::mem::take(&mut self.dir_times);
+        let mut times = std::mem::take(&mut self.dir_times);
+        times.sort_by(|a, b| a.0.cmp(&b.0));
         for (key, t) in times {
             let comps: Vec<&[u8]> = key
                 .split(|b| *b == b'/')
@@ -675,7 +675,7 @@ impl<'a> Extractor<'a> {
             let fd = self.dir_fd(&key, &comps, false)?;
             stat::futimens(fd, &t, &t).map_err(self.eio(&key, "cannot set times"))?;
         }
-        self.cache = None;
+        self.cache.clear();
         Ok(())
     }
 }

@@ -108,6 +108,7 @@ pub fn image(cmd: ImageCmd) -> ExitCode {
                 name,
                 max_unpacked,
                 progress: std::io::stderr().is_terminal(),
+                durable: true,
             };
             match open(&store).and_then(|s| s.import(&src, &opts)) {
                 Ok(r) => {
