@@ -61,7 +61,7 @@ impl Source {
         let mut entries = HashMap::new();
         let mut links: Vec<(String, String)> = Vec::new();
         for e in ar
-            .entries()
+            .entries_with_seek()
             .map_err(|e| bad(format!("not a tar archive: {e}")))?
         {
             let e = e.map_err(|e| bad(format!("not a valid tar archive: {e}")))?;
@@ -266,7 +266,8 @@ fn resolve_oci(src: &Source, want: Option<&str>) -> Result<ImageSpec> {
     let named = |d: &oci_spec::image::Descriptor| {
         d.annotations()
             .as_ref()
-            .and_then(|a| a.get(REF_NAME).or_else(|| a.get(CONTAINERD_NAME)))
+            // docker save (25+) puts the full name here and only the tag in ref.name.
+            .and_then(|a| a.get(CONTAINERD_NAME).or_else(|| a.get(REF_NAME)))
             .cloned()
     };
     let chosen = match want {
