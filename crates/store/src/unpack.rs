@@ -337,7 +337,7 @@ impl<'a> Extractor<'a> {
                 what: "cannot dup layer root",
                 source: e,
             })?;
-            return self.apply_fd(path, fd, &meta, Vec::new());
+            return self.apply_fd(path, fd, &meta, Some(Vec::new()));
         };
         let name: &[u8] = name;
 
@@ -412,7 +412,7 @@ impl<'a> Extractor<'a> {
                     }
                     Err(e) => return Err(self.eio(path, "cannot open directory")(e)),
                 };
-                self.apply_fd(path, fd, &meta, key)
+                self.apply_fd(path, fd, &meta, Some(key))
             }
             T::Regular | T::Continuous | T::GNUSparse => {
                 self.claim(path, key, Kind::Linkable)?;
@@ -435,7 +435,7 @@ impl<'a> Extractor<'a> {
                     return Err(self.rule(path, EntryRule::Truncated { expected, got }));
                 }
                 self.budget.files.fetch_add(1, Ordering::Relaxed);
-                self.apply_fd(path, OwnedFd::from(file), &meta, Vec::new())
+                self.apply_fd(path, OwnedFd::from(file), &meta, None)
             }
             T::Symlink => {
                 self.claim(path, key, Kind::Linkable)?;
@@ -580,7 +580,14 @@ impl<'a> Extractor<'a> {
     }
 
     /// Ownership, mode, xattrs and (for files; directories later) times through an fd.
-    fn apply_fd(&mut self, path: &[u8], fd: OwnedFd, meta: &Meta, dir_key: Vec<u8>) -> Result<()> {
+    /// `dir_key`: the directory's path (its times are set last), `None` for a file.
+    fn apply_fd(
+        &mut self,
+        path: &[u8],
+        fd: OwnedFd,
+        meta: &Meta,
+        dir_key: Option<Vec<u8>>,
+    ) -> Result<()> {
         let raw = fd.as_raw_fd();
         unistd::fchown(
             raw,
@@ -599,17 +606,8 @@ impl<'a> Extractor<'a> {
                 source: e,
             })?;
         }
-        let is_dir = file
-            .metadata()
-            .map(|m| m.is_dir())
-            .map_err(|e| StoreError::EntryIo {
-                layer: self.layer.to_string(),
-                entry: lossy(path),
-                what: "cannot stat",
-                source: e,
-            })?;
-        if is_dir {
-            self.dir_times.push((dir_key, meta.mtime));
+        if let Some(key) = dir_key {
+            self.dir_times.push((key, meta.mtime));
         } else {
             stat::futimens(raw_of(&file), &meta.mtime, &meta.mtime)
                 .map_err(self.eio(path, "cannot set times"))?;
