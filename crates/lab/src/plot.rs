@@ -48,7 +48,7 @@ pub fn cdf_svg(report: &LabReport, out: &Path) -> Result<(), String> {
         let mut chart = ChartBuilder::on(area)
             .caption(
                 format!(
-                    "start latency CDF: {} ({})",
+                    "container start latency tail: {} ({})",
                     run.kernel,
                     run.scenario.name()
                 ),

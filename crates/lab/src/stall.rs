@@ -33,6 +33,8 @@ pub enum Scenario {
     Dentries,
     /// The dentries plus writes larger than guest RAM and a raised watermark_scale_factor.
     Pagecache,
+    /// Eight cgroups with a 48 MiB `memory.max`, each filling it with dentries and page cache.
+    Memcg,
 }
 
 impl std::str::FromStr for Scenario {
@@ -41,8 +43,9 @@ impl std::str::FromStr for Scenario {
         match s {
             "dentries" => Ok(Scenario::Dentries),
             "pagecache" => Ok(Scenario::Pagecache),
+            "memcg" => Ok(Scenario::Memcg),
             other => Err(format!(
-                "unknown scenario {other:?}: use dentries or pagecache (memcg is not implemented yet)"
+                "unknown scenario {other:?}: use dentries, pagecache or memcg"
             )),
         }
     }
@@ -53,6 +56,7 @@ impl Scenario {
         match self {
             Scenario::Dentries => "dentries",
             Scenario::Pagecache => "pagecache",
+            Scenario::Memcg => "memcg",
         }
     }
 }

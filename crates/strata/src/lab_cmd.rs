@@ -12,7 +12,7 @@ pub struct LabArgs {
     /// Guest kernel: 6.1 (rwsem shrinkers) or 6.12 (lockless); repeat for a side-by-side run.
     #[arg(long = "kernel", value_parser = str::parse::<KernelChoice>, default_value = "6.1")]
     kernels: Vec<KernelChoice>,
-    /// Pressure scenario: dentries or pagecache.
+    /// Pressure scenario: dentries, pagecache or memcg.
     #[arg(long, value_parser = str::parse::<Scenario>, default_value = "dentries")]
     scenario: Scenario,
     /// Container starts per strategy in the idle baseline.
@@ -42,6 +42,10 @@ pub struct LabArgs {
     /// Working directory (default: a temp dir, removed afterwards).
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// Do not boot anything: load a result written earlier with --json, print its table and
+    /// (with --plot) draw it again.
+    #[arg(long)]
+    from_json: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -70,6 +74,19 @@ pub fn lab_guest(cmd: LabGuestCmd) -> ExitCode {
 }
 
 pub fn lab(a: LabArgs) -> ExitCode {
+    if let Some(p) = &a.from_json {
+        let report: LabReport = match std::fs::read(p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("strata lab: cannot load {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        return finish(&a, report);
+    }
     let strata = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
@@ -78,7 +95,7 @@ pub fn lab(a: LabArgs) -> ExitCode {
         }
     };
     let mut tmp = None;
-    let workdir = match a.workdir {
+    let workdir = match a.workdir.clone() {
         Some(d) => d,
         None => match tempfile::Builder::new().prefix("strata-lab-").tempdir() {
             Ok(t) => tmp.insert(t).path().to_owned(),
@@ -135,8 +152,13 @@ pub fn lab(a: LabArgs) -> ExitCode {
             }
         }
     }
+    finish(&a, report)
+}
+
+/// Print, save and draw a finished report.
+fn finish(a: &LabArgs, report: LabReport) -> ExitCode {
     print!("{}", stall::table(&report));
-    if let Some(p) = &a.json {
+    if let (Some(p), None) = (&a.json, &a.from_json) {
         match serde_json::to_vec_pretty(&report) {
             Ok(v) => {
                 if let Err(e) = std::fs::write(p, v) {

@@ -45,6 +45,17 @@ pressure_cycle() {
       dd if=/dev/zero of=/mnt/disk/fill bs=1M count=1500 2>/dev/null
       rm -f /mnt/disk/fill
       strata lab-guest dentries /mnt/disk/neg "$COUNT" ;;
+    memcg)
+      # Each small cgroup fills its limit with dentries and page cache: memcg reclaim then
+      # runs the memcg-aware superblock shrinkers under shrinker_rwsem, cgroup by cgroup.
+      j=1
+      while [ $j -le $MEMCGS ]; do
+        sh -c "echo \$\$ > /sys/fs/cgroup/lab$j/cgroup.procs &&
+               strata lab-guest dentries /mnt/disk/cg$j $((COUNT / MEMCGS)) > /dev/null &&
+               dd if=/dev/zero of=/mnt/disk/cg$j.fill bs=1M count=96 2> /dev/null; rm -f /mnt/disk/cg$j.fill" &
+        j=$((j + 1))
+      done
+      wait ;;
   esac
 }
 
@@ -56,6 +67,16 @@ snap idle-end
 
 echo "@phase building pressure: $SC ($COUNT negative dentries on ext4)"
 [ "$SC" = pagecache ] && echo 1000 > /proc/sys/vm/watermark_scale_factor
+MEMCGS=8
+if [ "$SC" = memcg ]; then
+  grep -q cgroup2 /proc/mounts || mount -t cgroup2 none /sys/fs/cgroup
+  echo +memory > /sys/fs/cgroup/cgroup.subtree_control
+  j=1
+  while [ $j -le $MEMCGS ]; do
+    mkdir -p /sys/fs/cgroup/lab$j && echo 48M > /sys/fs/cgroup/lab$j/memory.max
+    j=$((j + 1))
+  done
+fi
 renice 19 -p $$ > /dev/null
 strata lab-guest dentries /mnt/disk/neg "$COUNT"
 echo "@phase measuring under pressure ($CYCLES reclaim cycles)"
