@@ -96,7 +96,7 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("layer {layer}: bad tar stream after entry {after:?}: {source}")]
+    #[error("layer {layer}: corrupt or truncated layer data {}: {source}", where_in(.after))]
     Tar {
         layer: String,
         after: String,
@@ -127,6 +127,14 @@ pub enum StoreError {
     LayerMissing(String),
     #[error("store record {path} is not valid: {reason} (remove it or re-import)")]
     BadRecord { path: PathBuf, reason: String },
+}
+
+fn where_in(after: &str) -> String {
+    if after.is_empty() {
+        "before the first entry".to_string()
+    } else {
+        format!("after entry {after:?}")
+    }
 }
 
 impl StoreError {

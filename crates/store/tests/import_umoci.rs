@@ -244,7 +244,15 @@ fn zstd_plain_and_docker_save_give_the_same_layers() {
     let mut layers = Vec::new();
     for (i, t) in tars.iter().enumerate() {
         fs::create_dir_all(d.join(format!("l{i}"))).unwrap();
-        fs::write(d.join(format!("l{i}/layer.tar")), t).unwrap();
+        // Older docker save links repeated layers to one copy: resolve symlinks in the archive.
+        let hex = strata_store::digest::Sha256::of(t).hex().to_string();
+        fs::create_dir_all(d.join("blobs/sha256")).unwrap();
+        fs::write(d.join("blobs/sha256").join(&hex), t).unwrap();
+        symlink(
+            format!("../blobs/sha256/{hex}"),
+            d.join(format!("l{i}/layer.tar")),
+        )
+        .unwrap();
         layers.push(format!("l{i}/layer.tar"));
     }
     let manifest = serde_json::json!([{"Config": format!("{}.json", cd.hex()), "RepoTags": ["example/app:1"], "Layers": layers}]);
