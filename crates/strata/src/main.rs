@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod image_cmd;
 mod lab_cmd;
+mod trace_cmd;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +47,8 @@ enum Cmd {
     /// Boot real Debian kernels (6.1 before, 6.12 after the shrinker fix), reproduce the
     /// shrinker_rwsem stall and measure every container-start strategy under it.
     Lab(lab_cmd::LabArgs),
+    /// Diagnose mount stalls on shrinker_rwsem: `--check` says whether this kernel is exposed.
+    Trace(trace_cmd::TraceArgs),
     /// Inside the lab's VM: pressure tools.
     #[command(subcommand, hide = true)]
     LabGuest(lab_cmd::LabGuestCmd),
@@ -263,6 +266,7 @@ fn main() -> ExitCode {
             lab_cmd::lab(a)
         }
         Cmd::LabGuest(c) => lab_cmd::lab_guest(c),
+        Cmd::Trace(a) => trace_cmd::trace(a),
         Cmd::Demo(a) => {
             init_logging(cli.verbose);
             demo(a)

@@ -5,8 +5,10 @@
 #   @vmstat TAG k v ...    reclaim counters (/proc/vmstat)
 #   @psi TAG ...           /proc/pressure/memory
 #   @bench PHASE STRATEGY {json}
+#   @check {json}          this kernel's shrinker lock (strata trace --check --json)
 SC=$1; N=$2; COUNT=$3; INTERVAL=$4; CYCLES=$5
 STRATEGIES="overlay-mount tmpfs-mount strata"
+echo "@check $(strata trace --check --json)"
 mkdir -p /lab /mnt/disk
 mount -t tmpfs -o size=64m tmpfs /lab || { echo "@fatal cannot mount tmpfs on /lab"; exit 1; }
 i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
