@@ -336,6 +336,7 @@ impl Store {
         let mut reused = spec.layers.len() - fresh.len();
         // Layers are independent: verify and unpack them in parallel.
         let n = spec.layers.len();
+        bar.set_message(format!("{name}: {} of {n} layers to unpack", fresh.len()));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let failed = std::sync::atomic::AtomicBool::new(false);
         let results: Vec<std::sync::Mutex<Option<Result<Sha256>>>> =
