@@ -51,13 +51,16 @@ pressure_cycle() {
       # Each small cgroup fills its limit with dentries and page cache: memcg reclaim then
       # runs the memcg-aware superblock shrinkers under shrinker_rwsem, cgroup by cgroup.
       j=1
+      cg_pids=""
       while [ $j -le $MEMCGS ]; do
         sh -c "echo \$\$ > /sys/fs/cgroup/lab$j/cgroup.procs &&
                strata lab-guest dentries /mnt/disk/cg$j $((COUNT / MEMCGS)) > /dev/null &&
                dd if=/dev/zero of=/mnt/disk/cg$j.fill bs=1M count=96 2> /dev/null; rm -f /mnt/disk/cg$j.fill" &
+        cg_pids="$cg_pids $!"
         j=$((j + 1))
       done
-      wait ;;
+      # Not a bare `wait`: that would also wait for the benches, which run until /lab/stop.
+      for p in $cg_pids; do wait $p; done ;;
   esac
 }
 
