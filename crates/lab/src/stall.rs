@@ -380,13 +380,153 @@ pub fn run_kernel(
     })
 }
 
+/// `strata lab --host`: the same scenario on this machine, no VM. The benches run as child
+/// processes of `strata` (one per strategy), the pressure runs in this process, and the result
+/// goes through the same line protocol as a guest's console. Only `dentries` is supported here:
+/// it needs nothing but a directory and `/proc/sys/vm/drop_caches` (which affects the whole
+/// host: the caller warns). Everything created lives under `dir`, removed at the end.
+pub fn run_host(
+    strata: &Path,
+    cfg: &LabConfig,
+    dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<KernelRun> {
+    use std::process::{Command, Stdio};
+    if cfg.scenario != Scenario::Dentries {
+        return Err(LabError::Serve(
+            "--host runs only the dentries scenario (pagecache and memcg would squeeze the whole host)".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(LabError::io("cannot create directory", dir))?;
+    let t0 = Instant::now();
+    let mut console = String::new();
+    let snap = |tag: &str, out: &mut String| {
+        let vm = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
+        let keep: Vec<String> = vm
+            .lines()
+            .filter(|l| {
+                l.starts_with("pgscan_")
+                    || l.starts_with("pgsteal_")
+                    || l.starts_with("slabs_scanned")
+                    || l.starts_with("allocstall_")
+            })
+            .map(str::to_owned)
+            .collect();
+        let _ = writeln!(out, "@vmstat {tag} {}", keep.join(" "));
+        let psi = std::fs::read_to_string("/proc/pressure/memory").unwrap_or_default();
+        let _ = writeln!(out, "@psi {tag} {}", psi.replace('\n', " "));
+    };
+    let strategies = ["overlay-mount", "tmpfs-mount", "strata"];
+    let spawn = |phase: &str,
+                 max: usize,
+                 until: Option<&Path>|
+     -> Result<Vec<(String, std::process::Child)>> {
+        let mut kids = Vec::new();
+        for s in strategies {
+            let mut c = Command::new(strata);
+            c.args(["bench", "create", "--strategy", s, "--json", "--samples"])
+                .arg("--dir")
+                .arg(dir.join(format!("b-{phase}-{s}")))
+                .arg("--n")
+                .arg(max.to_string())
+                .arg("--interval-ms")
+                .arg(cfg.interval_ms.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if let Some(u) = until {
+                c.arg("--until").arg(u);
+            }
+            let child = c
+                .spawn()
+                .map_err(|e| LabError::Serve(format!("cannot start strata bench create: {e}")))?;
+            kids.push((s.to_string(), child));
+        }
+        Ok(kids)
+    };
+    let collect = |phase: &str, kids: Vec<(String, std::process::Child)>, out: &mut String| {
+        for (s, k) in kids {
+            match k.wait_with_output() {
+                Ok(o) if o.status.success() => {
+                    let _ = writeln!(
+                        out,
+                        "@bench {phase} {s} {}",
+                        String::from_utf8_lossy(&o.stdout).trim()
+                    );
+                }
+                Ok(o) => {
+                    let _ = writeln!(
+                        out,
+                        "@error {phase} {s} {}",
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "@error {phase} {s} {e}");
+                }
+            }
+        }
+    };
+    progress(&format!(
+        "host: idle baseline ({} starts per strategy)",
+        cfg.n
+    ));
+    snap("idle-start", &mut console);
+    let kids = spawn("idle", cfg.n, None)?;
+    collect("idle", kids, &mut console);
+    snap("idle-end", &mut console);
+
+    let neg = dir.join("neg");
+    progress(&format!(
+        "host: creating {} negative dentries",
+        cfg.dentries
+    ));
+    make_negative_dentries(&neg, cfg.dentries)
+        .map_err(LabError::io("cannot stat names in", &neg))?;
+    let stop = dir.join("stop");
+    snap("pressure-start", &mut console);
+    // The `strata` strategy keeps one fd per iteration (see bench.rs): stay under the usual
+    // 20 000 hard limit of a host shell.
+    let kids = spawn("pressure", 15_000, Some(&stop))?;
+    for c in 1..=cfg.cycles {
+        progress(&format!(
+            "host: reclaim cycle {c}/{} (drop_caches=2, then {} dentries again) [{:.0} s]",
+            cfg.cycles,
+            cfg.dentries,
+            t0.elapsed().as_secs_f64()
+        ));
+        std::fs::write("/proc/sys/vm/drop_caches", "2").map_err(LabError::io(
+            "cannot write",
+            Path::new("/proc/sys/vm/drop_caches"),
+        ))?;
+        make_negative_dentries(&neg, cfg.dentries)
+            .map_err(LabError::io("cannot stat names in", &neg))?;
+    }
+    std::fs::write(&stop, b"").map_err(LabError::io("cannot create", &stop))?;
+    collect("pressure", kids, &mut console);
+    snap("pressure-end", &mut console);
+    let _ = std::fs::remove_dir_all(dir);
+    let (phases, errors) = parse_console(&console);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok(KernelRun {
+        kernel: "host".into(),
+        release,
+        scenario: cfg.scenario,
+        phases,
+        vm_seconds: t0.elapsed().as_secs_f64(),
+        errors,
+    })
+}
+
 /// The table people read: one row per strategy × phase, idle and pressure side by side.
 pub fn table(report: &LabReport) -> String {
     let mut out = String::new();
     for run in &report.runs {
         let _ = writeln!(
             out,
-            "kernel {} ({}), scenario {}, VM {:.0} s",
+            "kernel {} ({}), scenario {}, run {:.0} s",
             run.kernel,
             run.release,
             run.scenario.name(),

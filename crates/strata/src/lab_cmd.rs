@@ -42,6 +42,10 @@ pub struct LabArgs {
     /// Working directory (default: a temp dir, removed afterwards).
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// Run the scenario on this machine instead of in VMs (dentries only; drops the host's
+    /// dentry cache, so the host's own workloads feel it).
+    #[arg(long)]
+    host: bool,
     /// Do not boot anything: load a result written earlier with --json, print its table and
     /// (with --plot) draw it again.
     #[arg(long)]
@@ -120,7 +124,7 @@ pub fn lab(a: LabArgs) -> ExitCode {
                     if owned {
                         let _ = std::fs::remove_dir_all(&workdir);
                     } else {
-                        for k in ["6.1", "6.12"] {
+                        for k in ["6.1", "6.12", "host"] {
                             let _ = std::fs::remove_dir_all(workdir.join(k));
                         }
                     }
@@ -142,6 +146,26 @@ pub fn lab(a: LabArgs) -> ExitCode {
         timeout: Duration::from_secs(a.timeout),
     };
     let mut report = LabReport { runs: Vec::new() };
+    if a.host {
+        eprintln!(
+            "lab: WARNING: --host runs the pressure on THIS machine: {} negative dentries, and \
+             drop_caches=2 {} times, which empties the dentry and inode caches of the whole host. \
+             Everything it creates lives in {} and is removed at the end.",
+            cfg.dentries,
+            cfg.cycles,
+            cfg.workdir.display()
+        );
+        let mut progress = |s: &str| eprintln!("lab: {s}");
+        match stall::run_host(&strata, &cfg, &cfg.workdir.join("host"), &mut progress) {
+            Ok(run) => report.runs.push(run),
+            Err(e) => {
+                eprintln!("strata lab --host: {e}");
+                let _ = std::fs::remove_dir_all(cfg.workdir.join("host"));
+                return ExitCode::FAILURE;
+            }
+        }
+        return finish(&a, report);
+    }
     for &k in &cfg.kernels {
         let mut progress = |s: &str| eprintln!("lab: {s}");
         match stall::run_kernel(&strata, &cfg, k, &mut progress) {
