@@ -165,9 +165,10 @@ pub fn render(r: &Report) -> String {
             pct(w.attributed_ms, w.wait_ms)
         );
         for h in &w.holders {
-            let role = match h.role {
-                Role::Reader => "reader",
-                Role::Writer => "writer",
+            let role = match (h.role, h.approximate) {
+                (Role::Reader, false) => "reader",
+                (Role::Reader, true) => "reader, inferred from its shrinker calls: at least",
+                (Role::Writer, _) => "writer",
             };
             let mut line = format!(
                 "             {} (pid {}, {role}) held {} (on-CPU {}, off {})",

@@ -190,6 +190,10 @@ pub struct Holder {
     pub shrinker: Option<String>,
     /// Every shrinker callback that ran during the hold, longest first.
     pub shrinkers: Vec<ShrinkerTime>,
+    /// The hold was inferred from shrinker calls (tracepoint-only mode), not seen on the lock:
+    /// `hold_ms` is then a lower bound.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approximate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
