@@ -113,6 +113,28 @@ pub struct PhaseStats {
 }
 
 impl PhaseStats {
+    /// Column titles matching [`PhaseStats::row`].
+    pub fn header() -> String {
+        format!(
+            "{:<14} {:<5} {:>7} {:>10} {:>10} {:>10} {:>10}",
+            "strategy", "phase", "n", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+        )
+    }
+
+    /// One table row: strategy, phase, n and the percentiles in ms.
+    pub fn row(&self) -> String {
+        format!(
+            "{:<14} {:<5} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
+            self.name,
+            self.phase.name(),
+            self.n,
+            self.p50_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms
+        )
+    }
+
     /// Summarize `samples` (any order; sorted in place). `None` when there are none.
     pub fn from_samples(name: &str, phase: Phase, samples: &mut [Duration]) -> Option<PhaseStats> {
         samples.sort_unstable();
@@ -167,21 +189,11 @@ impl BenchReport {
 
     /// The report as a text table, one row per strategy and phase, times in ms.
     pub fn table(&self) -> String {
-        let mut out = format!(
-            "{:<14} {:<5} {:>7} {:>10} {:>10} {:>10} {:>10}\n",
-            "strategy", "phase", "n", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
-        );
+        let mut out = PhaseStats::header();
+        out.push('\n');
         for s in &self.strategies {
-            out.push_str(&format!(
-                "{:<14} {:<5} {:>7} {:>10.3} {:>10.3} {:>10.3} {:>10.3}\n",
-                s.name,
-                s.phase.name(),
-                s.n,
-                s.p50_ms,
-                s.p99_ms,
-                s.p999_ms,
-                s.max_ms
-            ));
+            out.push_str(&s.row());
+            out.push('\n');
         }
         out
     }

@@ -532,25 +532,10 @@ pub fn table(report: &LabReport) -> String {
             run.scenario.name(),
             run.vm_seconds
         );
-        let _ = writeln!(
-            out,
-            "  {:<9} {:<14} {:<5} {:>6} {:>9} {:>9} {:>9} {:>10}",
-            "phase", "strategy", "", "n", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
-        );
+        let _ = writeln!(out, "  {:<9} {}", "when", PhaseStats::header());
         for ph in &run.phases {
             for s in &ph.strategies {
-                let _ = writeln!(
-                    out,
-                    "  {:<9} {:<14} {:<5} {:>6} {:>9.3} {:>9.3} {:>9.3} {:>10.3}",
-                    ph.phase,
-                    s.name,
-                    s.phase.name(),
-                    s.n,
-                    s.p50_ms,
-                    s.p99_ms,
-                    s.p999_ms,
-                    s.max_ms
-                );
+                let _ = writeln!(out, "  {:<9} {}", ph.phase, s.row());
             }
             let v = &ph.reclaim.vmstat;
             let g = |k: &str| v.get(k).copied().unwrap_or(0);
