@@ -9,9 +9,10 @@
 #   cpio, xz-utils   initramfs inspection and .ko.xz kernel modules (6.12 kernels)
 #   strace           debugging the daemon
 #   umoci            unpacking OCI images into layers
+#   e2fsprogs        mkfs.ext4 for the lab's scratch disk
 set -euo pipefail
 
-PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci)
+PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
