@@ -14,8 +14,8 @@ use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
-use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -80,34 +80,8 @@ impl FsBackend {
         }
         for chain in chains {
             let head = chain.head_index();
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let reply_len = match (
-                Reader::from_descriptor_chain(&*mem, chain.clone()),
-                VirtioFsWriter::new(&*mem, chain),
-            ) {
-                (Ok(r), Ok(w)) => {
-                    match self
-                        .server
-                        .handle_message(r, Writer::VirtioFs(w), None, None)
-                    {
-                        Ok(n) => n,
-                        Err(e) => {
-                            tracing::debug!("request failed: {e}");
-                            0
-                        }
-                    }
-                }
-                (r, w) => {
-                    self.stats.bad_chains.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "malformed descriptor chain from the guest (reader: {:?}, writer: {:?})",
-                        r.err(),
-                        w.err()
-                    );
-                    0
-                }
-            };
-            if let Err(e) = vring.add_used(head, reply_len as u32) {
+            let reply_len = serve_chain(&self.server, &mem, chain, &self.stats);
+            if let Err(e) = vring.add_used(head, reply_len) {
                 tracing::warn!("cannot complete request {head}: {e}");
             }
         }
@@ -118,6 +92,45 @@ impl FsBackend {
         }
         Ok(())
     }
+}
+
+/// The guest memory one request lives in, as the vhost-user library hands it out.
+pub type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
+
+/// Serve one descriptor chain: decode the FUSE request in its readable part (untrusted input),
+/// write the reply into its writable part, and return the reply length for the used ring.
+///
+/// The one request path of the daemon; the request fuzzer ([`crate::fuzzing`]) drives it too.
+pub fn serve_chain(
+    server: &Server<Arc<StrataFs>>,
+    mem: &MemGuard,
+    chain: DescriptorChain<MemGuard>,
+    stats: &Stats,
+) -> u32 {
+    stats.requests.fetch_add(1, Ordering::Relaxed);
+    let reply_len = match (
+        Reader::from_descriptor_chain(&**mem, chain.clone()),
+        VirtioFsWriter::new(&**mem, chain),
+    ) {
+        (Ok(r), Ok(w)) => match server.handle_message(r, Writer::VirtioFs(w), None, None) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("request failed: {e}");
+                0
+            }
+        },
+        (r, w) => {
+            stats.bad_chains.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "malformed descriptor chain from the guest (reader: {:?}, writer: {:?})",
+                r.err(),
+                w.err()
+            );
+            0
+        }
+    };
+    // A reply never exceeds the chain's writable bytes, which are far below 4 GiB.
+    u32::try_from(reply_len).unwrap_or(0)
 }
 
 impl VhostUserBackend for FsBackend {

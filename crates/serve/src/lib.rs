@@ -5,12 +5,15 @@
 //! Layout: [`config`] (what to serve, checked before anything is created), [`tree`] (the
 //! `FileSystem` implementation, one file per operation family), [`backend`] (the vhost-user
 //! transport glue), [`sandbox`] (the seccomp filter that makes mounting impossible), [`daemon`]
-//! (start-up, socket, signals), [`sys`] (the only `unsafe`).
+//! (start-up, socket, signals), [`sys`] (the only `unsafe`); [`fuzzing`] is the request-stream
+//! fuzzer.
 
 pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod sandbox;
 mod sys;
 pub mod tree;

@@ -190,6 +190,11 @@ impl StrataFs {
         self.nodes.read().map(|t| t.by_id.len()).unwrap_or(0)
     }
 
+    /// Number of files and directories the guest holds open.
+    pub fn open_handles(&self) -> usize {
+        self.handles.read().map(|h| h.len()).unwrap_or(0)
+    }
+
     pub(crate) fn node(&self, id: u64) -> io::Result<Node> {
         match id {
             ROOT => Ok(Node::Root),
