@@ -1,6 +1,7 @@
 //! Run the request-stream fuzzer for a fixed time: `cargo run --release -p strata-serve
 //! --example fuzz_requests -- [SECONDS] [FIRST_SEED]`. Prints executions/s and every finding
-//! (seed, request index, hex bytes for a regression test); exits 1 if there was one.
+//! (seed, request index, hex bytes for a regression test; a run that hangs is one too, with
+//! its seed); exits 1 if there was one.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,17 @@ fn main() {
     let (mut execs, mut runs, mut findings) = (0u64, 0u64, 0u64);
     let (mut ok, mut err, mut noreply, mut bad) = (0u64, 0u64, 0u64, 0u64);
     while t0.elapsed() < Duration::from_secs(secs) {
-        match strata_serve::fuzzing::run_seed(seed, PER_SEED) {
+        // A request that blocks the daemon is a finding too: each run gets a watchdog.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(strata_serve::fuzzing::run_seed(seed, PER_SEED));
+        });
+        let Ok(result) = rx.recv_timeout(Duration::from_secs(60)) else {
+            println!("FINDING: seed {seed}: a run of {PER_SEED} requests hung for 60 s");
+            findings += 1;
+            break;
+        };
+        match result {
             Ok(st) => {
                 execs += st.requests;
                 ok += st.replies_ok;

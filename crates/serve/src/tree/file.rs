@@ -57,9 +57,30 @@ impl StrataFs {
         check_name(name)?;
         let dir = self.rw_dir(parent)?;
         let mode = args.mode & !args.umask & 0o7777;
-        let file = sys::create_at(dir.fd.as_fd(), name, host_flags(args.flags), mode)?;
-        let fd = sys::open_path_at(dir.fd.as_fd(), name)?;
-        if ctx.uid != 0 || ctx.gid != 0 {
+        let flags = host_flags(args.flags);
+        // Create exclusively first. Without O_EXCL from the guest, an existing name is opened
+        // through its O_PATH handle, and only if it is a regular file: a plain O_CREAT open of
+        // an existing fifo blocks the daemon until a writer shows up (found by the request
+        // fuzzer), and one of a device node would open a host device.
+        let (file, fd, new) = match sys::create_at(dir.fd.as_fd(), name, flags | libc::O_EXCL, mode)
+        {
+            Ok(file) => (file, sys::open_path_at(dir.fd.as_fd(), name)?, true),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && args.flags & libc::O_EXCL as u32 == 0 =>
+            {
+                let fd = sys::open_path_at(dir.fd.as_fd(), name)?;
+                match sys::stat_fd(fd.as_fd())?.st_mode & libc::S_IFMT {
+                    libc::S_IFREG => {}
+                    libc::S_IFDIR => return Err(err(libc::EISDIR)),
+                    libc::S_IFLNK => return Err(err(libc::ELOOP)),
+                    _ => return Err(err(libc::EACCES)),
+                }
+                (sys::reopen(fd.as_fd(), flags)?, fd, false)
+            }
+            Err(e) => return Err(e),
+        };
+        if new && (ctx.uid != 0 || ctx.gid != 0) {
             sys::chown_fd(fd.as_fd(), ctx.uid, ctx.gid)?;
         }
         let entry = self.register(fd, dir.area)?;

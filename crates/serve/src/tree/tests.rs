@@ -199,6 +199,56 @@ fn device_nodes_cannot_be_made_or_opened() {
     );
 }
 
+/// Regression (request fuzzer, seed 1 of the timed run): CREATE without O_EXCL on an existing
+/// fifo opened it and blocked the daemon forever. Now it fails at once; an existing regular
+/// file is still opened (and truncated when asked), not re-owned.
+#[test]
+fn create_over_an_existing_fifo_or_whiteout_does_not_open_it() {
+    let s = sandbox();
+    let ctx = Context::default();
+    let upper = s.walk("upper").unwrap();
+    s.fs.do_mknod(&ctx, upper, c"fifo", libc::S_IFIFO | 0o600, 0, 0)
+        .unwrap();
+    s.fs.do_mknod(&ctx, upper, c"wh", libc::S_IFCHR, 0, 0)
+        .unwrap();
+    let fs = std::sync::Arc::new(s.fs);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let fs2 = fs.clone();
+    std::thread::spawn(move || {
+        let args = |flags: i32| CreateIn {
+            flags: flags as u32,
+            mode: libc::S_IFREG | 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let ctx = Context::default();
+        let r = [c"fifo", c"wh"].map(|n| {
+            [libc::O_RDONLY, libc::O_WRONLY, libc::O_RDWR]
+                .map(|f| errno(fs2.do_create(&ctx, upper, n, args(f))))
+        });
+        let _ = tx.send(r);
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("CREATE over an existing fifo blocked the daemon");
+    assert_eq!(r, [[libc::EACCES; 3]; 2]);
+    std::fs::write(s.dir.path().join("c/upper/f"), b"old").unwrap();
+    let args = CreateIn {
+        flags: (libc::O_RDWR | libc::O_TRUNC) as u32,
+        mode: libc::S_IFREG | 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let me = Context {
+        uid: 1000,
+        gid: 1000,
+        ..Context::default()
+    };
+    fs.do_create(&me, upper, c"f", args).unwrap();
+    let m = std::fs::metadata(s.dir.path().join("c/upper/f")).unwrap();
+    assert_eq!((m.len(), m.uid()), (0, 0));
+}
+
 #[test]
 fn created_files_belong_to_the_caller() {
     let s = sandbox();
