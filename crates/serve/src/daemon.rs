@@ -141,16 +141,17 @@ impl Prepared {
 ///
 /// Refuses what [`serve`] refuses, with the same errors, before creating anything.
 pub fn prepare(cfg: &ServeConfig, cache: CachePolicy) -> Result<Prepared, ServeError> {
-    prepare_with(cfg, cache, || Ok(()))
+    prepare_with(cfg, cache, |_| Ok(()))
 }
 
-/// The one start-up path of [`prepare`] and [`serve`]: `before_listen` runs after everything
-/// else is set up and right before the socket is bound, so that [`serve`] has its signal handler
-/// and seccomp filter in force before a VMM can see the socket.
+/// The one start-up path of [`prepare`] and [`serve`]: `before_listen` runs once the served tree
+/// is open, while this process still has a single thread (the vhost-user daemon starts its
+/// workers right after), and before the socket is bound, so that [`serve`] has its confinement,
+/// signal handler and seccomp filter in force on every thread before a VMM can see the socket.
 fn prepare_with(
     cfg: &ServeConfig,
     cache: CachePolicy,
-    before_listen: impl FnOnce() -> Result<(), ServeError>,
+    before_listen: impl FnOnce(&Checked) -> Result<(), ServeError>,
 ) -> Result<Prepared, ServeError> {
     let t0 = Instant::now();
     let checked = cfg.check()?;
@@ -158,13 +159,13 @@ fn prepare_with(
     let fs = Arc::new(StrataFs::new(&checked, cache)?);
     let backend = Arc::new(FsBackend::new(fs));
     let stats = backend.stats.clone();
+    before_listen(&checked)?;
     let daemon = VhostUserDaemon::new(
         "strata-serve".into(),
         backend,
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .map_err(|e| ServeError::Session(e.to_string()))?;
-    before_listen()?;
     let listener = Listener::new(&cfg.socket, false).map_err(|e| ServeError::Listen {
         path: cfg.socket.clone(),
         source: io::Error::other(e.to_string()),
@@ -181,7 +182,13 @@ fn prepare_with(
 
 /// Serve one VM: returns when the VMM disconnects.
 pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, ServeError> {
-    let prepared = prepare_with(cfg, cache, || {
+    let mut confined = None;
+    let prepared = prepare_with(cfg, cache, |checked| {
+        // Capabilities and Landlock are per thread: confine the only one, before any other
+        // (signals, vhost-user workers) exists, so that they all inherit it.
+        let c =
+            sandbox::Confinement::new(&checked.lowers, &checked.upper, &checked.work, &cfg.socket);
+        confined = Some(sandbox::confine(&c)?);
         stop_on_signals(cfg.socket.clone()).map_err(|e| ServeError::Session(e.to_string()))?;
         // From here on no thread of this process can mount anything.
         sandbox::forbid_mounts()
@@ -201,7 +208,7 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         upper = ?checked.upper,
         "ready in {:.2} ms; {}",
         startup.as_secs_f64() * 1e3,
-        sandbox::describe()
+        sandbox::describe_with(confined.as_ref()).replace('\n', "; ")
     );
 
     daemon

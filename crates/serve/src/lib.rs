@@ -4,9 +4,9 @@
 //!
 //! Layout: [`config`] (what to serve, checked before anything is created), [`tree`] (the
 //! `FileSystem` implementation, one file per operation family), [`backend`] (the vhost-user
-//! transport glue), [`sandbox`] (the seccomp filter that makes mounting impossible), [`daemon`]
-//! (start-up, socket, signals), [`sys`] (the only `unsafe`); [`fuzzing`] is the request-stream
-//! fuzzer.
+//! transport glue), [`sandbox`] (capabilities, Landlock, and the seccomp filter that makes
+//! mounting impossible), [`daemon`] (start-up, socket, signals), [`sys`] (the only `unsafe`);
+//! [`fuzzing`] is the request-stream fuzzer.
 
 pub mod backend;
 pub mod config;
@@ -15,7 +15,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod sandbox;
-mod sys;
+pub(crate) mod sys;
 pub mod tree;
 
 pub use config::ServeConfig;

@@ -1,5 +1,10 @@
-//! Zero mounts, enforced: a seccomp filter, installed on every thread before the daemon serves a
-//! single request, that makes every syscall able to create, change or move a mount fail.
+//! The daemon's confinement, in force before it serves a single request:
+//!
+//! 1. [`confine`] (on the one thread that exists at that point, so every later thread inherits
+//!    it): capabilities cut to [`KEPT_CAPS`] in every set, bounding included; Landlock limiting
+//!    file access to the served directories (layers read-only) and the socket's directory.
+//! 2. [`forbid_mounts`] (every thread): zero mounts, enforced: a seccomp filter that makes every
+//!    syscall able to create, change or move a mount fail.
 //!
 //! - `mount`, `umount2`, `fsopen`, `fsconfig`, `fsmount`, `move_mount`, `open_tree`,
 //!   `mount_setattr`, `pivot_root`, `setns`: EPERM.
@@ -9,6 +14,13 @@
 //!   falls back to `clone`, which the rule above checks.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use landlock::{
+    Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
+    ABI,
+};
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -85,11 +97,222 @@ pub fn forbid_mounts() -> Result<(), ServeError> {
     Ok(())
 }
 
-/// One line per rule, for `--print-sandbox` and the start-up log.
-pub fn describe() -> String {
+/// The capabilities the daemon keeps after start-up, and why. Every other one is dropped from
+/// the effective, permitted, inheritable, ambient and bounding sets.
+pub const KEPT_CAPS: &[(Capability, &str)] = &[
+    (
+        Capability::CAP_CHOWN,
+        "new files get the guest's uid/gid; guest chown",
+    ),
+    (
+        Capability::CAP_DAC_OVERRIDE,
+        "read/write guest files whatever their modes",
+    ),
+    (
+        Capability::CAP_DAC_READ_SEARCH,
+        "read and search layer dirs of any owner",
+    ),
+    (
+        Capability::CAP_FOWNER,
+        "chmod/utimes/xattrs on files the daemon does not own",
+    ),
+    (Capability::CAP_FSETID, "keep set-id bits the guest sets"),
+    (Capability::CAP_MKNOD, "overlayfs whiteouts (char 0:0)"),
+    (
+        Capability::CAP_SETFCAP,
+        "security.capability xattrs copied up by the guest",
+    ),
+    (
+        Capability::CAP_SYS_ADMIN,
+        "trusted.* xattrs (overlayfs opaque/redirect/origin); mounting stays denied by seccomp",
+    ),
+];
+
+/// The directories Landlock lets the daemon touch after start-up.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    /// Read-only: read files, list directories.
+    pub layers: Vec<PathBuf>,
+    /// Everything: upper and work.
+    pub rw: Vec<PathBuf>,
+    /// The socket's directory: create the socket, remove it and its lock file at the end.
+    pub socket_dir: PathBuf,
+}
+
+impl Confinement {
+    pub fn new(layers: &[PathBuf], upper: &Path, work: &Path, socket: &Path) -> Confinement {
+        let socket_dir = match socket.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        Confinement {
+            layers: layers.to_vec(),
+            rw: vec![upper.to_owned(), work.to_owned()],
+            socket_dir,
+        }
+    }
+}
+
+/// The Landlock ABI this build asks for (6: every filesystem right up to `IOCTL_DEV`).
+const LANDLOCK_ABI: ABI = ABI::V6;
+
+/// What [`confine`] could put in force on this kernel.
+#[derive(Debug, Clone)]
+pub struct ConfineReport {
+    pub caps_kept: Vec<Capability>,
+    /// `None`: the kernel has no Landlock (or it is disabled); otherwise how much of the
+    /// ruleset the kernel enforces.
+    pub landlock: Option<String>,
+    /// Threads that existed when confining (they would not inherit it): should be 1.
+    pub threads: usize,
+}
+
+impl ConfineReport {
+    pub fn summary(&self) -> String {
+        let caps: Vec<String> = self.caps_kept.iter().map(|c| c.to_string()).collect();
+        format!(
+            "capabilities kept: {}; landlock: {}",
+            caps.join(","),
+            self.landlock
+                .as_deref()
+                .unwrap_or("NOT SUPPORTED by this kernel: file access not restricted")
+        )
+    }
+}
+
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Drop capabilities and restrict file access, on the calling thread (and every thread it
+/// creates later). Call while the process has a single thread. Irreversible.
+pub fn confine(c: &Confinement) -> Result<ConfineReport, ServeError> {
+    let threads = thread_count();
+    if threads > 1 {
+        tracing::warn!("confining with {threads} threads alive: only this one is confined");
+    }
+    let landlock = restrict_files(c)?;
+    let caps_kept = drop_caps()?;
+    Ok(ConfineReport {
+        caps_kept,
+        landlock,
+        threads,
+    })
+}
+
+fn lerr(e: impl std::fmt::Display) -> ServeError {
+    ServeError::Seccomp(format!("landlock: {e}"))
+}
+
+fn restrict_files(c: &Confinement) -> Result<Option<String>, ServeError> {
+    let kernel_abi = crate::sys::landlock_abi();
+    if kernel_abi <= 0 {
+        tracing::warn!(
+            "this kernel has no Landlock (or it is disabled): file access is not restricted \
+             beyond the served tree's own checks"
+        );
+        return Ok(None);
+    }
+    let all = AccessFs::from_all(LANDLOCK_ABI);
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    let sock = AccessFs::MakeSock | AccessFs::RemoveFile;
+    let mut rs = Ruleset::default()
+        .handle_access(all)
+        .map_err(lerr)?
+        .create()
+        .map_err(lerr)?;
+    let rule = |p: &Path, a| -> Result<PathBeneath<PathFd>, ServeError> {
+        Ok(PathBeneath::new(
+            PathFd::new(p).map_err(|e| lerr(format!("{}: {e}", p.display())))?,
+            a,
+        ))
+    };
+    for l in &c.layers {
+        rs = rs.add_rule(rule(l, read)?).map_err(lerr)?;
+    }
+    for d in &c.rw {
+        rs = rs.add_rule(rule(d, all)?).map_err(lerr)?;
+    }
+    rs = rs.add_rule(rule(&c.socket_dir, sock)?).map_err(lerr)?;
+    let st = rs.restrict_self().map_err(lerr)?;
+    let how = match st.ruleset {
+        RulesetStatus::FullyEnforced => "fully enforced",
+        RulesetStatus::PartiallyEnforced => "partially enforced (older kernel ABI)",
+        RulesetStatus::NotEnforced => {
+            tracing::warn!("Landlock ruleset not enforced by this kernel");
+            return Ok(None);
+        }
+    };
+    Ok(Some(format!(
+        "kernel ABI {kernel_abi}, {how}: layers read-only, upper+work read-write, socket dir \
+         create-socket/remove-file, nothing else"
+    )))
+}
+
+fn drop_caps() -> Result<Vec<Capability>, ServeError> {
+    let cerr = |e: caps::errors::CapsError| ServeError::Seccomp(format!("capabilities: {e}"));
+    let have = caps::read(None, CapSet::Permitted).map_err(cerr)?;
+    let keep: CapsHashSet = KEPT_CAPS
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| have.contains(c))
+        .collect();
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
+    for cap in caps::all() {
+        if !keep.contains(&cap) && caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
+            caps::drop(None, CapSet::Bounding, cap).map_err(cerr)?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(cerr)?;
+    caps::clear(None, CapSet::Inheritable).map_err(cerr)?;
+    caps::set(None, CapSet::Effective, &keep).map_err(cerr)?;
+    caps::set(None, CapSet::Permitted, &keep).map_err(cerr)?;
+    let mut kept: Vec<Capability> = keep.into_iter().collect();
+    kept.sort_by_key(|c| c.index());
+    Ok(kept)
+}
+
+/// What is in force, one line per mechanism, for `--print-sandbox` and the start-up log.
+/// `confined`: what [`confine`] reported, if it ran.
+pub fn describe_with(confined: Option<&ConfineReport>) -> String {
     let names: Vec<&str> = DENIED_SYSCALLS.iter().map(|(n, _)| *n).collect();
-    format!(
-        "seccomp: {} -> EPERM; unshare/clone with CLONE_NEWNS -> EPERM; clone3 -> ENOSYS",
+    let mut out = format!(
+        "seccomp: {} -> EPERM; unshare/clone with CLONE_NEWNS -> EPERM; clone3 -> ENOSYS\n",
         names.join(", ")
-    )
+    );
+    match confined {
+        Some(r) => out.push_str(&r.summary()),
+        None => {
+            out.push_str("capabilities: keep only\n");
+            for (c, why) in KEPT_CAPS {
+                out.push_str(&format!("  {c}: {why}\n"));
+            }
+            out.push_str(
+                "  (all others dropped from the effective, permitted, inheritable, ambient and \
+                 bounding sets)\n",
+            );
+            let abi = crate::sys::landlock_abi();
+            if abi > 0 {
+                out.push_str(&format!(
+                    "landlock: kernel ABI {abi} (asking for {}): layers read-only (read file, \
+                     read dir), upper+work all rights, socket dir create-socket/remove-file, \
+                     nothing else",
+                    LANDLOCK_ABI as i32
+                ));
+            } else {
+                out.push_str(
+                    "landlock: NOT SUPPORTED by this kernel: file access not restricted beyond \
+                     the served tree's own checks",
+                );
+            }
+        }
+    }
+    out
+}
+
+/// [`describe_with`] before start-up: the policy and what this kernel supports.
+pub fn describe() -> String {
+    describe_with(None)
 }

@@ -285,6 +285,21 @@ pub fn with_file_mut<R>(f: &File, op: impl FnOnce(&mut File) -> R) -> R {
     op(&mut tmp)
 }
 
+/// The Landlock ABI version of the running kernel; 0 or less if it has none (or it is off).
+pub fn landlock_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag the syscall only
+    // returns a number; it reads and writes no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    }
+}
+
 /// Extended attributes, addressed through the `/proc/self/fd` link of an `O_PATH` fd.
 pub mod xattr {
     use super::*;

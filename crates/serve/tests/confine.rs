@@ -1,0 +1,91 @@
+//! The confinement really holds: after `sandbox::confine` the process keeps only the listed
+//! capabilities, and Landlock lets it read layers, write upper/work, and touch nothing else,
+//! the `/proc/self/fd` reopen of a held fd included. Irreversible, so it runs in a child
+//! process: this test binary re-executes itself.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::Command;
+
+const CHILD_ENV: &str = "STRATA_CONFINE_CHILD";
+
+#[test]
+fn confined_daemon_reaches_only_its_dirs() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        return child(std::path::Path::new(&dir));
+    }
+    let d = tempfile::tempdir().unwrap();
+    for sub in ["layer/etc", "upper", "work", "outside", "sock"] {
+        std::fs::create_dir_all(d.path().join(sub)).unwrap();
+    }
+    std::fs::write(d.path().join("layer/etc/f"), b"layer").unwrap();
+    std::fs::write(d.path().join("outside/secret"), b"secret").unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "confined_daemon_reaches_only_its_dirs",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, d.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("CHILD-OK"), "child did not run:\n{text}");
+}
+
+fn child(d: &std::path::Path) {
+    use std::fs::{File, OpenOptions};
+    use std::os::fd::AsRawFd;
+    // An O_PATH fd held from before, as the daemon's anchors are.
+    let held = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(d.join("layer/etc/f"))
+        .unwrap();
+    // Capabilities are per thread, and Landlock hides procfs after confining: open this
+    // thread's status before, read it after.
+    let mut status_file = File::open("/proc/thread-self/status").unwrap();
+    let c = strata_serve::sandbox::Confinement::new(
+        &[d.join("layer")],
+        &d.join("upper"),
+        &d.join("work"),
+        &d.join("sock/s"),
+    );
+    let r = strata_serve::sandbox::confine(&c).expect("confine");
+    eprintln!("{}", r.summary());
+    let mut status = String::new();
+    std::io::Read::read_to_string(&mut status_file, &mut status).unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    // CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SYS_ADMIN, MKNOD, SETFCAP.
+    assert_eq!(eff, "000000008820001f", "effective capabilities");
+    let denied = |r: std::io::Result<File>, what: &str| match r {
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{what}: {e}"),
+        Ok(_) => panic!("{what}: allowed"),
+    };
+    if r.landlock.is_some() {
+        assert_eq!(std::fs::read(d.join("layer/etc/f")).unwrap(), b"layer");
+        denied(
+            OpenOptions::new().write(true).open(d.join("layer/etc/f")),
+            "write into a layer",
+        );
+        denied(File::open(d.join("outside/secret")), "read outside");
+        denied(File::open("/etc/hostname"), "read /etc");
+        std::fs::write(d.join("upper/new"), b"x").unwrap();
+        std::fs::rename(d.join("upper/new"), d.join("work/new")).unwrap();
+        // The magic-link reopen the daemon uses: allowed for a held fd under a served dir.
+        let p = format!("/proc/self/fd/{}", held.as_raw_fd());
+        assert_eq!(std::fs::read(&p).unwrap(), b"layer");
+        denied(
+            OpenOptions::new().write(true).open(&p),
+            "reopen a layer file for writing",
+        );
+    }
+    println!("CHILD-OK");
+}
