@@ -190,8 +190,10 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
             sandbox::Confinement::new(&checked.lowers, &checked.upper, &checked.work, &cfg.socket);
         confined = Some(sandbox::confine(&c)?);
         stop_on_signals(cfg.socket.clone()).map_err(|e| ServeError::Session(e.to_string()))?;
-        // From here on no thread of this process can mount anything.
-        sandbox::forbid_mounts()
+        // From here on no thread of this process can mount anything, nor make a syscall the
+        // daemon does not need.
+        sandbox::forbid_mounts()?;
+        sandbox::allow_only_known()
     })?;
     let Prepared {
         mut daemon,

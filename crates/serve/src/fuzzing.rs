@@ -1072,12 +1072,24 @@ impl Harness {
 
 /// Run `n` requests from `seed` on a fresh harness.
 pub fn run_seed(seed: u64, n: u64) -> Result<RunStats, Finding> {
-    let h = Harness::new().map_err(|e| Finding {
+    run_seed_with(seed, n, || Ok(()))
+}
+
+/// [`run_seed`], with `setup` run once the harness is built and before the first request (to
+/// put a sandbox in force, for example).
+pub fn run_seed_with(
+    seed: u64,
+    n: u64,
+    setup: impl FnOnce() -> Result<(), String>,
+) -> Result<RunStats, Finding> {
+    let fail = |what: String| Finding {
         seed,
         request: 0,
-        what: format!("harness: {e}"),
+        what,
         bytes: String::new(),
-    })?;
+    };
+    let h = Harness::new().map_err(|e| fail(format!("harness: {e}")))?;
+    setup().map_err(|e| fail(format!("setup: {e}")))?;
     h.run(seed, n)
 }
 

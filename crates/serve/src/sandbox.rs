@@ -88,6 +88,157 @@ pub fn no_mount_filters() -> Result<Vec<BpfProgram>, ServeError> {
     ])
 }
 
+/// Every syscall the daemon makes once serving (from `strace -f` of the VM test, plus the
+/// neighbours a library may pick instead: `*at` and plain forms, v/v2 forms, fallbacks).
+/// Anything else fails with ENOSYS (see [`allow_list_filter`]).
+pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
+    macro_rules! sys {
+        ($($n:ident),* $(,)?) => { vec![$((stringify!($n), libc::$n as i64)),*] };
+    }
+    #[allow(unused_mut)]
+    let mut v = sys!(
+        // files, through held fds and /proc/self/fd
+        SYS_read,
+        SYS_write,
+        SYS_pread64,
+        SYS_pwrite64,
+        SYS_readv,
+        SYS_writev,
+        SYS_preadv,
+        SYS_pwritev,
+        SYS_preadv2,
+        SYS_pwritev2,
+        SYS_lseek,
+        SYS_close,
+        SYS_openat,
+        SYS_fcntl,
+        SYS_dup,
+        SYS_dup3,
+        SYS_newfstatat,
+        SYS_fstat,
+        SYS_statx,
+        SYS_fstatfs,
+        SYS_statfs,
+        SYS_getdents64,
+        SYS_mkdirat,
+        SYS_mknodat,
+        SYS_symlinkat,
+        SYS_unlinkat,
+        SYS_renameat,
+        SYS_renameat2,
+        SYS_linkat,
+        SYS_readlinkat,
+        SYS_fchownat,
+        SYS_fchown,
+        SYS_fchmodat,
+        SYS_fchmod,
+        SYS_utimensat,
+        SYS_ftruncate,
+        SYS_fallocate,
+        SYS_fsync,
+        SYS_fdatasync,
+        SYS_getxattr,
+        SYS_lgetxattr,
+        SYS_fgetxattr,
+        SYS_setxattr,
+        SYS_lsetxattr,
+        SYS_fsetxattr,
+        SYS_listxattr,
+        SYS_llistxattr,
+        SYS_flistxattr,
+        SYS_removexattr,
+        SYS_lremovexattr,
+        SYS_fremovexattr,
+        SYS_flock,
+        SYS_faccessat,
+        SYS_faccessat2,
+        // memory (guest memory arrives as memfds and is mmapped)
+        SYS_mmap,
+        SYS_munmap,
+        SYS_mprotect,
+        SYS_madvise,
+        SYS_brk,
+        SYS_mremap,
+        // threads, signals, time
+        SYS_futex,
+        SYS_clone,
+        SYS_clone3,
+        SYS_set_robust_list,
+        SYS_rseq,
+        SYS_sched_getaffinity,
+        SYS_sched_yield,
+        SYS_gettid,
+        SYS_getpid,
+        SYS_tgkill,
+        SYS_exit,
+        SYS_exit_group,
+        SYS_rt_sigaction,
+        SYS_rt_sigprocmask,
+        SYS_rt_sigreturn,
+        SYS_sigaltstack,
+        SYS_prctl,
+        SYS_getrandom,
+        SYS_clock_gettime,
+        SYS_clock_nanosleep,
+        SYS_nanosleep,
+        SYS_restart_syscall,
+        SYS_prlimit64,
+        SYS_capget,
+        // the vhost-user socket and event loop
+        SYS_epoll_pwait,
+        SYS_epoll_ctl,
+        SYS_epoll_create1,
+        SYS_eventfd2,
+        SYS_recvmsg,
+        SYS_sendmsg,
+        SYS_recvfrom,
+        SYS_sendto,
+        SYS_accept4,
+        SYS_ppoll,
+        SYS_socket,
+        SYS_bind,
+        SYS_listen,
+        SYS_socketpair,
+        SYS_getsockopt,
+        SYS_shutdown,
+        SYS_getsockname,
+    );
+    #[cfg(target_arch = "x86_64")]
+    v.extend(sys!(
+        SYS_epoll_wait,
+        SYS_poll,
+        SYS_open,
+        SYS_stat,
+        SYS_lstat,
+        SYS_unlink,
+        SYS_rename,
+        SYS_readlink,
+        SYS_access,
+        SYS_arch_prctl,
+    ));
+    v
+}
+
+/// The allow-list filter: [`allowed_syscalls`] pass, everything else gets `otherwise`
+/// (the daemon uses ENOSYS, so that libraries fall back where they can; tests use a trap to
+/// find a missing entry loudly).
+pub fn allow_list_filter(otherwise: SeccompAction) -> Result<BpfProgram, ServeError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
+        .into_iter()
+        .map(|(_, nr)| (nr, Vec::new()))
+        .collect();
+    let f = SeccompFilter::new(rules, otherwise, SeccompAction::Allow, arch())
+        .map_err(|e| ServeError::Seccomp(e.to_string()))?;
+    f.try_into()
+        .map_err(|e: seccompiler::BackendError| ServeError::Seccomp(e.to_string()))
+}
+
+/// Install the allow-list on every thread: from here on only [`allowed_syscalls`] work.
+pub fn allow_only_known() -> Result<(), ServeError> {
+    let f = allow_list_filter(SeccompAction::Errno(libc::ENOSYS as u32))?;
+    seccompiler::apply_filter_all_threads(&f).map_err(|e| ServeError::Seccomp(e.to_string()))
+}
+
 /// Install the no-mount filters on every thread of this process. Irreversible.
 pub fn forbid_mounts() -> Result<(), ServeError> {
     for f in no_mount_filters()? {
@@ -279,8 +430,11 @@ fn drop_caps() -> Result<Vec<Capability>, ServeError> {
 pub fn describe_with(confined: Option<&ConfineReport>) -> String {
     let names: Vec<&str> = DENIED_SYSCALLS.iter().map(|(n, _)| *n).collect();
     let mut out = format!(
-        "seccomp: {} -> EPERM; unshare/clone with CLONE_NEWNS -> EPERM; clone3 -> ENOSYS\n",
-        names.join(", ")
+        "seccomp: {} -> EPERM; unshare/clone with CLONE_NEWNS -> EPERM; clone3 -> ENOSYS\n\
+         seccomp allow-list: {} syscalls (file ops on held fds, memory, threads, the vhost-user \
+         socket), every other -> ENOSYS\n",
+        names.join(", "),
+        allowed_syscalls().len()
     );
     match confined {
         Some(r) => out.push_str(&r.summary()),

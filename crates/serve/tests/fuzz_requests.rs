@@ -2,10 +2,15 @@
 //! requests through the daemon's own request path over a temp tree. No panic, nothing outside
 //! upper/work changed, no fd left behind. `examples/fuzz_requests.rs` runs it for longer.
 
+use std::sync::Mutex;
 use std::time::Instant;
+
+/// The fuzzer counts this process's open fds: its tests must not run side by side.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 #[test]
 fn random_request_streams_fail_cleanly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let t = Instant::now();
     let mut total = 0;
     for seed in 1..=4u64 {
@@ -23,4 +28,41 @@ fn random_request_streams_fail_cleanly() {
         }
     }
     eprintln!("{total} requests in {:?}", t.elapsed());
+}
+
+/// The seccomp allow-list covers every syscall the request path makes: the fuzzer runs under
+/// it with a trap (SIGSYS kills the process) instead of the daemon's ENOSYS for anything else.
+/// Irreversible, so in a child process: this test binary re-executes itself.
+#[test]
+fn request_path_stays_inside_the_seccomp_allow_list() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const CHILD: &str = "STRATA_FUZZ_ALLOW_LIST_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let st = strata_serve::fuzzing::run_seed_with(11, 5000, || {
+            strata_serve::sandbox::forbid_mounts().map_err(|e| e.to_string())?;
+            let f = strata_serve::sandbox::allow_list_filter(seccompiler::SeccompAction::Trap)
+                .map_err(|e| e.to_string())?;
+            seccompiler::apply_filter_all_threads(&f).map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|f| panic!("finding: {f:#?}"));
+        println!("CHILD-OK {st:?}");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "request_path_stays_inside_the_seccomp_allow_list",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("CHILD-OK"),
+        "child under the allow-list failed ({}):\n{text}",
+        out.status
+    );
 }
