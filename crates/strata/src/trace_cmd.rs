@@ -1,5 +1,5 @@
-//! `strata trace`: is this kernel exposed to the shrinker_rwsem mount stall, and (to come) who
-//! holds the lock while a mount waits.
+//! `strata trace`: is this kernel exposed to the shrinker_rwsem mount stall (`--check`), and
+//! who holds the lock while a mount waits (tracing through tracefs; eBPF to come).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,17 +22,22 @@ pub struct TraceArgs {
     /// BTF to read instead of /sys/kernel/btf/vmlinux: raw BTF or a vmlinux ELF.
     #[arg(long, value_name = "FILE")]
     btf: Option<PathBuf>,
+    /// Trace for this many seconds (default: until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// List writer waits on the lock of at least this long (shorter ones are only counted).
+    #[arg(long, value_name = "MS", default_value_t = 10.0)]
+    min_wait: f64,
 }
 
 pub fn trace(a: TraceArgs) -> ExitCode {
     let c = check::check(a.kallsyms.as_deref(), a.btf.as_deref());
+    if !a.check {
+        return run(&a, c);
+    }
     if let Err(e) = output(&a, &c) {
         eprintln!("strata trace: {e}");
         return ExitCode::FAILURE;
-    }
-    if !a.check {
-        eprintln!("strata trace: only --check is implemented in this build (tracing comes next)");
-        return ExitCode::from(2);
     }
     match c.shrinker_lock {
         strata_trace::ShrinkerLock::Unknown => ExitCode::FAILURE,
@@ -53,4 +58,58 @@ fn output(a: &TraceArgs, c: &strata_trace::KernelCheck) -> std::io::Result<()> {
             }
         }
     }
+}
+
+fn run(a: &TraceArgs, c: strata_trace::KernelCheck) -> ExitCode {
+    if !c.root {
+        eprintln!("strata trace: tracing needs root (tracefs, kprobes); --check works without");
+        return ExitCode::from(2);
+    }
+    if c.shrinker_lock == strata_trace::ShrinkerLock::Lockless {
+        eprintln!(
+            "strata trace: this kernel's shrinkers are lockless: mounts do not wait for reclaim \
+             (see strata trace --check); nothing to trace"
+        );
+        return ExitCode::from(2);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            eprintln!("strata trace: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let duration = a.duration.map(std::time::Duration::from_secs_f64);
+    eprintln!(
+        "strata trace: tracing {} (Ctrl-C to stop)",
+        match a.duration {
+            Some(d) => format!("for {d} s"),
+            None => "until stopped".into(),
+        }
+    );
+    let r = match strata_trace::tracefs::run(c, duration, a.min_wait, &stop) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata trace: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = match a.json.as_deref() {
+        None => std::io::stdout().write_all(strata_trace::render::render(&r).as_bytes()),
+        Some(p) => serde_json::to_string(&r)
+            .map_err(std::io::Error::other)
+            .and_then(|j| {
+                if p.as_os_str() == "-" {
+                    std::io::stdout().write_all((j + "\n").as_bytes())
+                } else {
+                    std::fs::write(p, j + "\n")?;
+                    std::io::stdout().write_all(strata_trace::render::render(&r).as_bytes())
+                }
+            }),
+    };
+    if let Err(e) = res {
+        eprintln!("strata trace: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

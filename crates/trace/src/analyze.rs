@@ -38,6 +38,11 @@ pub enum Kind {
         pid: u32,
         comm: String,
     },
+    /// The `down_read_trylock(lock)` announced by the last `ReadAcquired` of this task failed
+    /// (tracefs mode: the acquire is seen at entry, a failure at return): no hold.
+    ReadFailed {
+        lock: u64,
+    },
     /// `up_read(lock)`.
     ReadReleased {
         lock: u64,
@@ -242,6 +247,13 @@ impl Analyzer {
             }
             Kind::ReadReleased { lock } if lock == self.lock => {
                 self.close_hold(tid, Role::Reader, ts)
+            }
+            Kind::ReadFailed { lock } if lock == self.lock => {
+                if let Some(i) = self.holds.iter().rposition(|h| {
+                    h.tid == tid && h.role == Role::Reader && h.end.is_none() && !h.approx
+                }) {
+                    self.holds.remove(i);
+                }
             }
             Kind::WriteWait {
                 lock,

@@ -5,6 +5,7 @@
 //! - [`analyze`]: kernel events (lock holds and waits, shrinker calls, scheduling, mounts) →
 //!   waits attributed to holders and shrinkers, mount latency by phase;
 //! - [`report`], [`render`]: the report (JSON) and its human form;
+//! - [`tracefs`]: the event producer on tracefs kprobes/tracepoints (no libbpf yet);
 //! - [`vmstat`]: reclaim counters and PSI per second.
 
 pub mod analyze;
@@ -13,6 +14,7 @@ pub mod check;
 pub mod kallsyms;
 pub mod render;
 pub mod report;
+pub mod tracefs;
 pub mod vmstat;
 
 pub use check::{KernelCheck, ShrinkerLock};
