@@ -1093,6 +1093,43 @@ pub fn run_seed_with(
     h.run(seed, n)
 }
 
+/// For coverage-guided fuzzers (`fuzz/` at the repo root, cargo-fuzz): `data` is a stream of
+/// raw requests, each a little-endian u16 length and that many bytes (header and body as the
+/// guest would put them in the chain), served in order after a valid INIT on a fresh harness;
+/// then the end-of-run checks. `Err` is a finding.
+pub fn run_bytes(data: &[u8]) -> Result<(), Finding> {
+    let mut h = Harness::new().map_err(|e| Finding {
+        seed: 0,
+        request: 0,
+        what: format!("harness: {e}"),
+        bytes: String::new(),
+    })?;
+    let mut init = Body(Vec::new());
+    init.u32(7).u32(31).u32(131072).u32(0xffff_ffff);
+    for _ in 0..12 {
+        init.u32(0);
+    }
+    h.roundtrip(None, &Harness::request_bytes(op::INIT, 0, &init.0, None));
+    let mut rest = data;
+    let mut n = 0;
+    while rest.len() >= 2 {
+        let len = (u16::from_le_bytes([rest[0], rest[1]]) as usize).min(rest.len() - 2);
+        let req = &rest[2..2 + len];
+        rest = &rest[2 + len..];
+        h.roundtrip(None, req);
+        n += 1;
+    }
+    let g = Gen {
+        rng: Rng::new(0),
+        nodes: vec![1, 2, 3],
+        fhs: Vec::new(),
+        all_nodes: BTreeSet::new(),
+        all_fhs: BTreeSet::new(),
+        unique: 0,
+    };
+    h.finish(0, n, g, RunStats::default()).map(drop)
+}
+
 /// Replay one request (hex, as in a [`Finding`]) after a valid INIT, on a fresh harness.
 pub fn replay(hex_req: &str) -> Result<Option<Vec<u8>>, String> {
     let bytes: Vec<u8> = (0..hex_req.len() / 2)
