@@ -351,6 +351,8 @@ pub fn run_kernel(
         .map_err(|_| LabError::Serve("the VM watcher thread panicked".into()))??;
     let _ = serve.wait(Duration::from_secs(10));
     let _ = std::fs::remove_file(&disk);
+    // The whole console (`@trace-report` lines: strata trace's report), kept with --workdir.
+    let _ = std::fs::write(dir.join("console.log"), &out.console);
     let (phases, mut errors) = parse_console(&out.console);
     if out.timed_out {
         errors.push(format!("the VM ran past the {:?} timeout", cfg.timeout));

@@ -6,6 +6,8 @@
 #   @psi TAG ...           /proc/pressure/memory
 #   @bench PHASE STRATEGY {json}
 #   @check {json}          this kernel's shrinker lock (strata trace --check --json)
+#   @trace {json}          strata trace over the pressure phase (rwsem kernels only)
+#   @trace-report TEXT     its human report, line by line
 SC=$1; N=$2; COUNT=$3; INTERVAL=$4; CYCLES=$5
 STRATEGIES="overlay-mount tmpfs-mount strata"
 echo "@check $(strata trace --check --json)"
@@ -86,6 +88,16 @@ renice 19 -p $$ > /dev/null
 strata lab-guest dentries /mnt/disk/neg "$COUNT"
 echo "@phase measuring under pressure ($CYCLES reclaim cycles)"
 snap pressure-start
+# The tracer (rwsem kernels: it refuses lockless ones) runs through the pressure phase, on every
+# CPU and above the pressure generator, so that it keeps up with trace_pipe.
+TRACE_PID=""
+if strata trace --check --json | grep -q '"shrinker_lock":"rwsem"'; then
+  strata trace --min-wait 10 --json /lab/trace.json > /lab/trace.txt 2>&1 &
+  TRACE_PID=$!
+  renice -5 -p $TRACE_PID > /dev/null
+  [ "$NCPU" -ge 2 ] && taskset -p -c 0-$BENCH_CPU $TRACE_PID > /dev/null
+  sleep 1
+fi
 rm -f /lab/stop
 run_benches pressure 50000 --until /lab/stop
 c=1
@@ -97,4 +109,9 @@ done
 touch /lab/stop
 collect pressure
 snap pressure-end
+if [ -n "$TRACE_PID" ]; then
+  kill -TERM $TRACE_PID; wait $TRACE_PID
+  if [ -s /lab/trace.json ]; then echo "@trace $(cat /lab/trace.json)"; fi
+  sed 's/^/@trace-report /' /lab/trace.txt
+fi
 echo "@phase done"
