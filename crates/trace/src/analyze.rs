@@ -645,8 +645,8 @@ impl Analyzer {
             all_waits: self.all_waits,
             all_wait_ms: ms(self.all_wait_ns),
             waits: waits.len() as u64,
-            wait_ms: waits.iter().map(|w| w.wait_ms).sum(),
-            attributed_ms: waits.iter().map(|w| w.attributed_ms).sum(),
+            wait_ms: waits.iter().map(|w| w.wait_ms).sum::<f64>() + 0.0,
+            attributed_ms: waits.iter().map(|w| w.attributed_ms).sum::<f64>() + 0.0,
             top_holders,
             top_shrinkers,
         };
