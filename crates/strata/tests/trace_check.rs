@@ -60,6 +60,10 @@ fn tracing_a_second() {
         Some(2) => assert!(err.contains("lockless") || err.contains("root"), "{err}"),
         // A kernel with shrinker_rwsem (Debian 12's own 6.1): a report.
         Some(0) => assert!(text.contains("shrinker lock: shrinker_rwsem"), "{text}"),
+        // No tracefs here (e.g. a container): said so, nothing traced.
+        Some(1) if err.contains("tracefs") || err.contains("trace_pipe") => {
+            eprintln!("SKIP: {err}")
+        }
         _ => panic!("{:?}: {err}", out.status),
     }
 }
