@@ -138,7 +138,8 @@ impl Session {
             pipe: OpenOptions::new()
                 .read(true)
                 .custom_flags(nix::libc::O_NONBLOCK)
-                .open(root.join("trace_pipe"))?,
+                .open(root.join("trace_pipe"))
+                .map_err(|e| io::Error::new(e.kind(), format!("tracefs trace_pipe: {e}")))?,
             root,
             kprobes: Vec::new(),
             enabled: Vec::new(),
