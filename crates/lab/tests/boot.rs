@@ -8,21 +8,28 @@ use std::time::Duration;
 
 use strata_lab::{fixture, qemu, GuestKernel, Initramfs, KernelChoice, VmConfig};
 
-#[test]
-fn boots_debian_6_1_busybox_initramfs() {
+/// qemu and a static busybox, or `None` after printing why the test is skipped.
+fn prerequisites() -> Option<std::path::PathBuf> {
     if qemu::find_in_path(qemu::QEMU).is_none() {
         eprintln!(
             "SKIP: {} not installed; run scripts/install-deps.sh",
             qemu::QEMU
         );
-        return;
+        return None;
     }
-    let busybox = match fixture::static_busybox() {
-        Ok(b) => b,
+    match fixture::static_busybox() {
+        Ok(b) => Some(b),
         Err(e) => {
             eprintln!("SKIP: {e}");
-            return;
+            None
         }
+    }
+}
+
+#[test]
+fn boots_debian_6_1_busybox_initramfs() {
+    let Some(busybox) = prerequisites() else {
+        return;
     };
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("guest kernel {} ({:?})", kernel.release, kernel.vmlinuz);
@@ -64,19 +71,8 @@ fn boots_debian_6_1_busybox_initramfs() {
 /// Boot `choice` with the guest modules and a raw disk; check the modules load in
 /// [`GUEST_MODULES`](strata_lab::GUEST_MODULES) order and provide virtio-blk, virtiofs and overlay.
 fn modules_load(choice: KernelChoice) {
-    if qemu::find_in_path(qemu::QEMU).is_none() {
-        eprintln!(
-            "SKIP: {} not installed; run scripts/install-deps.sh",
-            qemu::QEMU
-        );
+    let Some(busybox) = prerequisites() else {
         return;
-    }
-    let busybox = match fixture::static_busybox() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("SKIP: {e}");
-            return;
-        }
     };
     let kernel = GuestKernel::fetch(choice).unwrap_or_else(|e| panic!("{e}"));
     let modules = kernel
@@ -144,19 +140,8 @@ fn debian_6_12_guest_modules_load() {
 /// A hung guest is killed at the timeout, and dropping a running VM kills qemu: no orphans.
 #[test]
 fn timeout_and_drop_kill_qemu() {
-    if qemu::find_in_path(qemu::QEMU).is_none() {
-        eprintln!(
-            "SKIP: {} not installed; run scripts/install-deps.sh",
-            qemu::QEMU
-        );
+    let Some(busybox) = prerequisites() else {
         return;
-    }
-    let busybox = match fixture::static_busybox() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("SKIP: {e}");
-            return;
-        }
     };
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();

@@ -91,23 +91,10 @@ pub fn lab(a: LabArgs) -> ExitCode {
         };
         return finish(&a, report);
     }
-    let strata = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("strata lab: cannot find my own binary: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let mut tmp = None;
-    let workdir = match a.workdir.clone() {
-        Some(d) => d,
-        None => match tempfile::Builder::new().prefix("strata-lab-").tempdir() {
-            Ok(t) => tmp.insert(t).path().to_owned(),
-            Err(e) => {
-                eprintln!("strata lab: cannot create a temp dir: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+    let Some((strata, workdir)) = crate::binary_and_workdir("lab", a.workdir.clone(), &mut tmp)
+    else {
+        return ExitCode::FAILURE;
     };
     // Ctrl-C / SIGTERM: remove everything the lab created (disk images are GBs), then exit;
     // qemu and strata serve die with this process (PR_SET_PDEATHSIG).

@@ -346,24 +346,34 @@ fn bench_create(a: BenchCreateArgs) -> ExitCode {
     }
 }
 
-fn demo(a: DemoArgs) -> ExitCode {
-    let strata = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("strata demo: cannot find my own binary: {e}");
-            return ExitCode::FAILURE;
+/// This `strata` binary (it goes into guests) and the working directory of a host-side job:
+/// `given`, or a new temp dir kept alive by `tmp`. Errors are printed under `cmd`.
+fn binary_and_workdir(
+    cmd: &str,
+    given: Option<PathBuf>,
+    tmp: &mut Option<tempfile::TempDir>,
+) -> Option<(PathBuf, PathBuf)> {
+    let strata = std::env::current_exe()
+        .map_err(|e| eprintln!("strata {cmd}: cannot find my own binary: {e}"))
+        .ok()?;
+    let dir = match given {
+        Some(d) => d,
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix(&format!("strata-{cmd}-"))
+                .tempdir()
+                .map_err(|e| eprintln!("strata {cmd}: cannot create a temp dir: {e}"))
+                .ok()?;
+            tmp.insert(t).path().to_owned()
         }
     };
+    Some((strata, dir))
+}
+
+fn demo(a: DemoArgs) -> ExitCode {
     let mut tmp = None;
-    let dir = match a.dir {
-        Some(d) => d,
-        None => match tempfile::Builder::new().prefix("strata-demo-").tempdir() {
-            Ok(t) => tmp.insert(t).path().to_owned(),
-            Err(e) => {
-                eprintln!("strata demo: cannot create a temp dir: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+    let Some((strata, dir)) = binary_and_workdir("demo", a.dir, &mut tmp) else {
+        return ExitCode::FAILURE;
     };
     let result = strata_lab::demo::run(&strata, &dir);
     if a.keep {
