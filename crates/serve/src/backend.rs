@@ -3,8 +3,10 @@
 //! the [`StrataFs`] dispatcher.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
@@ -35,24 +37,83 @@ type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 pub struct Stats {
     pub requests: AtomicU64,
     pub bad_chains: AtomicU64,
+    /// Requests answered empty because the session was revoked (stopped while connected, or
+    /// after a panic in its request path).
+    pub refused: AtomicU64,
+}
+
+/// The served tree and the FUSE server over it.
+#[derive(Clone)]
+struct Served {
+    server: Arc<Server<Arc<StrataFs>>>,
+    fs: Arc<StrataFs>,
 }
 
 /// The vhost-user-fs device backend of one VM.
 pub struct FsBackend {
-    server: Arc<Server<Arc<StrataFs>>>,
+    /// `None` once revoked: the tree (and every host fd it holds) is gone, and requests are
+    /// completed empty (the guest sees EIO) until the VMM hangs up.
+    served: RwLock<Option<Served>>,
     mem: RwLock<Option<Mem>>,
     event_idx: AtomicBool,
     pub stats: Arc<Stats>,
+    /// The exit-event fds vhost-user-backend 0.21 registers in its epoll and never closes
+    /// (`VringEpollHandler::new` calls `into_raw_fd`): ours to close once the daemon is dropped.
+    leaked: Arc<LeakedFds>,
+    /// Testing knob (`STRATA_FAULT_PANIC=ID` in the multi-VM daemon): panic in the request
+    /// path, to prove a crashing session leaves the others alone.
+    panic_on_request: AtomicBool,
 }
 
 impl FsBackend {
     pub fn new(fs: Arc<StrataFs>) -> FsBackend {
         FsBackend {
-            server: Arc::new(Server::new(fs)),
+            served: RwLock::new(Some(Served {
+                server: Arc::new(Server::new(fs.clone())),
+                fs,
+            })),
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
             stats: Arc::new(Stats::default()),
+            leaked: Arc::new(LeakedFds::default()),
+            panic_on_request: AtomicBool::new(false),
         }
+    }
+
+    /// Drop the served tree now: every host fd it holds is closed as soon as no request is
+    /// in flight, and every later request is completed empty. Used when a connected session
+    /// is stopped and after a panic in its request path.
+    pub fn revoke(&self) {
+        let taken = match self.served.write() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if taken.is_some() {
+            tracing::info!("session revoked: served tree dropped, later requests refused");
+        }
+    }
+
+    /// Whether [`FsBackend::revoke`] has run.
+    pub fn revoked(&self) -> bool {
+        self.served.read().map(|g| g.is_none()).unwrap_or(true)
+    }
+
+    /// Host inodes and open handles the guest holds (0, 0 once revoked).
+    pub fn held(&self) -> (usize, usize) {
+        match self.served.read().ok().and_then(|g| g.clone()) {
+            Some(s) => (s.fs.live_nodes(), s.fs.open_handles()),
+            None => (0, 0),
+        }
+    }
+
+    /// The fds to close once the vhost-user daemon built on this backend is dropped.
+    pub fn leaked_fds(&self) -> Arc<LeakedFds> {
+        self.leaked.clone()
+    }
+
+    #[doc(hidden)]
+    pub fn panic_on_next_request(&self) {
+        self.panic_on_request.store(true, Ordering::Relaxed);
     }
 
     /// Serve every request waiting on `vring`. A malformed request is answered with an error
@@ -78,9 +139,32 @@ impl FsBackend {
         if chains.is_empty() {
             return Ok(());
         }
+        let server = self
+            .served
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| s.server.clone()));
         for chain in chains {
             let head = chain.head_index();
-            let reply_len = serve_chain(&self.server, &mem, chain, &self.stats);
+            let served = match &server {
+                Some(server) if !self.revoked() => catch_unwind(AssertUnwindSafe(|| {
+                    if self.panic_on_request.swap(false, Ordering::Relaxed) {
+                        panic!("STRATA_FAULT_PANIC: injected panic in the request path");
+                    }
+                    serve_chain(server, &mem, chain, &self.stats)
+                })),
+                _ => Ok(0),
+            };
+            // A panic ends this session only: the tree is dropped, this request and every
+            // later one are completed empty (the guest sees EIO), nothing is left hanging.
+            let reply_len = served.unwrap_or_else(|_| {
+                tracing::error!("panic while serving a request: session revoked");
+                self.revoke();
+                0
+            });
+            if reply_len == 0 && self.revoked() {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
             if let Err(e) = vring.add_used(head, reply_len) {
                 tracing::warn!("cannot complete request {head}: {e}");
             }
@@ -160,8 +244,12 @@ impl VhostUserBackend for FsBackend {
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         // With an exit event the library can stop and join its worker threads when the
-        // session ends; without one, dropping the daemon would wait forever.
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+        // session ends; without one, dropping the daemon would wait forever. The library
+        // leaks the consumer end: remember it, to close it once the daemon is gone.
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        self.leaked.remember(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -188,18 +276,59 @@ impl VhostUserBackend for FsBackend {
                 "event for unknown queue {device_event}"
             )));
         };
-        if self.event_idx.load(Ordering::Relaxed) {
-            // Drain, re-enable notifications, and drain again if the guest queued meanwhile.
-            loop {
-                vring.disable_notification().map_err(io::Error::other)?;
-                self.process_queue(vring)?;
-                if !vring.enable_notification().map_err(io::Error::other)? {
-                    break;
+        // A panic ends this session only: the other sessions of a multi-VM daemon never
+        // notice (requests are caught one by one in `process_queue`; this is the backstop).
+        let served = catch_unwind(AssertUnwindSafe(|| -> io::Result<()> {
+            if self.event_idx.load(Ordering::Relaxed) {
+                // Drain, re-enable notifications, and drain again if the guest queued
+                // meanwhile.
+                loop {
+                    vring.disable_notification().map_err(io::Error::other)?;
+                    self.process_queue(vring)?;
+                    if !vring.enable_notification().map_err(io::Error::other)? {
+                        break;
+                    }
                 }
+            } else {
+                self.process_queue(vring)?;
             }
-        } else {
-            self.process_queue(vring)?;
+            Ok(())
+        }));
+        match served {
+            Ok(r) => r,
+            Err(_) => {
+                // Outside a request (ring bookkeeping): keep the worker, refuse from now on.
+                tracing::error!("panic in the virtqueue worker: session revoked");
+                self.revoke();
+                Ok(())
+            }
         }
-        Ok(())
+    }
+}
+
+/// File descriptors vhost-user-backend 0.21 leaks (see [`FsBackend::leaked_fds`]), closed by
+/// [`LeakedFds::close`] once nothing can use them any more.
+#[derive(Debug, Default)]
+pub struct LeakedFds(Mutex<Vec<RawFd>>);
+
+impl LeakedFds {
+    fn remember(&self, fd: RawFd) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(fd);
+        }
+    }
+
+    /// Close them. Call only after the `VhostUserDaemon` of this backend has been dropped
+    /// (its worker threads joined, its epoll fds closed): until then the library uses them.
+    pub fn close(&self) {
+        let fds = match self.0.lock() {
+            Ok(mut v) => std::mem::take(&mut *v),
+            Err(_) => return,
+        };
+        for fd in fds {
+            if let Err(e) = crate::sys::close_leaked_eventfd(fd) {
+                tracing::warn!("cannot close leaked exit eventfd {fd}: {e}");
+            }
+        }
     }
 }

@@ -41,7 +41,7 @@ fn lock_path(socket: &Path) -> PathBuf {
 /// A live strata daemon holds an flock on `SOCKET.lock` for its lifetime, so it is detected
 /// without connecting (a connection would be taken as the VMM's and end its session). Another
 /// kind of server on the path is detected by connecting.
-fn claim_socket(path: &Path) -> Result<SocketGuard, ConfigError> {
+pub(crate) fn claim_socket(path: &Path) -> Result<SocketGuard, ConfigError> {
     let meta = std::fs::symlink_metadata(path).ok();
     if let Some(m) = &meta {
         if !m.file_type().is_socket() {
@@ -76,7 +76,7 @@ fn claim_socket(path: &Path) -> Result<SocketGuard, ConfigError> {
 }
 
 /// Owns the socket path for the session: removes socket and lock file however it ends.
-struct SocketGuard {
+pub(crate) struct SocketGuard {
     socket: PathBuf,
     lock_path: PathBuf,
     _lock: std::fs::File,
@@ -107,6 +107,15 @@ fn stop_on_signals(socket: PathBuf) -> io::Result<()> {
     Ok(())
 }
 
+/// Closes the fds vhost-user-backend leaks, when dropped after the daemon.
+pub(crate) struct CloseLeaked(pub(crate) Arc<crate::backend::LeakedFds>);
+
+impl Drop for CloseLeaked {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// A daemon made ready up to listening on its socket, not yet accepting a VMM: the configuration
 /// checked, the socket claimed (lock file held), the served tree open, the vhost-user daemon
 /// created and the socket bound.
@@ -117,6 +126,8 @@ fn stop_on_signals(socket: PathBuf) -> io::Result<()> {
 pub struct Prepared {
     // Field order is drop order: stop the workers, close the listener, then release the path.
     daemon: VhostUserDaemon<Arc<FsBackend>>,
+    // After the daemon (whose worker threads are joined by then): the fds it leaks.
+    leaked: CloseLeaked,
     listener: Listener,
     stats: Arc<Stats>,
     checked: Checked,
@@ -159,6 +170,7 @@ fn prepare_with(
     let fs = Arc::new(StrataFs::new(&checked, cache)?);
     let backend = Arc::new(FsBackend::new(fs));
     let stats = backend.stats.clone();
+    let leaked = CloseLeaked(backend.leaked_fds());
     before_listen(&checked)?;
     let daemon = VhostUserDaemon::new(
         "strata-serve".into(),
@@ -172,6 +184,7 @@ fn prepare_with(
     })?;
     Ok(Prepared {
         daemon,
+        leaked,
         listener,
         stats,
         checked,
@@ -197,6 +210,7 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
     })?;
     let Prepared {
         mut daemon,
+        leaked,
         mut listener,
         stats,
         checked,
@@ -218,6 +232,8 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         .map_err(|e| ServeError::Session(e.to_string()))?;
     tracing::info!("VMM connected");
     let end = daemon.wait();
+    drop(daemon);
+    drop(leaked);
     drop(guard);
     let report = SessionReport {
         startup,

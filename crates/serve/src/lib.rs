@@ -6,15 +6,20 @@
 //! `FileSystem` implementation, one file per operation family), [`backend`] (the vhost-user
 //! transport glue), [`sandbox`] (capabilities, Landlock, and the seccomp filter that makes
 //! mounting impossible), [`daemon`] (start-up, socket, signals), [`sys`] (the only `unsafe`);
-//! [`fuzzing`] is the request-stream fuzzer.
+//! [`fuzzing`] is the request-stream fuzzer. [`supervisor`] is `strata daemon` (many VMs in
+//! one process, started and stopped over the local [`api`]).
 
+pub mod api;
 pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod error;
 #[doc(hidden)]
+pub mod frontend;
+#[doc(hidden)]
 pub mod fuzzing;
 pub mod sandbox;
+pub mod supervisor;
 pub(crate) mod sys;
 pub mod tree;
 

@@ -285,6 +285,23 @@ pub fn with_file_mut<R>(f: &File, op: impl FnOnce(&mut File) -> R) -> R {
     op(&mut tmp)
 }
 
+/// Close an eventfd that vhost-user-backend 0.21 leaked (`VringEpollHandler::new` turns the
+/// exit event's consumer into a raw fd, registers it in its epoll and never closes it).
+/// Refuses anything that is not an eventfd, so a mistaken number cannot close a real file.
+pub fn close_leaked_eventfd(fd: RawFd) -> io::Result<()> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(io::Error::other(format!(
+            "fd {fd} is {link:?}, not an eventfd: left open"
+        )));
+    }
+    // SAFETY: the library gave up ownership of this fd (into_raw_fd) and nothing else owns
+    // or closes it; the caller calls this once per leaked fd, after the epoll that watched it
+    // is gone. So taking ownership here and closing it is the single close it ever gets.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
+}
+
 /// The Landlock ABI version of the running kernel; 0 or less if it has none (or it is off).
 pub fn landlock_abi() -> i64 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;

@@ -1,0 +1,602 @@
+//! `strata daemon`: one long-lived process serving many VMs, one vhost-user socket each,
+//! started and stopped over the local API ([`crate::api`]).
+//!
+//! Starting a rootfs is the work `strata serve` does before a VMM connects (check the dirs,
+//! claim the socket, open the tree, bind) and nothing else: no process, no thread, no mount.
+//! One accept thread watches every listening socket with epoll; when a VMM connects, the
+//! session gets its threads (the vhost-user protocol thread and one virtqueue worker, from
+//! vhost-user-backend, plus one that waits for the end and cleans up).
+//!
+//! Isolation: each session has its own tree, inode table, handles, guest memory mapping and
+//! threads. A panic in one session's request path revokes that session only (see
+//! [`FsBackend::revoke`]); the others keep serving. The whole process runs confined like
+//! `strata serve` (capabilities, Landlock, seccomp: no mount is possible), set up once at
+//! start while it is single-threaded.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::api::{self, Dirs, ErrorKind, Request, Response, SessionInfo, SessionState};
+use crate::backend::FsBackend;
+use crate::config::ServeConfig;
+use crate::daemon::{claim_socket, SocketGuard};
+use crate::error::ServeError;
+use crate::sandbox;
+use crate::tree::{CachePolicy, StrataFs};
+
+/// How `strata daemon` is set up.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The API socket.
+    pub api: PathBuf,
+    /// Session sockets must be inside this directory (Landlock lets the daemon create
+    /// sockets nowhere else). Default: the API socket's directory.
+    pub socket_dir: PathBuf,
+    /// Directories explicit `dirs` of a start request may come from.
+    pub allow: Vec<PathBuf>,
+    /// Read-only for the daemon (the store's layers and records).
+    pub read_only: Vec<PathBuf>,
+    /// Read-write for the daemon (the store's container dirs).
+    pub read_write: Vec<PathBuf>,
+    pub cache: CachePolicy,
+    /// Confine the process (capabilities, Landlock, seccomp). Off only for in-process tests.
+    pub confine: bool,
+}
+
+/// Finds the dirs of a store rootfs by id (the CLI gives one over `strata-store`).
+pub type Resolver = Box<dyn Fn(&str) -> Result<Dirs, (ErrorKind, String)> + Send + Sync>;
+
+struct Session {
+    id: String,
+    socket: PathBuf,
+    layers: usize,
+    startup: Duration,
+    created: Instant,
+    backend: Arc<FsBackend>,
+    stage: Stage,
+    /// Removes the socket and its lock file when dropped (at stop, or when the session ends).
+    guard: Option<SocketGuard>,
+}
+
+enum Stage {
+    Listening(Listener),
+    Connected,
+    Stopping,
+}
+
+impl Session {
+    fn info(&self, state: Option<SessionState>) -> SessionInfo {
+        let (nodes, handles) = self.backend.held();
+        let state = state.unwrap_or(match self.stage {
+            Stage::Listening(_) => SessionState::Listening,
+            Stage::Connected if self.backend.revoked() => SessionState::Stopping,
+            Stage::Connected => SessionState::Connected,
+            Stage::Stopping => SessionState::Stopping,
+        });
+        SessionInfo {
+            id: self.id.clone(),
+            socket: self.socket.clone(),
+            state,
+            layers: self.layers,
+            startup_us: self.startup.as_micros() as u64,
+            age_ms: self.created.elapsed().as_millis() as u64,
+            requests: self.backend.stats.requests.load(Ordering::Relaxed),
+            nodes,
+            handles,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_token: HashMap<u64, Session>,
+    by_id: HashMap<String, u64>,
+}
+
+/// The daemon's state, shared by the accept loop, API connections and session threads.
+pub struct Supervisor {
+    cfg: DaemonConfig,
+    resolver: Resolver,
+    sessions: Mutex<Sessions>,
+    epoll: Epoll,
+    next_token: AtomicU64,
+    /// `STRATA_FAULT_PANIC=ID`: the session named ID panics on its first request (fault
+    /// injection for the isolation test).
+    fault_panic: Option<String>,
+}
+
+/// epoll token of the API listener; sessions count up from 1.
+const API_TOKEN: u64 = 0;
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error {
+        kind,
+        message: message.into(),
+    }
+}
+
+/// `path` made absolute and canonical as far as it exists (a socket does not exist yet).
+fn canonical_parent(path: &Path) -> Option<PathBuf> {
+    let parent = path.parent()?;
+    let name = path.file_name()?;
+    Some(parent.canonicalize().ok()?.join(name))
+}
+
+impl Supervisor {
+    pub fn new(cfg: DaemonConfig, resolver: Resolver) -> io::Result<Arc<Supervisor>> {
+        let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_owned());
+        let cfg = DaemonConfig {
+            socket_dir: canon(&cfg.socket_dir),
+            allow: cfg.allow.iter().map(|p| canon(p)).collect(),
+            ..cfg
+        };
+        Ok(Arc::new(Supervisor {
+            cfg,
+            resolver,
+            sessions: Mutex::new(Sessions::default()),
+            epoll: Epoll::new()?,
+            next_token: AtomicU64::new(API_TOKEN + 1),
+            fault_panic: std::env::var("STRATA_FAULT_PANIC").ok(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Sessions> {
+        // A panic while holding this lock can only come from a bug in this file; the map
+        // itself stays consistent (every change is a single insert/remove), so keep going.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answer one request.
+    pub fn handle(self: &Arc<Self>, req: Request) -> Response {
+        match req {
+            Request::Start {
+                id,
+                socket,
+                dirs,
+                tag,
+            } => self.start(id, socket, dirs, tag),
+            Request::Stop { id } => self.stop(&id),
+            Request::Status { id } => {
+                let s = self.lock();
+                let mut sessions: Vec<SessionInfo> = s
+                    .by_token
+                    .values()
+                    .filter(|x| id.as_ref().is_none_or(|i| *i == x.id))
+                    .map(|x| x.info(None))
+                    .collect();
+                if let (Some(id), true) = (&id, sessions.is_empty()) {
+                    return error(ErrorKind::NotFound, format!("no session {id:?}"));
+                }
+                sessions.sort_by(|a, b| a.id.cmp(&b.id));
+                Response::Status { sessions }
+            }
+        }
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        id: String,
+        socket: PathBuf,
+        dirs: Option<Dirs>,
+        tag: Option<String>,
+    ) -> Response {
+        let t0 = Instant::now();
+        if let Err(m) = api::check_id(&id) {
+            return error(ErrorKind::BadRequest, m);
+        }
+        if self.lock().by_id.contains_key(&id) {
+            return error(
+                ErrorKind::Exists,
+                format!("session {id:?} exists: stop it first (`strata rootfs stop {id}`)"),
+            );
+        }
+        let sock = match canonical_parent(&socket) {
+            Some(s) if s.starts_with(&self.cfg.socket_dir) => s,
+            _ => {
+                return error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "socket {} must be in {} (the daemon's socket directory, --socket-dir)",
+                        socket.display(),
+                        self.cfg.socket_dir.display()
+                    ),
+                )
+            }
+        };
+        let dirs = match dirs {
+            Some(d) => {
+                let outside = d
+                    .lowers
+                    .iter()
+                    .chain([&d.upper, &d.work])
+                    .find(|p| {
+                        let c = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+                        !self.cfg.allow.iter().any(|a| c.starts_with(a))
+                    })
+                    .cloned();
+                if let Some(p) = outside {
+                    return error(
+                        ErrorKind::BadRequest,
+                        format!(
+                            "{} is outside every directory the daemon allows (--allow {}): serve \
+                             store rootfs by id, or start the daemon with --allow",
+                            p.display(),
+                            if self.cfg.allow.is_empty() {
+                                "not given".to_string()
+                            } else {
+                                format!("{:?}", self.cfg.allow)
+                            }
+                        ),
+                    );
+                }
+                d
+            }
+            None => match (self.resolver)(&id) {
+                Ok(d) => d,
+                Err((kind, m)) => return error(kind, m),
+            },
+        };
+        let cfg = ServeConfig {
+            lowers: dirs.lowers,
+            upper: dirs.upper,
+            work: dirs.work,
+            socket: sock.clone(),
+            tag: tag.unwrap_or_else(|| strata_plan::DEFAULT_TAG.to_string()),
+        };
+        let prepared = (|| -> Result<_, ServeError> {
+            let checked = cfg.check()?;
+            let guard = claim_socket(&cfg.socket)?;
+            let fs = Arc::new(StrataFs::new(&checked, self.cfg.cache)?);
+            let listener = Listener::new(&cfg.socket, false).map_err(|e| ServeError::Listen {
+                path: cfg.socket.clone(),
+                source: io::Error::other(e.to_string()),
+            })?;
+            Ok((checked, guard, fs, listener))
+        })();
+        let (checked, guard, fs, listener) = match prepared {
+            Ok(p) => p,
+            Err(ServeError::Config(e)) => return error(ErrorKind::Config, e.to_string()),
+            Err(e) => return error(ErrorKind::Failed, e.to_string()),
+        };
+        let backend = Arc::new(FsBackend::new(fs));
+        if self.fault_panic.as_deref() == Some(id.as_str()) {
+            backend.panic_on_next_request();
+        }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            id: id.clone(),
+            socket: sock,
+            layers: checked.lowers.len(),
+            startup: Duration::ZERO,
+            created: Instant::now(),
+            backend,
+            stage: Stage::Listening(listener),
+            guard: Some(guard),
+        };
+        let mut s = self.lock();
+        if s.by_id.contains_key(&id) {
+            // Lost a race with a concurrent start of the same id: ours goes away unused.
+            return error(ErrorKind::Exists, format!("session {id:?} exists"));
+        }
+        let Stage::Listening(l) = &session.stage else {
+            unreachable!("a new session is listening")
+        };
+        if let Err(e) = self.epoll.ctl(
+            ControlOperation::Add,
+            l.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, token),
+        ) {
+            return error(ErrorKind::Failed, format!("cannot watch the socket: {e}"));
+        }
+        let mut session = session;
+        session.startup = t0.elapsed();
+        let info = session.info(None);
+        s.by_id.insert(id, token);
+        s.by_token.insert(token, session);
+        drop(s);
+        tracing::info!(
+            session = %info.id,
+            socket = ?info.socket,
+            layers = info.layers,
+            "started in {} us",
+            info.startup_us
+        );
+        Response::Started { session: info }
+    }
+
+    fn stop(&self, id: &str) -> Response {
+        let mut s = self.lock();
+        let Some(&token) = s.by_id.get(id) else {
+            return error(ErrorKind::NotFound, format!("no session {id:?}"));
+        };
+        let Some(session) = s.by_token.get_mut(&token) else {
+            return error(ErrorKind::NotFound, format!("no session {id:?}"));
+        };
+        match &session.stage {
+            Stage::Listening(l) => {
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    l.as_raw_fd(),
+                    EpollEvent::default(),
+                );
+                let info = session.info(Some(SessionState::Ended));
+                s.by_id.remove(id);
+                s.by_token.remove(&token); // drops listener, tree, socket and lock file
+                tracing::info!(session = %id, "stopped before any VMM connected");
+                Response::Stopped { session: info }
+            }
+            Stage::Connected | Stage::Stopping => {
+                session.backend.revoke();
+                session.guard = None;
+                session.stage = Stage::Stopping;
+                tracing::info!(session = %id, "stopped while connected: waiting for the VMM to hang up");
+                Response::Stopped {
+                    session: session.info(None),
+                }
+            }
+        }
+    }
+
+    /// A listening socket became readable: a VMM is connecting. Hand the session to a thread
+    /// of its own; never block here.
+    fn connect(self: &Arc<Self>, token: u64) {
+        let mut s = self.lock();
+        let Some(session) = s.by_token.get_mut(&token) else {
+            return;
+        };
+        let Stage::Listening(_) = session.stage else {
+            return;
+        };
+        let Stage::Listening(listener) = std::mem::replace(&mut session.stage, Stage::Connected)
+        else {
+            return;
+        };
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            listener.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        let backend = session.backend.clone();
+        let id = session.id.clone();
+        drop(s);
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vm-{}", id.chars().take(12).collect::<String>()))
+            .spawn(move || me.run_session(token, id, listener, backend));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a session thread: {e}");
+            self.finish(token);
+        }
+    }
+
+    /// One connected session, from accept to cleanup.
+    fn run_session(
+        self: Arc<Self>,
+        token: u64,
+        id: String,
+        mut listener: Listener,
+        backend: Arc<FsBackend>,
+    ) {
+        let leaked = backend.leaked_fds();
+        let end = (|| {
+            let mut daemon = VhostUserDaemon::new(
+                format!("strata-vm-{id}"),
+                backend.clone(),
+                GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            )?;
+            daemon.start(&mut listener)?;
+            tracing::info!(session = %id, "VMM connected");
+            let end = daemon.wait();
+            drop(daemon); // stops and joins the virtqueue worker
+            end
+        })();
+        leaked.close();
+        drop(listener);
+        match end {
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => tracing::info!(
+                session = %id,
+                requests = backend.stats.requests.load(Ordering::Relaxed),
+                "VMM disconnected; session over"
+            ),
+            Err(e) => tracing::warn!(session = %id, "session ended: {e}"),
+        }
+        backend.revoke();
+        self.finish(token);
+    }
+
+    fn finish(&self, token: u64) {
+        let mut s = self.lock();
+        if let Some(session) = s.by_token.remove(&token) {
+            s.by_id.remove(&session.id);
+        }
+    }
+
+    /// Remove every socket and lock file (on SIGTERM/SIGINT, before exiting).
+    pub fn shutdown(&self) {
+        let mut s = self.lock();
+        for session in s.by_token.values_mut() {
+            session.backend.revoke();
+            session.guard = None;
+        }
+    }
+
+    /// Fault injection for tests: session `id` panics in its request path on its next request.
+    #[doc(hidden)]
+    pub fn inject_panic(&self, id: &str) -> bool {
+        let s = self.lock();
+        let Some(session) = s.by_id.get(id).and_then(|t| s.by_token.get(t)) else {
+            return false;
+        };
+        session.backend.panic_on_next_request();
+        true
+    }
+
+    /// Number of sessions (any state).
+    pub fn len(&self) -> usize {
+        self.lock().by_token.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Watch the API listener and every session socket; never returns unless epoll fails.
+    pub fn accept_loop(self: &Arc<Self>, api: UnixListener) -> io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            api.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, API_TOKEN),
+        )?;
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for ev in &events[..n] {
+                if ev.data() == API_TOKEN {
+                    match api.accept() {
+                        Ok((conn, _)) => {
+                            let me = self.clone();
+                            if let Err(e) = std::thread::Builder::new()
+                                .name("strata-api".into())
+                                .spawn(move || me.serve_client(conn))
+                            {
+                                tracing::warn!("cannot serve an API client: {e}");
+                            }
+                        }
+                        Err(e) => tracing::warn!("API accept failed: {e}"),
+                    }
+                } else {
+                    self.connect(ev.data());
+                }
+            }
+        }
+    }
+
+    /// Answer one API connection's requests, in order, until it closes.
+    pub fn serve_client(self: Arc<Self>, conn: UnixStream) {
+        let Ok(writer) = conn.try_clone() else { return };
+        let mut writer = writer;
+        let mut reader = BufReader::new(conn);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut reader)
+                .take(api::MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+            {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let too_long = line.len() > api::MAX_LINE;
+            let resp = if too_long {
+                error(
+                    ErrorKind::BadRequest,
+                    format!("request longer than {} bytes", api::MAX_LINE),
+                )
+            } else {
+                match serde_json::from_slice::<Request>(&line) {
+                    Ok(req) => self.handle(req),
+                    Err(e) => error(ErrorKind::BadRequest, format!("not a request: {e}")),
+                }
+            };
+            let mut out = match serde_json::to_vec(&resp) {
+                Ok(v) => v,
+                Err(_) => return,
+            };
+            out.push(b'\n');
+            if writer.write_all(&out).is_err() || too_long {
+                return;
+            }
+        }
+    }
+}
+
+/// Run `strata daemon` until SIGTERM/SIGINT: claim and bind the API socket, confine the
+/// process, then serve the API and every session.
+pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
+    let t0 = Instant::now();
+    std::fs::create_dir_all(&cfg.socket_dir).map_err(|source| ServeError::Listen {
+        path: cfg.socket_dir.clone(),
+        source,
+    })?;
+    let api_guard = claim_socket(&cfg.api)?;
+    let api = UnixListener::bind(&cfg.api).map_err(|source| ServeError::Listen {
+        path: cfg.api.clone(),
+        source,
+    })?;
+    std::fs::set_permissions(&cfg.api, std::fs::Permissions::from_mode(0o600)).map_err(
+        |source| ServeError::Listen {
+            path: cfg.api.clone(),
+            source,
+        },
+    )?;
+    let mut confined = None;
+    if cfg.confine {
+        let existing =
+            |v: &[PathBuf]| -> Vec<PathBuf> { v.iter().filter(|p| p.exists()).cloned().collect() };
+        let mut rw = existing(&cfg.read_write);
+        rw.extend(existing(&cfg.allow));
+        rw.push(cfg.socket_dir.clone());
+        let c = sandbox::Confinement {
+            layers: existing(&cfg.read_only),
+            rw,
+            socket_dir: cfg.socket_dir.clone(),
+        };
+        confined = Some(sandbox::confine(&c)?);
+    }
+    let sup =
+        Supervisor::new(cfg.clone(), resolver).map_err(|e| ServeError::Session(e.to_string()))?;
+    {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+            .map_err(|e| ServeError::Session(e.to_string()))?;
+        let sup = sup.clone();
+        let api_path = cfg.api.clone();
+        std::thread::Builder::new()
+            .name("strata-signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    tracing::info!("signal {sig}: stopping {} sessions", sup.len());
+                    sup.shutdown();
+                    let _ = std::fs::remove_file(&api_path);
+                    let mut lock = api_path.into_os_string();
+                    lock.push(".lock");
+                    let _ = std::fs::remove_file(lock);
+                    std::process::exit(0);
+                }
+            })
+            .map_err(|e| ServeError::Session(e.to_string()))?;
+    }
+    if cfg.confine {
+        sandbox::forbid_mounts()?;
+        sandbox::allow_only_known()?;
+    }
+    tracing::info!(
+        api = ?cfg.api,
+        socket_dir = ?cfg.socket_dir,
+        "strata daemon ready in {:.2} ms; {}",
+        t0.elapsed().as_secs_f64() * 1e3,
+        sandbox::describe_with(confined.as_ref()).replace('\n', "; ")
+    );
+    let r = sup.accept_loop(api);
+    drop(api_guard);
+    r.map_err(|e| ServeError::Session(format!("accept loop: {e}")))
+}

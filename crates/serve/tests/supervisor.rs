@@ -1,0 +1,302 @@
+//! The multi-VM daemon, in process (no confinement, so the test process stays usable): start
+//! sessions over the API, connect vhost-user frontends, serve FUSE requests, stop, crash one
+//! session and see the others keep serving, and no fd or thread left behind.
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_serve::api::{Client, Dirs, ErrorKind, Request, Response, SessionState};
+use strata_serve::frontend::TestVm;
+use strata_serve::supervisor::{DaemonConfig, Supervisor};
+use strata_serve::CachePolicy;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    sup: Arc<Supervisor>,
+    api: PathBuf,
+}
+
+/// The tests count the process's fds: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    for d in ["l0/etc", "l1/bin", "run"] {
+        std::fs::create_dir_all(p.join(d)).unwrap();
+    }
+    std::fs::write(p.join("l0/etc/hello"), b"hello from l0\n").unwrap();
+    let api = p.join("run/api.sock");
+    let sup = Supervisor::new(
+        DaemonConfig {
+            api: api.clone(),
+            socket_dir: p.join("run"),
+            allow: vec![p.to_owned()],
+            read_only: vec![],
+            read_write: vec![],
+            cache: CachePolicy::default(),
+            confine: false,
+        },
+        Box::new(|id| Err((ErrorKind::NotFound, format!("no store rootfs {id}")))),
+    )
+    .unwrap();
+    let listener = UnixListener::bind(&api).unwrap();
+    let s = sup.clone();
+    std::thread::spawn(move || s.accept_loop(listener));
+    Fixture { dir, sup, api }
+}
+
+impl Fixture {
+    fn p(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn dirs(&self, id: &str) -> Dirs {
+        let c = self.p().join("c").join(id);
+        std::fs::create_dir_all(c.join("upper")).unwrap();
+        std::fs::create_dir_all(c.join("work")).unwrap();
+        Dirs {
+            lowers: vec![self.p().join("l0"), self.p().join("l1")],
+            upper: c.join("upper"),
+            work: c.join("work"),
+        }
+    }
+
+    fn start(&self, client: &mut Client, id: &str) -> Response {
+        client
+            .call(&Request::Start {
+                id: id.into(),
+                socket: self.p().join("run").join(format!("{id}.sock")),
+                dirs: Some(self.dirs(id)),
+                tag: None,
+            })
+            .unwrap()
+    }
+}
+
+fn state(client: &mut Client, id: &str) -> Option<SessionState> {
+    match client
+        .call(&Request::Status {
+            id: Some(id.into()),
+        })
+        .unwrap()
+    {
+        Response::Status { sessions } => sessions.first().map(|s| s.state),
+        _ => None,
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn wait_for_fds(baseline: usize) {
+    let t = Instant::now();
+    while open_fds() > baseline {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "fds left open: {} > {baseline}: {:?}",
+            open_fds(),
+            fd_list()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn fd_list() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{}={}",
+                e.file_name().to_string_lossy(),
+                std::fs::read_link(e.path())
+                    .map(|l| l.display().to_string())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn sessions_start_serve_stop_and_crash_alone() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let f = fixture();
+    let mut c = Client::connect(&f.api).unwrap();
+    // After one answer, so the daemon's side of this connection is counted too.
+    assert!(state(&mut c, "none").is_none());
+    let fds0 = open_fds();
+
+    // Start three; the socket exists once the answer arrives.
+    for id in ["a", "b", "c"] {
+        match f.start(&mut c, id) {
+            Response::Started { session } => {
+                assert_eq!(session.state, SessionState::Listening);
+                assert_eq!(session.layers, 2);
+                assert!(session.socket.exists());
+            }
+            r => panic!("start {id}: {r:?}"),
+        }
+    }
+    // Refusals name the problem.
+    match f.start(&mut c, "a") {
+        Response::Error { kind, .. } => assert_eq!(kind, ErrorKind::Exists),
+        r => panic!("{r:?}"),
+    }
+    let r = c
+        .call(&Request::Start {
+            id: "x".into(),
+            socket: f.p().join("elsewhere.sock"),
+            dirs: Some(f.dirs("x")),
+            tag: None,
+        })
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                kind: ErrorKind::BadRequest,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let r = c
+        .call(&Request::Start {
+            id: "y".into(),
+            socket: f.p().join("run/y.sock"),
+            dirs: Some(Dirs {
+                lowers: vec!["/etc".into()],
+                upper: f.p().join("c/y/upper"),
+                work: f.p().join("c/y/work"),
+            }),
+            tag: None,
+        })
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            Response::Error {
+                kind: ErrorKind::BadRequest,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let r = c.call(&Request::Start {
+        id: "../z".into(),
+        socket: f.p().join("run/z.sock"),
+        dirs: None,
+        tag: None,
+    });
+    assert!(matches!(
+        r,
+        Ok(Response::Error {
+            kind: ErrorKind::BadRequest,
+            ..
+        })
+    ));
+
+    // Two VMMs connect and read through their own trees.
+    let mut vm_a = TestVm::connect(&f.p().join("run/a.sock")).unwrap();
+    let mut vm_b = TestVm::connect(&f.p().join("run/b.sock")).unwrap();
+    wait_for("a connected", || {
+        state(&mut c, "a") == Some(SessionState::Connected)
+    });
+    assert_eq!(
+        vm_a.read_file("layers/0/etc/hello").unwrap(),
+        b"hello from l0\n"
+    );
+    let plan = vm_b.read_file("plan.json").unwrap();
+    assert!(String::from_utf8_lossy(&plan).contains("layers/1"));
+    // A write in a's upper is a's alone.
+    let upper = vm_a.walk("upper").unwrap();
+    let (e, fh) = vm_a.create(upper.node, "note", 0o644).unwrap();
+    assert_eq!(vm_a.write(e.node, fh, 0, b"mine").unwrap(), 4);
+    vm_a.fsync(e.node, fh).unwrap();
+    vm_a.release(e.node, fh, false).unwrap();
+    assert_eq!(
+        std::fs::read(f.p().join("c/a/upper/note")).unwrap(),
+        b"mine"
+    );
+    assert!(vm_b.walk("upper/note").is_err());
+
+    // Stop a connected session: its guest gets errors, b is untouched.
+    match c.call(&Request::Stop { id: "a".into() }).unwrap() {
+        Response::Stopped { session } => assert_eq!(session.state, SessionState::Stopping),
+        r => panic!("{r:?}"),
+    }
+    assert!(!f.p().join("run/a.sock").exists());
+    assert!(vm_a.read_file("plan.json").is_err());
+    assert!(vm_b.read_file("plan.json").is_ok());
+    drop(vm_a);
+    wait_for("a gone", || state(&mut c, "a").is_none());
+
+    // A session whose request path panics ends alone; b keeps serving.
+    let mut vm_d = {
+        assert!(matches!(f.start(&mut c, "d"), Response::Started { .. }));
+        TestVm::connect(&f.p().join("run/d.sock")).unwrap()
+    };
+    assert!(vm_d.read_file("plan.json").is_ok());
+    assert!(f.sup.inject_panic("d"));
+    assert!(vm_d.read_file("plan.json").is_err());
+    wait_for("d stopping", || {
+        state(&mut c, "d") == Some(SessionState::Stopping)
+    });
+    assert!(vm_b.read_file("layers/0/etc/hello").is_ok());
+    drop(vm_d);
+    wait_for("d gone", || state(&mut c, "d").is_none());
+
+    // Stop a session nobody connected to: gone at once, socket removed.
+    match c.call(&Request::Stop { id: "c".into() }).unwrap() {
+        Response::Stopped { session } => assert_eq!(session.state, SessionState::Ended),
+        r => panic!("{r:?}"),
+    }
+    assert!(!f.p().join("run/c.sock").exists());
+
+    // A VMM that hangs up ends its session and gives everything back.
+    drop(vm_b);
+    wait_for("b gone", || f.sup.is_empty());
+    wait_for_fds(fds0);
+    assert!(!f.p().join("run/b.sock").exists());
+}
+
+#[test]
+fn many_sessions_fit_and_leave_nothing_behind() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let f = fixture();
+    let mut c = Client::connect(&f.api).unwrap();
+    // After one answer, so the daemon's side of this connection is counted too.
+    assert!(state(&mut c, "none").is_none());
+    let fds0 = open_fds();
+    let n = 20;
+    let mut vms = Vec::new();
+    for i in 0..n {
+        let id = format!("s{i}");
+        assert!(matches!(f.start(&mut c, &id), Response::Started { .. }));
+        let mut vm = TestVm::connect(&f.p().join(format!("run/{id}.sock"))).unwrap();
+        assert!(vm.read_file("layers/0/etc/hello").is_ok());
+        vms.push(vm);
+    }
+    assert_eq!(f.sup.len(), n);
+    vms.clear();
+    wait_for("all sessions over", || f.sup.is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    wait_for_fds(fds0);
+}
