@@ -182,6 +182,166 @@ impl Drop for ServeProcess {
     }
 }
 
+/// Syscalls that create a process (or run a program): a thread is a `clone` with
+/// `CLONE_THREAD`, anything else counts.
+pub const PROCESS_SYSCALLS: &[&str] = &["clone", "clone3", "fork", "vfork", "execve", "execveat"];
+
+/// A running `strata daemon` (optionally under `strace -f`, recording mount-family and
+/// process-creating syscalls).
+pub struct DaemonProcess {
+    child: Child,
+    pub api: PathBuf,
+    strace_log: Option<PathBuf>,
+    log: PathBuf,
+}
+
+/// What `strace -f` saw a `strata daemon` do.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonSyscalls {
+    pub mounts: Vec<String>,
+    /// clone without CLONE_THREAD, fork, vfork, execve after the daemon's own start.
+    pub processes: Vec<String>,
+    /// clone with CLONE_THREAD.
+    pub threads: usize,
+}
+
+impl DaemonProcess {
+    /// Start `strata daemon --api API --allow ALLOW…` and wait until the API socket exists.
+    pub fn spawn(
+        strata: &Path,
+        api: &Path,
+        allow: &[PathBuf],
+        strace_log: Option<&Path>,
+        log: &Path,
+    ) -> Result<DaemonProcess, LabError> {
+        let mut cmd = match strace_log {
+            Some(out) => {
+                let mut c = Command::new("strace");
+                let mut set: Vec<&str> = MOUNT_SYSCALLS.to_vec();
+                set.extend(PROCESS_SYSCALLS);
+                c.arg("-f")
+                    .arg("-qq")
+                    .arg("-o")
+                    .arg(out)
+                    .arg(format!("--trace={}", set.join(",")))
+                    .arg(strata);
+                c
+            }
+            None => Command::new(strata),
+        };
+        cmd.arg("daemon").arg("--api").arg(api);
+        for a in allow {
+            cmd.arg("--allow").arg(a);
+        }
+        let logf = std::fs::File::create(log).map_err(LabError::io("cannot create", log))?;
+        let logf2 = logf
+            .try_clone()
+            .map_err(LabError::io("cannot duplicate", log))?;
+        cmd.stdin(Stdio::null()).stdout(logf).stderr(logf2);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        crate::sys::kill_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| LabError::Serve(format!("cannot start strata daemon: {e}")))?;
+        let mut p = DaemonProcess {
+            child,
+            api: api.to_owned(),
+            strace_log: strace_log.map(Path::to_owned),
+            log: log.to_owned(),
+        };
+        let t0 = Instant::now();
+        loop {
+            if std::os::unix::net::UnixStream::connect(api).is_ok() {
+                return Ok(p);
+            }
+            if let Ok(Some(st)) = p.child.try_wait() {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                return Err(LabError::Serve(format!(
+                    "strata daemon exited ({st}) before listening:\n{text}"
+                )));
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err(LabError::Serve(
+                    "strata daemon did not listen within 20 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's pid (not strace's, when traced: its first child).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, wait (up to 10 s, then SIGKILL), and read what strace recorded.
+    pub fn stop(mut self) -> Result<(bool, DaemonSyscalls), LabError> {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
+        let t0 = Instant::now();
+        let clean = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break st.success(),
+                Ok(None) if t0.elapsed() > Duration::from_secs(10) => {
+                    self.kill_group();
+                    break false;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(LabError::Serve(format!("waiting for strata daemon: {e}"))),
+            }
+        };
+        let calls = match &self.strace_log {
+            Some(p) => daemon_syscalls(p)?,
+            None => DaemonSyscalls::default(),
+        };
+        Ok((clean, calls))
+    }
+
+    fn kill_group(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill_group();
+        }
+    }
+}
+
+/// Read a `strace -f` log of `strata daemon` (see [`DaemonSyscalls`]).
+pub fn daemon_syscalls(log: &Path) -> Result<DaemonSyscalls, LabError> {
+    let mut out = DaemonSyscalls {
+        mounts: count_mount_syscalls(log)?,
+        ..Default::default()
+    };
+    let text = std::fs::read_to_string(log).map_err(LabError::io("cannot read", log))?;
+    let mut execs = 0;
+    for l in text.lines() {
+        let call = l.split_once(' ').map(|(_, r)| r).unwrap_or(l).trim_start();
+        let name = call.split('(').next().unwrap_or("");
+        if !PROCESS_SYSCALLS.contains(&name) || !call.contains('(') {
+            continue;
+        }
+        if name.starts_with("clone") && call.contains("CLONE_THREAD") {
+            out.threads += 1;
+        } else if name == "execve" && execs == 0 {
+            execs += 1; // strace starting the daemon itself
+        } else {
+            out.processes.push(l.to_owned());
+        }
+    }
+    Ok(out)
+}
+
 /// How the daemon's session ended.
 #[derive(Debug, Clone)]
 pub struct ServeOutcome {

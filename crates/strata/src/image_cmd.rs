@@ -74,6 +74,42 @@ pub enum RootfsCmd {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Ask `strata daemon` to serve rootfs ID on a new vhost-user socket (no process, no mount).
+    Start {
+        id: String,
+        /// The vhost-user socket for the VMM (inside the daemon's socket directory).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Serve these layer dirs (topmost first) with --upper/--work instead of the store's
+        /// rootfs ID (they must be inside a directory the daemon `--allow`s).
+        #[arg(long = "lower", requires_all = ["upper", "work"])]
+        lowers: Vec<PathBuf>,
+        #[arg(long, requires = "lowers")]
+        upper: Option<PathBuf>,
+        #[arg(long, requires = "lowers")]
+        work: Option<PathBuf>,
+        #[command(flatten)]
+        api: crate::daemon_cmd::ApiArg,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask `strata daemon` to stop serving ID (a connected guest gets EIO from then on).
+    Stop {
+        id: String,
+        #[command(flatten)]
+        api: crate::daemon_cmd::ApiArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The sessions `strata daemon` serves (or one).
+    Status {
+        id: Option<String>,
+        #[command(flatten)]
+        api: crate::daemon_cmd::ApiArg,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -187,7 +223,41 @@ pub fn image(cmd: ImageCmd) -> ExitCode {
 }
 
 pub fn rootfs(cmd: RootfsCmd) -> ExitCode {
+    use strata_serve::api::Request;
     match cmd {
+        RootfsCmd::Start {
+            id,
+            socket,
+            lowers,
+            upper,
+            work,
+            api,
+            json,
+        } => {
+            // The daemon resolves relative paths against its own directory: send ours.
+            let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let dirs = match (upper, work) {
+                (Some(upper), Some(work)) if !lowers.is_empty() => Some(strata_serve::api::Dirs {
+                    lowers: lowers.into_iter().map(abs).collect(),
+                    upper: abs(upper),
+                    work: abs(work),
+                }),
+                _ => None,
+            };
+            let req = Request::Start {
+                id,
+                socket: abs(socket),
+                dirs,
+                tag: None,
+            };
+            crate::daemon_cmd::call(api, req, json)
+        }
+        RootfsCmd::Stop { id, api, json } => {
+            crate::daemon_cmd::call(api, Request::Stop { id }, json)
+        }
+        RootfsCmd::Status { id, api, json } => {
+            crate::daemon_cmd::call(api, Request::Status { id }, json)
+        }
         RootfsCmd::Create { image, id, store } => {
             match open(&store).and_then(|s| s.create_rootfs(&image, &id)) {
                 Ok(r) => {

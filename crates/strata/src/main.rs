@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod daemon_cmd;
 mod image_cmd;
 mod lab_cmd;
 mod trace_cmd;
@@ -28,10 +29,14 @@ struct Cli {
 enum Cmd {
     /// Serve one VM its rootfs over vhost-user-fs (virtio-fs): layers, upper, work, mount plan.
     Serve(ServeArgs),
+    /// Serve many VMs from one process: rootfs sessions started and stopped over a local API
+    /// (`strata rootfs start|stop|status`), no process or mount per start.
+    Daemon(daemon_cmd::DaemonArgs),
     /// OCI images in the layer store: import, ls, inspect, rm.
     #[command(subcommand)]
     Image(image_cmd::ImageCmd),
-    /// Container root filesystems in the store: create (upper, work, layer list), rm.
+    /// Container root filesystems: create and rm in the store; start, stop and status of their
+    /// sessions in `strata daemon`.
     #[command(subcommand)]
     Rootfs(image_cmd::RootfsCmd),
     /// Remove layers no image or container rootfs references.
@@ -252,6 +257,10 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code() as u8)
                 }
             }
+        }
+        Cmd::Daemon(a) => {
+            init_logging(cli.verbose);
+            daemon_cmd::daemon(a)
         }
         Cmd::Image(c) => {
             init_logging_quiet(cli.verbose, "warn");

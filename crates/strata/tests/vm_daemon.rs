@@ -1,0 +1,160 @@
+//! `strata daemon` end to end: one daemon process (under `strace -f`) serves two real Debian
+//! 6.1 guests at once, each on its own rootfs session started with `strata rootfs start`.
+//! Each guest assembles its overlay, writes into its own upper, and powers off; the sessions
+//! end with their VMMs. strace shows zero mount-family syscalls and zero processes created
+//! (threads only) during the whole run.
+//!
+//! Needs root, qemu-system-x86_64, strace and busybox-static: `scripts/install-deps.sh`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use strata_lab::fixture;
+use strata_lab::kernel::{GuestKernel, KernelChoice};
+use strata_lab::qemu::VmConfig;
+use strata_lab::session::{host_mount_count, DaemonProcess};
+
+const RUN_SH: &str = r#"set -e
+test "$(cat /etc/motd)" = "from the top layer" || { echo "FAIL motd"; exit 1; }
+echo "$1" > /who
+test "$(cat /who)" = "$1"
+echo "vm $1: rootfs ok"
+"#;
+
+fn strata_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_strata"))
+}
+
+fn strata(args: &[&str]) -> (bool, String) {
+    let out = Command::new(strata_bin()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn one_daemon_serves_two_vms_without_mounts_or_processes() {
+    for tool in ["qemu-system-x86_64", "busybox", "strace"] {
+        assert!(
+            strata_lab::qemu::find_in_path(tool).is_some(),
+            "{tool} missing: run scripts/install-deps.sh"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let base = root.join("layers/base");
+    let top = root.join("layers/top");
+    fixture::busybox_rootfs(&base).unwrap();
+    std::fs::create_dir_all(top.join("etc")).unwrap();
+    std::fs::write(top.join("etc/motd"), "from the top layer").unwrap();
+    std::fs::write(top.join("run.sh"), RUN_SH).unwrap();
+    for id in ["vm1", "vm2"] {
+        std::fs::create_dir_all(root.join(format!("ctr/{id}/upper"))).unwrap();
+        std::fs::create_dir_all(root.join(format!("ctr/{id}/work"))).unwrap();
+    }
+    let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).expect("guest kernel");
+    let initrd = root.join("initrd.cpio");
+    strata_lab::initramfs::guest_initramfs(&strata_bin(), &kernel, &initrd).unwrap();
+
+    let mounts_before = host_mount_count();
+    let api = root.join("run/api.sock");
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    let strace = root.join("daemon.strace");
+    let daemon = DaemonProcess::spawn(
+        &strata_bin(),
+        &api,
+        &[root.to_owned()],
+        Some(&strace),
+        &root.join("daemon.log"),
+    )
+    .expect("strata daemon starts");
+    let api_s = api.to_str().unwrap();
+    for id in ["vm1", "vm2"] {
+        let c = root.join(format!("ctr/{id}"));
+        let sock = root.join(format!("run/{id}.sock"));
+        let (ok, text) = strata(&[
+            "rootfs",
+            "start",
+            id,
+            "--socket",
+            sock.to_str().unwrap(),
+            "--lower",
+            top.to_str().unwrap(),
+            "--lower",
+            base.to_str().unwrap(),
+            "--upper",
+            c.join("upper").to_str().unwrap(),
+            "--work",
+            c.join("work").to_str().unwrap(),
+            "--api",
+            api_s,
+        ]);
+        assert!(ok, "rootfs start {id}: {text}");
+        assert!(text.contains("listening"), "{text}");
+    }
+    let (ok, status) = strata(&["rootfs", "status", "--api", api_s]);
+    assert!(ok && status.lines().count() == 2, "{status}");
+
+    let vms: Vec<_> = ["vm1", "vm2"]
+        .iter()
+        .map(|id| {
+            let vm = VmConfig {
+                cmdline: format!("strata.tag=strata strata.cmd=\"/bin/sh /run.sh {id}\""),
+                virtiofs: Some((root.join(format!("run/{id}.sock")), "strata".into())),
+                timeout: Duration::from_secs(300),
+                ..VmConfig::new(&kernel.vmlinuz, &initrd)
+            };
+            vm.spawn().expect("qemu starts")
+        })
+        .collect();
+    for (vm, id) in vms.into_iter().zip(["vm1", "vm2"]) {
+        let out = vm.wait().expect("qemu runs");
+        assert!(
+            out.console.contains(&format!("vm {id}: rootfs ok")) && out.status == Some(0),
+            "---- {id} console ----\n{}\n---- end ({:?}) ----\n{}",
+            out.console,
+            out.status,
+            daemon.log_text()
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join(format!("ctr/{id}/upper/who"))).unwrap(),
+            format!("{id}\n")
+        );
+    }
+    // Both VMMs hung up: their sessions are over, the daemon lives on.
+    let t0 = std::time::Instant::now();
+    loop {
+        let (ok, s) = strata(&["rootfs", "status", "--api", api_s]);
+        if ok && s.contains("no sessions") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "sessions left: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!root.join("run/vm1.sock").exists());
+    let mounts_after = host_mount_count();
+    let log = daemon.log_text();
+    let (clean, calls) = daemon.stop().expect("daemon stops");
+    assert!(
+        clean,
+        "strata daemon did not exit cleanly on SIGTERM:\n{log}"
+    );
+    assert!(!api.exists(), "API socket left behind");
+    assert_eq!(calls.mounts, Vec::<String>::new(), "mount-family syscalls");
+    assert_eq!(calls.processes, Vec::<String>::new(), "processes created");
+    assert!(
+        calls.threads > 0,
+        "strace saw no thread either: is it tracing?"
+    );
+    assert_eq!(mounts_before, mounts_after, "host mount table changed");
+    eprintln!(
+        "daemon: 2 VMs served; {} threads created, 0 processes, 0 mount syscalls; host mounts {} -> {}",
+        calls.threads, mounts_before, mounts_after
+    );
+}
