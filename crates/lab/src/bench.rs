@@ -8,8 +8,13 @@
 //!   `strata serve` does up to listening on its socket ([`strata_serve::prepare`], without the
 //!   seccomp filter, which would forbid the other strategies' mounts); end: drop it all and
 //!   remove the dirs.
+//! - [`Strategy::StrataDaemon`]: the same start served by one long-lived `strata daemon` (spawned
+//!   once, before the clock): mkdir upper/work and one `start` request over its API socket,
+//!   answered once the session's socket listens; end: one `stop` request and remove the dirs.
+//!   No process and no thread is created per start.
 //!
-//! Only syscalls, no external command: it runs from a busybox rootfs inside a guest too.
+//! Only syscalls, no external command (but `strata daemon`, the same binary): it runs from a
+//! busybox rootfs inside a guest too.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -35,14 +40,17 @@ pub enum Strategy {
     TmpfsMount,
     /// `strata serve` up to listening on its socket: no host mount.
     Strata,
+    /// A session of a running `strata daemon`, over its API: no mount, no process.
+    StrataDaemon,
 }
 
 impl Strategy {
     /// Every strategy, in the default order.
-    pub const ALL: [Strategy; 3] = [
+    pub const ALL: [Strategy; 4] = [
         Strategy::OverlayMount,
         Strategy::TmpfsMount,
         Strategy::Strata,
+        Strategy::StrataDaemon,
     ];
 
     /// The name on the command line and in reports.
@@ -51,6 +59,7 @@ impl Strategy {
             Strategy::OverlayMount => "overlay-mount",
             Strategy::TmpfsMount => "tmpfs-mount",
             Strategy::Strata => "strata",
+            Strategy::StrataDaemon => "strata-daemon",
         }
     }
 }
@@ -106,6 +115,9 @@ pub struct PhaseStats {
     pub p999_ms: f64,
     /// Slowest sample, in milliseconds.
     pub max_ms: f64,
+    /// Mean, in milliseconds (1000 / mean_ms is the rate one client gets, in starts/s).
+    #[serde(default)]
+    pub mean_ms: f64,
     /// Every sample in milliseconds, ascending (for CDF plots); only serialized when kept
     /// (`strata bench create --samples`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -147,6 +159,8 @@ impl PhaseStats {
             p99_ms: ms(990)?,
             p999_ms: ms(999)?,
             max_ms: samples.last()?.as_secs_f64() * 1e3,
+            mean_ms: samples.iter().map(|d| d.as_secs_f64()).sum::<f64>() * 1e3
+                / samples.len() as f64,
             samples_ms: samples.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
         })
     }
@@ -195,6 +209,16 @@ impl BenchReport {
             out.push_str(&s.row());
             out.push('\n');
         }
+        for s in self.strategies.iter().filter(|s| s.phase == Phase::Start) {
+            if s.mean_ms > 0.0 {
+                out.push_str(&format!(
+                    "{}: {:.0} starts/s from one client (mean start {:.3} ms)\n",
+                    s.name,
+                    1e3 / s.mean_ms,
+                    s.mean_ms
+                ));
+            }
+        }
         out
     }
 }
@@ -216,6 +240,8 @@ pub struct BenchConfig {
     /// Stop early, after at least one timed iteration, once this file exists: `n` is then the
     /// maximum. Lets the lab run a bench exactly as long as its pressure phase lasts.
     pub until: Option<PathBuf>,
+    /// The `strata` binary to run `strata daemon` from (the `strata-daemon` strategy).
+    pub strata_bin: Option<PathBuf>,
 }
 
 /// Where a run is, for a progress line.
@@ -264,6 +290,9 @@ pub enum BenchError {
         /// The error.
         source: ServeError,
     },
+    /// The `strata-daemon` strategy's daemon refused or failed.
+    #[error("strata daemon: {0}")]
+    Daemon(String),
     /// The configuration cannot work.
     #[error("{0}")]
     Config(String),
@@ -333,38 +362,6 @@ pub fn stop_on_signals() -> io::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
-/// File descriptors each `strata` iteration leaves open for the rest of the process: the
-/// vhost-user-backend 0.21 worker takes the exit-event eventfd with `into_raw_fd()` and never
-/// closes it (harmless for `strata serve`, which runs one daemon per process).
-const LEAKED_FDS_PER_STRATA_ITERATION: u64 = 1;
-
-/// Make room for the descriptors the `strata` strategy leaks ([`LEAKED_FDS_PER_STRATA_ITERATION`]):
-/// raise RLIMIT_NOFILE (soft, and hard if needed, which takes root) so `iterations` fit.
-fn ensure_fds_for_strata(iterations: usize) -> Result<(), BenchError> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let open = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count() as u64)
-        .unwrap_or(64);
-    let needed = open + 64 + iterations as u64 * LEAKED_FDS_PER_STRATA_ITERATION;
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| {
-        BenchError::Config(format!(
-            "cannot read the open-files limit (RLIMIT_NOFILE): {e}"
-        ))
-    })?;
-    if soft >= needed {
-        return Ok(());
-    }
-    setrlimit(Resource::RLIMIT_NOFILE, needed, hard.max(needed)).map_err(|e| {
-        BenchError::Config(format!(
-            "the strata strategy needs {needed} open files ({} leaked per iteration by \
-             vhost-user-backend), the limit is {soft} (hard {hard}) and raising it failed: {e} \
-             — raise it first (ulimit -n {needed}; above the hard limit that takes \
-             CAP_SYS_RESOURCE) or lower --n",
-            LEAKED_FDS_PER_STRATA_ITERATION
-        ))
-    })
-}
-
 /// What one iteration has created and not yet removed, so that it can be taken down in order
 /// ([`Live::end`], timed) or after a failure ([`Live::abandon`], best effort).
 #[derive(Default)]
@@ -375,6 +372,8 @@ struct Live {
     mounted: Option<PathBuf>,
     /// A prepared strata daemon (its drop removes the socket and lock file).
     server: Option<Prepared>,
+    /// A session started in the `strata daemon` (stopped over the API).
+    session: Option<String>,
 }
 
 impl Live {
@@ -384,8 +383,11 @@ impl Live {
         Ok(())
     }
 
-    fn end(&mut self) -> Result<(), BenchError> {
+    fn end(&mut self, daemon: Option<&mut Daemon>) -> Result<(), BenchError> {
         drop(self.server.take());
+        if let (Some(id), Some(d)) = (self.session.take(), daemon) {
+            d.stop(&id)?;
+        }
         if let Some(m) = &self.mounted {
             umount2(m, MntFlags::empty()).map_err(|errno| BenchError::Mount {
                 what: "umount",
@@ -410,8 +412,11 @@ impl Live {
     }
 
     /// Undo what is left, ignoring errors; a mount point that stays mounted is not descended.
-    fn abandon(mut self) {
+    fn abandon(mut self, daemon: Option<&mut Daemon>) {
         drop(self.server.take());
+        if let (Some(id), Some(d)) = (self.session.take(), daemon) {
+            let _ = d.stop(&id);
+        }
         if let Some(m) = self.mounted.take() {
             let _ = umount2(&m, MntFlags::MNT_DETACH);
         }
@@ -507,6 +512,7 @@ fn start(
     p: &Paths,
     lowers: &[PathBuf],
     live: &mut Live,
+    daemon: Option<&mut Daemon>,
 ) -> Result<(), BenchError> {
     match strategy {
         Strategy::OverlayMount => {
@@ -563,8 +569,120 @@ fn start(
             })?;
             live.server = Some(server);
         }
+        Strategy::StrataDaemon => {
+            let d = daemon.ok_or_else(|| BenchError::Daemon("not running".into()))?;
+            live.mkdir(&p.upper, true)?;
+            live.mkdir(&p.work, true)?;
+            let id = p
+                .socket
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            d.start(&id, p, lowers)?;
+            live.session = Some(id);
+        }
     }
     Ok(())
+}
+
+/// The `strata daemon` the `strata-daemon` strategy talks to: spawned before any clock runs,
+/// stopped (SIGTERM) when the run ends, its API socket in the bench directory.
+struct Daemon {
+    child: std::process::Child,
+    client: strata_serve::api::Client,
+    api: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(cfg: &BenchConfig, dir: &Path) -> Result<Daemon, BenchError> {
+        use std::process::{Command, Stdio};
+        let bin = cfg.strata_bin.clone().ok_or_else(|| {
+            BenchError::Config(
+                "the strata-daemon strategy runs `strata daemon`: no strata binary given".into(),
+            )
+        })?;
+        let api = dir.join("api.sock");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("daemon")
+            .arg("--api")
+            .arg(&api)
+            .arg("--allow")
+            .arg(dir)
+            // One log line per session start would be written for nothing.
+            .env("STRATA_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        crate::sys::kill_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| BenchError::Daemon(format!("cannot run {}: {e}", bin.display())))?;
+        let t0 = Instant::now();
+        let client = loop {
+            match strata_serve::api::Client::connect(&api) {
+                Ok(c) => break c,
+                Err(_) if t0.elapsed() < Duration::from_secs(10) => {
+                    if let Ok(Some(st)) = child.try_wait() {
+                        return Err(BenchError::Daemon(format!(
+                            "exited ({st}) before listening on {}",
+                            api.display()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(BenchError::Daemon(e.to_string()));
+                }
+            }
+        };
+        Ok(Daemon { child, client, api })
+    }
+
+    fn call(&mut self, req: strata_serve::api::Request) -> Result<(), BenchError> {
+        use strata_serve::api::Response;
+        match self.client.call(&req) {
+            Ok(Response::Error { message, .. }) => Err(BenchError::Daemon(message)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(BenchError::Daemon(e.to_string())),
+        }
+    }
+
+    fn start(&mut self, id: &str, p: &Paths, lowers: &[PathBuf]) -> Result<(), BenchError> {
+        self.call(strata_serve::api::Request::Start {
+            id: id.to_owned(),
+            socket: p.socket.clone(),
+            dirs: Some(strata_serve::api::Dirs {
+                lowers: lowers.to_vec(),
+                upper: p.upper.clone(),
+                work: p.work.clone(),
+            }),
+            tag: None,
+        })
+    }
+
+    fn stop(&mut self, id: &str) -> Result<(), BenchError> {
+        self.call(strata_serve::api::Request::Stop { id: id.to_owned() })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let t0 = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.api);
+        let mut lock = self.api.clone().into_os_string();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
+    }
 }
 
 /// Run the benchmark: for each strategy, `cfg.warmup` untimed then `cfg.n` timed start/end
@@ -597,9 +715,11 @@ pub fn run(
             "--dir {dir:?} is too long for unix socket paths (at most ~90 bytes): pick a shorter one"
         )));
     }
-    if cfg.strategies.contains(&Strategy::Strata) {
-        ensure_fds_for_strata(cfg.warmup + cfg.n)?;
-    }
+    let mut daemon = if cfg.strategies.contains(&Strategy::StrataDaemon) {
+        Some(Daemon::spawn(cfg, &dir)?)
+    } else {
+        None
+    };
     let lowers = Lowers::create(&dir)?;
     let lowerdir = lowers
         .dirs
@@ -623,18 +743,18 @@ pub fn run(
             let mut live = Live::default();
 
             let t0 = Instant::now();
-            let started = start(strategy, &paths, &lowers.dirs, &mut live);
+            let started = start(strategy, &paths, &lowers.dirs, &mut live, daemon.as_mut());
             let t_start = t0.elapsed();
             if let Err(e) = started {
-                live.abandon();
+                live.abandon(daemon.as_mut());
                 return Err(e);
             }
 
             let t1 = Instant::now();
-            let ended = live.end();
+            let ended = live.end(daemon.as_mut());
             let t_end = t1.elapsed();
             if let Err(e) = ended {
-                live.abandon();
+                live.abandon(daemon.as_mut());
                 return Err(e);
             }
 
@@ -660,6 +780,7 @@ pub fn run(
                 .extend(PhaseStats::from_samples(strategy.name(), phase, samples));
         }
     }
+    drop(daemon);
     lowers.remove()?;
     Ok(report)
 }
@@ -743,6 +864,7 @@ mod tests {
             warmup: 1,
             interval: Duration::ZERO,
             until: None,
+            strata_bin: None,
         };
         let mut seen = 0;
         let r = run(&cfg, &AtomicBool::new(false), &mut |p| seen = p.done).unwrap();
@@ -762,6 +884,7 @@ mod tests {
             warmup: 0,
             interval: Duration::ZERO,
             until: None,
+            strata_bin: None,
         };
         let stop = AtomicBool::new(false);
         let e = run(&cfg, &stop, &mut |_| stop.store(true, Ordering::Relaxed)).unwrap_err();

@@ -74,8 +74,8 @@ struct BenchCreateArgs {
     /// Timed iterations per strategy (after 5 untimed warm-up iterations).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     n: u32,
-    /// overlay-mount, tmpfs-mount or strata; repeat to pick several (default: all three, in
-    /// that order).
+    /// overlay-mount, tmpfs-mount, strata or strata-daemon; repeat to pick several (default:
+    /// all four, in that order).
     #[arg(long = "strategy", value_parser = str::parse::<strata_lab::bench::Strategy>)]
     strategies: Vec<strata_lab::bench::Strategy>,
     /// Print one JSON object instead of the table.
@@ -311,6 +311,7 @@ fn bench_create(a: BenchCreateArgs) -> ExitCode {
         warmup: bench::WARMUP,
         interval: std::time::Duration::from_millis(a.interval_ms),
         until: a.until,
+        strata_bin: std::env::current_exe().ok(),
     };
     let stop = match bench::stop_on_signals() {
         Ok(s) => s,
