@@ -19,6 +19,7 @@ pub mod kernel;
 pub mod plot;
 pub mod qemu;
 pub mod session;
+pub mod soak;
 pub mod stall;
 mod sys;
 

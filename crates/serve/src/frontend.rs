@@ -405,7 +405,8 @@ impl TestVm {
         Ok(names)
     }
 
-    /// Read a whole file by path (lookup, open, read in 128 KiB pieces, release, forget).
+    /// Read a whole file by path (lookup, open, read in 128 KiB pieces, release, forget the
+    /// file: the guest's cache lets go of it).
     pub fn read_file(&mut self, path: &str) -> io::Result<Vec<u8>> {
         let e = self.walk(path)?;
         let fh = self.open(e.node, libc::O_RDONLY as u32)?;
@@ -418,6 +419,7 @@ impl TestVm {
             out.extend_from_slice(&chunk);
         }
         self.release(e.node, fh, false)?;
+        self.forget(e.node, 1)?;
         Ok(out)
     }
 }

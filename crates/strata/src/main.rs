@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod daemon_cmd;
 mod image_cmd;
 mod lab_cmd;
+mod soak_cmd;
 mod trace_cmd;
 
 #[derive(Parser)]
@@ -64,6 +65,12 @@ enum BenchCmd {
     /// Time one container start and end per strategy: a host overlay mount (Kata-style), a
     /// tmpfs mount (control), and strata's set-up up to listening (no mount).
     Create(BenchCreateArgs),
+    /// Memory of one `strata daemon` with 1, 10, 100 connected sessions (vhost-user
+    /// frontends doing real FUSE requests; no VM booted).
+    Sessions(soak_cmd::SessionsArgs),
+    /// Sessions of mixed I/O against one `strata daemon` for a fixed time, its RSS, fds and
+    /// threads sampled every second (flat is the goal).
+    Soak(soak_cmd::SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -287,6 +294,14 @@ fn main() -> ExitCode {
         Cmd::Bench(BenchCmd::Create(a)) => {
             init_logging_quiet(cli.verbose, "warn");
             bench_create(a)
+        }
+        Cmd::Bench(BenchCmd::Sessions(a)) => {
+            init_logging_quiet(cli.verbose, "warn");
+            soak_cmd::sessions(a)
+        }
+        Cmd::Bench(BenchCmd::Soak(a)) => {
+            init_logging_quiet(cli.verbose, "warn");
+            soak_cmd::soak(a)
         }
     }
 }

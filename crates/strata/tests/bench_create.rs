@@ -44,6 +44,8 @@ fn json_report_has_every_strategy_and_phase_and_dir_is_left_empty() {
             "tmpfs-mount/end",
             "strata/start",
             "strata/end",
+            "strata-daemon/start",
+            "strata-daemon/end",
         ]
     );
     let left: Vec<_> = std::fs::read_dir(&dir)
@@ -69,10 +71,11 @@ fn table_for_one_strategy_and_refusals() {
     );
     let table = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines.len(), 3, "{table}");
+    assert_eq!(lines.len(), 4, "{table}");
     assert!(lines[0].contains("p99.9 ms"), "{table}");
     assert!(lines[1].starts_with("tmpfs-mount") && lines[1].contains("start"));
     assert!(lines[2].starts_with("tmpfs-mount") && lines[2].contains("end"));
+    assert!(lines[3].starts_with("tmpfs-mount: ") && lines[3].contains("starts/s"));
     assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
 
     let bad = strata()

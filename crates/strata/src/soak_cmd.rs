@@ -1,0 +1,143 @@
+//! `strata bench sessions` and `strata bench soak`: many VM sessions against one real
+//! `strata daemon`, driven by vhost-user frontends (no VMs booted; see strata_lab::soak).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use strata_lab::soak;
+
+#[derive(Args)]
+pub struct SessionsArgs {
+    /// Connected session counts to measure at (repeatable; default 1, 10, 100).
+    #[arg(long = "sessions")]
+    counts: Vec<usize>,
+    /// Print JSON (one sample per count, then one after every session ended).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SoakArgs {
+    /// Sessions doing I/O at once.
+    #[arg(long, default_value_t = 8)]
+    sessions: usize,
+    /// How long, in seconds.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// Sampling interval of the daemon's RSS/fds/threads, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Write every sample and the summary as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw RSS and open fds over time as an SVG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+fn me() -> Option<PathBuf> {
+    std::env::current_exe().ok()
+}
+
+pub fn sessions(a: SessionsArgs) -> ExitCode {
+    let counts = if a.counts.is_empty() {
+        vec![1, 10, 100]
+    } else {
+        a.counts
+    };
+    let Some(bin) = me() else {
+        eprintln!("strata bench sessions: cannot find its own binary (/proc/self/exe)");
+        return ExitCode::FAILURE;
+    };
+    let r = soak::sessions(&bin, &counts, &mut |line| eprintln!("{line}"));
+    let samples = match r {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("strata bench sessions: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&samples).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:>9} {:>10} {:>10} {:>11} {:>8} {:>6}",
+        "sessions", "RSS KiB", "anon KiB", "shared KiB", "threads", "fds"
+    );
+    for (i, s) in samples.iter().enumerate() {
+        let label = match i {
+            0 => "0 (idle)".to_string(),
+            i if i + 1 == samples.len() => "0 (after)".to_string(),
+            _ => s.sessions.to_string(),
+        };
+        println!(
+            "{:>9} {:>10} {:>10} {:>11} {:>8} {:>6}",
+            label, s.rss_kib, s.anon_kib, s.shared_kib, s.threads, s.fds
+        );
+    }
+    let connected: Vec<&soak::ProcSample> = samples.iter().filter(|s| s.sessions > 0).collect();
+    if let (Some(first), Some(last)) = (connected.first(), connected.last()) {
+        if last.sessions > first.sessions {
+            let per = |f: fn(&soak::ProcSample) -> u64| {
+                (f(last) as f64 - f(first) as f64) / (last.sessions - first.sessions) as f64
+            };
+            println!(
+                "per additional session ({} -> {}): RSS {:.0} KiB, anon {:.0} KiB, {:.1} threads, {:.1} fds",
+                first.sessions,
+                last.sessions,
+                per(|s| s.rss_kib),
+                per(|s| s.anon_kib),
+                per(|s| s.threads),
+                per(|s| s.fds)
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn soak(a: SoakArgs) -> ExitCode {
+    let Some(bin) = me() else {
+        eprintln!("strata bench soak: cannot find its own binary (/proc/self/exe)");
+        return ExitCode::FAILURE;
+    };
+    let r = soak::soak(
+        &bin,
+        a.sessions.max(1),
+        Duration::from_secs(a.seconds),
+        Duration::from_millis(a.interval_ms.max(50)),
+        &mut |s, reqs| {
+            eprintln!(
+                "t={:>6.1}s  RSS {:>7} KiB  anon {:>7} KiB  fds {:>4}  threads {:>3}  requests {}",
+                s.t_s, s.rss_kib, s.anon_kib, s.fds, s.threads, reqs
+            )
+        },
+    );
+    let report = match r {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata bench soak: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", report.summary());
+    if let Some(p) = &a.json {
+        if let Err(e) = std::fs::write(p, serde_json::to_vec(&report).unwrap_or_default()) {
+            eprintln!("strata bench soak: cannot write {}: {e}", p.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(p) = &a.plot {
+        if let Err(e) = soak::soak_svg(&report, p) {
+            eprintln!("strata bench soak: cannot draw {}: {e}", p.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.errors > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

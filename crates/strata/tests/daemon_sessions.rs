@@ -1,0 +1,59 @@
+//! `strata bench sessions` and a short `strata bench soak` against a real, confined
+//! `strata daemon` process, driven by vhost-user frontends (no VM): every session serves real
+//! FUSE requests, none fails, and after the sessions end the daemon is back to its idle fds.
+//! Memory numbers are printed, never asserted (they are benchmarks).
+
+use std::process::Command;
+
+fn strata(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sessions_come_and_go_without_leaving_fds() {
+    let (ok, out, err) = strata(&[
+        "bench",
+        "sessions",
+        "--sessions",
+        "1",
+        "--sessions",
+        "10",
+        "--json",
+    ]);
+    assert!(ok, "{out}{err}");
+    let v: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v.len(), 4, "idle, 1, 10, after: {out}");
+    let fds = |i: usize| v[i]["fds"].as_u64().unwrap();
+    assert!(fds(2) > fds(1), "10 sessions hold more than 1: {out}");
+    // After every session ended: the idle fds, plus this client's API connection.
+    assert!(
+        fds(3) <= fds(0) + 2,
+        "fds left after the sessions ended: {out}"
+    );
+    eprintln!("{err}");
+}
+
+#[test]
+fn short_soak_has_no_errors() {
+    let (ok, out, err) = strata(&[
+        "bench",
+        "soak",
+        "--sessions",
+        "3",
+        "--seconds",
+        "6",
+        "--interval-ms",
+        "500",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(", 0 errors"), "{out}");
+    eprintln!("{out}");
+}
