@@ -137,7 +137,7 @@ fn spawn_daemon(strata: &Path, tree: &Tree) -> Result<DaemonProcess, LabError> {
     DaemonProcess::spawn(
         strata,
         &tree.api(),
-        &[tree.root.clone()],
+        std::slice::from_ref(&tree.root),
         None,
         &tree.root.join("daemon.log"),
     )
