@@ -128,6 +128,145 @@ impl FromStr for KernelChoice {
     }
 }
 
+/// A guest kernel as a person names it: a Debian line (fetched with apt) or a path to a
+/// kernel of their own: an unpacked package root (`boot/vmlinuz-RELEASE` and
+/// `lib/modules/RELEASE/`) or a `linux-image-*.deb`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KernelSpec {
+    Debian(KernelChoice),
+    Path(PathBuf),
+}
+
+impl FromStr for KernelSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(c) = s.parse::<KernelChoice>() {
+            return Ok(KernelSpec::Debian(c));
+        }
+        let p = PathBuf::from(s);
+        if p.exists() {
+            Ok(KernelSpec::Path(p))
+        } else {
+            Err(format!(
+                "kernel {s:?}: expected 6.1, 6.12, or the path of an unpacked kernel package                  (boot/vmlinuz-RELEASE + lib/modules/RELEASE) or of a linux-image .deb"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for KernelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelSpec::Debian(c) => f.write_str(c.name()),
+            KernelSpec::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl KernelSpec {
+    /// Get the kernel: fetch a Debian line (cached), or open/unpack the path.
+    pub fn fetch(&self) -> Result<GuestKernel> {
+        match self {
+            KernelSpec::Debian(c) => GuestKernel::fetch(*c),
+            KernelSpec::Path(p) => GuestKernel::from_path(p),
+        }
+    }
+
+    /// A name safe for a directory, known before fetching: `6.1`, `6.12`, or the path's
+    /// file name.
+    pub fn short_name(&self) -> String {
+        match self {
+            KernelSpec::Debian(c) => c.name().to_string(),
+            KernelSpec::Path(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().replace(['/', ' '], "_"))
+                .unwrap_or_else(|| "kernel".into()),
+        }
+    }
+}
+
+impl GuestKernel {
+    /// A kernel given by path: an unpacked package root, or a `linux-image-*.deb` (unpacked
+    /// once into the cache, like the Debian lines).
+    pub fn from_path(path: &Path) -> Result<GuestKernel> {
+        let bad = |detail: String| LabError::BadKernelPackage {
+            package: path.display().to_string(),
+            detail,
+            dir: path.to_owned(),
+        };
+        if path.is_file() && path.extension().is_some_and(|e| e == "deb") {
+            let out = Command::new("dpkg-deb")
+                .args(["-f"])
+                .arg(path)
+                .arg("Package")
+                .output()
+                .map_err(|e| bad(format!("cannot run dpkg-deb: {e}")))?;
+            let package = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let Some(release) = package.strip_prefix("linux-image-").map(str::to_owned) else {
+                return Err(bad(format!(
+                    "package {package:?} is not a linux-image-RELEASE package"
+                )));
+            };
+            let kernels = cache_dir().join("kernels");
+            fs::create_dir_all(&kernels)
+                .map_err(LabError::io("cannot create the kernel cache", &kernels))?;
+            let dest = kernels.join(&release);
+            if !dest
+                .join("boot")
+                .join(format!("vmlinuz-{release}"))
+                .is_file()
+            {
+                let tmp = tempfile::Builder::new()
+                    .prefix(".fetch-")
+                    .tempdir_in(&kernels)
+                    .map_err(LabError::io("cannot create temp dir in", &kernels))?;
+                extract_deb(path, &package, &release, tmp.path(), &kernels)?;
+            }
+            return GuestKernel::from_path(&dest);
+        }
+        if !path.is_dir() {
+            return Err(bad(
+                "not a directory (an unpacked kernel package) nor a .deb file".into(),
+            ));
+        }
+        let boot = path.join("boot");
+        let mut found: Vec<String> = fs::read_dir(&boot)
+            .map_err(LabError::io("cannot read", &boot))?
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("vmlinuz-"))
+                    .map(str::to_owned)
+            })
+            .collect();
+        found.sort();
+        let release = match found.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(bad("no boot/vmlinuz-RELEASE in it".into())),
+            many => {
+                return Err(bad(format!(
+                    "several kernels in boot/ ({}): give a directory with one",
+                    many.join(", ")
+                )))
+            }
+        };
+        if !path.join("lib/modules").join(&release).is_dir() {
+            tracing::warn!(
+                %release,
+                "no lib/modules/{release} next to the kernel: the guest gets only what is built in"
+            );
+        }
+        let dir = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        Ok(GuestKernel {
+            name: release.clone(),
+            vmlinuz: dir.join("boot").join(format!("vmlinuz-{release}")),
+            release,
+            dir,
+        })
+    }
+}
+
 /// The strata cache directory: `$STRATA_CACHE`, or `/var/cache/strata`.
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("STRATA_CACHE") {
@@ -139,8 +278,9 @@ pub fn cache_dir() -> PathBuf {
 /// An unpacked Debian guest kernel in the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestKernel {
-    /// Which kernel line this is.
-    pub choice: KernelChoice,
+    /// Short name for reports and directories: `6.1`, `6.12`, or the release of a kernel
+    /// given by path.
+    pub name: String,
     /// The bootable kernel image (`boot/vmlinuz-<release>`), for qemu `-kernel`.
     pub vmlinuz: PathBuf,
     /// The kernel release, e.g. `6.1.0-41-cloud-amd64` (`uname -r` in the guest).
@@ -217,7 +357,7 @@ impl GuestKernel {
         }
         tracing::debug!(%release, "using cached guest kernel");
         Some(GuestKernel {
-            choice: which,
+            name: which.name().to_string(),
             vmlinuz,
             release,
             dir,
@@ -571,13 +711,20 @@ fn download_and_extract(package: &str, release: &str, kernels: &Path) -> Result<
             detail: "no .deb file was produced".into(),
             hint: APT_HINT,
         })?;
-    let root = tmp.path().join("root");
+    extract_deb(&deb, package, release, tmp.path(), kernels)?;
+    let _ = fs::remove_file(&deb);
+    Ok(())
+}
+
+/// Unpack `deb` into `tmp/root`, check it holds `boot/vmlinuz-RELEASE` and its modules, and
+/// publish it as `kernels/RELEASE` (a rename: never half there).
+fn extract_deb(deb: &Path, package: &str, release: &str, tmp: &Path, kernels: &Path) -> Result<()> {
+    let root = tmp.join("root");
     cmd::run(
-        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+        Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root),
         "dpkg-deb",
         "the download may be corrupt: retry; check free space in the cache (STRATA_CACHE)",
     )?;
-    let _ = fs::remove_file(&deb);
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
     if !vmlinuz.is_file() || !root.join("lib/modules").join(release).is_dir() {
         return Err(LabError::BadKernelPackage {
@@ -656,6 +803,33 @@ mod tests {
         let ko = b"\x7fELF...\0license=GPL\0depends=virtio,virtio_ring\0intree=Y\0";
         assert_eq!(modinfo_depends(ko), ["virtio", "virtio_ring"]);
         assert!(modinfo_depends(b"\0depends=\0").is_empty());
+    }
+
+    #[test]
+    fn a_kernel_by_path_is_an_unpacked_package_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("k");
+        assert!(
+            format!("{}", GuestKernel::from_path(&root).unwrap_err()).contains("not a directory")
+        );
+        fs::create_dir_all(root.join("boot")).unwrap();
+        assert!(format!("{}", GuestKernel::from_path(&root).unwrap_err()).contains("vmlinuz"));
+        fs::write(root.join("boot/vmlinuz-9.9.9-test"), b"").unwrap();
+        fs::create_dir_all(root.join("lib/modules/9.9.9-test")).unwrap();
+        let k = GuestKernel::from_path(&root).unwrap();
+        assert_eq!(k.release, "9.9.9-test");
+        assert_eq!(k.name, "9.9.9-test");
+        assert!(k.vmlinuz.ends_with("boot/vmlinuz-9.9.9-test"));
+        let spec: KernelSpec = root.to_str().unwrap().parse().unwrap();
+        assert_eq!(spec, KernelSpec::Path(root.clone()));
+        assert_eq!(spec.short_name(), "k");
+        assert_eq!(
+            "6.12".parse::<KernelSpec>(),
+            Ok(KernelSpec::Debian(KernelChoice::Debian6_12))
+        );
+        assert!("/no/such/kernel".parse::<KernelSpec>().is_err());
+        fs::write(root.join("boot/vmlinuz-9.9.10-test"), b"").unwrap();
+        assert!(format!("{}", GuestKernel::from_path(&root).unwrap_err()).contains("several"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bench::{BenchReport, Phase, PhaseStats};
 use crate::error::LabError;
-use crate::kernel::{GuestKernel, KernelChoice};
+use crate::kernel::KernelSpec;
 use crate::qemu::VmConfig;
 use crate::session::{ServeProcess, ServeSpec};
 use crate::Result;
@@ -64,7 +64,7 @@ impl Scenario {
 /// One lab run.
 #[derive(Debug, Clone)]
 pub struct LabConfig {
-    pub kernels: Vec<KernelChoice>,
+    pub kernels: Vec<KernelSpec>,
     pub scenario: Scenario,
     /// Container starts per strategy in the idle baseline.
     pub n: usize,
@@ -260,21 +260,21 @@ fn write(path: &Path, data: &str) -> Result<()> {
 pub fn run_kernel(
     strata: &Path,
     cfg: &LabConfig,
-    which: KernelChoice,
+    which: &KernelSpec,
     progress: &mut dyn FnMut(&str),
 ) -> Result<KernelRun> {
-    let dir = cfg.workdir.join(which.name());
+    let label = which.short_name();
+    let dir = cfg.workdir.join(&label);
     let _ = std::fs::remove_dir_all(&dir);
-    progress(&format!("{}: fetching kernel", which.name()));
-    let kernel = GuestKernel::fetch(which)?;
+    progress(&format!("{label}: fetching kernel"));
+    let kernel = which.fetch()?;
     let initrd = dir.join("initrd.cpio");
     std::fs::create_dir_all(&dir).map_err(LabError::io("cannot create directory", &dir))?;
     crate::initramfs::guest_initramfs(strata, &kernel, &initrd)?;
 
     progress(&format!(
         "{}: building the lab rootfs and a {} GiB scratch disk",
-        which.name(),
-        cfg.disk_gib
+        label, cfg.disk_gib
     ));
     let layer = dir.join("layer");
     crate::fixture::busybox_rootfs(&layer)?;
@@ -321,7 +321,7 @@ pub fn run_kernel(
         timeout: cfg.timeout,
         ..VmConfig::new(&kernel.vmlinuz, &initrd)
     };
-    let name = which.name().to_string();
+    let name = kernel.name.clone();
     let t0 = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let handle = vm.spawn_with(move |line| {
@@ -373,7 +373,7 @@ pub fn run_kernel(
         ));
     }
     Ok(KernelRun {
-        kernel: which.name().to_string(),
+        kernel: kernel.name.clone(),
         release: kernel.release.clone(),
         scenario: cfg.scenario,
         phases,

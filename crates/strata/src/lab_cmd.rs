@@ -4,14 +4,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use strata_lab::kernel::KernelChoice;
+use strata_lab::kernel::KernelSpec;
 use strata_lab::stall::{self, LabConfig, LabReport, Scenario};
 
 #[derive(clap::Args)]
 pub struct LabArgs {
-    /// Guest kernel: 6.1 (rwsem shrinkers) or 6.12 (lockless); repeat for a side-by-side run.
-    #[arg(long = "kernel", value_parser = str::parse::<KernelChoice>, default_value = "6.1")]
-    kernels: Vec<KernelChoice>,
+    /// Guest kernel: 6.1 (rwsem shrinkers), 6.12 (lockless), or PATH of your own kernel (an
+    /// unpacked package root with boot/vmlinuz-RELEASE and lib/modules/RELEASE, or a
+    /// linux-image .deb); repeat for a side-by-side run.
+    #[arg(long = "kernel", value_parser = str::parse::<KernelSpec>, default_value = "6.1")]
+    kernels: Vec<KernelSpec>,
     /// Pressure scenario: dentries, pagecache or memcg.
     #[arg(long, value_parser = str::parse::<Scenario>, default_value = "dentries")]
     scenario: Scenario,
@@ -101,6 +103,8 @@ pub fn lab(a: LabArgs) -> ExitCode {
     {
         let workdir = workdir.clone();
         let owned = tmp.is_some();
+        let mut subdirs: Vec<String> = a.kernels.iter().map(|k| k.short_name()).collect();
+        subdirs.push("host".into());
         if let Ok(mut signals) = signal_hook::iterator::Signals::new([
             signal_hook::consts::SIGINT,
             signal_hook::consts::SIGTERM,
@@ -111,7 +115,7 @@ pub fn lab(a: LabArgs) -> ExitCode {
                     if owned {
                         let _ = std::fs::remove_dir_all(&workdir);
                     } else {
-                        for k in ["6.1", "6.12", "host"] {
+                        for k in &subdirs {
                             let _ = std::fs::remove_dir_all(workdir.join(k));
                         }
                     }
@@ -153,12 +157,12 @@ pub fn lab(a: LabArgs) -> ExitCode {
         }
         return finish(&a, report);
     }
-    for &k in &cfg.kernels {
+    for k in &cfg.kernels {
         let mut progress = |s: &str| eprintln!("lab: {s}");
         match stall::run_kernel(&strata, &cfg, k, &mut progress) {
             Ok(run) => report.runs.push(run),
             Err(e) => {
-                eprintln!("strata lab: {}: {e}", k.name());
+                eprintln!("strata lab: {k}: {e}");
                 return ExitCode::FAILURE;
             }
         }

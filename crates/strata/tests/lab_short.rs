@@ -1,6 +1,7 @@
 //! A short `strata lab` on both kernels so the harness can't rot: small counts, no timing
 //! assertions — only that every kernel, phase and strategy produced numbers and the outputs
-//! (table, JSON, SVG) exist.
+//! (table, JSON, SVG) exist. The 6.12 kernel is given by path (`--kernel DIR`), as a user
+//! brings their own kernel.
 
 use std::process::Command;
 
@@ -8,6 +9,9 @@ use std::process::Command;
 fn short_lab_runs_on_6_1_and_6_12() {
     let t = tempfile::tempdir().unwrap();
     let json = t.path().join("lab.json");
+    let k612 = strata_lab::kernel::GuestKernel::fetch(strata_lab::kernel::KernelChoice::Debian6_12)
+        .expect("6.12 kernel")
+        .dir;
     let svg = t.path().join("lab.svg");
     let out = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args([
@@ -15,7 +19,7 @@ fn short_lab_runs_on_6_1_and_6_12() {
             "--kernel",
             "6.1",
             "--kernel",
-            "6.12",
+            k612.to_str().unwrap(),
             "--n",
             "10",
             "--dentries",
