@@ -215,34 +215,9 @@ impl Supervisor {
                 )
             }
         };
+        let explicit = dirs.is_some();
         let dirs = match dirs {
-            Some(d) => {
-                let outside = d
-                    .lowers
-                    .iter()
-                    .chain([&d.upper, &d.work])
-                    .find(|p| {
-                        let c = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-                        !self.cfg.allow.iter().any(|a| c.starts_with(a))
-                    })
-                    .cloned();
-                if let Some(p) = outside {
-                    return error(
-                        ErrorKind::BadRequest,
-                        format!(
-                            "{} is outside every directory the daemon allows (--allow {}): serve \
-                             store rootfs by id, or start the daemon with --allow",
-                            p.display(),
-                            if self.cfg.allow.is_empty() {
-                                "not given".to_string()
-                            } else {
-                                format!("{:?}", self.cfg.allow)
-                            }
-                        ),
-                    );
-                }
-                d
-            }
+            Some(d) => d,
             None => match (self.resolver)(&id) {
                 Ok(d) => d,
                 Err((kind, m)) => return error(kind, m),
@@ -255,17 +230,44 @@ impl Supervisor {
             socket: sock.clone(),
             tag: tag.unwrap_or_else(|| strata_plan::DEFAULT_TAG.to_string()),
         };
+        let checked = match cfg.check() {
+            Ok(c) => c,
+            Err(e) => return error(ErrorKind::Config, e.to_string()),
+        };
+        // Explicit dirs must come from an allowed directory (checked on the canonical paths
+        // the tree will open).
+        if explicit {
+            let outside = checked
+                .lowers
+                .iter()
+                .chain([&checked.upper, &checked.work])
+                .find(|p| !self.cfg.allow.iter().any(|a| p.starts_with(a)));
+            if let Some(p) = outside {
+                return error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} is outside every directory the daemon allows ({}): serve store \
+                         rootfs by id, or start the daemon with --allow DIR",
+                        p.display(),
+                        if self.cfg.allow.is_empty() {
+                            "none given".to_string()
+                        } else {
+                            format!("{:?}", self.cfg.allow)
+                        }
+                    ),
+                );
+            }
+        }
         let prepared = (|| -> Result<_, ServeError> {
-            let checked = cfg.check()?;
             let guard = claim_socket(&cfg.socket)?;
             let fs = Arc::new(StrataFs::new(&checked, self.cfg.cache)?);
             let listener = Listener::new(&cfg.socket, false).map_err(|e| ServeError::Listen {
                 path: cfg.socket.clone(),
                 source: io::Error::other(e.to_string()),
             })?;
-            Ok((checked, guard, fs, listener))
+            Ok((guard, fs, listener))
         })();
-        let (checked, guard, fs, listener) = match prepared {
+        let (guard, fs, listener) = match prepared {
             Ok(p) => p,
             Err(ServeError::Config(e)) => return error(ErrorKind::Config, e.to_string()),
             Err(e) => return error(ErrorKind::Failed, e.to_string()),

@@ -183,8 +183,7 @@ fn sessions_start_serve_stop_and_crash_alone() {
             socket: f.p().join("run/y.sock"),
             dirs: Some(Dirs {
                 lowers: vec!["/etc".into()],
-                upper: f.p().join("c/y/upper"),
-                work: f.p().join("c/y/work"),
+                ..f.dirs("y")
             }),
             tag: None,
         })
