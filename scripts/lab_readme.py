@@ -20,7 +20,7 @@ rows = [
     "|---|---|---|---|---|",
 ]
 for run in rep["runs"]:
-    for name in ["overlay-mount", "tmpfs-mount", "strata"]:
+    for name in ["overlay-mount", "tmpfs-mount", "strata", "strata-daemon"]:
         i, p = start(run, "idle", name), start(run, "pressure", name)
         rows.append(
             f"| {run['kernel']} ({run['release']}) | {name} | {i['max_ms']:.1f} "

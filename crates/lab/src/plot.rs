@@ -10,10 +10,11 @@ use plotters::prelude::*;
 use crate::bench::Phase;
 use crate::stall::LabReport;
 
-const COLORS: [RGBColor; 3] = [
+const COLORS: [RGBColor; 4] = [
     RGBColor(200, 40, 40),
     RGBColor(90, 90, 200),
     RGBColor(20, 150, 60),
+    RGBColor(200, 140, 20),
 ];
 
 /// Draw `report` as an SVG at `out`.

@@ -321,13 +321,14 @@ impl SoakReport {
     }
 }
 
-/// `strata bench soak`: `n` sessions of mixed I/O for `duration`, each reconnecting every
-/// `reconnect_every` rounds, the daemon sampled every `interval`.
+/// `strata bench soak`: `n` sessions of mixed I/O for `duration` (each pausing `pause`
+/// between rounds, and reconnecting every 200 rounds), the daemon sampled every `interval`.
 pub fn soak(
     strata: &Path,
     n: usize,
     duration: Duration,
     interval: Duration,
+    pause: Duration,
     progress: &mut dyn FnMut(&ProcSample, u64),
 ) -> Result<SoakReport, LabError> {
     const RECONNECT_EVERY: u64 = 200;
@@ -369,6 +370,9 @@ pub fn soak(
                     }
                 }
                 round += 1;
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
                 if round % RECONNECT_EVERY == 0 {
                     // The VMM quits (hang-up), the runtime stops the rootfs and starts a new
                     // one: the old session must give everything back.

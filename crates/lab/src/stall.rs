@@ -418,7 +418,7 @@ pub fn run_host(
         let psi = std::fs::read_to_string("/proc/pressure/memory").unwrap_or_default();
         let _ = writeln!(out, "@psi {tag} {}", psi.replace('\n', " "));
     };
-    let strategies = ["overlay-mount", "tmpfs-mount", "strata"];
+    let strategies = ["overlay-mount", "tmpfs-mount", "strata", "strata-daemon"];
     let spawn = |phase: &str,
                  max: usize,
                  until: Option<&Path>|

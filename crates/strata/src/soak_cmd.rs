@@ -29,6 +29,9 @@ pub struct SoakArgs {
     /// Sampling interval of the daemon's RSS/fds/threads, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     interval_ms: u64,
+    /// Pause of each session between rounds of I/O, in milliseconds (0: as fast as it goes).
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
     /// Write every sample and the summary as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -108,6 +111,7 @@ pub fn soak(a: SoakArgs) -> ExitCode {
         a.sessions.max(1),
         Duration::from_secs(a.seconds),
         Duration::from_millis(a.interval_ms.max(50)),
+        Duration::from_millis(a.pause_ms),
         &mut |s, reqs| {
             eprintln!(
                 "t={:>6.1}s  RSS {:>7} KiB  anon {:>7} KiB  fds {:>4}  threads {:>3}  requests {}",

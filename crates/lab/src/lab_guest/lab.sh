@@ -9,7 +9,7 @@
 #   @trace {json}          strata trace over the pressure phase (rwsem kernels only)
 #   @trace-report TEXT     its human report, line by line
 SC=$1; N=$2; COUNT=$3; INTERVAL=$4; CYCLES=$5
-STRATEGIES="overlay-mount tmpfs-mount strata"
+STRATEGIES="overlay-mount tmpfs-mount strata strata-daemon"
 echo "@check $(strata trace --check --json)"
 mkdir -p /lab /mnt/disk
 mount -t tmpfs -o size=64m tmpfs /lab || { echo "@fatal cannot mount tmpfs on /lab"; exit 1; }
