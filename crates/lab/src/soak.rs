@@ -373,7 +373,7 @@ pub fn soak(
                 if !pause.is_zero() {
                     std::thread::sleep(pause);
                 }
-                if round % RECONNECT_EVERY == 0 {
+                if round.is_multiple_of(RECONNECT_EVERY) {
                     // The VMM quits (hang-up), the runtime stops the rootfs and starts a new
                     // one: the old session must give everything back.
                     drop(vm);
@@ -437,10 +437,11 @@ pub fn soak_svg(report: &SoakReport, out: &Path) -> Result<(), String> {
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(450);
     let t_max = report.samples.last().map(|s| s.t_s).unwrap_or(1.0).max(1.0);
+    type Series = Box<dyn Fn(&ProcSample) -> f64>;
     let panels: [(
         &str,
         &DrawingArea<SVGBackend, plotters::coord::Shift>,
-        Box<dyn Fn(&ProcSample) -> f64>,
+        Series,
     ); 2] = [
         (
             "daemon RSS (MiB)",
