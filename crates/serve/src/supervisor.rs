@@ -277,6 +277,7 @@ impl Supervisor {
             backend.panic_on_next_request();
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let listen_fd = listener.as_raw_fd();
         let session = Session {
             id: id.clone(),
             socket: sock,
@@ -292,12 +293,9 @@ impl Supervisor {
             // Lost a race with a concurrent start of the same id: ours goes away unused.
             return error(ErrorKind::Exists, format!("session {id:?} exists"));
         }
-        let Stage::Listening(l) = &session.stage else {
-            unreachable!("a new session is listening")
-        };
         if let Err(e) = self.epoll.ctl(
             ControlOperation::Add,
-            l.as_raw_fd(),
+            listen_fd,
             EpollEvent::new(EventSet::IN, token),
         ) {
             return error(ErrorKind::Failed, format!("cannot watch the socket: {e}"));
