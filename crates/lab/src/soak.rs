@@ -215,6 +215,11 @@ pub fn sessions(
     let daemon = spawn_daemon(strata, &tree)?;
     let mut client =
         Client::connect(&tree.api()).map_err(|e| LabError::Serve(format!("daemon API: {e}")))?;
+    // One answered request first: the daemon is then fully up (signal thread, this client's
+    // API thread), so the idle sample is comparable with the one after the sessions end.
+    client
+        .call(&Request::Status { id: None })
+        .map_err(|e| LabError::Serve(format!("daemon API: {e}")))?;
     let t0 = Instant::now();
     let mut rng = Rng(0x5eed);
     let mut out = vec![sample(daemon.pid(), t0, 0)];
