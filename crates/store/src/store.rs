@@ -237,6 +237,20 @@ impl Store {
         Ok(Store { root })
     }
 
+    /// Open an existing store without creating or changing anything (for readers such as
+    /// `strata serve --rootfs` and the daemon's rootfs lookups, which may run confined).
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        let containers = root.join("containers");
+        if !containers.is_dir() {
+            return Err(StoreError::RootfsNotFound(format!(
+                "(no store at {}: `strata image import` creates one)",
+                root.display()
+            )));
+        }
+        Ok(Store { root })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

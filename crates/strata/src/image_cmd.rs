@@ -307,7 +307,7 @@ pub fn rootfs_dirs(
             root.display()
         )));
     }
-    let r = Store::open(root)?.rootfs(id)?;
+    let r = Store::open_existing(root)?.rootfs(id)?;
     Ok((r.lowers, r.upper, r.work))
 }
 

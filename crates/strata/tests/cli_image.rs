@@ -19,6 +19,16 @@ fn strata(args: &[&str], store: &Path) -> Output {
         .unwrap()
 }
 
+/// A child process killed if the test panics before it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -115,6 +125,76 @@ fn image_rootfs_serve_gc_round_trip() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("nope"), "{}", text(&o));
+
+    // The same rootfs as a session of `strata daemon`, which resolves store ids itself.
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let api = run.join("api.sock");
+    let mut daemon = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["daemon", "--api"])
+            .arg(&api)
+            .arg("--store")
+            .arg(&st)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&api).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "strata daemon did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let client = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(args)
+            .arg("--api")
+            .arg(&api)
+            .output()
+            .unwrap()
+    };
+    let csock = run.join("c1.sock");
+    let o = client(&["rootfs", "start", "c1", "--socket", csock.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("listening") && text(&o).contains("layers=1"),
+        "{}",
+        text(&o)
+    );
+    assert!(csock.exists());
+    let o = client(&[
+        "rootfs",
+        "start",
+        "nope",
+        "--socket",
+        run.join("n.sock").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("nope") && text(&o).contains("rootfs create"),
+        "{}",
+        text(&o)
+    );
+    let o = client(&["rootfs", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["sessions"][0]["id"], "c1", "{v}");
+    let o = client(&["rootfs", "stop", "c1"]);
+    assert!(
+        o.status.success() && text(&o).contains("ended"),
+        "{}",
+        text(&o)
+    );
+    assert!(!csock.exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.0.wait().unwrap().success());
+    assert!(!api.exists());
 
     // rm image: the layer stays while c1 uses it; after rootfs rm, gc removes it.
     assert!(strata(&["image", "rm", "good:1"], &st).status.success());
