@@ -157,6 +157,8 @@ pub struct RunStats {
     pub no_reply: u64,
     pub bad_chains: u64,
     pub max_live_nodes: usize,
+    /// Replies refused for the session limits (ENFILE).
+    pub enfile: u64,
 }
 
 /// Metadata of everything the daemon must never change.
@@ -695,6 +697,11 @@ impl Harness {
     /// Build the temp tree (layers with a file, a symlink to `/`, a symlink out of the tree, a
     /// device node and a hard link; upper/work; `outside`) and everything above it.
     pub fn new() -> std::io::Result<Harness> {
+        Harness::with_limits(crate::tree::Limits::default())
+    }
+
+    /// [`Harness::new`] with the given per-session limits.
+    pub fn with_limits(limits: crate::tree::Limits) -> std::io::Result<Harness> {
         let dir = tempfile::tempdir()?;
         let p = dir.path();
         for d in [
@@ -728,6 +735,7 @@ impl Harness {
             work: p.join("c/work"),
             socket: p.join("sock"),
             tag: "fuzz".into(),
+            limits,
         };
         let checked = cfg.check().map_err(std::io::Error::other)?;
         let fs = Arc::new(
@@ -932,6 +940,9 @@ impl Harness {
                     let error = i32::from_le_bytes(r[4..8].try_into().unwrap_or([0; 4]));
                     if error != 0 {
                         st.replies_err += 1;
+                        if error == -libc::ENFILE {
+                            st.enfile += 1;
+                        }
                     } else {
                         st.replies_ok += 1;
                         let u64_at = |o: usize| {
@@ -964,6 +975,19 @@ impl Harness {
                 Some(_) => st.replies_err += 1,
             }
             st.max_live_nodes = st.max_live_nodes.max(self.fs.live_nodes());
+            let lim = self.fs.limits();
+            if self.fs.live_nodes() > lim.max_nodes || self.fs.open_handles() > lim.max_handles {
+                return Err(Finding {
+                    seed,
+                    request: i,
+                    what: format!(
+                        "past the session limits: {} nodes, {} handles ({lim:?})",
+                        self.fs.live_nodes(),
+                        self.fs.open_handles()
+                    ),
+                    bytes: hex(&req),
+                });
+            }
             if i % 1000 == 999 {
                 let fds = open_fds();
                 let allowed = self.fds_base + self.fs.live_nodes() + self.fs.open_handles();
@@ -1070,6 +1094,19 @@ impl Harness {
     }
 }
 
+/// Every third seed runs with tight session limits, so that refusals past them (and the slots
+/// FORGET/RELEASE give back) are fuzzed too; the others with the defaults.
+pub fn limits_for(seed: u64) -> crate::tree::Limits {
+    if seed.is_multiple_of(3) {
+        crate::tree::Limits {
+            max_nodes: 8,
+            max_handles: 2,
+        }
+    } else {
+        crate::tree::Limits::default()
+    }
+}
+
 /// Run `n` requests from `seed` on a fresh harness.
 pub fn run_seed(seed: u64, n: u64) -> Result<RunStats, Finding> {
     run_seed_with(seed, n, || Ok(()))
@@ -1088,7 +1125,7 @@ pub fn run_seed_with(
         what,
         bytes: String::new(),
     };
-    let h = Harness::new().map_err(|e| fail(format!("harness: {e}")))?;
+    let h = Harness::with_limits(limits_for(seed)).map_err(|e| fail(format!("harness: {e}")))?;
     setup().map_err(|e| fail(format!("setup: {e}")))?;
     h.run(seed, n)
 }

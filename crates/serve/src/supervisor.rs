@@ -229,6 +229,7 @@ impl Supervisor {
             work: dirs.work,
             socket: sock.clone(),
             tag: tag.unwrap_or_else(|| strata_plan::DEFAULT_TAG.to_string()),
+            limits: crate::tree::Limits::default(),
         };
         let checked = match cfg.check() {
             Ok(c) => c,

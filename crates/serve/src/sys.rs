@@ -302,6 +302,27 @@ pub fn close_leaked_eventfd(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Raise the soft open-files limit (RLIMIT_NOFILE) towards `wanted`, never above the hard
+/// limit and never lowering it; returns the soft limit now in force.
+pub fn raise_fd_limit(wanted: u64) -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur >= wanted {
+        return Ok(lim.rlim_cur);
+    }
+    let new = libc::rlimit {
+        rlim_cur: wanted.min(lim.rlim_max),
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: `new` is a valid rlimit that outlives the call; the kernel only reads it.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) })?;
+    Ok(new.rlim_cur)
+}
+
 /// The Landlock ABI version of the running kernel; 0 or less if it has none (or it is off).
 pub fn landlock_abi() -> i64 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;

@@ -22,6 +22,11 @@ fn random_request_streams_fail_cleanly() {
                     st.max_live_nodes > 3,
                     "the fuzzer never got past the root: {st:?}"
                 );
+                let tight = strata_serve::fuzzing::limits_for(seed).max_nodes < 100;
+                assert!(
+                    !tight || st.enfile > 0,
+                    "the tight session limits were never hit: {st:?}"
+                );
                 total += st.requests;
             }
             Err(f) => panic!("finding: {f:#?}"),
