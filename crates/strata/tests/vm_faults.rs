@@ -21,9 +21,11 @@ use support::{describe, diff, md5, snapshot, Env};
 
 const FAULTS_SH: &str = include_str!("guest/faults.sh");
 
+type Lines = Arc<Mutex<Vec<String>>>;
+
 /// Console lines of a running VM, shared with the test thread.
 fn console_sink() -> (
-    Arc<Mutex<Vec<String>>>,
+    Lines,
     mpsc::Receiver<String>,
     impl FnMut(&str) + Send + 'static,
 ) {
