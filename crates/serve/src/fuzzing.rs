@@ -691,6 +691,9 @@ pub struct Harness {
     stats: Stats,
     before: Snapshot,
     fds_base: usize,
+    /// When set, every request after INIT is appended here in [`run_bytes`]' format.
+    record: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
+    recording: bool,
 }
 
 impl Harness {
@@ -763,6 +766,8 @@ impl Harness {
             stats: Stats::default(),
             before,
             fds_base: open_fds(),
+            record: None,
+            recording: false,
         })
     }
 
@@ -776,6 +781,13 @@ impl Harness {
             Some(r) => (r, true),
             None => (&mut calm, false),
         };
+        if let (true, Some(rec)) = (self.recording, &self.record) {
+            if let Ok(mut rec) = rec.lock() {
+                let req = &req[..req.len().min(u16::MAX as usize)];
+                rec.extend_from_slice(&(req.len() as u16).to_le_bytes());
+                rec.extend_from_slice(req);
+            }
+        }
         let m = self.mem.memory();
         let req = &req[..req.len().min(REQ_MAX)];
         m.write_slice(req, GuestAddress(REQ)).ok()?;
@@ -876,6 +888,7 @@ impl Harness {
             init.u32(0);
         }
         self.roundtrip(None, &Self::request_bytes(op::INIT, 0, &init.0, None));
+        self.recording = true;
         let walk: &[(u64, &[u8])] = &[(1, b"upper\0"), (1, b"work\0"), (2, b"0\0"), (2, b"1\0")];
         // Twenty times over: the guest holds those lookups, so random FORGETs take a while.
         for &(parent, name) in walk.iter().cycle().take(20 * walk.len()) {
@@ -1128,6 +1141,23 @@ pub fn run_seed_with(
     let h = Harness::with_limits(limits_for(seed)).map_err(|e| fail(format!("harness: {e}")))?;
     setup().map_err(|e| fail(format!("setup: {e}")))?;
     h.run(seed, n)
+}
+
+/// The requests of [`run_seed`]`(seed, n)` (after its INIT) as a [`run_bytes`] stream: a seed
+/// corpus for the coverage-guided fuzzer that starts past the handshake, with node ids and
+/// handles that exist. (The chain shapes of the structured run are not kept.)
+pub fn stream_for_seed(seed: u64, n: u64) -> Result<Vec<u8>, Finding> {
+    let mut h = Harness::with_limits(limits_for(seed)).map_err(|e| Finding {
+        seed,
+        request: 0,
+        what: format!("harness: {e}"),
+        bytes: String::new(),
+    })?;
+    let rec = Arc::new(std::sync::Mutex::new(Vec::new()));
+    h.record = Some(rec.clone());
+    h.run(seed, n)?;
+    let out = rec.lock().map(|r| r.clone()).unwrap_or_default();
+    Ok(out)
 }
 
 /// For coverage-guided fuzzers (`fuzz/` at the repo root, cargo-fuzz): `data` is a stream of
