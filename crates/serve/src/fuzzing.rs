@@ -1112,8 +1112,8 @@ impl Harness {
 pub fn limits_for(seed: u64) -> crate::tree::Limits {
     if seed.is_multiple_of(3) {
         crate::tree::Limits {
-            max_nodes: 8,
-            max_handles: 2,
+            max_nodes: 6,
+            max_handles: 1,
         }
     } else {
         crate::tree::Limits::default()
