@@ -152,7 +152,7 @@ impl StrataFs {
         if ctx.uid != 0 || ctx.gid != 0 {
             sys::chown_fd(fd.as_fd(), ctx.uid, ctx.gid)?;
         }
-        self.register(fd, dir.area)
+        self.register_new(fd, dir.area)
     }
 
     pub(crate) fn do_mkdir(
@@ -252,7 +252,7 @@ impl StrataFs {
         self.node_room()?;
         sys::link_at(src.fd.as_fd(), dir.fd.as_fd(), newname)?;
         let fd = sys::open_path_at(dir.fd.as_fd(), newname)?;
-        self.register(fd, dir.area)
+        self.register_new(fd, dir.area)
     }
 }
 

@@ -88,7 +88,7 @@ impl StrataFs {
         if new && (ctx.uid != 0 || ctx.gid != 0) {
             sys::chown_fd(fd.as_fd(), ctx.uid, ctx.gid)?;
         }
-        let entry = self.register(fd, dir.area)?;
+        let entry = self.register_new(fd, dir.area)?;
         let id = self.add_handle(Handle::File {
             file,
             area: dir.area,

@@ -353,6 +353,18 @@ impl StrataFs {
 
     /// Register (or find) the host inode behind `fd` and count one guest lookup of it.
     pub(crate) fn register(&self, fd: OwnedFd, area: Area) -> io::Result<Entry> {
+        self.register_inner(fd, area, true)
+    }
+
+    /// [`register`](Self::register) for a name this request just created on the host, after
+    /// [`node_room`](Self::node_room) said there was room: not refused, so the guest never gets
+    /// an error for a change that happened. Concurrent requests may overshoot the limit by at
+    /// most one node each (one per vhost-user worker thread).
+    pub(crate) fn register_new(&self, fd: OwnedFd, area: Area) -> io::Result<Entry> {
+        self.register_inner(fd, area, false)
+    }
+
+    fn register_inner(&self, fd: OwnedFd, area: Area, enforce: bool) -> io::Result<Entry> {
         let st = sys::stat_fd(fd.as_fd())?;
         let key = (area, st.st_dev, st.st_ino);
         let mut t = self.nodes.write().map_err(|_| lock_poisoned())?;
@@ -364,7 +376,7 @@ impl StrataFs {
                 id
             }
             None => {
-                if t.by_id.len() >= self.limits.max_nodes {
+                if enforce && t.by_id.len() >= self.limits.max_nodes {
                     drop(t);
                     return Err(self.refuse_node());
                 }
@@ -439,11 +451,9 @@ impl StrataFs {
     }
 
     pub(crate) fn add_handle(&self, h: Handle) -> io::Result<u64> {
+        // Every caller checked `handle_room` before opening anything on the host: refusing
+        // here would fail a request whose open (maybe O_TRUNC, maybe O_CREAT) already happened.
         let mut handles = self.handles.write().map_err(|_| lock_poisoned())?;
-        if handles.len() >= self.limits.max_handles {
-            drop(handles);
-            return Err(self.refuse_handle());
-        }
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
         handles.insert(id, Arc::new(h));
         Ok(id)
