@@ -130,7 +130,7 @@ fn log_refusal(what: &str, limit: usize, n: u64) {
         tracing::warn!(
             "guest holds {limit} {what} (the per-session limit): refusing more with ENFILE \
              ({n} refused so far); it must forget/release some first, or raise the limit \
-             (strata serve --max-{what})"
+             (--max-{what} of strata serve / strata daemon)"
         );
     }
 }
@@ -358,8 +358,8 @@ impl StrataFs {
 
     /// [`register`](Self::register) for a name this request just created on the host, after
     /// [`node_room`](Self::node_room) said there was room: not refused, so the guest never gets
-    /// an error for a change that happened. Concurrent requests may overshoot the limit by at
-    /// most one node each (one per vhost-user worker thread).
+    /// an error for a change that happened. Concurrent creates may overshoot the limit by at
+    /// most one node each (the requests in flight: one per vhost-user worker thread).
     pub(crate) fn register_new(&self, fd: OwnedFd, area: Area) -> io::Result<Entry> {
         self.register_inner(fd, area, false)
     }
