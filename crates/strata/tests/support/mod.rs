@@ -108,9 +108,12 @@ impl Env {
     }
 
     /// A VM on the served socket that runs `cmd` (a `strata.cmd=` value) as the container.
+    ///
+    /// `no_timer_check`: on a loaded host, TCG can miss the kernel's early IO-APIC timer check
+    /// and the guest panics at boot ("IO-APIC + timer doesn't work!"); seen once here.
     pub fn vm(&self, cmd: &str, timeout: Duration) -> VmConfig {
         VmConfig {
-            cmdline: format!("strata.tag=strata strata.cmd=\"{cmd}\""),
+            cmdline: format!("no_timer_check strata.tag=strata strata.cmd=\"{cmd}\""),
             virtiofs: Some((self.socket.clone(), "strata".into())),
             timeout,
             ..VmConfig::new(&self.kernel.vmlinuz, &self.initrd)
