@@ -560,6 +560,7 @@ fn start(
                 work: p.work.clone(),
                 socket: p.socket.clone(),
                 tag: strata_plan::DEFAULT_TAG.to_owned(),
+                limits: strata_serve::Limits::default(),
             };
             let server = strata_serve::prepare(&cfg, CachePolicy::default()).map_err(|source| {
                 BenchError::Serve {

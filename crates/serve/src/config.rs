@@ -4,6 +4,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::ConfigError;
+use crate::tree::Limits;
 
 /// One VM's rootfs as the operator gives it: layers (topmost first), upper and work.
 #[derive(Debug, Clone)]
@@ -18,6 +19,8 @@ pub struct ServeConfig {
     pub socket: PathBuf,
     /// virtio-fs tag (informational: the VMM sets the tag; it goes into logs).
     pub tag: String,
+    /// What the guest may hold at once (nodes, open handles).
+    pub limits: Limits,
 }
 
 /// A configuration that passed every check, with canonical paths.
@@ -26,6 +29,7 @@ pub struct Checked {
     pub lowers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
+    pub limits: Limits,
 }
 
 fn dir(path: &Path, role: &'static str) -> Result<(PathBuf, std::fs::Metadata), ConfigError> {
@@ -53,6 +57,9 @@ impl ServeConfig {
     pub fn check(&self) -> Result<Checked, ConfigError> {
         if self.lowers.is_empty() {
             return Err(ConfigError::NoLayers);
+        }
+        if self.limits.max_nodes == 0 || self.limits.max_handles == 0 {
+            return Err(ConfigError::ZeroLimit);
         }
         if self.lowers.len() > crate::tree::MAX_LAYERS {
             return Err(ConfigError::TooManyLayers {
@@ -108,6 +115,7 @@ impl ServeConfig {
             lowers,
             upper,
             work,
+            limits: self.limits,
         })
     }
 }
@@ -123,6 +131,7 @@ mod tests {
             work: root.join(work),
             socket: root.join("sock"),
             tag: "strata".into(),
+            limits: Limits::default(),
         }
     }
 

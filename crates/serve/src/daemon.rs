@@ -222,6 +222,8 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         tag = %cfg.tag,
         layers = checked.lowers.len(),
         upper = ?checked.upper,
+        max_nodes = checked.limits.max_nodes,
+        max_handles = checked.limits.max_handles,
         "ready in {:.2} ms; {}",
         startup.as_secs_f64() * 1e3,
         sandbox::describe_with(confined.as_ref()).replace('\n', "; ")

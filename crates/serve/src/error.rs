@@ -30,6 +30,10 @@ pub enum ConfigError {
         inner: (&'static str, PathBuf),
         outer: (&'static str, PathBuf),
     },
+    #[error(
+        "--max-nodes and --max-handles must be at least 1 (the guest cannot even mount with 0)"
+    )]
+    ZeroLimit,
     #[error("socket {0:?} is in use by a running server: stop it or pick another --socket")]
     SocketInUse(PathBuf),
     #[error("socket path {0:?} exists and is not a socket: remove it or pick another --socket")]

@@ -157,6 +157,8 @@ pub struct RunStats {
     pub no_reply: u64,
     pub bad_chains: u64,
     pub max_live_nodes: usize,
+    /// Replies refused for the session limits (ENFILE).
+    pub enfile: u64,
 }
 
 /// Metadata of everything the daemon must never change.
@@ -689,12 +691,20 @@ pub struct Harness {
     stats: Stats,
     before: Snapshot,
     fds_base: usize,
+    /// When set, every request after INIT is appended here in [`run_bytes`]' format.
+    record: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
+    recording: bool,
 }
 
 impl Harness {
     /// Build the temp tree (layers with a file, a symlink to `/`, a symlink out of the tree, a
     /// device node and a hard link; upper/work; `outside`) and everything above it.
     pub fn new() -> std::io::Result<Harness> {
+        Harness::with_limits(crate::tree::Limits::default())
+    }
+
+    /// [`Harness::new`] with the given per-session limits.
+    pub fn with_limits(limits: crate::tree::Limits) -> std::io::Result<Harness> {
         let dir = tempfile::tempdir()?;
         let p = dir.path();
         for d in [
@@ -728,6 +738,7 @@ impl Harness {
             work: p.join("c/work"),
             socket: p.join("sock"),
             tag: "fuzz".into(),
+            limits,
         };
         let checked = cfg.check().map_err(std::io::Error::other)?;
         let fs = Arc::new(
@@ -755,6 +766,8 @@ impl Harness {
             stats: Stats::default(),
             before,
             fds_base: open_fds(),
+            record: None,
+            recording: false,
         })
     }
 
@@ -768,6 +781,13 @@ impl Harness {
             Some(r) => (r, true),
             None => (&mut calm, false),
         };
+        if let (true, Some(rec)) = (self.recording, &self.record) {
+            if let Ok(mut rec) = rec.lock() {
+                let req = &req[..req.len().min(u16::MAX as usize)];
+                rec.extend_from_slice(&(req.len() as u16).to_le_bytes());
+                rec.extend_from_slice(req);
+            }
+        }
         let m = self.mem.memory();
         let req = &req[..req.len().min(REQ_MAX)];
         m.write_slice(req, GuestAddress(REQ)).ok()?;
@@ -868,6 +888,7 @@ impl Harness {
             init.u32(0);
         }
         self.roundtrip(None, &Self::request_bytes(op::INIT, 0, &init.0, None));
+        self.recording = true;
         let walk: &[(u64, &[u8])] = &[(1, b"upper\0"), (1, b"work\0"), (2, b"0\0"), (2, b"1\0")];
         // Twenty times over: the guest holds those lookups, so random FORGETs take a while.
         for &(parent, name) in walk.iter().cycle().take(20 * walk.len()) {
@@ -932,6 +953,9 @@ impl Harness {
                     let error = i32::from_le_bytes(r[4..8].try_into().unwrap_or([0; 4]));
                     if error != 0 {
                         st.replies_err += 1;
+                        if error == -libc::ENFILE {
+                            st.enfile += 1;
+                        }
                     } else {
                         st.replies_ok += 1;
                         let u64_at = |o: usize| {
@@ -964,6 +988,19 @@ impl Harness {
                 Some(_) => st.replies_err += 1,
             }
             st.max_live_nodes = st.max_live_nodes.max(self.fs.live_nodes());
+            let lim = self.fs.limits();
+            if self.fs.live_nodes() > lim.max_nodes || self.fs.open_handles() > lim.max_handles {
+                return Err(Finding {
+                    seed,
+                    request: i,
+                    what: format!(
+                        "past the session limits: {} nodes, {} handles ({lim:?})",
+                        self.fs.live_nodes(),
+                        self.fs.open_handles()
+                    ),
+                    bytes: hex(&req),
+                });
+            }
             if i % 1000 == 999 {
                 let fds = open_fds();
                 let allowed = self.fds_base + self.fs.live_nodes() + self.fs.open_handles();
@@ -1070,6 +1107,19 @@ impl Harness {
     }
 }
 
+/// Every third seed runs with tight session limits, so that refusals past them (and the slots
+/// FORGET/RELEASE give back) are fuzzed too; the others with the defaults.
+pub fn limits_for(seed: u64) -> crate::tree::Limits {
+    if seed.is_multiple_of(3) {
+        crate::tree::Limits {
+            max_nodes: 6,
+            max_handles: 1,
+        }
+    } else {
+        crate::tree::Limits::default()
+    }
+}
+
 /// Run `n` requests from `seed` on a fresh harness.
 pub fn run_seed(seed: u64, n: u64) -> Result<RunStats, Finding> {
     run_seed_with(seed, n, || Ok(()))
@@ -1088,9 +1138,26 @@ pub fn run_seed_with(
         what,
         bytes: String::new(),
     };
-    let h = Harness::new().map_err(|e| fail(format!("harness: {e}")))?;
+    let h = Harness::with_limits(limits_for(seed)).map_err(|e| fail(format!("harness: {e}")))?;
     setup().map_err(|e| fail(format!("setup: {e}")))?;
     h.run(seed, n)
+}
+
+/// The requests of [`run_seed`]`(seed, n)` (after its INIT) as a [`run_bytes`] stream: a seed
+/// corpus for the coverage-guided fuzzer that starts past the handshake, with node ids and
+/// handles that exist. (The chain shapes of the structured run are not kept.)
+pub fn stream_for_seed(seed: u64, n: u64) -> Result<Vec<u8>, Finding> {
+    let mut h = Harness::with_limits(limits_for(seed)).map_err(|e| Finding {
+        seed,
+        request: 0,
+        what: format!("harness: {e}"),
+        bytes: String::new(),
+    })?;
+    let rec = Arc::new(std::sync::Mutex::new(Vec::new()));
+    h.record = Some(rec.clone());
+    h.run(seed, n)?;
+    let out = rec.lock().map(|r| r.clone()).unwrap_or_default();
+    Ok(out)
 }
 
 /// For coverage-guided fuzzers (`fuzz/` at the repo root, cargo-fuzz): `data` is a stream of

@@ -26,4 +26,4 @@ pub mod tree;
 pub use config::ServeConfig;
 pub use daemon::{prepare, serve, Prepared};
 pub use error::{ConfigError, ServeError};
-pub use tree::{CachePolicy, StrataFs};
+pub use tree::{CachePolicy, Limits, StrataFs};

@@ -51,6 +51,8 @@ pub struct DaemonConfig {
     /// Read-write for the daemon (the store's container dirs).
     pub read_write: Vec<PathBuf>,
     pub cache: CachePolicy,
+    /// What each session's guest may hold at once (nodes, open handles).
+    pub limits: crate::tree::Limits,
     /// Confine the process (capabilities, Landlock, seccomp). Off only for in-process tests.
     pub confine: bool,
 }
@@ -229,6 +231,7 @@ impl Supervisor {
             work: dirs.work,
             socket: sock.clone(),
             tag: tag.unwrap_or_else(|| strata_plan::DEFAULT_TAG.to_string()),
+            limits: self.cfg.limits,
         };
         let checked = match cfg.check() {
             Ok(c) => c,

@@ -302,6 +302,36 @@ pub fn close_leaked_eventfd(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Raise the open-files limit (RLIMIT_NOFILE) to `wanted`: the soft limit, and the hard one
+/// too when the process may (root, before the sandbox drops CAP_SYS_RESOURCE); else the soft
+/// limit up to the hard one. Never lowers anything. Returns the soft limit now in force.
+pub fn raise_fd_limit(wanted: u64) -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur >= wanted {
+        return Ok(lim.rlim_cur);
+    }
+    let both = libc::rlimit {
+        rlim_cur: wanted,
+        rlim_max: lim.rlim_max.max(wanted),
+    };
+    // SAFETY: `both` is a valid rlimit that outlives the call; the kernel only reads it.
+    if cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &both) }).is_ok() {
+        return Ok(wanted);
+    }
+    let soft = libc::rlimit {
+        rlim_cur: wanted.min(lim.rlim_max),
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above.
+    cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) })?;
+    Ok(soft.rlim_cur)
+}
+
 /// The Landlock ABI version of the running kernel; 0 or less if it has none (or it is off).
 pub fn landlock_abi() -> i64 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;

@@ -22,6 +22,11 @@ fn random_request_streams_fail_cleanly() {
                     st.max_live_nodes > 3,
                     "the fuzzer never got past the root: {st:?}"
                 );
+                let tight = strata_serve::fuzzing::limits_for(seed).max_nodes < 100;
+                assert!(
+                    !tight || st.enfile > 0,
+                    "the tight session limits were never hit: {st:?}"
+                );
                 total += st.requests;
             }
             Err(f) => panic!("finding: {f:#?}"),
@@ -65,4 +70,40 @@ fn request_path_stays_inside_the_seccomp_allow_list() {
         "child under the allow-list failed ({}):\n{text}",
         out.status
     );
+}
+
+/// The coverage-guided target's entry point (`fuzz/fuzz_targets/requests.rs` is one call to
+/// `run_bytes`) in CI without building libFuzzer: streams recorded from structured runs (the
+/// seed corpus `scripts/fuzz-requests` gives cargo-fuzz), random bytes, and every input kept
+/// in `fuzz/regressions/requests/` (crashes cargo-fuzz found, fixed since) replay cleanly.
+#[test]
+fn libfuzzer_entry_point_replays_streams_and_regressions() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for seed in [1u64, 3] {
+        let stream = strata_serve::fuzzing::stream_for_seed(seed, 1500)
+            .unwrap_or_else(|f| panic!("finding while recording: {f:#?}"));
+        assert!(stream.len() > 10_000, "stream of seed {seed} too short");
+        if let Err(f) = strata_serve::fuzzing::run_bytes(&stream) {
+            panic!("finding replaying the stream of seed {seed}: {f:#?}");
+        }
+    }
+    let mut rng = strata_serve::fuzzing::Rng::new(99);
+    for _ in 0..20 {
+        let len = rng.below(4096) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        if let Err(f) = strata_serve::fuzzing::run_bytes(&bytes) {
+            panic!("finding on random bytes: {f:#?}");
+        }
+    }
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/requests");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let bytes = std::fs::read(e.path()).unwrap();
+        if let Err(f) = strata_serve::fuzzing::run_bytes(&bytes) {
+            panic!("regression {:?} fails again: {f:#?}", e.path());
+        }
+        n += 1;
+    }
+    eprintln!("{n} regression inputs replayed from {dir:?}");
 }

@@ -37,6 +37,7 @@ fn fixture() -> Fixture {
             read_only: vec![],
             read_write: vec![],
             cache: CachePolicy::default(),
+            limits: strata_serve::Limits::default(),
             confine: false,
         },
         Box::new(|id| Err((ErrorKind::NotFound, format!("no store rootfs {id}")))),

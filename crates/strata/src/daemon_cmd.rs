@@ -24,6 +24,12 @@ pub struct DaemonArgs {
     /// and runtimes with their own layer store).
     #[arg(long = "allow")]
     allow: Vec<PathBuf>,
+    /// Per session: most host inodes its guest may hold looked up at once; past it, ENFILE.
+    #[arg(long, default_value_t = strata_serve::Limits::DEFAULT.max_nodes)]
+    max_nodes: usize,
+    /// Per session: most files and directories its guest may hold open at once; past it, ENFILE.
+    #[arg(long, default_value_t = strata_serve::Limits::DEFAULT.max_handles)]
+    max_handles: usize,
     /// Print the sandbox that would be in force, and exit.
     #[arg(long)]
     print_sandbox: bool,
@@ -68,6 +74,10 @@ pub fn daemon(a: DaemonArgs) -> ExitCode {
         read_only: vec![store.clone()],
         read_write: vec![store.join("containers")],
         cache: strata_serve::CachePolicy::default(),
+        limits: strata_serve::Limits {
+            max_nodes: a.max_nodes,
+            max_handles: a.max_handles,
+        },
         confine: true,
     };
     match supervisor::run(cfg, resolver) {

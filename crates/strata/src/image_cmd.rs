@@ -366,6 +366,7 @@ mod tests {
             work: work.clone(),
             socket: d.path().join("s"),
             tag: "strata".into(),
+            limits: strata_serve::Limits::default(),
         };
         let checked = by_hand.check().unwrap();
         assert_eq!(checked.lowers.len(), 1);

@@ -124,6 +124,12 @@ struct ServeArgs {
     /// virtio-fs tag the VMM gives the device.
     #[arg(long, default_value = strata_plan::DEFAULT_TAG)]
     tag: String,
+    /// Most host inodes the guest may hold looked up at once; past it, ENFILE.
+    #[arg(long, default_value_t = strata_serve::Limits::DEFAULT.max_nodes)]
+    max_nodes: usize,
+    /// Most files and directories the guest may hold open at once; past it, ENFILE.
+    #[arg(long, default_value_t = strata_serve::Limits::DEFAULT.max_handles)]
+    max_handles: usize,
     /// Print the sandbox that would be in force, and exit.
     #[arg(long)]
     print_sandbox: bool,
@@ -256,6 +262,10 @@ fn main() -> ExitCode {
                 work,
                 socket: a.socket,
                 tag: a.tag,
+                limits: strata_serve::Limits {
+                    max_nodes: a.max_nodes,
+                    max_handles: a.max_handles,
+                },
             };
             match strata_serve::serve(&cfg, strata_serve::CachePolicy::default()) {
                 Ok(_) => ExitCode::SUCCESS,

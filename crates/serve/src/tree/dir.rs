@@ -52,6 +52,7 @@ impl StrataFs {
                 if !h.is_dir() {
                     return Err(err(libc::ENOTDIR));
                 }
+                self.handle_room()?;
                 let dir = sys::reopen(h.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
                 Ok(Some(self.add_handle(Handle::Dir {
                     dir: Mutex::new(dir),
@@ -151,7 +152,7 @@ impl StrataFs {
         if ctx.uid != 0 || ctx.gid != 0 {
             sys::chown_fd(fd.as_fd(), ctx.uid, ctx.gid)?;
         }
-        self.register(fd, dir.area)
+        self.register_new(fd, dir.area)
     }
 
     pub(crate) fn do_mkdir(
@@ -164,6 +165,7 @@ impl StrataFs {
     ) -> io::Result<Entry> {
         check_name(name)?;
         let dir = self.rw_dir(parent)?;
+        self.node_room()?;
         sys::mkdir_at(dir.fd.as_fd(), name, mode & !umask & 0o7777)?;
         self.created(ctx, &dir, name)
     }
@@ -187,6 +189,7 @@ impl StrataFs {
         if !allowed {
             return Err(err(libc::EPERM));
         }
+        self.node_room()?;
         let perm = mode & !umask & 0o7777;
         sys::mknod_at(dir.fd.as_fd(), name, kind | perm, rdev as u64)?;
         self.created(ctx, &dir, name)
@@ -204,6 +207,7 @@ impl StrataFs {
             return Err(err(libc::EINVAL));
         }
         let dir = self.rw_dir(parent)?;
+        self.node_room()?;
         // The target is stored as text; the daemon never follows it.
         sys::symlink_at(target, dir.fd.as_fd(), name)?;
         self.created(ctx, &dir, name)
@@ -245,9 +249,10 @@ impl StrataFs {
             return Err(err(libc::EPERM));
         }
         let dir = self.rw_dir(newparent)?;
+        self.node_room()?;
         sys::link_at(src.fd.as_fd(), dir.fd.as_fd(), newname)?;
         let fd = sys::open_path_at(dir.fd.as_fd(), newname)?;
-        self.register(fd, dir.area)
+        self.register_new(fd, dir.area)
     }
 }
 

@@ -38,6 +38,8 @@ impl StrataFs {
         if !h.area.writable() && wants_write(flags) {
             return Err(err(libc::EROFS));
         }
+        // Before the host open: with O_TRUNC the open itself changes the file.
+        self.handle_room()?;
         let file = sys::reopen(h.fd.as_fd(), flags)?;
         let id = self.add_handle(Handle::File { file, area: h.area })?;
         let opts = match h.area {
@@ -56,6 +58,9 @@ impl StrataFs {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions)> {
         check_name(name)?;
         let dir = self.rw_dir(parent)?;
+        // Room for the new node and its handle before anything exists on the host.
+        self.node_room()?;
+        self.handle_room()?;
         let mode = args.mode & !args.umask & 0o7777;
         let flags = host_flags(args.flags);
         // Create exclusively first. Without O_EXCL from the guest, an existing name is opened
@@ -83,7 +88,7 @@ impl StrataFs {
         if new && (ctx.uid != 0 || ctx.gid != 0) {
             sys::chown_fd(fd.as_fd(), ctx.uid, ctx.gid)?;
         }
-        let entry = self.register(fd, dir.area)?;
+        let entry = self.register_new(fd, dir.area)?;
         let id = self.add_handle(Handle::File {
             file,
             area: dir.area,

@@ -78,6 +78,63 @@ impl Default for CachePolicy {
     }
 }
 
+/// What one guest session may hold at once on the daemon's side. Every node is a host `O_PATH`
+/// fd and every handle an open host file, so without a cap a guest could grow the daemon's fds
+/// and memory without bound (by looking up or opening everything and never forgetting).
+/// Past a limit the request fails with ENFILE (the served filesystem's "file table is full"),
+/// one warning is logged (again at each doubling of the refusals), and FORGET/RELEASE give
+/// the slots back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Host inodes the guest may hold looked up at once (its inode cache; FORGET frees).
+    pub max_nodes: usize,
+    /// Files and directories the guest may hold open at once (RELEASE/RELEASEDIR free).
+    pub max_handles: usize,
+}
+
+impl Limits {
+    /// 65536 nodes: a walk of a large image (tens of thousands of files) stays well inside;
+    /// the guest kernel forgets inodes it evicts. 16384 handles: far above what a container's
+    /// processes keep open, and with the nodes still inside a common `ulimit -n` of 100k.
+    pub const DEFAULT: Limits = Limits {
+        max_nodes: 65536,
+        max_handles: 16384,
+    };
+
+    /// File descriptors a session can hold at most with these limits (nodes, handles, anchors).
+    pub fn fds_needed(&self, layers: usize) -> u64 {
+        (self.max_nodes + self.max_handles + layers + 2) as u64
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::DEFAULT
+    }
+}
+
+/// One warning per process about an open-files limit below what the session limits allow.
+static FD_LIMIT_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Refusals past a limit, for rate-limited logging.
+#[derive(Default)]
+struct Refusals {
+    nodes: AtomicU64,
+    handles: AtomicU64,
+}
+
+/// Log the `n`th refusal (1-based) only when `n` is a power of two: a guest hammering a limit
+/// cannot flood the host's log.
+fn log_refusal(what: &str, limit: usize, n: u64) {
+    if n.is_power_of_two() {
+        tracing::warn!(
+            "guest holds {limit} {what} (the per-session limit): refusing more with ENFILE \
+             ({n} refused so far); it must forget/release some first, or raise the limit \
+             (--max-{what} of strata serve / strata daemon)"
+        );
+    }
+}
+
 /// A host inode the guest holds a reference to.
 pub(crate) struct HostNode {
     /// `O_PATH | O_NOFOLLOW` fd on the inode: every operation goes through it.
@@ -128,6 +185,8 @@ pub struct StrataFs {
     next_node: AtomicU64,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
+    limits: Limits,
+    refused: Refusals,
 }
 
 pub(crate) fn err(errno: i32) -> io::Error {
@@ -167,6 +226,20 @@ impl StrataFs {
             .map(|l| open("layer", l))
             .collect::<Result<Vec<_>, _>>()?;
         let plan = MountPlan::standard(layers.len()).to_json();
+        let limits = cfg.limits;
+        let needed = limits.fds_needed(layers.len()) + 64;
+        match sys::raise_fd_limit(needed) {
+            Ok(have) if have >= needed => {}
+            Ok(have) if !FD_LIMIT_WARNED.swap(true, Ordering::Relaxed) => tracing::warn!(
+                "open-files limit {have} is below the {needed} fds the session limits allow \
+                 ({} nodes + {} handles): the guest may see EMFILE before ENFILE; raise \
+                 `ulimit -n` (LimitNOFILE=) or lower --max-nodes/--max-handles",
+                limits.max_nodes,
+                limits.max_handles
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot read the open-files limit: {e}"),
+        }
         Ok(StrataFs {
             layers,
             upper: open("upper", &cfg.upper)?,
@@ -177,6 +250,8 @@ impl StrataFs {
             next_node: AtomicU64::new(FIRST_HOST_NODE),
             handles: RwLock::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            limits,
+            refused: Refusals::default(),
         })
     }
 
@@ -193,6 +268,43 @@ impl StrataFs {
     /// Number of files and directories the guest holds open.
     pub fn open_handles(&self) -> usize {
         self.handles.read().map(|h| h.len()).unwrap_or(0)
+    }
+
+    /// The limits this session runs with.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// ENFILE if the guest already holds as many nodes as it may: checked before a request
+    /// creates anything on the host, so a refused MKDIR/CREATE/... leaves nothing behind.
+    pub(crate) fn node_room(&self) -> io::Result<()> {
+        let held = self.nodes.read().map_err(|_| lock_poisoned())?.by_id.len();
+        if held >= self.limits.max_nodes {
+            return Err(self.refuse_node());
+        }
+        Ok(())
+    }
+
+    /// ENFILE if the guest already holds as many open handles as it may (checked before the
+    /// host open, which may truncate).
+    pub(crate) fn handle_room(&self) -> io::Result<()> {
+        let held = self.handles.read().map_err(|_| lock_poisoned())?.len();
+        if held >= self.limits.max_handles {
+            return Err(self.refuse_handle());
+        }
+        Ok(())
+    }
+
+    fn refuse_node(&self) -> io::Error {
+        let n = self.refused.nodes.fetch_add(1, Ordering::Relaxed) + 1;
+        log_refusal("nodes", self.limits.max_nodes, n);
+        err(libc::ENFILE)
+    }
+
+    fn refuse_handle(&self) -> io::Error {
+        let n = self.refused.handles.fetch_add(1, Ordering::Relaxed) + 1;
+        log_refusal("handles", self.limits.max_handles, n);
+        err(libc::ENFILE)
     }
 
     pub(crate) fn node(&self, id: u64) -> io::Result<Node> {
@@ -241,6 +353,18 @@ impl StrataFs {
 
     /// Register (or find) the host inode behind `fd` and count one guest lookup of it.
     pub(crate) fn register(&self, fd: OwnedFd, area: Area) -> io::Result<Entry> {
+        self.register_inner(fd, area, true)
+    }
+
+    /// [`register`](Self::register) for a name this request just created on the host, after
+    /// [`node_room`](Self::node_room) said there was room: not refused, so the guest never gets
+    /// an error for a change that happened. Concurrent creates may overshoot the limit by at
+    /// most one node each (the requests in flight: one per vhost-user worker thread).
+    pub(crate) fn register_new(&self, fd: OwnedFd, area: Area) -> io::Result<Entry> {
+        self.register_inner(fd, area, false)
+    }
+
+    fn register_inner(&self, fd: OwnedFd, area: Area, enforce: bool) -> io::Result<Entry> {
         let st = sys::stat_fd(fd.as_fd())?;
         let key = (area, st.st_dev, st.st_ino);
         let mut t = self.nodes.write().map_err(|_| lock_poisoned())?;
@@ -252,6 +376,10 @@ impl StrataFs {
                 id
             }
             None => {
+                if enforce && t.by_id.len() >= self.limits.max_nodes {
+                    drop(t);
+                    return Err(self.refuse_node());
+                }
                 let id = self.next_node.fetch_add(1, Ordering::Relaxed);
                 let node = HostNode {
                     fd,
@@ -323,11 +451,11 @@ impl StrataFs {
     }
 
     pub(crate) fn add_handle(&self, h: Handle) -> io::Result<u64> {
+        // Every caller checked `handle_room` before opening anything on the host: refusing
+        // here would fail a request whose open (maybe O_TRUNC, maybe O_CREAT) already happened.
+        let mut handles = self.handles.write().map_err(|_| lock_poisoned())?;
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .write()
-            .map_err(|_| lock_poisoned())?
-            .insert(id, Arc::new(h));
+        handles.insert(id, Arc::new(h));
         Ok(id)
     }
 

@@ -21,6 +21,10 @@ fn c(s: &str) -> CString {
 }
 
 fn sandbox() -> Sandbox {
+    sandbox_with(Limits::default())
+}
+
+fn sandbox_with(limits: Limits) -> Sandbox {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     for d in [
@@ -44,6 +48,7 @@ fn sandbox() -> Sandbox {
         work: p.join("c/work"),
         socket: p.join("sock"),
         tag: "t".into(),
+        limits,
     };
     let fs = StrataFs::new(&cfg.check().unwrap(), CachePolicy::default()).unwrap();
     Sandbox { dir, fs }
@@ -333,4 +338,102 @@ fn bad_names_are_refused() {
     // Unknown node ids and handles are errors, not panics.
     assert_eq!(errno(s.fs.do_getattr(123_456)), libc::EBADF);
     assert_eq!(errno(s.fs.do_fsync(777, false)), libc::EBADF);
+}
+
+/// A guest that looks up or opens everything and never forgets cannot grow the daemon's fds:
+/// past the session limits every request that would hold one more gets ENFILE and creates
+/// nothing on the host; FORGET and RELEASE give the slots back.
+#[test]
+fn node_and_handle_limits_refuse_with_enfile_and_come_back() {
+    let s = sandbox_with(Limits {
+        max_nodes: 6,
+        max_handles: 3,
+    });
+    let ctx = Context::default();
+    let upper = s.walk("upper").unwrap();
+    for i in 0..10 {
+        std::fs::write(s.path(&format!("c/upper/f{i}")), b"x").unwrap();
+    }
+    // upper + f0..f4 = 6 nodes: the limit.
+    let ids: Vec<u64> = (0..5)
+        .map(|i| s.fs.do_lookup(upper, &c(&format!("f{i}"))).unwrap().inode)
+        .collect();
+    assert_eq!(s.fs.live_nodes(), 6);
+    assert_eq!(errno(s.fs.do_lookup(upper, c"f5")), libc::ENFILE);
+    // A node already held can be looked up again (one more reference, no new fd).
+    assert_eq!(s.fs.do_lookup(upper, c"f0").unwrap().inode, ids[0]);
+    // Nothing that would need a node is made on the host.
+    assert_eq!(
+        errno(s.fs.do_mkdir(&ctx, upper, c"d", 0o755, 0)),
+        libc::ENFILE
+    );
+    assert_eq!(
+        errno(s.fs.do_symlink(&ctx, c"x", upper, c"l")),
+        libc::ENFILE
+    );
+    assert_eq!(
+        errno(s.fs.do_mknod(&ctx, upper, c"p", libc::S_IFIFO | 0o600, 0, 0)),
+        libc::ENFILE
+    );
+    assert_eq!(errno(s.fs.do_link(ids[1], upper, c"hl")), libc::ENFILE);
+    let args = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    assert_eq!(
+        errno(s.fs.do_create(&ctx, upper, c"new", args)),
+        libc::ENFILE
+    );
+    for name in ["d", "l", "p", "hl", "new"] {
+        assert!(
+            std::fs::symlink_metadata(s.path(&format!("c/upper/{name}"))).is_err(),
+            "{name} was created past the node limit"
+        );
+    }
+    // Handles: three opens, then ENFILE, and an O_TRUNC open past the limit truncates nothing.
+    let fhs: Vec<u64> = ids[1..4]
+        .iter()
+        .map(|&id| s.fs.do_open(id, libc::O_RDONLY as u32).unwrap().0.unwrap())
+        .collect();
+    assert_eq!(s.fs.open_handles(), 3);
+    assert_eq!(
+        errno(s.fs.do_open(ids[0], (libc::O_RDWR | libc::O_TRUNC) as u32)),
+        libc::ENFILE
+    );
+    assert_eq!(std::fs::read(s.path("c/upper/f0")).unwrap(), b"x");
+    assert_eq!(errno(s.fs.do_opendir(upper)), libc::ENFILE);
+    // RELEASE gives a handle back; FORGET a node.
+    s.fs.drop_handle(fhs[0]);
+    assert!(s.fs.do_opendir(upper).is_ok());
+    s.fs.forget_node(ids[4], 1);
+    assert_eq!(s.fs.live_nodes(), 5);
+    assert!(s.fs.do_lookup(upper, c"f5").is_ok());
+    assert_eq!(errno(s.fs.do_lookup(upper, c"f6")), libc::ENFILE);
+    // Forgetting a node with an open handle on it frees the node slot; the handle stays.
+    s.fs.forget_node(ids[1], 1);
+    assert_eq!(s.fs.live_nodes(), 5);
+    assert!(s.fs.do_lookup(upper, c"f6").is_ok());
+}
+
+#[test]
+fn zero_limits_are_refused_at_start() {
+    let d = tempfile::tempdir().unwrap();
+    for p in ["l0", "upper", "work"] {
+        std::fs::create_dir_all(d.path().join(p)).unwrap();
+    }
+    let cfg = ServeConfig {
+        lowers: vec![d.path().join("l0")],
+        upper: d.path().join("upper"),
+        work: d.path().join("work"),
+        socket: d.path().join("sock"),
+        tag: "t".into(),
+        limits: Limits {
+            max_nodes: 0,
+            max_handles: 1,
+        },
+    };
+    let e = cfg.check().unwrap_err().to_string();
+    assert!(e.contains("--max-nodes"), "{e}");
 }

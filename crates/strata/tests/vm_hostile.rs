@@ -1,0 +1,98 @@
+//! A hostile guest against tight session limits: a Debian 6.1 guest under qemu, on a rootfs
+//! served by `strata serve --max-nodes 1000 --max-handles 64`, runs `guest/hostile2.sh` on the
+//! raw virtio-fs tree: races between rename and open with a symlink to a host path, renames and
+//! links into layers, device nodes an image ships (a host block device, /dev/kvm's numbers),
+//! xattrs outside the allowed namespaces, and exhausting the daemon's nodes and open handles
+//! (ENFILE in the guest, the slots come back when it forgets/releases). Every attempt fails
+//! cleanly and the daemon keeps serving; afterwards the host checks that the layers and a host
+//! file the guest aimed at are unchanged, and that the daemon logged the refusals and exited 0.
+//!
+//! (`vm_rootfs` runs the first hostile script, `guest/hostile.sh`, with the default limits.)
+
+mod support;
+
+use std::time::Duration;
+
+use support::{describe, diff, snapshot, Env};
+
+const HOSTILE2_SH: &str = include_str!("guest/hostile2.sh");
+
+#[test]
+fn hostile_guest_hits_limits_and_races_and_the_daemon_keeps_serving() {
+    let env = Env::new(&[("hostile2.sh", HOSTILE2_SH)]);
+    let secret = env.root().join("outside/secret");
+    support::write(&secret, "HOST-SECRET\n");
+    support::write(
+        &env.top.join("host_secret_path"),
+        secret.display().to_string(),
+    );
+    let data = env.bottom.join("data");
+    support::write(&data.join("base.txt"), "base\n");
+    for i in 0..1500 {
+        support::write(
+            &env.bottom.join("many").join(format!("f{i}")),
+            format!("{i}\n"),
+        );
+    }
+    let mknod = |name: &str, kind: nix::sys::stat::SFlag, major: u64, minor: u64| {
+        nix::sys::stat::mknod(
+            &data.join(name),
+            kind,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .unwrap();
+    };
+    mknod("sda", nix::sys::stat::SFlag::S_IFBLK, 8, 0);
+    mknod("kvm", nix::sys::stat::SFlag::S_IFCHR, 10, 232);
+    let layers = env.root().join("layers");
+    let before = snapshot(&layers, &[]);
+    let secret_before = snapshot(&env.root().join("outside"), &[]);
+
+    let mut daemon = env.serve(&[], &["--max-nodes", "1000", "--max-handles", "64"]);
+    let out = env
+        .vm("/bin/sh /hostile2.sh", Duration::from_secs(400))
+        .run()
+        .expect("qemu runs");
+    eprintln!(
+        "---- guest ----\n{}\n---- end ({:?}) ----",
+        out.console, out.elapsed
+    );
+    let st = daemon.wait(Duration::from_secs(30));
+    let log = daemon.log_text();
+    eprintln!("serve log:\n{log}");
+
+    assert!(!out.timed_out, "VM timed out");
+    let failed: Vec<&str> = out
+        .console
+        .lines()
+        .filter(|l| l.starts_with("not ok"))
+        .collect();
+    assert!(failed.is_empty(), "guest checks failed: {failed:#?}");
+    assert!(
+        out.console.contains("ok - the daemon still serves writes"),
+        "hostile2.sh did not run to the end"
+    );
+    assert_eq!(out.status, Some(0));
+    for what in ["1000 nodes", "64 handles"] {
+        assert!(
+            log.contains(&format!(
+                "guest holds {what} (the per-session limit): refusing more with ENFILE"
+            )),
+            "no log line for the limit of {what}"
+        );
+    }
+    assert!(!log.contains("panicked"));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "daemon did not exit 0: {:?}",
+        st.map(|s| describe(&s))
+    );
+    let d = diff(&before, &snapshot(&layers, &[]));
+    assert!(d.is_empty(), "layers changed: {d:#?}");
+    let d = diff(&secret_before, &snapshot(&env.root().join("outside"), &[]));
+    assert!(
+        d.is_empty(),
+        "the host file the guest aimed at changed: {d:#?}"
+    );
+}
