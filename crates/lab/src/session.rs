@@ -23,6 +23,77 @@ pub const MOUNT_SYSCALLS: &[&str] = &[
     "setns",
 ];
 
+/// A child in its own process group (strata, or strace tracing strata), killed with its
+/// whole group when dropped while still running: a failed test never leaves a daemon behind.
+struct Group(Child);
+
+impl Group {
+    /// Start `strata ARGS…` (under `strace -f --trace=SYSCALLS -o LOG` when `strace_log` is
+    /// given), output to `log`, in its own process group, dying with this process.
+    fn spawn(
+        strata: &Path,
+        args: &[&std::ffi::OsStr],
+        strace_log: Option<(&Path, &[&str])>,
+        log: &Path,
+    ) -> Result<Group, LabError> {
+        let mut cmd = match strace_log {
+            Some((out, syscalls)) => {
+                let mut c = Command::new("strace");
+                c.arg("-f")
+                    .arg("-qq")
+                    .arg("-o")
+                    .arg(out)
+                    .arg(format!("--trace={}", syscalls.join(",")))
+                    .arg(strata);
+                c
+            }
+            None => Command::new(strata),
+        };
+        cmd.args(args);
+        let logf = std::fs::File::create(log).map_err(LabError::io("cannot create", log))?;
+        let logf2 = logf
+            .try_clone()
+            .map_err(LabError::io("cannot duplicate", log))?;
+        cmd.stdin(Stdio::null()).stdout(logf).stderr(logf2);
+        // Own process group: stopping it reaches strace's tracee too. And it dies with us.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        crate::sys::kill_with_parent(&mut cmd);
+        let what = args
+            .first()
+            .map(|a| a.to_string_lossy())
+            .unwrap_or_default();
+        cmd.spawn().map(Group).map_err(|e| {
+            LabError::Serve(format!(
+                "cannot start {}: {e} (is strace installed? run scripts/install-deps.sh)",
+                if strace_log.is_some() {
+                    "strace".to_string()
+                } else {
+                    format!("strata {what}")
+                }
+            ))
+        })
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, sig);
+    }
+
+    /// SIGKILL the whole group (the daemon, and strace when it traces it) and reap it.
+    fn kill(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.kill();
+        }
+    }
+}
+
 /// What to serve.
 #[derive(Debug, Clone)]
 pub struct ServeSpec {
@@ -36,7 +107,7 @@ pub struct ServeSpec {
 
 /// A running `strata serve`.
 pub struct ServeProcess {
-    child: Child,
+    child: Group,
     socket: PathBuf,
     strace_log: Option<PathBuf>,
     /// Time from spawn to the socket accepting connections.
@@ -59,50 +130,23 @@ impl ServeProcess {
         strace_log: Option<&Path>,
         log: &Path,
     ) -> Result<ServeProcess, LabError> {
-        let mut cmd = match strace_log {
-            Some(out) => {
-                let mut c = Command::new("strace");
-                c.arg("-f")
-                    .arg("-qq")
-                    .arg("-o")
-                    .arg(out)
-                    .arg(format!("--trace={}", MOUNT_SYSCALLS.join(",")))
-                    .arg(strata);
-                c
-            }
-            None => Command::new(strata),
-        };
-        cmd.arg("serve")
-            .arg("--socket")
-            .arg(&spec.socket)
-            .arg("--upper")
-            .arg(&spec.upper)
-            .arg("--work")
-            .arg(&spec.work)
-            .arg("--tag")
-            .arg(&spec.tag);
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "serve".as_ref(),
+            "--socket".as_ref(),
+            spec.socket.as_os_str(),
+            "--upper".as_ref(),
+            spec.upper.as_os_str(),
+            "--work".as_ref(),
+            spec.work.as_os_str(),
+            "--tag".as_ref(),
+            spec.tag.as_ref(),
+        ];
         for l in &spec.lowers {
-            cmd.arg("--lower").arg(l);
+            args.push("--lower".as_ref());
+            args.push(l.as_os_str());
         }
-        let logf = std::fs::File::create(log).map_err(LabError::io("cannot create", log))?;
-        let logf2 = logf
-            .try_clone()
-            .map_err(LabError::io("cannot duplicate", log))?;
-        cmd.stdin(Stdio::null()).stdout(logf).stderr(logf2);
-        // Own process group: stopping it reaches strace's tracee too. And it dies with us.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        crate::sys::kill_with_parent(&mut cmd);
         let t0 = Instant::now();
-        let child = cmd.spawn().map_err(|e| {
-            LabError::Serve(format!(
-                "cannot start {}: {e} (is strace installed? run scripts/install-deps.sh)",
-                if strace_log.is_some() {
-                    "strace"
-                } else {
-                    "strata serve"
-                }
-            ))
-        })?;
+        let child = Group::spawn(strata, &args, strace_log.map(|p| (p, MOUNT_SYSCALLS)), log)?;
         let mut p = ServeProcess {
             child,
             socket: spec.socket.clone(),
@@ -115,7 +159,7 @@ impl ServeProcess {
             if p.socket_listening() {
                 break;
             }
-            if let Ok(Some(st)) = p.child.try_wait() {
+            if let Ok(Some(st)) = p.child.0.try_wait() {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 return Err(LabError::Serve(format!(
                     "strata serve exited ({st}) before listening:\n{text}"
@@ -144,10 +188,10 @@ impl ServeProcess {
     pub fn wait(mut self, timeout: Duration) -> Result<ServeOutcome, LabError> {
         let t0 = Instant::now();
         let status = loop {
-            match self.child.try_wait() {
+            match self.child.0.try_wait() {
                 Ok(Some(st)) => break Some(st),
                 Ok(None) if t0.elapsed() > timeout => {
-                    self.kill_group();
+                    self.child.kill();
                     break None;
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
@@ -165,23 +209,6 @@ impl ServeProcess {
     }
 }
 
-impl ServeProcess {
-    /// SIGKILL the daemon's whole process group (the daemon, and strace when it traces it).
-    fn kill_group(&mut self) {
-        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill_group();
-        }
-    }
-}
-
 /// Syscalls that create a process (or run a program): a thread is a `clone` with
 /// `CLONE_THREAD`, anything else counts.
 pub const PROCESS_SYSCALLS: &[&str] = &["clone", "clone3", "fork", "vfork", "execve", "execveat"];
@@ -189,7 +216,7 @@ pub const PROCESS_SYSCALLS: &[&str] = &["clone", "clone3", "fork", "vfork", "exe
 /// A running `strata daemon` (optionally under `strace -f`, recording mount-family and
 /// process-creating syscalls).
 pub struct DaemonProcess {
-    child: Child,
+    child: Group,
     pub api: PathBuf,
     strace_log: Option<PathBuf>,
     log: PathBuf,
@@ -214,35 +241,15 @@ impl DaemonProcess {
         strace_log: Option<&Path>,
         log: &Path,
     ) -> Result<DaemonProcess, LabError> {
-        let mut cmd = match strace_log {
-            Some(out) => {
-                let mut c = Command::new("strace");
-                let mut set: Vec<&str> = MOUNT_SYSCALLS.to_vec();
-                set.extend(PROCESS_SYSCALLS);
-                c.arg("-f")
-                    .arg("-qq")
-                    .arg("-o")
-                    .arg(out)
-                    .arg(format!("--trace={}", set.join(",")))
-                    .arg(strata);
-                c
-            }
-            None => Command::new(strata),
-        };
-        cmd.arg("daemon").arg("--api").arg(api);
+        let mut args: Vec<&std::ffi::OsStr> =
+            vec!["daemon".as_ref(), "--api".as_ref(), api.as_os_str()];
         for a in allow {
-            cmd.arg("--allow").arg(a);
+            args.push("--allow".as_ref());
+            args.push(a.as_os_str());
         }
-        let logf = std::fs::File::create(log).map_err(LabError::io("cannot create", log))?;
-        let logf2 = logf
-            .try_clone()
-            .map_err(LabError::io("cannot duplicate", log))?;
-        cmd.stdin(Stdio::null()).stdout(logf).stderr(logf2);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        crate::sys::kill_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .map_err(|e| LabError::Serve(format!("cannot start strata daemon: {e}")))?;
+        let mut set: Vec<&str> = MOUNT_SYSCALLS.to_vec();
+        set.extend(PROCESS_SYSCALLS);
+        let child = Group::spawn(strata, &args, strace_log.map(|p| (p, set.as_slice())), log)?;
         let mut p = DaemonProcess {
             child,
             api: api.to_owned(),
@@ -254,7 +261,7 @@ impl DaemonProcess {
             if std::os::unix::net::UnixStream::connect(api).is_ok() {
                 return Ok(p);
             }
-            if let Ok(Some(st)) = p.child.try_wait() {
+            if let Ok(Some(st)) = p.child.0.try_wait() {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 return Err(LabError::Serve(format!(
                     "strata daemon exited ({st}) before listening:\n{text}"
@@ -274,21 +281,21 @@ impl DaemonProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The daemon's pid (not strace's, when traced: its first child).
+    /// The pid of the spawned process: the daemon, or strace when traced (sample the daemon
+    /// only when untraced).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     /// SIGTERM, wait (up to 10 s, then SIGKILL), and read what strace recorded.
     pub fn stop(mut self) -> Result<(bool, DaemonSyscalls), LabError> {
-        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
+        self.child.signal(nix::sys::signal::Signal::SIGTERM);
         let t0 = Instant::now();
         let clean = loop {
-            match self.child.try_wait() {
+            match self.child.0.try_wait() {
                 Ok(Some(st)) => break st.success(),
                 Ok(None) if t0.elapsed() > Duration::from_secs(10) => {
-                    self.kill_group();
+                    self.child.kill();
                     break false;
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
@@ -300,20 +307,6 @@ impl DaemonProcess {
             None => DaemonSyscalls::default(),
         };
         Ok((clean, calls))
-    }
-
-    fn kill_group(&mut self) {
-        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.kill_group();
-        }
     }
 }
 

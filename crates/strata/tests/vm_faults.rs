@@ -255,18 +255,7 @@ fn full_upper_filesystem_is_enospc_in_the_guest_and_recovers() {
     eprintln!("---- guest ----\n{}\n---- end ----", out.console);
     let st = daemon.wait(Duration::from_secs(30));
     eprintln!("serve log:\n{}", daemon.log_text());
-    assert!(!out.timed_out, "VM timed out");
-    let failed: Vec<&str> = out
-        .console
-        .lines()
-        .filter(|l| l.starts_with("not ok"))
-        .collect();
-    assert!(failed.is_empty(), "guest checks failed: {failed:#?}");
-    assert!(
-        out.console.contains("summary:"),
-        "guest script did not finish"
-    );
-    assert_eq!(out.status, Some(0));
+    support::assert_guest_script_passed(&out, "summary:", "the guest script");
     assert!(
         st.is_some_and(|s| s.success()),
         "daemon did not exit 0: {:?}",

@@ -300,3 +300,20 @@ pub fn md5(path: &Path) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The guest ran its TAP-style script to the end (`done_line` printed), reported no
+/// `not ok` line, did not time out and exited 0.
+pub fn assert_guest_script_passed(out: &strata_lab::VmOutput, done_line: &str, what: &str) {
+    assert!(!out.timed_out, "VM timed out");
+    let failed: Vec<&str> = out
+        .console
+        .lines()
+        .filter(|l| l.starts_with("not ok"))
+        .collect();
+    assert!(failed.is_empty(), "guest checks failed: {failed:#?}");
+    assert!(
+        out.console.contains(done_line),
+        "{what} did not run to the end"
+    );
+    assert_eq!(out.status, Some(0));
+}
