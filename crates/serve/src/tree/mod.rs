@@ -18,6 +18,7 @@ mod dir;
 mod file;
 mod filesystem;
 mod lookup;
+pub mod opstats;
 mod xattr;
 
 use std::collections::HashMap;
@@ -187,6 +188,8 @@ pub struct StrataFs {
     next_handle: AtomicU64,
     limits: Limits,
     refused: Refusals,
+    /// Request counts (`STRATA_SERVE_OPSTATS=1`), printed on FUSE DESTROY.
+    ops: Option<opstats::OpStats>,
 }
 
 pub(crate) fn err(errno: i32) -> io::Error {
@@ -252,7 +255,32 @@ impl StrataFs {
             next_handle: AtomicU64::new(1),
             limits,
             refused: Refusals::default(),
+            ops: opstats::OpStats::from_env(),
         })
+    }
+
+    /// Count one request of `op` (with `STRATA_SERVE_OPSTATS`).
+    #[inline]
+    pub(crate) fn count_op(&self, op: &str) {
+        if let Some(o) = &self.ops {
+            o.add(op);
+        }
+    }
+
+    /// Count a failed `op` as `op!ERRNO`, and pass the result on.
+    #[inline]
+    pub(crate) fn count_result<T>(&self, op: &str, r: io::Result<T>) -> io::Result<T> {
+        if let (Some(o), Err(e)) = (&self.ops, &r) {
+            o.add(&format!("{op}!{}", opstats::errno_name(e)));
+        }
+        r
+    }
+
+    /// Print the request counts (FUSE DESTROY: the guest unmounted).
+    pub(crate) fn report_ops(&self) {
+        if let Some(o) = &self.ops {
+            eprintln!("strata serve: opstats {}", o.to_json());
+        }
     }
 
     /// The plan file's bytes, as the guest reads them.
