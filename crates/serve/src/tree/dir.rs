@@ -146,6 +146,70 @@ impl StrataFs {
         }
     }
 
+    /// READDIRPLUS: the entries of [`do_readdir`](Self::do_readdir), each with its lookup
+    /// (a counted node reference, as a LOOKUP would give), so the guest's dcache is filled by
+    /// one request per buffer instead of one LOOKUP per name. `.`, `..` and the virtual
+    /// directories' entries come without one (node 0: the kernel then looks them up itself).
+    pub(crate) fn do_readdirplus(
+        &self,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let dir = match self.node(inode)? {
+            Node::Host(h) => h,
+            _ => {
+                return self.do_readdir(inode, handle, size, offset, &mut |e| {
+                    add_entry(e, Entry::default())
+                })
+            }
+        };
+        let h = self.handle(handle)?;
+        let Handle::Dir { dir: file } = &*h else {
+            return Err(err(libc::EBADF));
+        };
+        let file = file.lock().map_err(|_| err(libc::EIO))?;
+        sys::lseek(&file, offset, libc::SEEK_SET as u32)?;
+        let mut buf = vec![0u8; (size as usize).clamp(1024, 64 * 1024)];
+        loop {
+            let n = sys::getdents(&file, &mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            for d in dirents(&buf[..n]) {
+                let e = DirEntry {
+                    ino: d.ino,
+                    offset: d.off,
+                    type_: d.kind as u32,
+                    name: d.name,
+                };
+                let entry = if d.name == b"." || d.name == b".." {
+                    Entry::default()
+                } else {
+                    // A name that vanished (upper changed on the host) or cannot be opened
+                    // is listed without attributes; the guest's own lookup reports it.
+                    match std::ffi::CString::new(d.name)
+                        .ok()
+                        .and_then(|c| sys::open_path_at(dir.fd.as_fd(), &c).ok())
+                    {
+                        Some(fd) => self.register(fd, dir.area).unwrap_or_default(),
+                        None => Entry::default(),
+                    }
+                };
+                let node = entry.inode;
+                if add_entry(e, entry)? == 0 {
+                    // Not sent: take back the reference the guest will never forget.
+                    if node != 0 {
+                        self.forget_node(node, 1);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     /// Hand a newly created name to the guest: owned by the caller, registered as a node.
     fn created(&self, ctx: &Context, dir: &HostNode, name: &CStr) -> io::Result<Entry> {
         let fd = sys::open_path_at(dir.fd.as_fd(), name)?;

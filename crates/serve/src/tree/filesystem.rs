@@ -27,7 +27,10 @@ impl FileSystem for StrataFs {
             | FsOptions::BIG_WRITES
             | FsOptions::ATOMIC_O_TRUNC
             | FsOptions::PARALLEL_DIROPS
-            | FsOptions::MAX_PAGES;
+            | FsOptions::MAX_PAGES
+            // Directory listings carry each entry's lookup: a guest walk (and the guest
+            // overlay's lookups in the layers it just listed) needs no LOOKUP per name.
+            | FsOptions::DO_READDIRPLUS;
         Ok(capable & wanted)
     }
 
@@ -318,6 +321,19 @@ impl FileSystem for StrataFs {
     ) -> io::Result<()> {
         self.count_op("readdir");
         self.do_readdir(inode, handle, size, offset, add_entry)
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.count_op("readdirplus");
+        self.do_readdirplus(inode, handle, size, offset, add_entry)
     }
 
     fn fsyncdir(&self, _ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {

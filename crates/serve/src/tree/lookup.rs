@@ -44,8 +44,22 @@ impl StrataFs {
                 // `..` would leave the served subtree at its top: the kernel never needs it
                 // (it walks `..` in its own dcache), so refuse it everywhere below the root.
                 check_name(name)?;
-                let fd = sys::open_path_at(dir.fd.as_fd(), name)?;
-                self.register(fd, dir.area)
+                match sys::open_path_at(dir.fd.as_fd(), name) {
+                    Ok(fd) => self.register(fd, dir.area),
+                    // Layers never change: a name missing from one stays missing. Answer
+                    // with node 0 and the layer timeout, which the kernel caches as a
+                    // negative dentry (ENOENT would be asked again on every lookup; the
+                    // guest overlay looks each name up in every layer above the one that
+                    // has it).
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !dir.area.writable() => {
+                        self.count_op("lookup:negative-entry");
+                        Ok(Entry {
+                            entry_timeout: self.cache.layer,
+                            ..Entry::default()
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
             }
         }
     }

@@ -63,6 +63,10 @@ impl Sandbox {
         let mut id = ROOT;
         for comp in path.split('/').filter(|c| !c.is_empty()) {
             id = self.fs.do_lookup(id, &c(comp))?.inode;
+            if id == 0 {
+                // A negative entry (missing name in a layer): what the guest sees as ENOENT.
+                return Err(err(libc::ENOENT));
+            }
         }
         Ok(id)
     }
@@ -436,4 +440,67 @@ fn zero_limits_are_refused_at_start() {
     };
     let e = cfg.check().unwrap_err().to_string();
     assert!(e.contains("--max-nodes"), "{e}");
+}
+
+#[test]
+fn missing_names_in_layers_are_cached_negative_entries() {
+    let s = sandbox();
+    let etc = s.walk("layers/0/etc").unwrap();
+    let e = s.fs.do_lookup(etc, c"base").unwrap();
+    assert_eq!(e.inode, 0, "node 0: a negative entry");
+    assert_eq!(e.entry_timeout, CachePolicy::default().layer);
+    // The writable area answers ENOENT (not cached by the guest).
+    let upper = s.walk("upper").unwrap();
+    assert_eq!(errno(s.fs.do_lookup(upper, c"nothing")), libc::ENOENT);
+    // Other errors stay errors.
+    let top = s.walk("layers/0/etc/top").unwrap();
+    assert_eq!(errno(s.fs.do_lookup(top, c"x")), libc::ENOTDIR);
+}
+
+#[test]
+fn readdirplus_lists_with_lookups_and_keeps_counts_balanced() {
+    let s = sandbox();
+    let etc = s.walk("layers/1/etc").unwrap();
+    let before = s.fs.live_nodes();
+    let h = s.fs.do_opendir(etc).unwrap().unwrap();
+    let mut seen = Vec::new();
+    s.fs.do_readdirplus(etc, h, 4096, 0, &mut |d, e| {
+        seen.push((
+            String::from_utf8_lossy(d.name).into_owned(),
+            e.inode,
+            e.attr.st_size,
+        ));
+        Ok(1)
+    })
+    .unwrap();
+    seen.sort();
+    let names: Vec<&str> = seen.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(names, [".", "..", "base", "up"]);
+    for (name, node, size) in &seen {
+        match name.as_str() {
+            "." | ".." => assert_eq!(*node, 0),
+            "base" => {
+                assert_eq!(*size, 4);
+                assert_eq!(*node, s.fs.do_lookup(etc, c"base").unwrap().inode);
+            }
+            _ => assert_ne!(*node, 0),
+        }
+    }
+    assert_eq!(s.fs.live_nodes(), before + 2);
+    // A full buffer: the entry that did not fit is not counted as looked up.
+    let mut n = 0;
+    s.fs.do_readdirplus(etc, h, 4096, 0, &mut |_, _| {
+        n += 1;
+        Ok(0)
+    })
+    .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(s.fs.live_nodes(), before + 2);
+    // Virtual directories list without lookups.
+    s.fs.do_readdirplus(ROOT, 0, 4096, 0, &mut |_, e| {
+        assert_eq!(e.inode, 0);
+        Ok(1)
+    })
+    .unwrap();
+    s.fs.drop_handle(h);
 }
