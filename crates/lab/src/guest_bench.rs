@@ -1117,8 +1117,8 @@ pub fn table(r: &GuestBenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<8} {:<10} {:>10} {:>10} {:>10} {:>9}  {}",
-        "workload", "setup", "median s", "min s", "max s", "× (a)", "items"
+        "{:<8} {:<10} {:>10} {:>10} {:>10} {:>9}  items",
+        "workload", "setup", "median s", "min s", "max s", "× (a)"
     );
     for x in &r.summary {
         let _ = writeln!(

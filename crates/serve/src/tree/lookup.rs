@@ -46,15 +46,17 @@ impl StrataFs {
                 check_name(name)?;
                 match sys::open_path_at(dir.fd.as_fd(), name) {
                     Ok(fd) => self.register(fd, dir.area),
-                    // Layers never change: a name missing from one stays missing. Answer
-                    // with node 0 and the layer timeout, which the kernel caches as a
-                    // negative dentry (ENOENT would be asked again on every lookup; the
-                    // guest overlay looks each name up in every layer above the one that
-                    // has it).
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !dir.area.writable() => {
+                    // A missing name is answered with node 0 and the area's entry timeout,
+                    // which the kernel caches as a negative dentry (an ENOENT would be asked
+                    // again on every lookup). Layers never change: a name missing from one
+                    // stays missing (the guest overlay looks each name up in every layer above
+                    // the one that has it). Upper/work change only through this guest, whose
+                    // kernel updates its own dcache on every create, rename and unlink (the
+                    // overlay looks a new name up twice in upper: path walk, then create).
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                         self.count_op("lookup:negative-entry");
                         Ok(Entry {
-                            entry_timeout: self.cache.layer,
+                            entry_timeout: self.timeout(dir.area),
                             ..Entry::default()
                         })
                     }
