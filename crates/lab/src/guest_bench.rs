@@ -43,6 +43,8 @@ pub const BENCH_SH: &str = include_str!("lab_guest/bench_guest.sh");
 pub const OPSTATS_ENV: &str = strata_serve::tree::opstats::OPSTATS_ENV;
 /// Overlay options of every guest (and host) overlay in the bench: strata's defaults.
 pub const OVERLAY_OPTIONS: &str = "index=off,redirect_dir=off,metacopy=off";
+/// Makes `strata serve` give the guest one overlay lower per layer instead of `/lower`.
+pub const SEPARATE_LAYERS_ENV: &str = "STRATA_SERVE_SEPARATE_LAYERS";
 /// The virtiofsd binary of setup (a) (`cargo install virtiofsd --locked`).
 pub const VIRTIOFSD: &str = "virtiofsd";
 
@@ -52,6 +54,10 @@ pub const VIRTIOFSD: &str = "virtiofsd";
 pub enum Setup {
     /// (a) virtiofsd sharing a host overlay mount.
     Virtiofsd,
+    /// (b0) strata serve with one guest overlay lower per layer (`STRATA_SERVE_SEPARATE_LAYERS`),
+    /// for comparing with the merged lower of (b); only when asked for.
+    #[serde(rename = "strata-layers")]
+    StrataLayers,
     /// (b) strata serve + guest overlay.
     Strata,
     /// (c) EROFS images on virtio-blk + guest overlay, upper on a scratch ext4 disk.
@@ -59,10 +65,19 @@ pub enum Setup {
 }
 
 impl Setup {
+    /// The default setups: (a), (b), (c).
     pub const ALL: [Setup; 3] = [Setup::Virtiofsd, Setup::Strata, Setup::Erofs];
+    /// Every setup, in table order.
+    pub const EVERY: [Setup; 4] = [
+        Setup::Virtiofsd,
+        Setup::StrataLayers,
+        Setup::Strata,
+        Setup::Erofs,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Setup::Virtiofsd => "virtiofsd",
+            Setup::StrataLayers => "strata-layers",
             Setup::Strata => "strata",
             Setup::Erofs => "erofs",
         }
@@ -71,6 +86,7 @@ impl Setup {
     pub fn label(self) -> &'static str {
         match self {
             Setup::Virtiofsd => "(a) virtiofsd + host overlay",
+            Setup::StrataLayers => "(b0) strata, one overlay lower per layer",
             Setup::Strata => "(b) strata serve + guest overlay",
             Setup::Erofs => "(c) EROFS on virtio-blk + guest overlay",
         }
@@ -80,10 +96,12 @@ impl Setup {
 impl std::str::FromStr for Setup {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Setup::ALL
+        Setup::EVERY
             .into_iter()
             .find(|x| x.name() == s)
-            .ok_or_else(|| format!("unknown setup {s:?}: use virtiofsd, strata or erofs"))
+            .ok_or_else(|| {
+                format!("unknown setup {s:?}: use virtiofsd, strata, erofs or strata-layers")
+            })
     }
 }
 
@@ -756,9 +774,15 @@ fn boot(
             )?);
             vm.virtiofs = Some((socket.clone(), "bench".into()));
         }
-        Setup::Strata => {
+        Setup::Strata | Setup::StrataLayers => {
             for d in [&upper, &work] {
                 mkdir(d)?;
+            }
+            // The daemon reads it at start; no other thread of ours runs between boots.
+            if setup == Setup::StrataLayers {
+                std::env::set_var(SEPARATE_LAYERS_ENV, "1");
+            } else {
+                std::env::remove_var(SEPARATE_LAYERS_ENV);
             }
             let spec = ServeSpec {
                 lowers: ctx.layers.clone(),
@@ -1117,13 +1141,13 @@ pub fn table(r: &GuestBenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<8} {:<10} {:>10} {:>10} {:>10} {:>9}  items",
+        "{:<8} {:<13} {:>10} {:>10} {:>10} {:>9}  items",
         "workload", "setup", "median s", "min s", "max s", "× (a)"
     );
     for x in &r.summary {
         let _ = writeln!(
             s,
-            "{:<8} {:<10} {:>10.3} {:>10.3} {:>10.3} {:>9}  {}",
+            "{:<8} {:<13} {:>10.3} {:>10.3} {:>10.3} {:>9}  {}",
             x.workload.name(),
             x.setup.name(),
             x.median_s,
@@ -1174,7 +1198,7 @@ pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), St
     use plotters::prelude::*;
     let workloads: Vec<Workload> =
         canonical(&r.summary.iter().map(|s| s.workload).collect::<Vec<_>>());
-    let setups: Vec<Setup> = Setup::ALL
+    let setups: Vec<Setup> = Setup::EVERY
         .into_iter()
         .filter(|s| r.summary.iter().any(|x| x.setup == *s))
         .collect();
@@ -1186,6 +1210,7 @@ pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), St
         * 1.15;
     let colors = [
         RGBColor(120, 120, 120),
+        RGBColor(240, 150, 150),
         RGBColor(200, 40, 40),
         RGBColor(40, 90, 200),
     ];
@@ -1223,7 +1248,7 @@ pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), St
         .map_err(|e| e.to_string())?;
     let width = 0.8 / setups.len().max(1) as f64;
     for (si, setup) in setups.iter().enumerate() {
-        let color = colors[Setup::ALL.iter().position(|s| s == setup).unwrap_or(0) % 3];
+        let color = colors[Setup::EVERY.iter().position(|s| s == setup).unwrap_or(0) % 4];
         let bars: Vec<Rectangle<(f64, f64)>> = workloads
             .iter()
             .enumerate()

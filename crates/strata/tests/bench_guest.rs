@@ -58,7 +58,10 @@ fn short_guest_bench_on_the_tiny_rootfs() {
     let ops = &v["opstats"]["run1"];
     assert!(ops["readdirplus"].as_u64().unwrap_or(0) > 0, "{ops}");
     assert!(ops["open"].as_u64().unwrap_or(0) > 0, "{ops}");
-    assert!(stdout.contains("FUSE requests served by strata"), "{stdout}");
+    assert!(
+        stdout.contains("FUSE requests served by strata"),
+        "{stdout}"
+    );
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.contains("<svg") && svg.contains("virtiofsd"), "no plot");
 }
