@@ -1,5 +1,6 @@
 //! The synthesized tree one VM sees: a virtual root holding `plan.json`, `layers/N` (read-only
-//! host layer directories), `upper` and `work` (read-write host directories).
+//! host layer directories), `lower` (the layers merged, read-only), `upper` and `work`
+//! (read-write host directories).
 //!
 //! Why not fuse-backend-rs' `Vfs` with one passthrough per directory: `Vfs` refuses `rename` and
 //! `link` between its backends (EINVAL), and the guest's overlayfs renames from `work` into
@@ -12,6 +13,8 @@
 //! - `dir.rs`: directory reads and namespace changes (mkdir, unlink, rename, link, ...);
 //! - `file.rs`: open/create/read/write/fsync/release;
 //! - `xattr.rs`: extended attributes and which namespaces a guest may write;
+//! - `merged.rs`: `/lower`, the layers merged with overlayfs' rules (the plan's one lower);
+//! - `opstats.rs`: request counts for benchmarks (`STRATA_SERVE_OPSTATS=1`);
 //! - `filesystem.rs`: the `FileSystem` trait impl that dispatches to the above.
 
 mod dir;
