@@ -1280,7 +1280,7 @@ pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), St
         .map_err(|e| e.to_string())?;
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
