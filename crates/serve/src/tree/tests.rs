@@ -606,6 +606,7 @@ fn merged_lower_applies_whiteouts_and_opaque_dirs() {
         work: p.join("c/work"),
         socket: p.join("sock"),
         tag: "t".into(),
+        limits: Limits::default(),
     };
     let fs = StrataFs::new(&cfg.check().unwrap(), CachePolicy::default()).unwrap();
     let s = Sandbox { dir, fs };
