@@ -10,9 +10,10 @@
 #   strace           debugging the daemon
 #   umoci            unpacking OCI images into layers
 #   e2fsprogs        mkfs.ext4 for the lab's scratch disk
+#   erofs-utils      mkfs.erofs for setup (c) of `strata bench guest`
 set -euo pipefail
 
-PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs)
+PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs erofs-utils)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

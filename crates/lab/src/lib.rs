@@ -14,6 +14,7 @@ pub mod demo;
 pub mod elf;
 mod error;
 pub mod fixture;
+pub mod guest_bench;
 pub mod initramfs;
 pub mod kernel;
 pub mod plot;

@@ -6,12 +6,14 @@
 //! /plan.json        this plan (read-only)
 //! /layers/0         topmost read-only layer (overlayfs `lowerdir` order: first = top)
 //! /layers/1         ...
+//! /lower            the layers merged (whiteouts and opaque dirs applied), read-only
 //! /upper            the container's writable directory
 //! /work             overlayfs work directory (same host filesystem as upper)
 //! ```
 //!
 //! The guest mounts the virtio-fs tag somewhere (`root`), then mounts
 //! `overlay -o lowerdir=root/layers/0:root/layers/1,upperdir=root/upper,workdir=root/work,<options>`.
+//! or, with more than one layer, `lowerdir=root/lower` ([`MountPlan::merged`]).
 //! Paths in the plan are relative to the virtio-fs mount root.
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,9 @@ use serde::{Deserialize, Serialize};
 pub const PLAN_FILE: &str = "plan.json";
 /// Directory holding one sub-directory per layer, named by index (0 = topmost).
 pub const LAYERS_DIR: &str = "layers";
+/// The merged read-only lower: the union of every layer with their whiteouts and opaque
+/// directories applied, synthesized by the daemon (one overlay lower instead of N).
+pub const MERGED_LOWER_DIR: &str = "lower";
 /// The writable upper directory.
 pub const UPPER_DIR: &str = "upper";
 /// The overlayfs work directory.
@@ -80,6 +85,15 @@ impl MountPlan {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+        }
+    }
+
+    /// The plan for the standard layout with the layers given as the one merged lower
+    /// ([`MERGED_LOWER_DIR`]): the guest overlay then looks names up in one lower layer.
+    pub fn merged() -> Self {
+        MountPlan {
+            lowers: vec![MERGED_LOWER_DIR.to_string()],
+            ..MountPlan::standard(1)
         }
     }
 
@@ -159,6 +173,17 @@ mod tests {
         let back = MountPlan::from_json(&p.to_json()).unwrap();
         assert_eq!(p, back);
         assert_eq!(back.lowers, ["layers/0", "layers/1", "layers/2"]);
+    }
+
+    #[test]
+    fn merged_plan_has_one_lower() {
+        let p = MountPlan::merged();
+        assert_eq!(
+            p.overlay_options("/r"),
+            "lowerdir=/r/lower,upperdir=/r/upper,workdir=/r/work,\
+             index=off,redirect_dir=off,metacopy=off"
+        );
+        assert_eq!(MountPlan::from_json(&p.to_json()).unwrap(), p);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench_guest_cmd;
 mod daemon_cmd;
 mod image_cmd;
 mod lab_cmd;
@@ -71,6 +72,12 @@ enum BenchCmd {
     /// Sessions of mixed I/O against one `strata daemon` for a fixed time, its RSS, fds and
     /// threads sampled every second (flat is the goal).
     Soak(soak_cmd::SoakArgs),
+    /// Boot one guest kernel over (a) virtiofsd + host overlay, (b) strata, (c) EROFS images
+    /// and time the same I/O workloads (ratios to (a)).
+    Guest(bench_guest_cmd::BenchGuestArgs),
+    /// Inside the `bench guest` VM: run one timed workload.
+    #[command(hide = true)]
+    GuestIo(bench_guest_cmd::GuestIoArgs),
 }
 
 #[derive(clap::Args)]
@@ -301,6 +308,8 @@ fn main() -> ExitCode {
             init_logging(cli.verbose);
             demo(a)
         }
+        Cmd::Bench(BenchCmd::Guest(a)) => bench_guest_cmd::bench_guest(a),
+        Cmd::Bench(BenchCmd::GuestIo(a)) => bench_guest_cmd::guest_io(a),
         Cmd::Bench(BenchCmd::Create(a)) => {
             init_logging_quiet(cli.verbose, "warn");
             bench_create(a)

@@ -51,6 +51,11 @@ fn build_layers(root: &Path) -> (PathBuf, PathBuf) {
     write(&d.join("dir_to_move/inner"), "inner\n");
     write(&d.join("hl_a"), "linked\n");
     std::fs::hard_link(d.join("hl_a"), d.join("hl_b")).unwrap();
+    // Layer-over-layer cases the daemon's merged lower (`/lower`) must resolve like overlayfs:
+    // a file over a dir, a dir over a file, a whited-out dir.
+    write(&d.join("becomes_file/inner"), "under a file\n");
+    write(&d.join("becomes_dir"), "under a dir\n");
+    write(&d.join("gone_dir/f"), "under a whiteout\n");
     write(&d.join("chmod_me"), "c\n");
     write(&d.join("chown_me"), "c\n");
     std::os::unix::fs::symlink("base.txt", d.join("sym")).unwrap();
@@ -71,6 +76,9 @@ fn build_layers(root: &Path) -> (PathBuf, PathBuf) {
     fixture::whiteout(&t.join("deleted_by_top")).unwrap();
     write(&t.join("opq/new"), "new\n");
     fixture::set_opaque(&t.join("opq")).unwrap();
+    write(&t.join("becomes_file"), "file over a dir\n");
+    write(&t.join("becomes_dir/x"), "dir over a file\n");
+    fixture::whiteout(&t.join("gone_dir")).unwrap();
     write(&top.join("rootfs.sh"), ROOTFS_SH);
     write(&top.join("hostile.sh"), HOSTILE_SH);
     write(&top.join("manifest.sh"), MANIFEST_SH);

@@ -7,22 +7,22 @@ use std::sync::Mutex;
 
 use fuse_backend_rs::api::filesystem::{Context, DirEntry, Entry};
 
-use super::{check_name, err, Handle, HostNode, Node, StrataFs, LAYERS, PLAN, ROOT};
+use super::{check_name, err, Area, Handle, HostNode, Node, StrataFs, LAYERS, PLAN, ROOT};
 use crate::sys;
 
 /// Rename flags the guest may use (overlayfs uses all three).
 const RENAME_FLAGS: u32 = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
 
 /// One `linux_dirent64` record parsed out of a `getdents64` buffer.
-struct RawDirent<'a> {
-    ino: u64,
-    off: u64,
-    kind: u8,
-    name: &'a [u8],
+pub(crate) struct RawDirent<'a> {
+    pub ino: u64,
+    pub off: u64,
+    pub kind: u8,
+    pub name: &'a [u8],
 }
 
 /// Iterate the records of a `getdents64` buffer, stopping at the first malformed one.
-fn dirents(buf: &[u8]) -> impl Iterator<Item = RawDirent<'_>> {
+pub(crate) fn dirents(buf: &[u8]) -> impl Iterator<Item = RawDirent<'_>> {
     let mut pos = 0usize;
     std::iter::from_fn(move || {
         let rec = buf.get(pos..)?;
@@ -53,6 +53,10 @@ impl StrataFs {
                     return Err(err(libc::ENOTDIR));
                 }
                 self.handle_room()?;
+                if h.area == Area::Merged {
+                    let entries = self.merged_listing(&h)?;
+                    return Ok(Some(self.add_handle(Handle::Merged { entries })?));
+                }
                 let dir = sys::reopen(h.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
                 Ok(Some(self.add_handle(Handle::Dir {
                     dir: Mutex::new(dir),
@@ -71,11 +75,12 @@ impl StrataFs {
     ) -> io::Result<()> {
         match self.node(inode)? {
             Node::Root => {
-                let names: [(&[u8], u64, u32); 6] = [
+                let names: [(&[u8], u64, u32); 7] = [
                     (b".", ROOT, libc::DT_DIR as u32),
                     (b"..", ROOT, libc::DT_DIR as u32),
                     (b"plan.json", PLAN, libc::DT_REG as u32),
                     (b"layers", LAYERS, libc::DT_DIR as u32),
+                    (b"lower", ROOT, libc::DT_DIR as u32),
                     (b"upper", ROOT, libc::DT_DIR as u32),
                     (b"work", ROOT, libc::DT_DIR as u32),
                 ];
@@ -117,10 +122,16 @@ impl StrataFs {
                 Ok(())
             }
             Node::Plan => Err(err(libc::ENOTDIR)),
-            Node::Host(_) => {
+            Node::Host(node) => {
                 let h = self.handle(handle)?;
-                let Handle::Dir { dir } = &*h else {
-                    return Err(err(libc::EBADF));
+                let dir = match &*h {
+                    Handle::Dir { dir } => dir,
+                    Handle::Merged { entries } => {
+                        return self.merged_readdir(&node, entries, offset, false, &mut |e, _| {
+                            add_entry(e)
+                        })
+                    }
+                    Handle::File { .. } => return Err(err(libc::EBADF)),
                 };
                 let dir = dir.lock().map_err(|_| err(libc::EIO))?;
                 sys::lseek(&dir, offset, libc::SEEK_SET as u32)?;
@@ -141,6 +152,74 @@ impl StrataFs {
                             return Ok(());
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// READDIRPLUS: the entries of [`do_readdir`](Self::do_readdir), each with its lookup
+    /// (a counted node reference, as a LOOKUP would give), so the guest's dcache is filled by
+    /// one request per buffer instead of one LOOKUP per name. `.`, `..` and the virtual
+    /// directories' entries come without one (node 0: the kernel then looks them up itself).
+    pub(crate) fn do_readdirplus(
+        &self,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let dir = match self.node(inode)? {
+            Node::Host(h) => h,
+            _ => {
+                return self.do_readdir(inode, handle, size, offset, &mut |e| {
+                    add_entry(e, Entry::default())
+                })
+            }
+        };
+        let h = self.handle(handle)?;
+        let file = match &*h {
+            Handle::Dir { dir } => dir,
+            Handle::Merged { entries } => {
+                return self.merged_readdir(&dir, entries, offset, true, add_entry)
+            }
+            Handle::File { .. } => return Err(err(libc::EBADF)),
+        };
+        let file = file.lock().map_err(|_| err(libc::EIO))?;
+        sys::lseek(&file, offset, libc::SEEK_SET as u32)?;
+        let mut buf = vec![0u8; (size as usize).clamp(1024, 64 * 1024)];
+        loop {
+            let n = sys::getdents(&file, &mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            for d in dirents(&buf[..n]) {
+                let e = DirEntry {
+                    ino: d.ino,
+                    offset: d.off,
+                    type_: d.kind as u32,
+                    name: d.name,
+                };
+                let entry = if d.name == b"." || d.name == b".." {
+                    Entry::default()
+                } else {
+                    // A name that vanished (upper changed on the host) or cannot be opened
+                    // is listed without attributes; the guest's own lookup reports it.
+                    match std::ffi::CString::new(d.name)
+                        .ok()
+                        .and_then(|c| sys::open_path_at(dir.fd.as_fd(), &c).ok())
+                    {
+                        Some(fd) => self.register(fd, dir.area).unwrap_or_default(),
+                        None => Entry::default(),
+                    }
+                };
+                let node = entry.inode;
+                if add_entry(e, entry)? == 0 {
+                    // Not sent: take back the reference the guest will never forget.
+                    if node != 0 {
+                        self.forget_node(node, 1);
+                    }
+                    return Ok(());
                 }
             }
         }

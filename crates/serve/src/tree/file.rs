@@ -43,7 +43,7 @@ impl StrataFs {
         let file = sys::reopen(h.fd.as_fd(), flags)?;
         let id = self.add_handle(Handle::File { file, area: h.area })?;
         let opts = match h.area {
-            Area::Layer(_) => OpenOptions::KEEP_CACHE,
+            Area::Layer(_) | Area::Merged => OpenOptions::KEEP_CACHE,
             Area::Rw => OpenOptions::empty(),
         };
         Ok((Some(id), opts))
@@ -142,6 +142,7 @@ impl StrataFs {
             Handle::File { file, .. } if datasync => file.sync_data(),
             Handle::File { file, .. } => file.sync_all(),
             Handle::Dir { dir } => dir.lock().map_err(|_| err(libc::EIO))?.sync_all(),
+            Handle::Merged { .. } => Ok(()),
         }
     }
 
@@ -158,7 +159,7 @@ impl StrataFs {
                 sys::fallocate(file, mode, offset, length)
             }
             Handle::File { .. } => Err(err(libc::EROFS)),
-            Handle::Dir { .. } => Err(err(libc::EISDIR)),
+            Handle::Dir { .. } | Handle::Merged { .. } => Err(err(libc::EISDIR)),
         }
     }
 
@@ -166,7 +167,7 @@ impl StrataFs {
         let h = self.handle(handle)?;
         match &*h {
             Handle::File { file, .. } => sys::lseek(file, offset, whence),
-            Handle::Dir { .. } => Err(err(libc::EINVAL)),
+            Handle::Dir { .. } | Handle::Merged { .. } => Err(err(libc::EINVAL)),
         }
     }
 }

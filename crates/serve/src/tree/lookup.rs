@@ -8,7 +8,7 @@ use std::time::Duration;
 use fuse_backend_rs::abi::fuse_abi::SetattrValid;
 use fuse_backend_rs::api::filesystem::Entry;
 
-use super::{check_name, err, Handle, Node, StrataFs, LAYERS, PLAN, ROOT};
+use super::{check_name, err, Area, Handle, Node, StrataFs, LAYERS, PLAN, ROOT};
 use crate::sys::{self, stat64, statvfs64};
 
 impl StrataFs {
@@ -23,6 +23,7 @@ impl StrataFs {
                 match b {
                     b"layers" => Ok(self.virtual_entry(LAYERS)),
                     b"plan.json" => Ok(self.virtual_entry(PLAN)),
+                    b"lower" => self.merged_root(),
                     _ => {
                         let (fd, area) = self.anchor(b).ok_or_else(|| err(libc::ENOENT))?;
                         self.register(sys::open_path_at(fd, c".")?, area)
@@ -44,8 +45,27 @@ impl StrataFs {
                 // `..` would leave the served subtree at its top: the kernel never needs it
                 // (it walks `..` in its own dcache), so refuse it everywhere below the root.
                 check_name(name)?;
-                let fd = sys::open_path_at(dir.fd.as_fd(), name)?;
-                self.register(fd, dir.area)
+                if dir.area == Area::Merged {
+                    return self.merged_lookup(&dir, name);
+                }
+                match sys::open_path_at(dir.fd.as_fd(), name) {
+                    Ok(fd) => self.register(fd, dir.area),
+                    // A missing name is answered with node 0 and the area's entry timeout,
+                    // which the kernel caches as a negative dentry (an ENOENT would be asked
+                    // again on every lookup). Layers never change: a name missing from one
+                    // stays missing (the guest overlay looks each name up in every layer above
+                    // the one that has it). Upper/work change only through this guest, whose
+                    // kernel updates its own dcache on every create, rename and unlink (the
+                    // overlay looks a new name up twice in upper: path walk, then create).
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        self.count_op("lookup:negative-entry");
+                        Ok(Entry {
+                            entry_timeout: self.timeout(dir.area),
+                            ..Entry::default()
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
             }
         }
     }

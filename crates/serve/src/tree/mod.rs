@@ -1,5 +1,6 @@
 //! The synthesized tree one VM sees: a virtual root holding `plan.json`, `layers/N` (read-only
-//! host layer directories), `upper` and `work` (read-write host directories).
+//! host layer directories), `lower` (the layers merged, read-only), `upper` and `work`
+//! (read-write host directories).
 //!
 //! Why not fuse-backend-rs' `Vfs` with one passthrough per directory: `Vfs` refuses `rename` and
 //! `link` between its backends (EINVAL), and the guest's overlayfs renames from `work` into
@@ -12,12 +13,16 @@
 //! - `dir.rs`: directory reads and namespace changes (mkdir, unlink, rename, link, ...);
 //! - `file.rs`: open/create/read/write/fsync/release;
 //! - `xattr.rs`: extended attributes and which namespaces a guest may write;
+//! - `merged.rs`: `/lower`, the layers merged with overlayfs' rules (the plan's one lower);
+//! - `opstats.rs`: request counts for benchmarks (`STRATA_SERVE_OPSTATS=1`);
 //! - `filesystem.rs`: the `FileSystem` trait impl that dispatches to the above.
 
 mod dir;
 mod file;
 mod filesystem;
 mod lookup;
+mod merged;
+pub mod opstats;
 mod xattr;
 
 use std::collections::HashMap;
@@ -50,6 +55,8 @@ const FIRST_HOST_NODE: u64 = 16;
 pub enum Area {
     /// Read-only layer, by index (0 = topmost).
     Layer(u16),
+    /// A directory of `/lower`, the layers merged (read-only; files in it are `Layer` nodes).
+    Merged,
     /// The writable area: upper and work.
     Rw,
 }
@@ -145,11 +152,24 @@ pub(crate) struct HostNode {
     key: (Area, u64, u64),
     /// Outstanding guest lookups (FUSE nlookup).
     refs: AtomicU64,
+    /// For a `Merged` directory: the layer of `fd`, and the same directory in the layers below
+    /// it that it merges (topmost first).
+    merged: Option<(u16, Vec<(u16, OwnedFd)>)>,
 }
 
 impl HostNode {
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
+    }
+
+    /// A merged directory's stack, topmost first: (layer, directory). Empty for other nodes.
+    pub(crate) fn stack(&self) -> impl Iterator<Item = (u16, BorrowedFd<'_>)> {
+        let (top, below) = match &self.merged {
+            Some((top, below)) => (Some((*top, self.fd.as_fd())), below.as_slice()),
+            None => (None, &[][..]),
+        };
+        top.into_iter()
+            .chain(below.iter().map(|(l, fd)| (*l, fd.as_fd())))
     }
 }
 
@@ -170,8 +190,17 @@ struct NodeTable {
 
 /// An open file or directory.
 pub(crate) enum Handle {
-    File { file: File, area: Area },
-    Dir { dir: Mutex<File> },
+    File {
+        file: File,
+        area: Area,
+    },
+    Dir {
+        dir: Mutex<File>,
+    },
+    /// A directory of `/lower`: its listing, made at opendir.
+    Merged {
+        entries: Vec<merged::MergedEntry>,
+    },
 }
 
 /// The served tree of one VM.
@@ -187,6 +216,8 @@ pub struct StrataFs {
     next_handle: AtomicU64,
     limits: Limits,
     refused: Refusals,
+    /// Request counts (`STRATA_SERVE_OPSTATS=1`), printed on FUSE DESTROY.
+    ops: Option<opstats::OpStats>,
 }
 
 pub(crate) fn err(errno: i32) -> io::Error {
@@ -225,7 +256,15 @@ impl StrataFs {
             .iter()
             .map(|l| open("layer", l))
             .collect::<Result<Vec<_>, _>>()?;
-        let plan = MountPlan::standard(layers.len()).to_json();
+        // More than one layer: the guest overlay gets them merged as one lower (`/lower`);
+        // STRATA_SERVE_SEPARATE_LAYERS=1 keeps one lower per layer (for comparisons).
+        let separate = std::env::var_os("STRATA_SERVE_SEPARATE_LAYERS").is_some_and(|v| v == "1");
+        let plan = if layers.len() > 1 && !separate {
+            MountPlan::merged()
+        } else {
+            MountPlan::standard(layers.len())
+        }
+        .to_json();
         let limits = cfg.limits;
         let needed = limits.fds_needed(layers.len()) + 64;
         match sys::raise_fd_limit(needed) {
@@ -252,7 +291,32 @@ impl StrataFs {
             next_handle: AtomicU64::new(1),
             limits,
             refused: Refusals::default(),
+            ops: opstats::OpStats::from_env(),
         })
+    }
+
+    /// Count one request of `op` (with `STRATA_SERVE_OPSTATS`).
+    #[inline]
+    pub(crate) fn count_op(&self, op: &str) {
+        if let Some(o) = &self.ops {
+            o.add(op);
+        }
+    }
+
+    /// Count a failed `op` as `op!ERRNO`, and pass the result on.
+    #[inline]
+    pub(crate) fn count_result<T>(&self, op: &str, r: io::Result<T>) -> io::Result<T> {
+        if let (Some(o), Err(e)) = (&self.ops, &r) {
+            o.add(&format!("{op}!{}", opstats::errno_name(e)));
+        }
+        r
+    }
+
+    /// Print the request counts (FUSE DESTROY: the guest unmounted).
+    pub(crate) fn report_ops(&self) {
+        if let Some(o) = &self.ops {
+            eprintln!("strata serve: opstats {}", o.to_json());
+        }
     }
 
     /// The plan file's bytes, as the guest reads them.
@@ -346,14 +410,14 @@ impl StrataFs {
 
     pub(crate) fn timeout(&self, area: Area) -> Duration {
         match area {
-            Area::Layer(_) => self.cache.layer,
+            Area::Layer(_) | Area::Merged => self.cache.layer,
             Area::Rw => self.cache.rw,
         }
     }
 
     /// Register (or find) the host inode behind `fd` and count one guest lookup of it.
     pub(crate) fn register(&self, fd: OwnedFd, area: Area) -> io::Result<Entry> {
-        self.register_inner(fd, area, true)
+        self.register_inner(fd, area, true, None)
     }
 
     /// [`register`](Self::register) for a name this request just created on the host, after
@@ -361,10 +425,26 @@ impl StrataFs {
     /// an error for a change that happened. Concurrent creates may overshoot the limit by at
     /// most one node each (the requests in flight: one per vhost-user worker thread).
     pub(crate) fn register_new(&self, fd: OwnedFd, area: Area) -> io::Result<Entry> {
-        self.register_inner(fd, area, false)
+        self.register_inner(fd, area, false, None)
     }
 
-    fn register_inner(&self, fd: OwnedFd, area: Area, enforce: bool) -> io::Result<Entry> {
+    /// Register (or find) the merged directory whose stack is `stack` (topmost first, not
+    /// empty): keyed by its topmost directory.
+    pub(crate) fn register_merged(&self, mut stack: Vec<(u16, OwnedFd)>) -> io::Result<Entry> {
+        if stack.is_empty() {
+            return Err(err(libc::ENOENT));
+        }
+        let (top, fd) = stack.remove(0);
+        self.register_inner(fd, Area::Merged, true, Some((top, stack)))
+    }
+
+    fn register_inner(
+        &self,
+        fd: OwnedFd,
+        area: Area,
+        enforce: bool,
+        merged: Option<(u16, Vec<(u16, OwnedFd)>)>,
+    ) -> io::Result<Entry> {
         let st = sys::stat_fd(fd.as_fd())?;
         let key = (area, st.st_dev, st.st_ino);
         let mut t = self.nodes.write().map_err(|_| lock_poisoned())?;
@@ -387,6 +467,7 @@ impl StrataFs {
                     kind: st.st_mode & libc::S_IFMT,
                     key,
                     refs: AtomicU64::new(1),
+                    merged,
                 };
                 t.by_id.insert(id, Arc::new(node));
                 t.by_key.insert(key, id);

@@ -63,6 +63,10 @@ impl Sandbox {
         let mut id = ROOT;
         for comp in path.split('/').filter(|c| !c.is_empty()) {
             id = self.fs.do_lookup(id, &c(comp))?.inode;
+            if id == 0 {
+                // A negative entry (missing name in a layer): what the guest sees as ENOENT.
+                return Err(err(libc::ENOENT));
+            }
         }
         Ok(id)
     }
@@ -81,8 +85,10 @@ fn root_has_plan_layers_upper_work() {
     let plan = s.walk("plan.json").unwrap();
     assert_eq!(plan, PLAN);
     let parsed = strata_plan::MountPlan::from_json(s.fs.plan_bytes()).unwrap();
-    assert_eq!(parsed.lowers, ["layers/0", "layers/1"]);
+    assert_eq!(parsed.lowers, ["lower"], "two layers: merged");
     assert!(s.walk("layers/0/etc/top").is_ok());
+    assert!(s.walk("lower/etc/top").is_ok());
+    assert!(s.walk("lower/etc/base").is_ok());
     assert!(s.walk("layers/1/etc/base").is_ok());
     assert_eq!(errno(s.walk("layers/2")), libc::ENOENT);
     assert_eq!(errno(s.walk("layers/01")), libc::ENOENT);
@@ -436,4 +442,231 @@ fn zero_limits_are_refused_at_start() {
     };
     let e = cfg.check().unwrap_err().to_string();
     assert!(e.contains("--max-nodes"), "{e}");
+}
+
+#[test]
+fn missing_names_are_cached_negative_entries() {
+    let s = sandbox();
+    let etc = s.walk("layers/0/etc").unwrap();
+    let e = s.fs.do_lookup(etc, c"base").unwrap();
+    assert_eq!(e.inode, 0, "node 0: a negative entry");
+    assert_eq!(e.entry_timeout, CachePolicy::default().layer);
+    // In the writable area too, with its short timeout.
+    let upper = s.walk("upper").unwrap();
+    let e = s.fs.do_lookup(upper, c"nothing").unwrap();
+    assert_eq!(e.inode, 0);
+    assert_eq!(e.entry_timeout, CachePolicy::default().rw);
+    // The virtual part of the tree has no such names.
+    assert_eq!(errno(s.fs.do_lookup(ROOT, c"nothing")), libc::ENOENT);
+    // Other errors stay errors.
+    let top = s.walk("layers/0/etc/top").unwrap();
+    assert_eq!(errno(s.fs.do_lookup(top, c"x")), libc::ENOTDIR);
+}
+
+#[test]
+fn readdirplus_lists_with_lookups_and_keeps_counts_balanced() {
+    let s = sandbox();
+    let etc = s.walk("layers/1/etc").unwrap();
+    let before = s.fs.live_nodes();
+    let h = s.fs.do_opendir(etc).unwrap().unwrap();
+    let mut seen = Vec::new();
+    s.fs.do_readdirplus(etc, h, 4096, 0, &mut |d, e| {
+        seen.push((
+            String::from_utf8_lossy(d.name).into_owned(),
+            e.inode,
+            e.attr.st_size,
+        ));
+        Ok(1)
+    })
+    .unwrap();
+    seen.sort();
+    let names: Vec<&str> = seen.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(names, [".", "..", "base", "up"]);
+    for (name, node, size) in &seen {
+        match name.as_str() {
+            "." | ".." => assert_eq!(*node, 0),
+            "base" => {
+                assert_eq!(*size, 4);
+                assert_eq!(*node, s.fs.do_lookup(etc, c"base").unwrap().inode);
+            }
+            _ => assert_ne!(*node, 0),
+        }
+    }
+    assert_eq!(s.fs.live_nodes(), before + 2);
+    // A full buffer: the entry that did not fit is not counted as looked up.
+    let mut n = 0;
+    s.fs.do_readdirplus(etc, h, 4096, 0, &mut |_, _| {
+        n += 1;
+        Ok(0)
+    })
+    .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(s.fs.live_nodes(), before + 2);
+    // Virtual directories list without lookups.
+    s.fs.do_readdirplus(ROOT, 0, 4096, 0, &mut |_, e| {
+        assert_eq!(e.inode, 0);
+        Ok(1)
+    })
+    .unwrap();
+    s.fs.drop_handle(h);
+}
+
+/// Lists a directory of the served tree through opendir + readdir (plus: readdirplus).
+fn list(fs: &StrataFs, dir: u64, plus: bool) -> Vec<String> {
+    let h = fs.do_opendir(dir).unwrap().unwrap_or(0);
+    let mut names = Vec::new();
+    let mut add = |name: &[u8]| {
+        let n = String::from_utf8_lossy(name).into_owned();
+        if n != "." && n != ".." {
+            names.push(n);
+        }
+    };
+    if plus {
+        fs.do_readdirplus(dir, h, 4096, 0, &mut |d, e| {
+            let dot = d.name == b"." || d.name == b"..";
+            assert!(
+                dot || e.inode != 0,
+                "{:?} listed without its lookup",
+                d.name
+            );
+            add(d.name);
+            Ok(1)
+        })
+        .unwrap();
+    } else {
+        fs.do_readdir(dir, h, 4096, 0, &mut |d| {
+            add(d.name);
+            Ok(1)
+        })
+        .unwrap();
+    }
+    fs.drop_handle(h);
+    names.sort();
+    names
+}
+
+#[test]
+fn merged_lower_applies_whiteouts_and_opaque_dirs() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: whiteouts and trusted xattrs need root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    let mk = |d: &str| std::fs::create_dir_all(p.join(d)).unwrap();
+    let file = |f: &str, data: &str| std::fs::write(p.join(f), data).unwrap();
+    let whiteout = |f: &str| {
+        nix::sys::stat::mknod(
+            &p.join(f),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap()
+    };
+    for d in [
+        "l0/etc/opq",
+        "l0/usr",
+        "l0/dir2file",
+        "l1/etc/opq",
+        "l1/usr/lib",
+        "l2/etc",
+    ] {
+        mk(d);
+    }
+    for d in [
+        "l1/file2dir",
+        "l2/etc/opq",
+        "l2/usr/share",
+        "c/upper",
+        "c/work",
+    ] {
+        mk(d);
+    }
+    file("l0/etc/top", "top");
+    file("l0/etc/opq/new", "new");
+    file("l0/file2dir", "file over dir");
+    file("l1/etc/base", "mid");
+    file("l1/etc/opq/hidden", "hidden by opaque");
+    file("l1/usr/lib/x", "x");
+    file("l1/dir2file", "a dir above hides me");
+    file("l2/etc/base", "hidden by l1");
+    file("l2/etc/gone", "whited out");
+    file("l2/etc/opq/deep", "hidden by opaque");
+    file("l2/usr/share/y", "y");
+    file("l1/file2dir/inner", "under a file");
+    whiteout("l0/etc/gone");
+    whiteout("l1/usr/share");
+    // l0/etc/opq is opaque: l1's and l2's etc/opq are hidden.
+    let opq = crate::sys::open_anchor(&p.join("l0/etc/opq")).unwrap();
+    crate::sys::xattr::set(opq.as_fd(), c"trusted.overlay.opaque", b"y", 0).unwrap();
+    let cfg = ServeConfig {
+        lowers: vec![p.join("l0"), p.join("l1"), p.join("l2")],
+        upper: p.join("c/upper"),
+        work: p.join("c/work"),
+        socket: p.join("sock"),
+        tag: "t".into(),
+        limits: Limits::default(),
+    };
+    let fs = StrataFs::new(&cfg.check().unwrap(), CachePolicy::default()).unwrap();
+    let s = Sandbox { dir, fs };
+    let lower = s.walk("lower").unwrap();
+    for plus in [false, true] {
+        assert_eq!(
+            list(&s.fs, lower, plus),
+            ["dir2file", "etc", "file2dir", "usr"],
+            "plus={plus}"
+        );
+        let etc = s.walk("lower/etc").unwrap();
+        assert_eq!(
+            list(&s.fs, etc, plus),
+            ["base", "opq", "top"],
+            "plus={plus}"
+        );
+        let opq = s.walk("lower/etc/opq").unwrap();
+        assert_eq!(list(&s.fs, opq, plus), ["new"], "plus={plus}");
+        let usr = s.walk("lower/usr").unwrap();
+        assert_eq!(list(&s.fs, usr, plus), ["lib"], "plus={plus}");
+    }
+    let read = |path: &str| {
+        let id = s.walk(path).unwrap();
+        let (h, _) = s.fs.do_open(id, libc::O_RDONLY as u32).unwrap();
+        let Handle::File { file, .. } = &*s.fs.handle(h.unwrap()).unwrap() else {
+            panic!("not a file")
+        };
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut &*file, &mut out).unwrap();
+        out
+    };
+    assert_eq!(read("lower/etc/base"), "mid");
+    assert_eq!(read("lower/etc/top"), "top");
+    assert_eq!(read("lower/file2dir"), "file over dir");
+    assert_eq!(read("lower/usr/lib/x"), "x");
+    for gone in [
+        "lower/etc/gone",
+        "lower/etc/opq/hidden",
+        "lower/etc/opq/deep",
+        "lower/usr/share",
+        "lower/nothing",
+    ] {
+        assert_eq!(errno(s.walk(gone)), libc::ENOENT, "{gone}");
+    }
+    // A file above a dir: the file wins.
+    assert_eq!(errno(s.walk("lower/file2dir/inner")), libc::ENOTDIR);
+    // A dir above a file: the dir wins, and it is a merged dir of one layer.
+    let d = s.walk("lower/dir2file").unwrap();
+    assert!(s.fs.do_getattr(d).unwrap().0.st_mode & libc::S_IFMT == libc::S_IFDIR);
+    // The same host file is one node, whichever path reaches it.
+    assert_eq!(
+        s.walk("lower/etc/top").unwrap(),
+        s.walk("layers/0/etc/top").unwrap()
+    );
+    // Read-only.
+    let ctx = Context::default();
+    assert_eq!(
+        errno(s.fs.do_mkdir(&ctx, lower, &c("x"), 0o755, 0)),
+        libc::EROFS
+    );
+    let etc = s.walk("lower/etc").unwrap();
+    assert_eq!(errno(s.fs.do_unlink(etc, &c("top"), 0)), libc::EROFS);
 }

@@ -14,6 +14,23 @@ use crate::sys::xattr;
 /// Largest xattr value or list the kernel accepts (XATTR_SIZE_MAX / XATTR_LIST_MAX).
 const XATTR_MAX: u32 = 65536;
 
+/// Attribute names the guest kernel probes on its own (overlayfs lookups, VFS capability and ACL
+/// checks): request counts (`STRATA_SERVE_OPSTATS`) list getxattr of these by name.
+pub(crate) const OVERLAY_PROBES: &[&str] = &[
+    "trusted.overlay.opaque",
+    "trusted.overlay.redirect",
+    "trusted.overlay.metacopy",
+    "trusted.overlay.origin",
+    "trusted.overlay.impure",
+    "trusted.overlay.nlink",
+    "trusted.overlay.upper",
+    "trusted.overlay.protattr",
+    "security.capability",
+    "security.selinux",
+    "system.posix_acl_access",
+    "system.posix_acl_default",
+];
+
 /// May a guest set or remove this attribute on its upper/work files?
 /// `user.*` for applications, `trusted.overlay.*` for the guest's own overlayfs, `security.*`
 /// (file capabilities, SELinux labels) and POSIX ACLs that overlayfs copies up with a file.

@@ -1,0 +1,1341 @@
+//! `strata bench guest`: the same guest kernel, under qemu, running the same I/O workloads over
+//! three ways of giving a micro-VM its container rootfs:
+//!
+//! - `virtiofsd` (a, the peer: what Kata-style runtimes do): a **host** `mount -t overlay` of
+//!   the layers plus a host upper dir, shared by virtiofsd (`--cache=auto
+//!   --thread-pool-size=1`, Kata's defaults) and mounted in the guest with `mount -t virtiofs`;
+//! - `strata` (b): `strata serve` serves the layer dirs, upper and work; the guest assembles the
+//!   overlay itself (`strata guest mount`);
+//! - `erofs` (c): one EROFS image per layer (`mkfs.erofs`) on virtio-blk, and a guest overlay
+//!   with its upper on a scratch ext4 disk (virtio-blk, a sparse file on the host).
+//!
+//! Every setup boots the same kernel with the same initramfs (busybox, the static `strata`
+//! binary, [`BENCH_SH`] as `/init`), the same RAM and vCPUs; each run of each setup is a fresh
+//! boot with fresh upper/work. Inside, `strata bench guest-io` runs each workload after
+//! `sync` + `drop_caches=3` (so every workload starts with cold guest caches: page cache,
+//! dentries and inodes) and prints one `@result` line. The host's page cache is warm for all
+//! three setups (every layer file and image is read once before the first boot), so "cold"
+//! means cold in the guest: what a container sees on its first start on a host that already
+//! ran the image.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LabError, Result};
+use crate::initramfs::Initramfs;
+use crate::kernel::{GuestKernel, KernelChoice, GUEST_MODULES};
+use crate::qemu::VmConfig;
+use crate::session::{ServeProcess, ServeSpec};
+
+/// The guest script (`/init` of the bench initramfs).
+pub const BENCH_SH: &str = include_str!("lab_guest/bench_guest.sh");
+/// The environment variable that makes `strata serve` print its request counts when the guest
+/// unmounts (FUSE DESTROY): `strata serve: opstats {json}` on stderr.
+pub const OPSTATS_ENV: &str = strata_serve::tree::opstats::OPSTATS_ENV;
+/// Overlay options of every guest (and host) overlay in the bench: strata's defaults.
+pub const OVERLAY_OPTIONS: &str = "index=off,redirect_dir=off,metacopy=off";
+/// Makes `strata serve` give the guest one overlay lower per layer instead of `/lower`.
+pub const SEPARATE_LAYERS_ENV: &str = "STRATA_SERVE_SEPARATE_LAYERS";
+/// The virtiofsd binary of setup (a) (`cargo install virtiofsd --locked`).
+pub const VIRTIOFSD: &str = "virtiofsd";
+
+/// One way of giving the guest its rootfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Setup {
+    /// (a) virtiofsd sharing a host overlay mount.
+    Virtiofsd,
+    /// (b0) strata serve with one guest overlay lower per layer (`STRATA_SERVE_SEPARATE_LAYERS`),
+    /// for comparing with the merged lower of (b); only when asked for.
+    #[serde(rename = "strata-layers")]
+    StrataLayers,
+    /// (b) strata serve + guest overlay.
+    Strata,
+    /// (c) EROFS images on virtio-blk + guest overlay, upper on a scratch ext4 disk.
+    Erofs,
+}
+
+impl Setup {
+    /// The default setups: (a), (b), (c).
+    pub const ALL: [Setup; 3] = [Setup::Virtiofsd, Setup::Strata, Setup::Erofs];
+    /// Every setup, in table order.
+    pub const EVERY: [Setup; 4] = [
+        Setup::Virtiofsd,
+        Setup::StrataLayers,
+        Setup::Strata,
+        Setup::Erofs,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Setup::Virtiofsd => "virtiofsd",
+            Setup::StrataLayers => "strata-layers",
+            Setup::Strata => "strata",
+            Setup::Erofs => "erofs",
+        }
+    }
+    /// The long label used in tables and plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            Setup::Virtiofsd => "(a) virtiofsd + host overlay",
+            Setup::StrataLayers => "(b0) strata, one overlay lower per layer",
+            Setup::Strata => "(b) strata serve + guest overlay",
+            Setup::Erofs => "(c) EROFS on virtio-blk + guest overlay",
+        }
+    }
+}
+
+impl std::str::FromStr for Setup {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Setup::EVERY
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                format!("unknown setup {s:?}: use virtiofsd, strata, erofs or strata-layers")
+            })
+    }
+}
+
+/// One timed workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Read every regular file of the rootfs to the end.
+    Read,
+    /// Walk the whole tree: readdir every directory, lstat every entry (find + stat).
+    Walk,
+    /// Create `--small` files of 1 KiB in a new directory (in the upper), then syncfs.
+    Create,
+    /// Write one `--seq-mib` MiB file sequentially in 1 MiB writes, then fsync.
+    Write,
+    /// Read that file back (after dropping caches); needs `write` first in the same boot.
+    Seqread,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 5] = [
+        Workload::Read,
+        Workload::Walk,
+        Workload::Create,
+        Workload::Write,
+        Workload::Seqread,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Read => "read",
+            Workload::Walk => "walk",
+            Workload::Create => "create",
+            Workload::Write => "write",
+            Workload::Seqread => "seqread",
+        }
+    }
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Workload::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                format!("unknown workload {s:?}: use read, walk, create, write or seqread")
+            })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guest side: `strata bench guest-io WORKLOAD DIR`.
+
+/// What one guest workload did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IoResult {
+    pub seconds: f64,
+    /// Files read / entries stat'ed / files created / MiB written or read.
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// Where the write workloads put their files, below the rootfs (they land in the upper).
+const SCRATCH_DIR: &str = "bench-io";
+
+/// Guest side: `sync`, drop the guest's caches, then run and time `w` on the rootfs at `root`.
+pub fn guest_io(w: Workload, root: &Path, small: u64, seq_mib: u64) -> std::io::Result<IoResult> {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3")?;
+    let t0 = Instant::now();
+    let (count, bytes) = match w {
+        Workload::Read => {
+            let mut buf = vec![0u8; 256 << 10];
+            let mut n = (0u64, 0u64);
+            walk(root, &mut |p, ft| {
+                if ft.is_file() {
+                    let mut f = std::fs::File::open(p)?;
+                    loop {
+                        let k = f.read(&mut buf)?;
+                        if k == 0 {
+                            break;
+                        }
+                        n.1 += k as u64;
+                    }
+                    n.0 += 1;
+                }
+                Ok(())
+            })?;
+            n
+        }
+        Workload::Walk => {
+            let mut n = (0u64, 0u64);
+            walk(root, &mut |p, _| {
+                let m = std::fs::symlink_metadata(p)?;
+                n.0 += 1;
+                n.1 += std::os::unix::fs::MetadataExt::size(&m);
+                Ok(())
+            })?;
+            n
+        }
+        Workload::Create => {
+            let dir = root.join(SCRATCH_DIR).join("small");
+            std::fs::create_dir_all(&dir)?;
+            let data = [0x5au8; 1024];
+            for i in 0..small {
+                let mut f = std::fs::File::create(dir.join(format!("f{i}")))?;
+                f.write_all(&data)?;
+            }
+            let d = std::fs::File::open(&dir)?;
+            nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d))
+                .map_err(std::io::Error::from)?;
+            (small, small * 1024)
+        }
+        Workload::Write => {
+            let dir = root.join(SCRATCH_DIR);
+            std::fs::create_dir_all(&dir)?;
+            let mut f = std::fs::File::create(dir.join("seq"))?;
+            let block = vec![0xa5u8; 1 << 20];
+            for _ in 0..seq_mib {
+                f.write_all(&block)?;
+            }
+            f.sync_all()?;
+            (seq_mib, seq_mib << 20)
+        }
+        Workload::Seqread => {
+            let mut f = std::fs::File::open(root.join(SCRATCH_DIR).join("seq"))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut bytes = 0u64;
+            loop {
+                let k = f.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                bytes += k as u64;
+            }
+            (bytes >> 20, bytes)
+        }
+    };
+    Ok(IoResult {
+        seconds: t0.elapsed().as_secs_f64(),
+        count,
+        bytes,
+    })
+}
+
+/// Depth-first walk below `dir` (not following symlinks, not crossing into [`SCRATCH_DIR`] at
+/// the top), calling `f` for every entry.
+fn walk(
+    dir: &Path,
+    f: &mut dyn FnMut(&Path, std::fs::FileType) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut top = true;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if top && e.file_name() == SCRATCH_DIR {
+                continue;
+            }
+            let p = e.path();
+            let ft = e.file_type()?;
+            f(&p, ft)?;
+            if ft.is_dir() {
+                stack.push(p);
+            }
+        }
+        top = false;
+    }
+    Ok(())
+}
+
+/// The `@result` line for one workload.
+pub fn result_line(w: Workload, r: &IoResult) -> String {
+    format!(
+        "@result {} {:.6} {} {}",
+        w.name(),
+        r.seconds,
+        r.count,
+        r.bytes
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+/// Which rootfs to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsKind {
+    /// Three layers unpacked from Debian 12 packages (thousands of files), cached.
+    Debian,
+    /// Two tiny layers (busybox and a few files): the CI smoke test.
+    Tiny,
+}
+
+/// One `strata bench guest` run.
+#[derive(Debug, Clone)]
+pub struct GuestBenchConfig {
+    pub kernel: KernelChoice,
+    pub setups: Vec<Setup>,
+    pub workloads: Vec<Workload>,
+    /// Boots per setup (interleaved: a b c a b c ...).
+    pub runs: usize,
+    pub rootfs: RootfsKind,
+    /// Files created by `create`.
+    pub small: u64,
+    /// MiB written by `write` and read by `seqread`.
+    pub seq_mib: u64,
+    pub mem_mib: u32,
+    pub cpus: u32,
+    /// Where sockets, uppers, disks and logs live (removed by the caller).
+    pub workdir: PathBuf,
+    pub timeout: Duration,
+    /// Also boot (b) once per workload (and once with none) to get each workload's FUSE
+    /// request counts.
+    pub opstats: bool,
+}
+
+/// One timed workload of one boot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub setup: Setup,
+    pub workload: Workload,
+    pub run: usize,
+    pub seconds: f64,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// The summary of one setup × workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub setup: Setup,
+    pub workload: Workload,
+    pub n: usize,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    /// median / median of (a); `None` without (a).
+    pub ratio_to_virtiofsd: Option<f64>,
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// What the rootfs under test holds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RootfsInfo {
+    pub kind: Option<RootfsKind>,
+    pub layers: usize,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+/// The whole result (`--json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestBenchReport {
+    pub kernel: String,
+    pub release: String,
+    pub mem_mib: u32,
+    pub cpus: u32,
+    pub runs: usize,
+    pub small: u64,
+    pub seq_mib: u64,
+    pub rootfs: RootfsInfo,
+    pub samples: Vec<Sample>,
+    pub summary: Vec<Summary>,
+    /// FUSE requests strata served, per boot label (`run1`, …, or the workload with
+    /// `--opstats`, `boot` = mount and unmount only), by operation: `{"lookup": 123, …}`;
+    /// failed requests as `lookup!ENOENT`.
+    #[serde(default)]
+    pub opstats: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Setups skipped, with why.
+    #[serde(default)]
+    pub skipped: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Build the rootfs layers (topmost first) for `kind`, cached for [`RootfsKind::Debian`].
+pub fn rootfs_layers(kind: RootfsKind, workdir: &Path) -> Result<Vec<PathBuf>> {
+    match kind {
+        RootfsKind::Tiny => {
+            let base = workdir.join("rootfs/layers/1");
+            let top = workdir.join("rootfs/layers/0");
+            let _ = std::fs::remove_dir_all(workdir.join("rootfs"));
+            crate::fixture::busybox_rootfs(&base)?;
+            mkdir(&base.join("etc/old"))?;
+            write(&base.join("etc/old/a"), "a\n")?;
+            write(&base.join("etc/gone"), "gone\n")?;
+            mkdir(&top.join("etc/old"))?;
+            write(&top.join("etc/hostname"), "bench\n")?;
+            write(&top.join("etc/old/b"), "b\n")?;
+            crate::fixture::set_opaque(&top.join("etc/old"))?;
+            crate::fixture::whiteout(&top.join("etc/gone"))?;
+            Ok(vec![top, base])
+        }
+        RootfsKind::Debian => debian_layers(),
+    }
+}
+
+/// Debian 12 packages per layer, bottom layer last (overlayfs lowerdir order).
+const DEBIAN_LAYERS: &[&[&str]] = &[
+    // 0 (top): perl modules, vim runtime files, man pages: many small files.
+    &["perl-modules-5.36", "libperl5.36", "vim-runtime", "git-man"],
+    // 1: python and ICU.
+    &[
+        "python3.11-minimal",
+        "libpython3.11-minimal",
+        "libpython3.11-stdlib",
+        "libicu72",
+    ],
+    // 2 (base): libc, coreutils, shells, time zones, locales.
+    &[
+        "libc6",
+        "coreutils",
+        "bash",
+        "perl-base",
+        "libssl3",
+        "libstdc++6",
+        "tzdata",
+        "locales",
+    ],
+];
+/// Bump when the layer recipe changes (the cache key).
+const DEBIAN_ROOTFS_VERSION: u32 = 1;
+
+/// The Debian rootfs: `apt-get download` + `dpkg-deb -x` per layer, built once into
+/// `$STRATA_CACHE/guest-bench/debian-vN/layers/{0,1,2}` (published by rename), plus what image
+/// updates leave in an upper layer: the top layer deletes a base file (whiteout) and replaces a
+/// base directory (opaque).
+fn debian_layers() -> Result<Vec<PathBuf>> {
+    let root = crate::kernel::cache_dir()
+        .join("guest-bench")
+        .join(format!("debian-v{DEBIAN_ROOTFS_VERSION}"));
+    let layers: Vec<PathBuf> = (0..DEBIAN_LAYERS.len())
+        .map(|i| root.join("layers").join(i.to_string()))
+        .collect();
+    if root.join("complete").is_file() {
+        return Ok(layers);
+    }
+    let tmp = root.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let debs = tmp.join("debs");
+    mkdir(&debs)?;
+    for (i, pkgs) in DEBIAN_LAYERS.iter().enumerate() {
+        crate::cmd::run(
+            Command::new("apt-get")
+                .arg("download")
+                .args(*pkgs)
+                .current_dir(&debs),
+            "apt-get",
+            "apt-get download of the bench rootfs packages failed; run apt-get update",
+        )?;
+        let layer = tmp.join("layers").join(i.to_string());
+        mkdir(&layer)?;
+        for p in *pkgs {
+            let deb = std::fs::read_dir(&debs)
+                .map_err(LabError::io("cannot list", &debs))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|d| {
+                    d.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{p}_")) && n.ends_with(".deb"))
+                })
+                .ok_or_else(|| LabError::Serve(format!("apt-get download left no {p}_*.deb")))?;
+            crate::cmd::run(
+                Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&layer),
+                "dpkg-deb",
+                "dpkg-deb -x failed",
+            )?;
+            let _ = std::fs::remove_file(&deb);
+        }
+    }
+    // Image-update leftovers in the top layer: a deleted base file and a replaced base dir.
+    let top = tmp.join("layers/0");
+    mkdir(&top.join("usr/bin"))?;
+    crate::fixture::whiteout(&top.join("usr/bin/dir"))?;
+    let replaced = top.join("usr/share/doc/coreutils");
+    mkdir(&replaced)?;
+    write(&replaced.join("README"), "replaced by the top layer\n")?;
+    crate::fixture::set_opaque(&replaced)?;
+    let _ = std::fs::remove_dir_all(&debs);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::rename(&tmp, &root).map_err(LabError::io("cannot publish", &root))?;
+    write(&root.join("complete"), "")?;
+    Ok(layers)
+}
+
+/// Count what a set of layer dirs holds (all layers, duplicates counted per layer).
+pub fn rootfs_info(kind: RootfsKind, layers: &[PathBuf]) -> RootfsInfo {
+    let mut info = RootfsInfo {
+        kind: Some(kind),
+        layers: layers.len(),
+        ..Default::default()
+    };
+    for l in layers {
+        let _ = walk(l, &mut |p, ft| {
+            if ft.is_file() {
+                info.files += 1;
+                info.bytes += std::fs::symlink_metadata(p).map(|m| m.len()).unwrap_or(0);
+            } else if ft.is_dir() {
+                info.dirs += 1;
+            } else if ft.is_symlink() {
+                info.symlinks += 1;
+            }
+            Ok(())
+        });
+    }
+    info
+}
+
+/// One EROFS image per layer (`mkfs.erofs`, uncompressed, xattrs kept), next to the cached
+/// layers or in the workdir; rebuilt when missing.
+fn erofs_images(layers: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
+    mkdir(dir)?;
+    let mut out = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let img = dir.join(format!("{i}.erofs"));
+        if !img.is_file() {
+            let tmp = dir.join(format!("{i}.erofs.tmp"));
+            crate::cmd::run(
+                Command::new("mkfs.erofs").arg("--quiet").arg(&tmp).arg(l),
+                "mkfs.erofs (erofs-utils)",
+                "install erofs-utils (scripts/bench-guest installs it)",
+            )?;
+            std::fs::rename(&tmp, &img).map_err(LabError::io("cannot publish", &img))?;
+        }
+        out.push(img);
+    }
+    Ok(out)
+}
+
+/// Read every file below `dir` (or `dir` itself if a file) once, so the host page cache is warm.
+fn warm_host_cache(path: &Path) {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut read_all = |p: &Path| {
+        if let Ok(mut f) = std::fs::File::open(p) {
+            while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    };
+    if path.is_file() {
+        read_all(path);
+        return;
+    }
+    let _ = walk(path, &mut |p, ft| {
+        if ft.is_file() {
+            read_all(p);
+        }
+        Ok(())
+    });
+}
+
+/// The bench initramfs: busybox (+ applet links), `strata` as `/bin/strata`, [`BENCH_SH`] as
+/// `/init`, the guest modules plus erofs (and its dependency) and their load order.
+pub fn bench_initramfs(strata: &Path, kernel: &GuestKernel, out: &Path) -> Result<()> {
+    crate::elf::check_static(strata)?;
+    let busybox = crate::fixture::static_busybox()?;
+    let list = crate::cmd::run(
+        Command::new(&busybox).arg("--list"),
+        "busybox",
+        "reinstall busybox-static (scripts/install-deps.sh)",
+    )?;
+    let mut cpio = Initramfs::new();
+    for d in ["proc", "sys", "dev", "run", "mnt", "tmp", "lib/modules"] {
+        cpio.dir(d, 0o755);
+    }
+    cpio.char_dev("dev/console", 0o600, 5, 1);
+    cpio.file("init", 0o755, BENCH_SH.as_bytes());
+    cpio.file("bin/busybox", 0o755, busybox.as_path());
+    cpio.file("bin/strata", 0o755, strata);
+    for a in String::from_utf8_lossy(&list.stdout).lines().map(str::trim) {
+        if !a.is_empty() && !a.contains('/') && a != "busybox" {
+            cpio.symlink(&format!("bin/{a}"), "busybox");
+        }
+    }
+    let mut names: Vec<&str> = GUEST_MODULES.to_vec();
+    names.extend(["libcrc32c", "erofs"]);
+    let mut order = String::new();
+    for m in kernel.modules(&names)? {
+        let Some(name) = m.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            continue;
+        };
+        cpio.file(&format!("lib/modules/{name}"), 0o644, m.as_path());
+        order.push_str(&name);
+        order.push('\n');
+    }
+    cpio.file("lib/modules/order", 0o644, order.into_bytes());
+    cpio.write_to(out)
+}
+
+/// A host `mount -t overlay` for setup (a), unmounted (lazily, if busy) when dropped.
+struct HostOverlay {
+    merged: PathBuf,
+}
+
+impl HostOverlay {
+    fn mount(layers: &[PathBuf], upper: &Path, work: &Path, merged: &Path) -> Result<Self> {
+        let lower: Vec<String> = layers.iter().map(|l| l.display().to_string()).collect();
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={},{OVERLAY_OPTIONS}",
+            lower.join(":"),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            merged,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| LabError::Io {
+            what: "cannot mount the host overlay of setup (a) (needs root)",
+            path: merged.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(HostOverlay {
+            merged: merged.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for HostOverlay {
+    fn drop(&mut self) {
+        if nix::mount::umount(&self.merged).is_err() {
+            let _ = nix::mount::umount2(&self.merged, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// A running virtiofsd; killed when dropped.
+struct Virtiofsd(Child);
+
+impl Virtiofsd {
+    fn spawn(shared: &Path, socket: &Path, log: &Path) -> Result<Self> {
+        let logf = std::fs::File::create(log).map_err(LabError::io("cannot create", log))?;
+        let logf2 = logf
+            .try_clone()
+            .map_err(LabError::io("cannot duplicate", log))?;
+        let mut cmd = Command::new(VIRTIOFSD);
+        cmd.arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(shared)
+            .args(["--cache=auto", "--thread-pool-size=1"])
+            .stdin(Stdio::null())
+            .stdout(logf)
+            .stderr(logf2);
+        crate::sys::kill_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(|e| LabError::Command {
+            command: crate::cmd::describe(&cmd),
+            detail: e.to_string(),
+            hint: "install it: scripts/bench-guest (cargo install virtiofsd --locked)",
+        })?;
+        let mut v = Virtiofsd(child);
+        let t0 = Instant::now();
+        while !std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
+            if let Ok(Some(st)) = v.0.try_wait() {
+                return Err(LabError::Serve(format!(
+                    "virtiofsd exited ({st}) before listening:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )));
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                return Err(LabError::Serve(
+                    "virtiofsd did not listen within 20 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(v)
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Is virtiofsd installed? `Err` says what to do.
+pub fn virtiofsd_available() -> std::result::Result<(), String> {
+    match crate::qemu::find_in_path(VIRTIOFSD) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{VIRTIOFSD} not found in PATH: setup (a) skipped; install it with scripts/bench-guest \
+             (cargo install virtiofsd --locked; needs libseccomp-dev and libcap-ng-dev)"
+        )),
+    }
+}
+
+/// What one boot returned.
+struct Boot {
+    results: Vec<(Workload, IoResult)>,
+    opstats: Option<BTreeMap<String, u64>>,
+    errors: Vec<String>,
+}
+
+/// Context shared by every boot of a run.
+struct Ctx<'a> {
+    strata: &'a Path,
+    cfg: &'a GuestBenchConfig,
+    kernel: &'a GuestKernel,
+    initrd: PathBuf,
+    layers: Vec<PathBuf>,
+    images: Vec<PathBuf>,
+    stop: Arc<AtomicBool>,
+}
+
+fn kernel_cmdline(
+    setup: Setup,
+    workloads: &[Workload],
+    cfg: &GuestBenchConfig,
+    n: usize,
+) -> String {
+    let w: Vec<&str> = workloads.iter().map(|w| w.name()).collect();
+    format!(
+        // no_timer_check: on a loaded host a TCG guest can fail the IO-APIC timer check and
+        // panic at boot ("IO-APIC + timer doesn't work!"); seen while others' VMs ran.
+        "no_timer_check bench.setup={} bench.workloads={} bench.layers={n} bench.small={} bench.seq_mib={}",
+        setup.name(),
+        if w.is_empty() {
+            "none".to_string()
+        } else {
+            w.join(",")
+        },
+        cfg.small,
+        cfg.seq_mib
+    )
+}
+
+/// Boot one VM for `setup` in a fresh directory `dir` and run `workloads`.
+fn boot(
+    ctx: &Ctx<'_>,
+    setup: Setup,
+    workloads: &[Workload],
+    dir: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Boot> {
+    let _ = std::fs::remove_dir_all(dir);
+    mkdir(dir)?;
+    let cfg = ctx.cfg;
+    let mut vm = VmConfig {
+        cmdline: kernel_cmdline(setup, workloads, cfg, ctx.layers.len()),
+        mem_mib: cfg.mem_mib,
+        cpus: cfg.cpus,
+        timeout: cfg.timeout,
+        ..VmConfig::new(&ctx.kernel.vmlinuz, &ctx.initrd)
+    };
+    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    let socket = dir.join("vm.sock");
+    // Keep these alive for the whole boot; dropping them cleans up (also on errors).
+    let mut _overlay = None;
+    let mut _virtiofsd = None;
+    let mut serve = None;
+    match setup {
+        Setup::Virtiofsd => {
+            let merged = dir.join("merged");
+            for d in [&upper, &work, &merged] {
+                mkdir(d)?;
+            }
+            _overlay = Some(HostOverlay::mount(&ctx.layers, &upper, &work, &merged)?);
+            _virtiofsd = Some(Virtiofsd::spawn(
+                &merged,
+                &socket,
+                &dir.join("virtiofsd.log"),
+            )?);
+            vm.virtiofs = Some((socket.clone(), "bench".into()));
+        }
+        Setup::Strata | Setup::StrataLayers => {
+            for d in [&upper, &work] {
+                mkdir(d)?;
+            }
+            // The daemon reads it at start; no other thread of ours runs between boots.
+            if setup == Setup::StrataLayers {
+                std::env::set_var(SEPARATE_LAYERS_ENV, "1");
+            } else {
+                std::env::remove_var(SEPARATE_LAYERS_ENV);
+            }
+            let spec = ServeSpec {
+                lowers: ctx.layers.clone(),
+                upper: upper.clone(),
+                work: work.clone(),
+                socket: socket.clone(),
+                tag: "strata".into(),
+            };
+            serve = Some(ServeProcess::spawn(
+                ctx.strata,
+                &spec,
+                None,
+                &dir.join("serve.log"),
+            )?);
+            vm.virtiofs = Some((socket.clone(), "strata".into()));
+        }
+        Setup::Erofs => {
+            let scratch = dir.join("scratch.img");
+            let f =
+                std::fs::File::create(&scratch).map_err(LabError::io("cannot create", &scratch))?;
+            f.set_len((cfg.seq_mib + 512) << 20)
+                .map_err(LabError::io("cannot size", &scratch))?;
+            drop(f);
+            crate::cmd::run(
+                Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&scratch),
+                "mkfs.ext4",
+                "install e2fsprogs",
+            )?;
+            vm.disks = ctx.images.clone();
+            vm.disks.push(scratch);
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let handle = vm.spawn_with(move |line| {
+        if let Some(i) = line.find("@phase ") {
+            let _ = tx.send(line[i + 7..].to_string());
+        }
+    })?;
+    let pid = nix::unistd::Pid::from_raw(handle.pid() as i32);
+    let waiter = std::thread::spawn(move || handle.wait());
+    let t0 = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(p) => progress(&format!("  {p} [{:.1} s]", t0.elapsed().as_secs_f64())),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if waiter.is_finished() {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if ctx.stop.load(Ordering::Relaxed) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let out = waiter
+        .join()
+        .map_err(|_| LabError::Serve("the VM watcher thread panicked".into()))?;
+    if ctx.stop.load(Ordering::Relaxed) {
+        return Err(LabError::Serve("interrupted".into()));
+    }
+    let out = out?;
+    let _ = std::fs::write(dir.join("console.log"), &out.console);
+    let mut errors = Vec::new();
+    let mut results = Vec::new();
+    for line in out.console.lines() {
+        let Some(at) = line.find('@') else { continue };
+        let mut it = line[at..].split_whitespace();
+        match it.next() {
+            Some("@result") => {
+                let f: Vec<&str> = it.collect();
+                let parsed = (|| {
+                    Some((
+                        f.first()?.parse::<Workload>().ok()?,
+                        IoResult {
+                            seconds: f.get(1)?.parse().ok()?,
+                            count: f.get(2)?.parse().ok()?,
+                            bytes: f.get(3)?.parse().ok()?,
+                        },
+                    ))
+                })();
+                match parsed {
+                    Some(r) => results.push(r),
+                    None => errors.push(format!("{}: unreadable line {line:?}", setup.name())),
+                }
+            }
+            Some("@fatal") => errors.push(format!("{}: {}", setup.name(), &line[at..])),
+            _ => {}
+        }
+    }
+    if out.timed_out {
+        errors.push(format!("{}: VM ran past {:?}", setup.name(), cfg.timeout));
+    }
+    if out.status != Some(0) && errors.is_empty() {
+        let last: Vec<&str> = out.console.lines().rev().take(12).collect();
+        errors.push(format!(
+            "{}: guest status {:?}; last console lines:\n{}",
+            setup.name(),
+            out.status,
+            last.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    let mut opstats = None;
+    if let Some(s) = serve.take() {
+        let _ = s.wait(Duration::from_secs(10));
+        let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+        opstats = parse_opstats(&log);
+    }
+    Ok(Boot {
+        results,
+        opstats,
+        errors,
+    })
+}
+
+/// The last `strata serve: opstats {json}` line of a serve log.
+pub fn parse_opstats(log: &str) -> Option<BTreeMap<String, u64>> {
+    log.lines().rev().find_map(|l| {
+        let j = &l[l.find("opstats {")? + 8..];
+        serde_json::from_str(j).ok()
+    })
+}
+
+/// Run the whole bench. `progress` gets one line per step.
+pub fn run(
+    strata: &Path,
+    cfg: &GuestBenchConfig,
+    stop: Arc<AtomicBool>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<GuestBenchReport> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(LabError::Serve(
+            "strata bench guest needs root (the host overlay mount of setup (a), whiteouts and \
+             trusted xattrs in the rootfs layers)"
+                .into(),
+        ));
+    }
+    mkdir(&cfg.workdir)?;
+    progress(&format!("fetching the {} guest kernel", cfg.kernel.name()));
+    let kernel = GuestKernel::fetch(cfg.kernel)?;
+    let initrd = cfg.workdir.join("bench-initrd.cpio");
+    bench_initramfs(strata, &kernel, &initrd)?;
+    let mut report = GuestBenchReport {
+        kernel: cfg.kernel.name().into(),
+        release: kernel.release.clone(),
+        mem_mib: cfg.mem_mib,
+        cpus: cfg.cpus,
+        runs: cfg.runs,
+        small: cfg.small,
+        seq_mib: cfg.seq_mib,
+        rootfs: RootfsInfo::default(),
+        samples: Vec::new(),
+        summary: Vec::new(),
+        opstats: BTreeMap::new(),
+        skipped: Vec::new(),
+        errors: Vec::new(),
+    };
+    let mut setups = cfg.setups.clone();
+    if setups.contains(&Setup::Virtiofsd) {
+        if let Err(why) = virtiofsd_available() {
+            progress(&why);
+            report.skipped.push(why);
+            setups.retain(|s| *s != Setup::Virtiofsd);
+        }
+    }
+    progress(&format!("building the {:?} rootfs", cfg.rootfs));
+    let layers = rootfs_layers(cfg.rootfs, &cfg.workdir)?;
+    report.rootfs = rootfs_info(cfg.rootfs, &layers);
+    progress(&format!(
+        "rootfs: {} layers, {} files, {} dirs, {} symlinks, {:.1} MiB",
+        report.rootfs.layers,
+        report.rootfs.files,
+        report.rootfs.dirs,
+        report.rootfs.symlinks,
+        report.rootfs.bytes as f64 / (1 << 20) as f64
+    ));
+    let images = if setups.contains(&Setup::Erofs) {
+        progress("building EROFS images (mkfs.erofs)");
+        let dir = match cfg.rootfs {
+            RootfsKind::Debian => layers[0]
+                .parent()
+                .and_then(Path::parent)
+                .map(|p| p.join("erofs"))
+                .unwrap_or_else(|| cfg.workdir.join("erofs")),
+            RootfsKind::Tiny => cfg.workdir.join("erofs"),
+        };
+        erofs_images(&layers, &dir)?
+    } else {
+        Vec::new()
+    };
+    progress("warming the host page cache (layer files and images)");
+    for p in layers.iter().chain(&images) {
+        warm_host_cache(p);
+    }
+    let ctx = Ctx {
+        strata,
+        cfg,
+        kernel: &kernel,
+        initrd,
+        layers,
+        images,
+        stop: stop.clone(),
+    };
+    let workloads = canonical(&cfg.workloads);
+    for run in 1..=cfg.runs {
+        for &setup in &setups {
+            progress(&format!("run {run}/{}: {}", cfg.runs, setup.label()));
+            let dir = cfg.workdir.join(format!("{}-{run}", setup.name()));
+            let b = boot(&ctx, setup, &workloads, &dir, progress)?;
+            let _ = std::fs::remove_dir_all(dir.join("upper"));
+            let _ = std::fs::remove_file(dir.join("scratch.img"));
+            for (w, r) in b.results {
+                progress(&format!(
+                    "  {} {}: {:.3} s ({} items, {:.1} MiB)",
+                    setup.name(),
+                    w.name(),
+                    r.seconds,
+                    r.count,
+                    r.bytes as f64 / (1 << 20) as f64
+                ));
+                report.samples.push(Sample {
+                    setup,
+                    workload: w,
+                    run,
+                    seconds: r.seconds,
+                    count: r.count,
+                    bytes: r.bytes,
+                });
+            }
+            if let Some(o) = b.opstats {
+                report.opstats.insert(format!("run{run}"), o);
+            }
+            report.errors.extend(b.errors);
+        }
+    }
+    if cfg.opstats && setups.contains(&Setup::Strata) {
+        // One boot with no workload (mount + unmount), then one per workload; the difference
+        // is the workload's requests.
+        let mut per: Vec<(String, Vec<Workload>)> = vec![("boot".into(), vec![])];
+        for &w in &workloads {
+            let ws = if w == Workload::Seqread {
+                vec![Workload::Write, Workload::Seqread]
+            } else {
+                vec![w]
+            };
+            per.push((w.name().into(), ws));
+        }
+        let mut base: BTreeMap<String, u64> = BTreeMap::new();
+        let mut write_only: BTreeMap<String, u64> = BTreeMap::new();
+        for (label, ws) in per {
+            progress(&format!("opstats: strata, {label}"));
+            let dir = cfg.workdir.join(format!("opstats-{label}"));
+            let b = boot(&ctx, Setup::Strata, &ws, &dir, progress)?;
+            let _ = std::fs::remove_dir_all(&dir);
+            report.errors.extend(b.errors);
+            let Some(o) = b.opstats else {
+                report
+                    .errors
+                    .push(format!("opstats {label}: strata serve printed no counts"));
+                continue;
+            };
+            let sub = if label == "seqread" {
+                &write_only
+            } else {
+                &base
+            };
+            let d = diff(&o, sub);
+            if label == "boot" {
+                base = o.clone();
+            }
+            if label == "write" {
+                write_only = o.clone();
+            }
+            report
+                .opstats
+                .insert(label.clone(), if label == "boot" { o } else { d });
+        }
+    }
+    report.summary = summarize(&report.samples);
+    Ok(report)
+}
+
+fn diff(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    a.iter()
+        .map(|(k, v)| (k.clone(), v.saturating_sub(b.get(k).copied().unwrap_or(0))))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// Workloads in run order (`seqread` needs `write` first), each once.
+pub fn canonical(ws: &[Workload]) -> Vec<Workload> {
+    let mut v: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| ws.contains(w))
+        .collect();
+    if v.contains(&Workload::Seqread) && !v.contains(&Workload::Write) {
+        v.insert(v.len() - 1, Workload::Write);
+    }
+    v
+}
+
+/// Medians per setup × workload, and ratios to (a).
+pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
+    let mut groups: BTreeMap<(Workload, Setup), Vec<&Sample>> = BTreeMap::new();
+    for s in samples {
+        groups.entry((s.workload, s.setup)).or_default().push(s);
+    }
+    let median = |v: &[&Sample]| {
+        let mut t: Vec<f64> = v.iter().map(|s| s.seconds).collect();
+        t.sort_by(f64::total_cmp);
+        let n = t.len();
+        if n % 2 == 1 {
+            t[n / 2]
+        } else {
+            (t[n / 2 - 1] + t[n / 2]) / 2.0
+        }
+    };
+    let mut out = Vec::new();
+    for ((w, setup), v) in &groups {
+        let m = median(v);
+        let base = groups
+            .get(&(*w, Setup::Virtiofsd))
+            .map(|b| median(b))
+            .filter(|b| *b > 0.0);
+        out.push(Summary {
+            setup: *setup,
+            workload: *w,
+            n: v.len(),
+            median_s: m,
+            min_s: v.iter().map(|s| s.seconds).fold(f64::MAX, f64::min),
+            max_s: v.iter().map(|s| s.seconds).fold(0.0, f64::max),
+            ratio_to_virtiofsd: base.map(|b| m / b),
+            count: v[0].count,
+            bytes: v[0].bytes,
+        });
+    }
+    out
+}
+
+/// The text table: one row per workload × setup, with median/min/max and the ratio to (a).
+pub fn table(r: &GuestBenchReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "guest {} ({}), {} MiB, {} vCPUs, qemu TCG; rootfs {:?}: {} layers, {} files, {} dirs, {:.1} MiB; {} run(s), medians",
+        r.kernel,
+        r.release,
+        r.mem_mib,
+        r.cpus,
+        r.rootfs.kind.unwrap_or(RootfsKind::Tiny),
+        r.rootfs.layers,
+        r.rootfs.files,
+        r.rootfs.dirs,
+        r.rootfs.bytes as f64 / (1 << 20) as f64,
+        r.runs
+    );
+    let _ = writeln!(
+        s,
+        "{:<8} {:<13} {:>10} {:>10} {:>10} {:>9}  items",
+        "workload", "setup", "median s", "min s", "max s", "× (a)"
+    );
+    for x in &r.summary {
+        let _ = writeln!(
+            s,
+            "{:<8} {:<13} {:>10.3} {:>10.3} {:>10.3} {:>9}  {}",
+            x.workload.name(),
+            x.setup.name(),
+            x.median_s,
+            x.min_s,
+            x.max_s,
+            x.ratio_to_virtiofsd
+                .map_or("-".to_string(), |v| format!("{v:.2}")),
+            x.count
+        );
+    }
+    for k in &r.skipped {
+        let _ = writeln!(s, "skipped: {k}");
+    }
+    for e in &r.errors {
+        let _ = writeln!(s, "error: {e}");
+    }
+    s
+}
+
+/// The request histogram table (`--opstats`): one column per label, one row per operation.
+pub fn opstats_table(r: &GuestBenchReport) -> String {
+    if r.opstats.is_empty() {
+        return String::new();
+    }
+    let mut ops: Vec<&String> = r.opstats.values().flat_map(|m| m.keys()).collect();
+    ops.sort();
+    ops.dedup();
+    let labels: Vec<&String> = r.opstats.keys().collect();
+    let mut s = String::from("FUSE requests served by strata (per boot label)\n");
+    let _ = write!(s, "{:<24}", "op");
+    for l in &labels {
+        let _ = write!(s, " {:>10}", l);
+    }
+    s.push('\n');
+    for op in ops {
+        let _ = write!(s, "{op:<24}");
+        for l in &labels {
+            let v = r.opstats[*l].get(op).copied().unwrap_or(0);
+            let _ = write!(s, " {v:>10}");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// Grouped bars: one group per workload, one bar per setup, height = ratio to (a).
+pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
+    let workloads: Vec<Workload> =
+        canonical(&r.summary.iter().map(|s| s.workload).collect::<Vec<_>>());
+    let setups: Vec<Setup> = Setup::EVERY
+        .into_iter()
+        .filter(|s| r.summary.iter().any(|x| x.setup == *s))
+        .collect();
+    let ymax = r
+        .summary
+        .iter()
+        .filter_map(|s| s.ratio_to_virtiofsd)
+        .fold(1.5f64, f64::max)
+        * 1.15;
+    let colors = [
+        RGBColor(120, 120, 120),
+        RGBColor(240, 150, 150),
+        RGBColor(200, 40, 40),
+        RGBColor(40, 90, 200),
+    ];
+    let root = SVGBackend::new(out, (760, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let n = workloads.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "guest I/O time relative to (a) virtiofsd + host overlay ({} guest, {} files)",
+                r.kernel, r.rootfs.files
+            ),
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(48)
+        .build_cartesian_2d(0.0..n, 0.0..ymax)
+        .map_err(|e| e.to_string())?;
+    let names: Vec<&'static str> = workloads.iter().map(|w| w.name()).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(workloads.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - i as f64 - 0.5).abs() < 0.01 {
+                names.get(i).copied().unwrap_or("").to_string()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("time / time of (a) (lower is faster)")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let width = 0.8 / setups.len().max(1) as f64;
+    for (si, setup) in setups.iter().enumerate() {
+        let color = colors[Setup::EVERY.iter().position(|s| s == setup).unwrap_or(0) % 4];
+        let bars: Vec<Rectangle<(f64, f64)>> = workloads
+            .iter()
+            .enumerate()
+            .filter_map(|(wi, w)| {
+                let s = r
+                    .summary
+                    .iter()
+                    .find(|x| x.setup == *setup && x.workload == *w)?;
+                let x0 = wi as f64 + 0.1 + si as f64 * width;
+                Some(Rectangle::new(
+                    [(x0, 0.0), (x0 + width * 0.92, s.ratio_to_virtiofsd?)],
+                    color.filled(),
+                ))
+            })
+            .collect();
+        chart
+            .draw_series(bars)
+            .map_err(|e| e.to_string())?
+            .label(setup.label())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 1.0), (n, 1.0)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+fn mkdir(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).map_err(LabError::io("cannot create directory", p))
+}
+
+fn write(p: &Path, data: &str) -> Result<()> {
+    if let Some(d) = p.parent() {
+        mkdir(d)?;
+    }
+    std::fs::write(p, data).map_err(LabError::io("cannot write", p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_order_adds_write_before_seqread() {
+        assert_eq!(
+            canonical(&[Workload::Seqread, Workload::Read]),
+            [Workload::Read, Workload::Write, Workload::Seqread]
+        );
+    }
+
+    #[test]
+    fn summary_ratios_to_virtiofsd() {
+        let s = |setup, seconds| Sample {
+            setup,
+            workload: Workload::Walk,
+            run: 1,
+            seconds,
+            count: 1,
+            bytes: 0,
+        };
+        let sum = summarize(&[
+            s(Setup::Virtiofsd, 2.0),
+            s(Setup::Strata, 3.0),
+            s(Setup::Strata, 1.0),
+        ]);
+        let b = sum.iter().find(|x| x.setup == Setup::Strata).unwrap();
+        assert_eq!(b.median_s, 2.0);
+        assert_eq!(b.ratio_to_virtiofsd, Some(1.0));
+    }
+
+    #[test]
+    fn opstats_line() {
+        let log = "x\nstrata serve: opstats {\"lookup\":3,\"getxattr!ENODATA\":2}\n";
+        let m = parse_opstats(log).unwrap();
+        assert_eq!(m["lookup"], 3);
+        assert_eq!(m["getxattr!ENODATA"], 2);
+    }
+}

@@ -1,0 +1,187 @@
+//! `/lower`: the layers merged into one read-only tree, with overlayfs' rules for read-only
+//! layers applied by the daemon, so the guest overlay has one lower layer instead of N.
+//!
+//! A directory of the merged tree is a *stack* of host directories of the same path, topmost
+//! layer first: it ends below the first opaque one (`trusted.overlay.opaque=y`) and at the
+//! first layer where the name is a whiteout (char 0:0) or a non-directory. A name looked up
+//! in a merged directory is the topmost layer's entry; a whiteout there hides it (the guest
+//! gets a negative entry); a directory becomes a merged directory; anything else is the host
+//! inode of that layer, served exactly like `/layers/N/…` (same node, read-only, cached long).
+//! A listing is the union of the stack's entries, topmost first, without whiteouts and the
+//! names they hide. These are overlayfs' lookup and readdir rules for lower layers
+//! (fs/overlayfs/namei.c, readdir.c), so an overlay over `/lower` shows the tree an overlay
+//! over the separate layers shows. Not supported in layers (the layer store never writes them):
+//! `trusted.overlay.redirect` and `metacopy` xattrs, which only overlays mounted with
+//! `redirect_dir=on` or `metacopy=on` create in their upper dirs.
+
+use std::collections::HashSet;
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use fuse_backend_rs::api::filesystem::{DirEntry, Entry};
+
+use super::{err, Area, HostNode, StrataFs};
+use crate::sys;
+
+const OPAQUE: &CStr = c"trusted.overlay.opaque";
+
+/// One name of a merged listing.
+pub(crate) struct MergedEntry {
+    pub name: Vec<u8>,
+    pub kind: u8,
+    pub ino: u64,
+}
+
+/// What a name is in one layer directory.
+enum Found {
+    Missing,
+    Whiteout,
+    Dir(OwnedFd),
+    Other(OwnedFd),
+}
+
+fn is_whiteout(st: &sys::stat64) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
+}
+
+fn find(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Found> {
+    let fd = match sys::open_path_at(dir, name) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Found::Missing),
+        Err(e) => return Err(e),
+    };
+    let st = sys::stat_fd(fd.as_fd())?;
+    Ok(match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => Found::Dir(fd),
+        _ if is_whiteout(&st) => Found::Whiteout,
+        _ => Found::Other(fd),
+    })
+}
+
+/// overlayfs' test: the xattr is exactly `y`.
+fn is_opaque(dir: BorrowedFd<'_>) -> bool {
+    matches!(sys::xattr::get(dir, OPAQUE, 16), Ok(v) if v == b"y")
+}
+
+impl StrataFs {
+    /// The merged root: every layer's root, topmost first.
+    pub(crate) fn merged_root(&self) -> io::Result<Entry> {
+        let mut stack = Vec::with_capacity(self.layers.len());
+        for (i, l) in self.layers.iter().enumerate() {
+            stack.push((i as u16, sys::open_path_at(l.as_fd(), c".")?));
+        }
+        self.register_merged(stack)
+    }
+
+    /// Look `name` up in the merged directory `dir`.
+    pub(crate) fn merged_lookup(&self, dir: &HostNode, name: &CStr) -> io::Result<Entry> {
+        let mut dirs: Vec<(u16, OwnedFd)> = Vec::new();
+        for (layer, fd) in dir.stack() {
+            match find(fd, name)? {
+                Found::Missing => continue,
+                Found::Whiteout => break,
+                Found::Other(f) => {
+                    if dirs.is_empty() {
+                        return self.register(f, Area::Layer(layer));
+                    }
+                    break;
+                }
+                Found::Dir(d) => {
+                    let opaque = is_opaque(d.as_fd());
+                    dirs.push((layer, d));
+                    if opaque {
+                        break;
+                    }
+                }
+            }
+        }
+        if dirs.is_empty() {
+            return Ok(Entry {
+                entry_timeout: self.cache.layer,
+                ..Entry::default()
+            });
+        }
+        self.register_merged(dirs)
+    }
+
+    /// The listing of merged directory `dir`: `.`, `..`, then the union of its stack.
+    pub(crate) fn merged_listing(&self, dir: &HostNode) -> io::Result<Vec<MergedEntry>> {
+        let mut out = vec![
+            MergedEntry {
+                name: b".".to_vec(),
+                kind: libc::DT_DIR,
+                ino: 0,
+            },
+            MergedEntry {
+                name: b"..".to_vec(),
+                kind: libc::DT_DIR,
+                ino: 0,
+            },
+        ];
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        for (_, fd) in dir.stack() {
+            let f = sys::reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+            loop {
+                let n = sys::getdents(&f, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                for d in super::dir::dirents(&buf[..n]) {
+                    if d.name == b"." || d.name == b".." || !seen.insert(d.name.to_vec()) {
+                        continue;
+                    }
+                    if d.kind == libc::DT_CHR || d.kind == libc::DT_UNKNOWN {
+                        let c = CString::new(d.name).map_err(|_| err(libc::EIO))?;
+                        if matches!(find(fd, &c)?, Found::Whiteout) {
+                            continue; // hides the name below, and is not listed itself
+                        }
+                    }
+                    out.push(MergedEntry {
+                        name: d.name.to_vec(),
+                        kind: d.kind,
+                        ino: d.ino,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// READDIR(PLUS) of a merged listing from `offset` (entry index).
+    pub(crate) fn merged_readdir(
+        &self,
+        dir: &HostNode,
+        entries: &[MergedEntry],
+        offset: u64,
+        plus: bool,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (i, m) in entries.iter().enumerate().skip(start) {
+            let e = DirEntry {
+                ino: m.ino,
+                offset: i as u64 + 1,
+                type_: m.kind as u32,
+                name: &m.name,
+            };
+            let entry = if plus && i >= 2 {
+                CString::new(m.name.as_slice())
+                    .ok()
+                    .and_then(|c| self.merged_lookup(dir, &c).ok())
+                    .unwrap_or_default()
+            } else {
+                Entry::default()
+            };
+            let node = entry.inode;
+            if add_entry(e, entry)? == 0 {
+                if node != 0 {
+                    self.forget_node(node, 1);
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
