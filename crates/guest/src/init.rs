@@ -315,6 +315,29 @@ fn exec_child(path: &CString, argv: &[CString], env: &[CString], shown: &str) ->
         }
     }
     let _ = sys::set_controlling_tty(0);
+    // When a session leader exits, the kernel hangs up its controlling terminal and throws
+    // away output not yet transmitted (an emulated UART can hold several lines for
+    // milliseconds): the command's last words would be lost. So this process stays the
+    // session leader, runs the command as its child, and drains the console before exiting
+    // with the command's status.
+    match sys::fork() {
+        Ok(ForkResult::Parent { child }) => {
+            let _ = sys::ignore_terminal_signals();
+            let status = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break code,
+                    Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(_) => break 255,
+                }
+            };
+            let _ = sys::drain_tty(1);
+            sys::exit_now(status)
+        }
+        Ok(ForkResult::Child) => {}
+        // Cannot fork: run the command as the session leader after all.
+        Err(_) => {}
+    }
     let _ = sys::default_sigpipe();
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let errno = match execve(path, argv, env) {

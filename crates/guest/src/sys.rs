@@ -31,6 +31,29 @@ pub(crate) fn default_sigpipe() -> nix::Result<()> {
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map(drop)
 }
 
+/// `tcdrain(3)`: wait until everything written to the terminal on `fd` has been transmitted.
+pub(crate) fn drain_tty(fd: RawFd) -> nix::Result<()> {
+    // SAFETY: tcdrain takes a plain int fd and touches no memory of ours; a bad fd (or one
+    // that is not a terminal) only yields an error.
+    Errno::result(unsafe { libc::tcdrain(fd) }).map(drop)
+}
+
+/// Ignore the terminal's job-control and hang-up signals (SIGINT, SIGQUIT, SIGHUP, SIGTSTP),
+/// for the process that waits for the command and must outlive it.
+pub(crate) fn ignore_terminal_signals() -> nix::Result<()> {
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGHUP,
+        Signal::SIGTSTP,
+    ] {
+        // SAFETY: installing SIG_IGN registers no handler code, so there is no
+        // signal-safety requirement on anything in this program.
+        unsafe { signal(sig, SigHandler::SigIgn) }?;
+    }
+    Ok(())
+}
+
 /// `_exit(2)`: end a forked child right away, without running the parent's exit-time code.
 pub(crate) fn exit_now(code: i32) -> ! {
     // SAFETY: _exit has no preconditions and never returns.
