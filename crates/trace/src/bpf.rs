@@ -238,6 +238,15 @@ fn choose(lock: u64, naive: bool, missing: &mut Vec<String>) -> Vec<&'static Gro
     ok
 }
 
+/// The program groups this kernel loads (by name) and why the others are missing; loads and
+/// unloads, attaches nothing. `lock` is only a filter constant here.
+pub fn probe(lock: u64) -> (Vec<&'static str>, Vec<String>) {
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, log_print)));
+    let mut missing = Vec::new();
+    let groups = choose(lock, false, &mut missing);
+    (groups.iter().map(|g| g.name).collect(), missing)
+}
+
 /// One ring buffer record (layout of `struct event` / `struct stack_event`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Raw {
@@ -684,6 +693,27 @@ ffffffff81300000 T alloc_super\nffffffff81400000 t super_cache_scan\n";
             .convert(decode(&record(4, 7, 500, LOCK, 0, 0, "")).unwrap())
             .is_some());
         assert!(decode(&[0u8; 10]).is_none());
+    }
+
+    /// The embedded programs load with the statically linked libbpf on this kernel: at least
+    /// the tracepoint groups (this project's CI host refuses fentry but allows tp_btf).
+    #[test]
+    fn programs_load_here() {
+        if !nix::unistd::geteuid().is_root()
+            || !std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+        {
+            eprintln!("SKIP: needs root and /sys/kernel/btf/vmlinux");
+            return;
+        }
+        let (groups, missing) = probe(0xffff_ffff_8000_0000);
+        eprintln!("loaded: {groups:?}\nmissing: {missing:#?}");
+        for g in ["shrink", "sched", "syscalls"] {
+            assert!(groups.contains(&g), "{g} did not load: {missing:#?}");
+        }
+        assert!(
+            groups.contains(&WRITER) || groups.contains(&CONTENTION),
+            "no writer waits: {missing:#?}"
+        );
     }
 
     #[test]
