@@ -10,27 +10,39 @@ use std::time::Duration;
 use strata_lab::{fixture, qemu, GuestKernel, Initramfs, KernelChoice, VmConfig};
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
-/// Mount+umount pairs per loop; three loops (without, with, without the tracer).
+/// Mount+umount pairs per loop.
 const N: usize = 300;
+/// Rounds of (without the tracer, with it).
+const ROUNDS: usize = 3;
 
 fn json_line(console: &str, tag: &str) -> serde_json::Value {
     let line = console
         .lines()
         .find_map(|l| l.find(tag).map(|i| &l[i + tag.len()..]))
         .unwrap_or_else(|| panic!("no {tag} line; console:\n{console}"));
-    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{tag}: {e}: {line}"))
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| {
+        let rest: Vec<&str> = console
+            .lines()
+            .filter(|l| !l.contains("@off") && !l.contains("@on "))
+            .collect();
+        panic!(
+            "{tag}: {e}: {line}\nconsole (bench lines left out):\n{}",
+            rest.join("\n")
+        )
+    })
 }
 
-/// Mean mount+umount time of one bench run, from its samples.
-fn mean_ms(bench: &serde_json::Value) -> f64 {
-    let mut sum = 0.0;
-    let mut n = 0usize;
+/// One bench run: mean mount+umount time per pair (from the samples) and the sum of the
+/// mount and umount medians.
+fn stats(bench: &serde_json::Value) -> (f64, f64) {
+    let (mut sum, mut n, mut p50) = (0.0, 0usize, 0.0);
     for s in bench["strategies"].as_array().unwrap() {
         let samples = s["samples_ms"].as_array().unwrap();
         sum += samples.iter().map(|v| v.as_f64().unwrap()).sum::<f64>();
         n = n.max(samples.len());
+        p50 += s["p50_ms"].as_f64().unwrap();
     }
-    sum / n as f64
+    (sum / n as f64, p50)
 }
 
 #[test]
@@ -55,27 +67,35 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
     let bench = format!(
         "strata bench create --strategy tmpfs-mount --n {N} --interval-ms 0 --json --samples"
     );
-    let init = format!(
+    // Three rounds of: the loop alone, then the loop under the tracer (started fresh, measured
+    // once it says its probes are attached). TCG timing is noisy: the rounds show the spread.
+    let mut init = String::from(
         "#!/bin/busybox sh\n\
          B=/bin/busybox\n\
          export PATH=/bin\n\
          $B mount -t proc proc /proc\n\
          $B mount -t sysfs sys /sys\n\
-         $B mount -t tmpfs tmp /tmp\n\
-         {bench} --dir /tmp/b1 > /tmp/off1.json\n\
-         strata trace --producer bpf --json /tmp/trace.json > /tmp/trace.txt 2> /tmp/trace.err &\n\
-         T=$!\n\
-         i=0; while ! $B grep -q 'tracing with' /tmp/trace.err && [ $i -lt 1200 ]; do $B sleep 0.1; i=$((i + 1)); done\n\
-         {bench} --dir /tmp/b2 > /tmp/on.json\n\
-         $B kill -INT $T; wait $T\n\
-         {bench} --dir /tmp/b3 > /tmp/off2.json\n\
-         $B echo \"@off1 $($B cat /tmp/off1.json)\"\n\
-         $B echo \"@on $($B cat /tmp/on.json)\"\n\
-         $B echo \"@off2 $($B cat /tmp/off2.json)\"\n\
-         $B echo \"@trace $($B cat /tmp/trace.json)\"\n\
-         $B sed 's/^/@err /' /tmp/trace.err\n\
+         $B mount -t devtmpfs dev /dev\n\
+         $B mount -t tmpfs tmp /tmp\n",
+    );
+    for r in 0..ROUNDS {
+        init += &format!(
+            "{bench} --dir /tmp/off{r} > /tmp/off{r}.json\n\
+             strata trace --producer bpf --json /tmp/trace{r}.json > /tmp/trace.txt 2> /tmp/trace.err &\n\
+             T=$!\n\
+             i=0; while ! $B grep -q 'tracing with' /tmp/trace.err && [ $i -lt 1200 ]; do $B sleep 0.1; i=$((i + 1)); done\n\
+             {bench} --dir /tmp/on{r} > /tmp/on{r}.json\n\
+             $B kill -INT $T; wait $T\n\
+             $B echo \"@off{r} $($B cat /tmp/off{r}.json)\"\n\
+             $B echo \"@on{r} $($B cat /tmp/on{r}.json)\"\n\
+             $B sed 's/^/@err /' /tmp/trace.err\n"
+        );
+    }
+    init += &format!(
+        "$B echo \"@trace $($B cat /tmp/trace{}.json)\"\n\
          $B echo \"strata: command exited with status 0\"\n\
-         $B poweroff -f\n"
+         $B poweroff -f\n",
+        ROUNDS - 1
     );
     let mut cpio = Initramfs::new();
     cpio.file("bin/busybox", 0o755, busybox.as_path())
@@ -87,7 +107,7 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
         .file("init", 0o755, init.as_bytes());
     cpio.write_to(&initrd).unwrap();
     let mut vm = VmConfig::new(&kernel.vmlinuz, &initrd);
-    vm.timeout = Duration::from_secs(300);
+    vm.timeout = Duration::from_secs(600);
     vm.mem_mib = 1024;
     let out = vm.run().unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.timed_out, "VM timed out; console:\n{}", out.console);
@@ -116,17 +136,34 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
         .unwrap();
     assert!(row["alloc_super_ms"].as_f64().unwrap() > 0.0, "{row}");
 
-    let (off1, on, off2) = (
-        mean_ms(&json_line(c, "@off1 ")),
-        mean_ms(&json_line(c, "@on ")),
-        mean_ms(&json_line(c, "@off2 ")),
-    );
-    let off = (off1 + off2) / 2.0;
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for r in 0..ROUNDS {
+        off.push(stats(&json_line(c, &format!("@off{r} "))));
+        on.push(stats(&json_line(c, &format!("@on{r} "))));
+    }
+    let sum = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| v.iter().map(f).sum::<f64>();
+    let (mean_off, mean_on) = (sum(&off, |s| s.0), sum(&on, |s| s.0));
+    let (p50_off, p50_on) = (sum(&off, |s| s.1), sum(&on, |s| s.1));
     eprintln!(
-        "tight tmpfs mount+umount loop in the 6.1 guest (qemu TCG), {N} pairs per run, mean per \
-         pair: without the tracer {off1:.3} / {off2:.3} ms, with strata trace (eBPF) {on:.3} ms: \
-         ratio {:.3} ({:+.1} %)",
-        on / off,
-        100.0 * (on / off - 1.0)
+        "tight tmpfs mount+umount loop in the 6.1 guest (qemu TCG), {ROUNDS} rounds of {N} pairs \
+         without / with strata trace (eBPF); per pair mean (ms): {}; p50 of mount + p50 of \
+         umount (ms): {}",
+        rounds(&off, &on, |s| s.0),
+        rounds(&off, &on, |s| s.1),
     );
+    eprintln!(
+        "overhead ratio (with / without): mean {:.3} ({:+.1} %), p50 {:.3} ({:+.1} %)",
+        mean_on / mean_off,
+        100.0 * (mean_on / mean_off - 1.0),
+        p50_on / p50_off,
+        100.0 * (p50_on / p50_off - 1.0)
+    );
+}
+
+fn rounds(off: &[(f64, f64)], on: &[(f64, f64)], f: fn(&(f64, f64)) -> f64) -> String {
+    off.iter()
+        .zip(on)
+        .map(|(a, b)| format!("{:.3} / {:.3}", f(a), f(b)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

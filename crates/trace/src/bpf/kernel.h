@@ -46,6 +46,10 @@ enum {
 	BPF_NOEXIST = 1,
 };
 
+enum {
+	BPF_RB_NO_WAKEUP = 1,
+};
+
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
 struct pt_regs {

@@ -3,7 +3,9 @@
  * strata trace: who holds shrinker_rwsem while a mount waits for it.
  *
  * Every program sends small records (struct event) to one ring buffer; user space
- * (src/bpf.rs) turns them into analyzer events. Filtering happens here: only the lock whose
+ * (src/bpf.rs) turns them into analyzer events. Records never wake the reader
+ * (BPF_RB_NO_WAKEUP): a wakeup per record cost a context switch per mount; user space drains
+ * the buffer every 50 ms instead. Filtering happens here: only the lock whose
  * address user space sets in `target_lock`, only tasks that hold it or run a shrinker for
  * scheduler events, only mount-family syscalls.
  *
@@ -165,7 +167,7 @@ static __always_inline void emit_stack(void *ctx, u32 kind, u64 lock)
 	bpf_get_current_comm(s->e.comm, sizeof(s->e.comm));
 	s->e.str[0] = 0;
 	s->nbytes = bpf_get_stack(ctx, s->ips, sizeof(s->ips), 0);
-	bpf_ringbuf_submit(s, 0);
+	bpf_ringbuf_submit(s, BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline void simple(u32 kind, u64 a)
@@ -174,7 +176,7 @@ static __always_inline void simple(u32 kind, u64 a)
 	if (!e)
 		return;
 	e->a = a;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline void interest_add(u32 tid)
@@ -217,7 +219,7 @@ int BPF_PROG(fexit_down_read_trylock, struct rw_semaphore *sem, int ret)
 		if (e) {
 			e->a = (u64)sem;
 			e->small = ret;
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 		}
 	}
 	if (!ret)
@@ -307,7 +309,7 @@ int BPF_PROG(tp_shrink_start, struct shrinker *shr, struct shrink_control *sc,
 		return 0;
 	e->a = (u64)BPF_CORE_READ(shr, scan_objects);
 	e->b = total_scan;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	interest_add(cur_tid());
 	return 0;
 }
@@ -319,7 +321,7 @@ int BPF_PROG(tp_shrink_end, struct shrinker *shr, int nid, int shrinker_retval)
 	if (!e)
 		return 0;
 	e->b = shrinker_retval;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	interest_drop(cur_tid());
 	return 0;
 }
@@ -334,14 +336,14 @@ int BPF_PROG(tp_sched_switch, bool preempt, struct task_struct *prev, struct tas
 		struct event *e = reserve(K_OFF_CPU);
 		if (e) {
 			e->tid = p;
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 		}
 	}
 	if (bpf_map_lookup_elem(&interest, &n)) {
 		struct event *e = reserve(K_ON_CPU);
 		if (e) {
 			e->tid = n;
-			bpf_ringbuf_submit(e, 0);
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 		}
 	}
 	return 0;
@@ -373,7 +375,7 @@ static __always_inline void mount_start(u32 op, const char *fstype, bool user)
 		else
 			bpf_probe_read_kernel_str(e->str, sizeof(e->str), fstype);
 	}
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	bpf_map_update_elem(&mnt, &tid, &st, BPF_ANY);
 }
 
@@ -385,7 +387,7 @@ static __always_inline void mount_end(u32 tid, u64 ts, s64 ret)
 	e->ts = ts;
 	e->tid = tid;
 	e->b = ret;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	bpf_map_delete_elem(&mnt, &tid);
 }
 
@@ -474,7 +476,7 @@ int BPF_PROG(fentry_deact_sb, struct super_block *sb)
 	if (!e)
 		return 0;
 	bpf_probe_read_kernel_str(e->str, sizeof(e->str), BPF_CORE_READ(sb, s_type, name));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
@@ -501,7 +503,7 @@ static __always_inline int phase(u32 kind, u32 ph)
 	if (!e)
 		return 0;
 	e->small = ph;
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 
