@@ -6,9 +6,11 @@
 //! lists the others under `missing`:
 //! - `reader`: `fexit/down_read_trylock` (successful trylocks of the lock only) and
 //!   `fentry/up_read` (release matched by lock address): exact reader holds;
-//! - `writer`: `fentry`/`fexit` `down_write` (every writer, with its kernel stack) and
-//!   `fentry/up_write`; where fentry is refused, `contention` (`lock:contention_begin/end`,
-//!   5.19+) gives the writer waits and reader holds are inferred from shrinker calls;
+//! - `contention`: `lock:contention_begin/end` (5.19+): writers that wait, with the waiter's
+//!   kernel stack (only contended writers pay for the stack walk); before 5.19,
+//!   `writer_entry` (`fentry/down_write`) instead;
+//! - `writer`: `fexit/down_write` and `fentry/up_write`: every writer's hold; where fentry is
+//!   refused, reader holds are inferred from shrinker calls and writers are not holders;
 //! - `shrink` (`vmscan:mm_shrink_slab_start/end`, the callback read from `struct shrinker`),
 //!   `sched` (`sched_switch`, only for tasks holding the lock or shrinking), `syscalls`
 //!   (mount, umount2, fsopen, fsconfig), `sb_end` (`deactivate_locked_super`: an umount's
@@ -53,6 +55,7 @@ struct Group {
 const READER: &str = "reader";
 const WRITER: &str = "writer";
 const CONTENTION: &str = "contention";
+const WRITER_ENTRY: &str = "writer_entry";
 
 const GROUPS: &[Group] = &[
     Group {
@@ -63,9 +66,15 @@ const GROUPS: &[Group] = &[
     },
     Group {
         name: WRITER,
-        progs: &["fentry_down_write", "fexit_down_write", "fentry_up_write"],
+        progs: &["fexit_down_write", "fentry_up_write"],
         funcs: &["down_write", "up_write"],
-        what: "writers (fentry/fexit down_write, fentry/up_write)",
+        what: "writer holds (fexit/down_write, fentry/up_write)",
+    },
+    Group {
+        name: CONTENTION,
+        progs: &["tp_contention_begin", "tp_contention_end"],
+        funcs: &[],
+        what: "writer waits with stacks (lock:contention_begin/end, 5.19+)",
     },
     Group {
         name: "shrink",
@@ -120,10 +129,10 @@ const GROUPS: &[Group] = &[
         what: "shrinker (un)registration phases (6.7+ names)",
     },
     Group {
-        name: CONTENTION,
-        progs: &["tp_contention_begin", "tp_contention_end"],
-        funcs: &[],
-        what: "writer waits from lock:contention_begin/end",
+        name: WRITER_ENTRY,
+        progs: &["fentry_down_write"],
+        funcs: &["down_write"],
+        what: "writer waits from fentry/down_write (where contention tracepoints are missing)",
     },
 ];
 
@@ -203,7 +212,7 @@ fn choose(lock: u64, naive: bool, missing: &mut Vec<String>) -> Vec<&'static Gro
     let mut want: Vec<&'static Group> = Vec::new();
     for g in GROUPS
         .iter()
-        .filter(|g| g.name != CONTENTION)
+        .filter(|g| g.name != WRITER_ENTRY)
         .filter(|g| only.as_ref().is_none_or(|o| o.contains(&g.name)))
     {
         let absent: Vec<&str> = g
@@ -233,8 +242,8 @@ fn choose(lock: u64, naive: bool, missing: &mut Vec<String>) -> Vec<&'static Gro
             Err(e) => missing.push(format!("{}: {e}", g.what)),
         }
     }
-    if !ok.iter().any(|g| g.name == WRITER) {
-        let c = GROUPS.iter().find(|g| g.name == CONTENTION);
+    if !ok.iter().any(|g| g.name == CONTENTION) {
+        let c = GROUPS.iter().find(|g| g.name == WRITER_ENTRY);
         if let Some(c) = c {
             match all(&[c]) {
                 Ok(()) => ok.push(c),
@@ -305,15 +314,18 @@ pub fn decode(d: &[u8]) -> Option<Raw> {
 /// Records → analyzer events (symbols resolved, writer waits paired).
 pub struct Converter {
     lock: u64,
+    /// fexit/down_write reports every writer's acquisition: contention_end is not needed.
+    writer_exits: bool,
     sym: Symbolizer,
     names: HashMap<u64, String>,
     waiting: HashSet<u32>,
 }
 
 impl Converter {
-    pub fn new(lock: u64, sym: Symbolizer) -> Converter {
+    pub fn new(lock: u64, sym: Symbolizer, writer_exits: bool) -> Converter {
         Converter {
             lock,
+            writer_exits,
             sym,
             names: HashMap::new(),
             waiting: HashSet::new(),
@@ -362,12 +374,12 @@ impl Converter {
                 }
             }
             4 => {
-                // contention_end also ends readers' contention: only a waiting writer acquires.
-                if !self.waiting.remove(&r.tid) {
-                    return None;
-                }
+                self.waiting.remove(&r.tid);
                 Kind::WriteAcquired { lock }
             }
+            // contention_end also ends readers' contention: only a waiting writer acquires.
+            17 if !self.writer_exits && self.waiting.remove(&r.tid) => Kind::WriteAcquired { lock },
+            17 => return None,
             5 => Kind::WriteReleased { lock: r.a },
             6 => {
                 let sym = &self.sym;
@@ -472,15 +484,11 @@ pub fn available(kernel: &crate::check::KernelCheck) -> Result<u64, String> {
 /// Trace until `duration` has passed or `stop` is set, then build the report.
 pub fn run(kernel: crate::check::KernelCheck, o: Options) -> io::Result<crate::report::Report> {
     let lock = available(&kernel).map_err(io::Error::other)?;
-    // Everything slow happens before the probes are announced as attached (reading kallsyms
-    // takes seconds in a TCG guest): a benchmark that waits for the announcement measures the
-    // steady state.
-    let sym = Symbolizer::load();
     libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Warn, log_print)));
     let mut missing = Vec::new();
     let groups = choose(lock, o.naive, &mut missing);
     let names: HashSet<&str> = groups.iter().map(|g| g.name).collect();
-    let essential = names.contains(WRITER) || names.contains(CONTENTION);
+    let essential = names.contains(CONTENTION) || names.contains(WRITER_ENTRY);
     if !essential {
         return Err(io::Error::other(format!(
             "the eBPF producer cannot see writer waits on this kernel ({}); try --producer tracefs",
@@ -516,7 +524,11 @@ pub fn run(kernel: crate::check::KernelCheck, o: Options) -> io::Result<crate::r
             Some(e) => missing.push(format!("{}: attach {e}", g.what)),
         }
     }
-    let exact = attached.contains(READER) && attached.contains(WRITER);
+    // After attaching (the programs and trampolines are in kallsyms only then, and show in
+    // stacks) and before announcing: reading kallsyms takes seconds in a TCG guest, and a
+    // benchmark that waits for the announcement should measure the steady state. Records wait
+    // in the ring buffer meanwhile.
+    let sym = Symbolizer::load();
     let mut analyzer = crate::analyze::Analyzer::new(lock, o.min_wait_ms);
     if !attached.contains(READER) {
         analyzer = analyzer.holds_from_shrinkers();
@@ -535,7 +547,6 @@ pub fn run(kernel: crate::check::KernelCheck, o: Options) -> io::Result<crate::r
     if o.naive && !attached.contains(READER) {
         missing.push("--naive needs the reader group (fexit/fentry): no naive report".into());
     }
-    let _ = exact;
     let records: Rc<RefCell<Vec<Vec<u8>>>> = Rc::new(RefCell::new(Vec::new()));
     let sink = records.clone();
     let mut rb = libbpf_rs::RingBufferBuilder::new();
@@ -558,7 +569,7 @@ pub fn run(kernel: crate::check::KernelCheck, o: Options) -> io::Result<crate::r
         n.start_at(t0);
         n
     });
-    let mut conv = Converter::new(lock, sym);
+    let mut conv = Converter::new(lock, sym, attached.contains(WRITER));
     let mut reorder = Reorder::default();
     let mut next_sample = start + Duration::from_secs(1);
     let mut feed = |evs: Vec<Event>, a: &mut crate::analyze::Analyzer| {
@@ -659,7 +670,7 @@ ffffffff81300000 T alloc_super\nffffffff81400000 t super_cache_scan\n";
 
     #[test]
     fn decodes_and_converts_records() {
-        let mut c = Converter::new(LOCK, Symbolizer::from_text(SYMS));
+        let mut c = Converter::new(LOCK, Symbolizer::from_text(SYMS), false);
         let r = decode(&record(10, 7, 100, 0, 0, 0, "overlay")).unwrap();
         assert_eq!((r.kind, r.tid, r.pid, r.comm.as_str()), (10, 7, 1007, "sh"));
         assert_eq!(r.stack, None);
@@ -697,10 +708,19 @@ ffffffff81300000 T alloc_super\nffffffff81400000 t super_cache_scan\n";
         );
         // contention_end of a task that was not waiting to write: dropped.
         assert!(c
-            .convert(decode(&record(4, 9, 400, LOCK, 0, 0, "")).unwrap())
+            .convert(decode(&record(17, 9, 400, LOCK, 0, 0, "")).unwrap())
             .is_none());
         assert!(c
-            .convert(decode(&record(4, 7, 500, LOCK, 0, 0, "")).unwrap())
+            .convert(decode(&record(17, 7, 500, LOCK, 0, 0, "")).unwrap())
+            .is_some());
+        // With fexit/down_write, that is the acquisition and contention_end is ignored.
+        let mut c = Converter::new(LOCK, Symbolizer::from_text(SYMS), true);
+        c.convert(decode(&d).unwrap());
+        assert!(c
+            .convert(decode(&record(17, 7, 500, LOCK, 0, 0, "")).unwrap())
+            .is_none());
+        assert!(c
+            .convert(decode(&record(4, 7, 501, LOCK, 0, 0, "")).unwrap())
             .is_some());
         assert!(decode(&[0u8; 10]).is_none());
     }
@@ -721,7 +741,7 @@ ffffffff81300000 T alloc_super\nffffffff81400000 t super_cache_scan\n";
             assert!(groups.contains(&g), "{g} did not load: {missing:#?}");
         }
         assert!(
-            groups.contains(&WRITER) || groups.contains(&CONTENTION),
+            groups.contains(&CONTENTION) || groups.contains(&WRITER_ENTRY),
             "no writer waits: {missing:#?}"
         );
     }

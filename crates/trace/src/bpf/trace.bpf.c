@@ -43,6 +43,7 @@ enum kind {
 	K_MOUNT_END = 14,
 	K_NAIVE_TRY = 15,
 	K_NAIVE_UP = 16,
+	K_CONTENTION_END = 17,
 };
 
 enum op { OP_MOUNT = 0, OP_UMOUNT = 1, OP_FSCONFIG = 2 };
@@ -246,15 +247,7 @@ int BPF_PROG(fentry_up_read, struct rw_semaphore *sem)
 	return 0;
 }
 
-/* ---- group "writer": every down_write, its return and up_write ---- */
-
-SEC("fentry/down_write")
-int BPF_PROG(fentry_down_write, struct rw_semaphore *sem)
-{
-	if ((u64)sem == target_lock)
-		emit_stack(ctx, K_WRITE_WAIT, (u64)sem);
-	return 0;
-}
+/* ---- group "writer": every writer's hold, from down_write's return to up_write ---- */
 
 SEC("fexit/down_write")
 int BPF_PROG(fexit_down_write, struct rw_semaphore *sem)
@@ -276,7 +269,8 @@ int BPF_PROG(fentry_up_write, struct rw_semaphore *sem)
 	return 0;
 }
 
-/* ---- group "contention": writer waits from tracepoints (5.19+), where fentry is refused ---- */
+/* ---- group "contention": writers that have to wait (5.19+), with the waiter's stack. Only
+ * contended writers pay for the stack walk: a tight mount loop mostly takes the lock at once. */
 
 #define LCB_F_WRITE (1U << 2)
 
@@ -293,7 +287,18 @@ int BPF_PROG(tp_contention_end, void *lock, int ret)
 {
 	/* Readers' contention ends too: user space pairs this with an open writer wait. */
 	if ((u64)lock == target_lock)
-		simple(K_WRITE_ACQ, (u64)lock);
+		simple(K_CONTENTION_END, (u64)lock);
+	return 0;
+}
+
+/* ---- group "writer_entry": before 5.19 (no contention tracepoints), every down_write of the
+ * lock starts a wait, with its stack ---- */
+
+SEC("fentry/down_write")
+int BPF_PROG(fentry_down_write, struct rw_semaphore *sem)
+{
+	if ((u64)sem == target_lock)
+		emit_stack(ctx, K_WRITE_WAIT, (u64)sem);
 	return 0;
 }
 
