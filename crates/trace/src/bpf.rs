@@ -206,15 +206,8 @@ fn choose(lock: u64, naive: bool, missing: &mut Vec<String>) -> Vec<&'static Gro
     let btf = std::fs::read("/sys/kernel/btf/vmlinux")
         .ok()
         .and_then(|b| crate::btf::Btf::parse(&b).ok());
-    // Diagnostics: STRATA_TRACE_GROUPS=reader,writer,… loads only those groups.
-    let only = std::env::var("STRATA_TRACE_GROUPS").ok();
-    let only: Option<Vec<&str>> = only.as_deref().map(|v| v.split(',').collect());
     let mut want: Vec<&'static Group> = Vec::new();
-    for g in GROUPS
-        .iter()
-        .filter(|g| g.name != WRITER_ENTRY)
-        .filter(|g| only.as_ref().is_none_or(|o| o.contains(&g.name)))
-    {
+    for g in GROUPS.iter().filter(|g| g.name != WRITER_ENTRY) {
         let absent: Vec<&str> = g
             .funcs
             .iter()
