@@ -11,9 +11,14 @@
 #   umoci            unpacking OCI images into layers
 #   e2fsprogs        mkfs.ext4 for the lab's scratch disk
 #   erofs-utils      mkfs.erofs for setup (c) of `strata bench guest`
+#   clang            compiles strata trace's BPF programs (CO-RE C) at build time
+#   libelf-dev, zlib1g-dev, pkg-config
+#                    static libelf.a and libz.a that the vendored libbpf links into the
+#                    static strata binary (.cargo/config.toml: LIBBPF_SYS_LIBRARY_PATH)
 set -euo pipefail
 
 PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs erofs-utils)
+PACKAGES+=(clang libelf-dev zlib1g-dev pkg-config)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

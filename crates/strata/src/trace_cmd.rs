@@ -1,5 +1,5 @@
 //! `strata trace`: is this kernel exposed to the shrinker_rwsem mount stall (`--check`), and
-//! who holds the lock while a mount waits (tracing through tracefs; eBPF to come).
+//! who holds the lock while a mount waits (eBPF, or tracefs kprobes/tracepoints as a fallback).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,6 +28,21 @@ pub struct TraceArgs {
     /// List writer waits on the lock of at least this long (shorter ones are only counted).
     #[arg(long, value_name = "MS", default_value_t = 10.0)]
     min_wait: f64,
+    /// Where events come from: `bpf` (CO-RE programs, needs BTF), `tracefs` (kprobes and
+    /// tracepoints through /sys/kernel/tracing), or `auto` (bpf if it loads, else tracefs).
+    #[arg(long, value_enum, default_value_t = Producer::Auto)]
+    producer: Producer,
+    /// Also report what the usual bpftrace script (kprobe:down_read_trylock →
+    /// kretprobe:up_read) would have said, from the same trace (bpf producer only).
+    #[arg(long)]
+    naive: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Producer {
+    Auto,
+    Bpf,
+    Tracefs,
 }
 
 pub fn trace(a: TraceArgs) -> ExitCode {
@@ -62,7 +77,10 @@ fn output(a: &TraceArgs, c: &strata_trace::KernelCheck) -> std::io::Result<()> {
 
 fn run(a: &TraceArgs, c: strata_trace::KernelCheck) -> ExitCode {
     if !c.root {
-        eprintln!("strata trace: tracing needs root (tracefs, kprobes); --check works without");
+        eprintln!(
+            "strata trace: tracing needs root (BPF programs, tracefs); run it with sudo. \
+             --check works without"
+        );
         return ExitCode::from(2);
     }
     if c.shrinker_lock == strata_trace::ShrinkerLock::Lockless {
@@ -80,20 +98,49 @@ fn run(a: &TraceArgs, c: strata_trace::KernelCheck) -> ExitCode {
         }
     }
     let duration = a.duration.map(std::time::Duration::from_secs_f64);
-    eprintln!(
-        "strata trace: tracing {} (Ctrl-C to stop)",
-        match a.duration {
-            Some(d) => format!("for {d} s"),
-            None => "until stopped".into(),
-        }
-    );
-    let r = match strata_trace::tracefs::run(c, duration, a.min_wait, &stop) {
+    let bpf = |c| {
+        strata_trace::bpf::run(
+            c,
+            strata_trace::bpf::Options {
+                duration,
+                min_wait_ms: a.min_wait,
+                naive: a.naive,
+                stop: &stop,
+            },
+        )
+    };
+    let tracefs = |c| strata_trace::tracefs::run(c, duration, a.min_wait, &stop);
+    let res = match a.producer {
+        Producer::Bpf => bpf(c),
+        Producer::Tracefs => tracefs(c),
+        Producer::Auto => match strata_trace::bpf::available(&c) {
+            Ok(_) => match bpf(c.clone()) {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    eprintln!("strata trace: eBPF producer failed ({e}); using tracefs");
+                    tracefs(c).map(|mut r| {
+                        r.missing.insert(0, format!("eBPF producer: {e}"));
+                        r
+                    })
+                }
+            },
+            Err(why) => tracefs(c).map(|mut r| {
+                r.missing.insert(0, format!("eBPF producer: {why}"));
+                r
+            }),
+        },
+    };
+    let mut r = match res {
         Ok(r) => r,
         Err(e) => {
             eprintln!("strata trace: {e}");
             return ExitCode::FAILURE;
         }
     };
+    if a.naive && r.naive.is_none() && r.source != "ebpf" {
+        r.missing
+            .push("--naive: only the eBPF producer records the naive script's events".into());
+    }
     let res = match a.json.as_deref() {
         None => std::io::stdout().write_all(strata_trace::render::render(&r).as_bytes()),
         Some(p) => serde_json::to_string(&r)

@@ -90,9 +90,23 @@ pub enum Kind {
     PhaseEnd {
         phase: Phase,
     },
+    /// The filesystem type of the open mount or umount, learned late (an umount's superblock).
+    MountFstype {
+        fstype: String,
+    },
     /// The syscall returned `ret`.
     MountEnd {
         ret: i64,
+    },
+    /// What the naive bpftrace script sees (only with `--naive`; the analyzer ignores it, see
+    /// [`crate::naive`]): any `down_read_trylock(lock)`, successful or not…
+    NaiveTry {
+        ok: bool,
+    },
+    /// …and the next `up_read` of that task, of *any* lock, with the kernel stack there.
+    NaiveUp {
+        lock: u64,
+        stack: Vec<String>,
     },
 }
 
@@ -153,6 +167,7 @@ struct Group {
 pub struct Analyzer {
     lock: u64,
     holds_from_shrinkers: bool,
+    writer_releases: bool,
     min_wait_ns: u64,
     t0: Option<u64>,
     last_ts: u64,
@@ -183,6 +198,7 @@ impl Analyzer {
         Analyzer {
             lock,
             holds_from_shrinkers: false,
+            writer_releases: true,
             min_wait_ns: (min_wait_ms * 1e6) as u64,
             t0: None,
             last_ts: 0,
@@ -208,6 +224,13 @@ impl Analyzer {
     /// `approximate`.
     pub fn holds_from_shrinkers(mut self) -> Analyzer {
         self.holds_from_shrinkers = true;
+        self
+    }
+
+    /// The producer sees no `up_write` of the lock: a writer's hold cannot be closed, so it is
+    /// not recorded (it would otherwise cover every later wait).
+    pub fn no_writer_releases(mut self) -> Analyzer {
+        self.writer_releases = false;
         self
     }
 
@@ -366,9 +389,14 @@ impl Analyzer {
                         let (_, start) = m.phase_open.remove(i);
                         // Only outermost phases count, so that phases never overlap.
                         if m.phase_open.is_empty() {
-                            *m.phase_ns.entry(phase).or_default() += ts - start;
+                            *m.phase_ns.entry(phase).or_default() += ts.saturating_sub(start);
                         }
                     }
+                }
+            }
+            Kind::MountFstype { fstype } => {
+                if let Some(m) = self.mounts_open.get_mut(&tid) {
+                    m.fstype = fstype;
                 }
             }
             Kind::MountEnd { ret } => self.end_mount(tid, ts, ret),
@@ -396,19 +424,21 @@ impl Analyzer {
     fn end_wait(&mut self, tid: u32, ts: u64) {
         let (pid, comm) = self.task(tid);
         // The writer holds the lock from now on (a holder for later waiters).
-        self.holds.push(Hold {
-            tid,
-            pid,
-            comm,
-            role: Role::Writer,
-            start: ts,
-            end: None,
-            approx: false,
-        });
+        if self.writer_releases {
+            self.holds.push(Hold {
+                tid,
+                pid,
+                comm,
+                role: Role::Writer,
+                start: ts,
+                end: None,
+                approx: false,
+            });
+        }
         let Some(w) = self.waits_open.remove(&tid) else {
             return;
         };
-        let d = ts - w.start;
+        let d = ts.saturating_sub(w.start);
         self.all_waits += 1;
         self.all_wait_ns += d;
         let mut in_mount = None;
@@ -518,7 +548,16 @@ impl Analyzer {
         let Some(m) = self.mounts_open.remove(&tid) else {
             return;
         };
-        let total = ts - m.start;
+        let total = ts.saturating_sub(m.start);
+        let m = OpenMount {
+            // An umount that ended no superblock (or the type was not observable).
+            fstype: if m.fstype.is_empty() {
+                "?".into()
+            } else {
+                m.fstype
+            },
+            ..m
+        };
         let g = self.groups.entry((m.op, m.fstype.clone())).or_default();
         g.durations_ns.push(total);
         if ret < 0 {

@@ -69,8 +69,60 @@ impl Kallsyms {
     }
 }
 
+/// Kernel addresses → function names (text symbols of the kernel and its modules).
+#[derive(Debug, Default)]
+pub struct Symbolizer {
+    syms: Vec<(u64, String)>,
+}
+
+impl Symbolizer {
+    pub fn from_text(text: &str) -> Symbolizer {
+        let mut syms: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|line| {
+                let mut f = line.split_ascii_whitespace();
+                let (addr, kind, name) = (f.next()?, f.next()?, f.next()?);
+                if !matches!(kind, "t" | "T" | "w" | "W") {
+                    return None;
+                }
+                let addr = u64::from_str_radix(addr, 16).ok().filter(|&a| a != 0)?;
+                Some((addr, name.to_string()))
+            })
+            .collect();
+        syms.sort_unstable();
+        Symbolizer { syms }
+    }
+
+    /// `/proc/kallsyms` (empty when unreadable: addresses then print in hex).
+    pub fn load() -> Symbolizer {
+        Symbolizer::from_text(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default())
+    }
+
+    /// The function containing `addr` (the nearest symbol at or below it), else the address.
+    pub fn name(&self, addr: u64) -> String {
+        let i = self.syms.partition_point(|(a, _)| *a <= addr);
+        match i.checked_sub(1).map(|i| &self.syms[i]) {
+            Some((_, n)) => n.clone(),
+            None => format!("{addr:#x}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn symbolizes_addresses() {
+        let s = super::Symbolizer::from_text(
+            "ffffffff81000000 T _stext\nffffffff8125d2a0 t do_shrink_slab\nffffffff82b5f8a0 d shrinker_rwsem\nffffffffc0a01000 t some_fn\t[overlay]\n",
+        );
+        assert_eq!(s.name(0xffffffff8125d2a0), "do_shrink_slab");
+        assert_eq!(s.name(0xffffffff8125d2b7), "do_shrink_slab");
+        // Data symbols are not functions: an address past the last text symbol before it.
+        assert_eq!(s.name(0xffffffff82b5f8a0), "do_shrink_slab");
+        assert_eq!(s.name(0xffffffffc0a01010), "some_fn");
+        assert_eq!(s.name(0x10), "0x10");
+    }
+
     use super::*;
 
     #[test]

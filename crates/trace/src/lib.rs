@@ -5,13 +5,17 @@
 //! - [`analyze`]: kernel events (lock holds and waits, shrinker calls, scheduling, mounts) →
 //!   waits attributed to holders and shrinkers, mount latency by phase;
 //! - [`report`], [`render`]: the report (JSON) and its human form;
-//! - [`tracefs`]: the event producer on tracefs kprobes/tracepoints (no libbpf yet);
+//! - [`bpf`]: the eBPF event producer (CO-RE programs, libbpf, linked statically);
+//! - [`tracefs`]: the fallback producer on tracefs kprobes/tracepoints (no BTF needed);
+//! - [`naive`]: what the usual bpftrace script would report, from the same events;
 //! - [`vmstat`]: reclaim counters and PSI per second.
 
 pub mod analyze;
+pub mod bpf;
 pub mod btf;
 pub mod check;
 pub mod kallsyms;
+pub mod naive;
 pub mod render;
 pub mod report;
 pub mod tracefs;
@@ -19,3 +23,15 @@ pub mod vmstat;
 
 pub use check::{KernelCheck, ShrinkerLock};
 pub use report::Report;
+
+/// Say on stderr that events are being recorded (the probes are attached): the lab waits for
+/// this line before it starts the pressure.
+pub fn announce(producer: &str, duration: Option<std::time::Duration>) {
+    eprintln!(
+        "strata trace: tracing with {producer} {} (Ctrl-C to stop)",
+        match duration {
+            Some(d) => format!("for {} s", d.as_secs_f64()),
+            None => "until stopped".into(),
+        }
+    );
+}

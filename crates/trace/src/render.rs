@@ -222,7 +222,44 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(s, "             stack: {}", w.stack.join(" ← "));
         }
     }
+    if let Some(n) = &r.naive {
+        render_naive(&mut s, n);
+    }
     s
+}
+
+/// The naive script's answer, next to strata's.
+fn render_naive(s: &mut String, n: &crate::naive::NaiveReport) {
+    let _ = writeln!(s, "\nWhat the naive bpftrace script reports ({})", n.method);
+    let _ = writeln!(
+        s,
+        "  intervals: {} ({} began with a failed trylock, {} ended by another rwsem's up_read); \
+         p50 {}, max {}",
+        n.intervals,
+        n.failed_trylocks,
+        n.ended_by_other_lock,
+        dur(n.p50_ms),
+        dur(n.max_ms)
+    );
+    for t in &n.top_stacks {
+        let _ = writeln!(s, "  {:>9} {:>6}×  {}", dur(t.ms), t.n, t.stack);
+    }
+    if let Some(w) = &n.slowest_wait {
+        let _ = writeln!(
+            s,
+            "  during the slowest wait ({} waited {}): {} intervals cover {} ({}), longest {}{}",
+            w.waiter_comm,
+            dur(w.wait_ms),
+            w.intervals,
+            dur(w.covered_ms),
+            pct(w.covered_ms, w.wait_ms),
+            dur(w.longest_ms),
+            w.top_stacks
+                .first()
+                .map(|t| format!(", top stack {}", t.stack))
+                .unwrap_or_default()
+        );
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,9 @@ pub struct Report {
     pub waits: Vec<Wait>,
     /// Reclaim counters per second, aligned with `t_s` of the waits.
     pub vmstat: Vec<VmstatSample>,
+    /// What the usual bpftrace script would have reported (`--naive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub naive: Option<crate::naive::NaiveReport>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -77,10 +80,13 @@ pub struct TopShrinker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MountOp {
-    /// mount(2), or fsconfig(FSCONFIG_CMD_CREATE) of the new mount API.
+    /// mount(2) of a new superblock (not a remount, bind or move).
     Mount,
-    /// umount(2)/umount2(2) that ends a superblock.
+    /// umount2(2), until the superblock it ends (if any) is gone.
     Umount,
+    /// fsconfig(FSCONFIG_CMD_CREATE) of the new mount API (fsopen/fsconfig/fsmount): the call
+    /// that creates the superblock; the type comes from the fsopen of the same fd.
+    Fsconfig,
 }
 
 impl MountOp {
@@ -88,6 +94,7 @@ impl MountOp {
         match self {
             MountOp::Mount => "mount",
             MountOp::Umount => "umount",
+            MountOp::Fsconfig => "fsconfig",
         }
     }
 }
@@ -263,6 +270,7 @@ impl Report {
             slowest_mounts,
             waits,
             vmstat,
+            naive: None,
         }
     }
 }

@@ -437,10 +437,8 @@ impl Parser {
                     );
                 }
             }
-            "contention_end" => {
-                if self.waiting.remove(&tid).is_some() {
-                    push(ev(Kind::WriteAcquired { lock }), self);
-                }
+            "contention_end" if self.waiting.remove(&tid).is_some() => {
+                push(ev(Kind::WriteAcquired { lock }), self);
             }
             "mm_shrink_slab_start" => {
                 let shrinker = symbol(p.rest.split(' ').next().unwrap_or("?"));
@@ -498,13 +496,11 @@ impl Parser {
                     );
                 }
             }
-            "mntr" => {
-                if self.in_mount.remove(&tid).is_some() {
-                    let ret = field(p.rest, "ret")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0);
-                    push(ev(Kind::MountEnd { ret }), self);
-                }
+            "mntr" if self.in_mount.remove(&tid).is_some() => {
+                let ret = field(p.rest, "ret")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                push(ev(Kind::MountEnd { ret }), self);
             }
             "as" => push(
                 ev(Kind::PhaseStart {
@@ -548,6 +544,20 @@ impl Parser {
     }
 }
 
+/// The address of `shrinker_rwsem`, from the kernel check (kallsyms).
+pub fn lock_addr(kernel: &crate::check::KernelCheck) -> Result<u64, String> {
+    kernel
+        .shrinker_rwsem_addr
+        .as_deref()
+        .and_then(hex)
+        .filter(|&a| a != 0)
+        .ok_or_else(|| {
+            "the address of shrinker_rwsem is unknown (not in /proc/kallsyms, or hidden: run as \
+             root); nothing to trace on this kernel"
+                .to_string()
+        })
+}
+
 /// Trace until `duration` has passed or `stop` is set, then build the report.
 pub fn run(
     kernel: crate::check::KernelCheck,
@@ -557,19 +567,10 @@ pub fn run(
 ) -> io::Result<crate::report::Report> {
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
-    let lock = kernel
-        .shrinker_rwsem_addr
-        .as_deref()
-        .and_then(hex)
-        .filter(|&a| a != 0)
-        .ok_or_else(|| {
-            io::Error::other(
-                "the address of shrinker_rwsem is unknown (not in /proc/kallsyms, or hidden: \
-                 run as root); nothing to trace on this kernel",
-            )
-        })?;
+    let lock = lock_addr(&kernel).map_err(io::Error::other)?;
     let root = find_or_mount()?;
     let mut sess = Session::start(&root, lock)?;
+    crate::announce("tracefs", duration);
     let start = Instant::now();
     // Time zero of the report: this marker's timestamp in the trace.
     let _ = write(&root.join("trace_marker"), "strata-trace-start");

@@ -92,11 +92,12 @@ snap pressure-start
 # CPU and above the pressure generator, so that it keeps up with trace_pipe.
 TRACE_PID=""
 if strata trace --check --json | grep -q '"shrinker_lock":"rwsem"'; then
-  strata trace --min-wait 10 --json /lab/trace.json > /lab/trace.txt 2>&1 &
+  strata trace --min-wait 10 --naive --json /lab/trace.json > /lab/trace.txt 2>&1 &
   TRACE_PID=$!
   renice -5 -p $TRACE_PID > /dev/null
   [ "$NCPU" -ge 2 ] && taskset -p -c 0-$BENCH_CPU $TRACE_PID > /dev/null
-  sleep 1
+  # Pressure only once the probes are attached (loading BPF programs takes seconds under TCG).
+  i=0; while ! grep -q "strata trace: tracing" /lab/trace.txt && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 fi
 rm -f /lab/stop
 run_benches pressure 50000 --until /lab/stop

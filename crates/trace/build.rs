@@ -1,0 +1,21 @@
+//! Compile the BPF programs (src/bpf/trace.bpf.c, CO-RE) with clang and generate their
+//! skeleton. Needs clang; no kernel headers and no BTF on the build machine: the kernel types
+//! the programs use are declared in src/bpf/kernel.h and relocated at load time.
+
+use std::path::PathBuf;
+
+const SRC: &str = "src/bpf/trace.bpf.c";
+
+fn main() {
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("trace.skel.rs");
+    if let Err(e) = libbpf_cargo::SkeletonBuilder::new()
+        .source(SRC)
+        .clang_args(["-I", "src/bpf", "-Wall", "-Werror"])
+        .build_and_generate(&out)
+    {
+        panic!("building {SRC} failed (is clang installed? scripts/install-deps.sh): {e:#}");
+    }
+    println!("cargo:rerun-if-changed={SRC}");
+    println!("cargo:rerun-if-changed=src/bpf/kernel.h");
+}

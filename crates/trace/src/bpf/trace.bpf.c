@@ -1,0 +1,538 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * strata trace: who holds shrinker_rwsem while a mount waits for it.
+ *
+ * Every program sends small records (struct event) to one ring buffer; user space
+ * (src/bpf.rs) turns them into analyzer events. Records never wake the reader
+ * (BPF_RB_NO_WAKEUP): a wakeup per record cost a context switch per mount; user space drains
+ * the buffer every 50 ms instead. Filtering happens here: only the lock whose
+ * address user space sets in `target_lock`, only tasks that hold it or run a shrinker for
+ * scheduler events, only mount-family syscalls.
+ *
+ * Programs come in groups that user space loads or leaves out per kernel (see bpf.rs):
+ * fentry/fexit on the lock functions where the kernel allows it (exact reader holds), else
+ * lock:contention_* tracepoints for the writer waits and shrinker calls standing in for
+ * reader holds.
+ */
+#include "kernel.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set by user space before load. */
+const volatile u64 target_lock = 0;
+/* Also emit what the naive bpftrace script sees (any trylock, the next up_read of any lock). */
+const volatile bool naive = false;
+
+enum kind {
+	K_READ_ACQ = 1,
+	K_READ_REL = 2,
+	K_WRITE_WAIT = 3,
+	K_WRITE_ACQ = 4,
+	K_WRITE_REL = 5,
+	K_SHRINK_START = 6,
+	K_SHRINK_END = 7,
+	K_OFF_CPU = 8,
+	K_ON_CPU = 9,
+	K_MOUNT_START = 10,
+	K_MOUNT_FSTYPE = 11,
+	K_PHASE_START = 12,
+	K_PHASE_END = 13,
+	K_MOUNT_END = 14,
+	K_NAIVE_TRY = 15,
+	K_NAIVE_UP = 16,
+	K_CONTENTION_END = 17,
+};
+
+enum op { OP_MOUNT = 0, OP_UMOUNT = 1, OP_FSCONFIG = 2 };
+enum phase { PH_ALLOC_SUPER = 0, PH_REGISTER = 1, PH_UNREGISTER = 2 };
+
+#define MAX_FRAMES 32
+
+struct event {
+	u64 ts;
+	u32 tid;
+	u32 pid;
+	u32 kind;
+	s32 small; /* op, phase, trylock result */
+	u64 a;     /* lock address, shrinker callback address */
+	s64 b;     /* objects to scan, objects freed, syscall return */
+	char comm[16];
+	char str[32]; /* filesystem type */
+};
+
+struct stack_event {
+	struct event e;
+	s64 nbytes; /* bytes of ips filled by bpf_get_stack, or its error */
+	u64 ips[MAX_FRAMES];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+/* Tasks whose on/off-CPU time matters: they hold the lock or run a shrinker. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, u32);
+	__type(value, u32);
+} interest SEC(".maps");
+
+struct mstate {
+	u32 op;
+	u32 returned;
+	u64 exit_ts;
+	s64 ret;
+};
+
+/* Tasks inside a traced mount, umount or fsconfig(CREATE). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, u32);
+	__type(value, struct mstate);
+} mnt SEC(".maps");
+
+/* fsopen(name) in flight, then the fd it returned: the new mount API's filesystem type. */
+struct fsname {
+	char s[32];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, u32);
+	__type(value, struct fsname);
+} fsopen_name SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, u64);
+	__type(value, struct fsname);
+} fd_fstype SEC(".maps");
+
+/* Naive mode: a trylock seen, its interval not yet ended by an up_read. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, u32);
+	__type(value, u32);
+} naive_open SEC(".maps");
+
+/* Umounts that returned but may still end a superblock in task work (deactivate_super runs
+ * after sys_exit, on the way back to user space): closed there or at the task's next syscall. */
+u64 umounts_pending = 0;
+/* Records the ring buffer had no room for. */
+u64 dropped = 0;
+
+static __always_inline struct event *reserve(u32 kind)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		__sync_fetch_and_add(&dropped, 1);
+		return 0;
+	}
+	u64 id = bpf_get_current_pid_tgid();
+	e->ts = bpf_ktime_get_ns();
+	e->tid = (u32)id;
+	e->pid = id >> 32;
+	e->kind = kind;
+	e->small = 0;
+	e->a = 0;
+	e->b = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->str[0] = 0;
+	return e;
+}
+
+static __always_inline void emit_stack(void *ctx, u32 kind, u64 lock)
+{
+	struct stack_event *s = bpf_ringbuf_reserve(&events, sizeof(*s), 0);
+	if (!s) {
+		__sync_fetch_and_add(&dropped, 1);
+		return;
+	}
+	u64 id = bpf_get_current_pid_tgid();
+	s->e.ts = bpf_ktime_get_ns();
+	s->e.tid = (u32)id;
+	s->e.pid = id >> 32;
+	s->e.kind = kind;
+	s->e.small = 0;
+	s->e.a = lock;
+	s->e.b = 0;
+	bpf_get_current_comm(s->e.comm, sizeof(s->e.comm));
+	s->e.str[0] = 0;
+	s->nbytes = bpf_get_stack(ctx, s->ips, sizeof(s->ips), 0);
+	bpf_ringbuf_submit(s, BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline void simple(u32 kind, u64 a)
+{
+	struct event *e = reserve(kind);
+	if (!e)
+		return;
+	e->a = a;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline void interest_add(u32 tid)
+{
+	u32 one = 1;
+	u32 *n = bpf_map_lookup_elem(&interest, &tid);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		bpf_map_update_elem(&interest, &tid, &one, BPF_ANY);
+}
+
+static __always_inline void interest_drop(u32 tid)
+{
+	u32 *n = bpf_map_lookup_elem(&interest, &tid);
+	if (!n)
+		return;
+	if (*n <= 1)
+		bpf_map_delete_elem(&interest, &tid);
+	else
+		__sync_fetch_and_add(n, -1);
+}
+
+static __always_inline u32 cur_tid(void)
+{
+	return (u32)bpf_get_current_pid_tgid();
+}
+
+/* ---- group "reader": exact reader holds (successful trylocks, release by address) ---- */
+
+SEC("fexit/down_read_trylock")
+int BPF_PROG(fexit_down_read_trylock, struct rw_semaphore *sem, int ret)
+{
+	if ((u64)sem != target_lock)
+		return 0;
+	if (naive) {
+		u32 tid = cur_tid(), one = 1;
+		bpf_map_update_elem(&naive_open, &tid, &one, BPF_ANY);
+		struct event *e = reserve(K_NAIVE_TRY);
+		if (e) {
+			e->a = (u64)sem;
+			e->small = ret;
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+		}
+	}
+	if (!ret)
+		return 0; /* failed: a writer waits; no hold */
+	interest_add(cur_tid());
+	simple(K_READ_ACQ, (u64)sem);
+	return 0;
+}
+
+SEC("fentry/up_read")
+int BPF_PROG(fentry_up_read, struct rw_semaphore *sem)
+{
+	if (naive) {
+		u32 tid = cur_tid();
+		if (bpf_map_lookup_elem(&naive_open, &tid)) {
+			bpf_map_delete_elem(&naive_open, &tid);
+			emit_stack(ctx, K_NAIVE_UP, (u64)sem);
+		}
+	}
+	if ((u64)sem != target_lock)
+		return 0;
+	interest_drop(cur_tid());
+	simple(K_READ_REL, (u64)sem);
+	return 0;
+}
+
+/* ---- group "writer": every writer's hold, from down_write's return to up_write ---- */
+
+SEC("fexit/down_write")
+int BPF_PROG(fexit_down_write, struct rw_semaphore *sem)
+{
+	if ((u64)sem != target_lock)
+		return 0;
+	interest_add(cur_tid());
+	simple(K_WRITE_ACQ, (u64)sem);
+	return 0;
+}
+
+SEC("fentry/up_write")
+int BPF_PROG(fentry_up_write, struct rw_semaphore *sem)
+{
+	if ((u64)sem != target_lock)
+		return 0;
+	interest_drop(cur_tid());
+	simple(K_WRITE_REL, (u64)sem);
+	return 0;
+}
+
+/* ---- group "contention": writers that have to wait (5.19+), with the waiter's stack. Only
+ * contended writers pay for the stack walk: a tight mount loop mostly takes the lock at once. */
+
+#define LCB_F_WRITE (1U << 2)
+
+SEC("tp_btf/contention_begin")
+int BPF_PROG(tp_contention_begin, void *lock, unsigned int flags)
+{
+	if ((u64)lock == target_lock && (flags & LCB_F_WRITE))
+		emit_stack(ctx, K_WRITE_WAIT, (u64)lock);
+	return 0;
+}
+
+SEC("tp_btf/contention_end")
+int BPF_PROG(tp_contention_end, void *lock, int ret)
+{
+	/* Readers' contention ends too: user space pairs this with an open writer wait. */
+	if ((u64)lock == target_lock)
+		simple(K_CONTENTION_END, (u64)lock);
+	return 0;
+}
+
+/* ---- group "writer_entry": before 5.19 (no contention tracepoints), every down_write of the
+ * lock starts a wait, with its stack ---- */
+
+SEC("fentry/down_write")
+int BPF_PROG(fentry_down_write, struct rw_semaphore *sem)
+{
+	if ((u64)sem == target_lock)
+		emit_stack(ctx, K_WRITE_WAIT, (u64)sem);
+	return 0;
+}
+
+/* ---- group "shrink": shrinker callbacks ---- */
+
+SEC("tp_btf/mm_shrink_slab_start")
+int BPF_PROG(tp_shrink_start, struct shrinker *shr, struct shrink_control *sc,
+	     long nr_objects_to_shrink, unsigned long cache_items, unsigned long long delta,
+	     unsigned long total_scan)
+{
+	struct event *e = reserve(K_SHRINK_START);
+	if (!e)
+		return 0;
+	e->a = (u64)BPF_CORE_READ(shr, scan_objects);
+	e->b = total_scan;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	interest_add(cur_tid());
+	return 0;
+}
+
+SEC("tp_btf/mm_shrink_slab_end")
+int BPF_PROG(tp_shrink_end, struct shrinker *shr, int nid, int shrinker_retval)
+{
+	struct event *e = reserve(K_SHRINK_END);
+	if (!e)
+		return 0;
+	e->b = shrinker_retval;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	interest_drop(cur_tid());
+	return 0;
+}
+
+/* ---- group "sched": on/off CPU of the tasks of interest ---- */
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(tp_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	u32 p = BPF_CORE_READ(prev, pid), n = BPF_CORE_READ(next, pid);
+	if (bpf_map_lookup_elem(&interest, &p)) {
+		struct event *e = reserve(K_OFF_CPU);
+		if (e) {
+			e->tid = p;
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+		}
+	}
+	if (bpf_map_lookup_elem(&interest, &n)) {
+		struct event *e = reserve(K_ON_CPU);
+		if (e) {
+			e->tid = n;
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+		}
+	}
+	return 0;
+}
+
+/* ---- group "syscalls": mount(2), umount2(2), fsopen + fsconfig(CREATE) ---- */
+
+#define NR_MOUNT 165
+#define NR_UMOUNT2 166
+#define NR_FSOPEN 430
+#define NR_FSCONFIG 431
+#define FSCONFIG_CMD_CREATE 6
+#define FSCONFIG_CMD_CREATE_EXCL 8
+/* MS_REMOUNT | MS_BIND | MS_MOVE | MS_UNBINDABLE | MS_PRIVATE | MS_SLAVE | MS_SHARED: no new
+ * superblock. */
+#define MS_NO_SB (32 | 4096 | 8192 | (1 << 17) | (1 << 18) | (1 << 19) | (1 << 20))
+
+static __always_inline void mount_start(u32 op, const char *fstype, bool user)
+{
+	u32 tid = cur_tid();
+	struct mstate st = { .op = op };
+	struct event *e = reserve(K_MOUNT_START);
+	if (!e)
+		return;
+	e->small = op;
+	if (fstype) {
+		if (user)
+			bpf_probe_read_user_str(e->str, sizeof(e->str), fstype);
+		else
+			bpf_probe_read_kernel_str(e->str, sizeof(e->str), fstype);
+	}
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	bpf_map_update_elem(&mnt, &tid, &st, BPF_ANY);
+}
+
+static __always_inline void mount_end(u32 tid, u64 ts, s64 ret)
+{
+	struct event *e = reserve(K_MOUNT_END);
+	if (!e)
+		return;
+	e->ts = ts;
+	e->tid = tid;
+	e->b = ret;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	bpf_map_delete_elem(&mnt, &tid);
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(tp_sys_enter, struct pt_regs *regs, long id)
+{
+	if (umounts_pending) {
+		/* A returned umount whose task makes its next syscall: no superblock ended. */
+		u32 tid = cur_tid();
+		struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
+		if (st && st->returned) {
+			__sync_fetch_and_add(&umounts_pending, -1);
+			mount_end(tid, st->exit_ts, st->ret);
+		}
+	}
+	if (id == NR_MOUNT) {
+		unsigned long flags = BPF_CORE_READ(regs, r10);
+		const char *type = (const char *)BPF_CORE_READ(regs, dx);
+		if ((flags & 0xffff0000) == 0xC0ED0000)
+			flags &= 0xffff;
+		if (!type || (flags & MS_NO_SB))
+			return 0;
+		mount_start(OP_MOUNT, type, true);
+	} else if (id == NR_UMOUNT2) {
+		mount_start(OP_UMOUNT, 0, false);
+	} else if (id == NR_FSOPEN) {
+		u32 tid = cur_tid();
+		struct fsname n = {};
+		bpf_probe_read_user_str(n.s, sizeof(n.s), (const char *)BPF_CORE_READ(regs, di));
+		bpf_map_update_elem(&fsopen_name, &tid, &n, BPF_ANY);
+	} else if (id == NR_FSCONFIG) {
+		unsigned int cmd = BPF_CORE_READ(regs, si);
+		if (cmd != FSCONFIG_CMD_CREATE && cmd != FSCONFIG_CMD_CREATE_EXCL)
+			return 0;
+		u64 key = ((u64)(bpf_get_current_pid_tgid() >> 32) << 32) |
+			  (u32)BPF_CORE_READ(regs, di);
+		struct fsname *n = bpf_map_lookup_elem(&fd_fstype, &key);
+		mount_start(OP_FSCONFIG, n ? n->s : "?", false);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(tp_sys_exit, struct pt_regs *regs, long ret)
+{
+	long id = BPF_CORE_READ(regs, orig_ax);
+	u32 tid;
+	if (id == NR_FSOPEN) {
+		tid = cur_tid();
+		struct fsname *n = bpf_map_lookup_elem(&fsopen_name, &tid);
+		if (!n)
+			return 0;
+		if (ret >= 0) {
+			u64 key = ((u64)(bpf_get_current_pid_tgid() >> 32) << 32) | (u32)ret;
+			bpf_map_update_elem(&fd_fstype, &key, n, BPF_ANY);
+		}
+		bpf_map_delete_elem(&fsopen_name, &tid);
+		return 0;
+	}
+	if (id != NR_MOUNT && id != NR_UMOUNT2 && id != NR_FSCONFIG)
+		return 0;
+	tid = cur_tid();
+	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
+	if (!st)
+		return 0;
+	if (st->op == OP_UMOUNT && ret == 0) {
+		st->returned = 1;
+		st->exit_ts = bpf_ktime_get_ns();
+		st->ret = ret;
+		__sync_fetch_and_add(&umounts_pending, 1);
+		return 0;
+	}
+	mount_end(tid, bpf_ktime_get_ns(), ret);
+	return 0;
+}
+
+/* ---- group "sb_end": the superblock an umount ends (its type; the umount's real end) ---- */
+
+SEC("fentry/deactivate_locked_super")
+int BPF_PROG(fentry_deact_sb, struct super_block *sb)
+{
+	u32 tid = cur_tid();
+	if (!bpf_map_lookup_elem(&mnt, &tid))
+		return 0;
+	struct event *e = reserve(K_MOUNT_FSTYPE);
+	if (!e)
+		return 0;
+	bpf_probe_read_kernel_str(e->str, sizeof(e->str), BPF_CORE_READ(sb, s_type, name));
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+SEC("fexit/deactivate_locked_super")
+int BPF_PROG(fexit_deact_sb, struct super_block *sb)
+{
+	u32 tid = cur_tid();
+	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
+	if (!st || !st->returned)
+		return 0;
+	__sync_fetch_and_add(&umounts_pending, -1);
+	mount_end(tid, bpf_ktime_get_ns(), st->ret);
+	return 0;
+}
+
+/* ---- groups "phases_6_1" and "phases_6_7": where the mount's time goes ---- */
+
+static __always_inline int phase(u32 kind, u32 ph)
+{
+	u32 tid = cur_tid();
+	if (!bpf_map_lookup_elem(&mnt, &tid))
+		return 0;
+	struct event *e = reserve(kind);
+	if (!e)
+		return 0;
+	e->small = ph;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+SEC("fentry/alloc_super")
+int BPF_PROG(fentry_alloc_super) { return phase(K_PHASE_START, PH_ALLOC_SUPER); }
+SEC("fexit/alloc_super")
+int BPF_PROG(fexit_alloc_super) { return phase(K_PHASE_END, PH_ALLOC_SUPER); }
+
+/* ≤ 6.6: prealloc_shrinker (inside alloc_super), register_shrinker_prepared, unregister_shrinker. */
+SEC("fentry/register_shrinker_prepared")
+int BPF_PROG(fentry_reg_prep) { return phase(K_PHASE_START, PH_REGISTER); }
+SEC("fexit/register_shrinker_prepared")
+int BPF_PROG(fexit_reg_prep) { return phase(K_PHASE_END, PH_REGISTER); }
+SEC("fentry/unregister_shrinker")
+int BPF_PROG(fentry_unreg) { return phase(K_PHASE_START, PH_UNREGISTER); }
+SEC("fexit/unregister_shrinker")
+int BPF_PROG(fexit_unreg) { return phase(K_PHASE_END, PH_UNREGISTER); }
+
+/* 6.7+: shrinker_alloc (inside alloc_super), shrinker_register, shrinker_free. */
+SEC("fentry/shrinker_register")
+int BPF_PROG(fentry_shr_reg) { return phase(K_PHASE_START, PH_REGISTER); }
+SEC("fexit/shrinker_register")
+int BPF_PROG(fexit_shr_reg) { return phase(K_PHASE_END, PH_REGISTER); }
+SEC("fentry/shrinker_free")
+int BPF_PROG(fentry_shr_free) { return phase(K_PHASE_START, PH_UNREGISTER); }
+SEC("fexit/shrinker_free")
+int BPF_PROG(fexit_shr_free) { return phase(K_PHASE_END, PH_UNREGISTER); }
