@@ -95,7 +95,6 @@ if strata trace --check --json | grep -q '"shrinker_lock":"rwsem"'; then
   strata trace --min-wait 10 --naive --json /lab/trace.json > /lab/trace.txt 2>&1 &
   TRACE_PID=$!
   renice -5 -p $TRACE_PID > /dev/null
-  [ "$NCPU" -ge 2 ] && taskset -p -c 0-$BENCH_CPU $TRACE_PID > /dev/null
   # Pressure only once the probes are attached (loading BPF programs takes seconds under TCG).
   i=0; while ! grep -q "strata trace: tracing" /lab/trace.txt && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 fi
