@@ -470,7 +470,8 @@ mod tests {
             .map(|s| s.into_string().unwrap())
             .collect();
         let joined = a.join(" ");
-        assert!(joined.contains("-append console=ttyS0 quiet panic=-1 strata.cmd=/bin/true"));
+        assert!(joined
+            .contains("-append console=ttyS0 quiet panic=-1 no_timer_check strata.cmd=/bin/true"));
         assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
         assert!(a.contains(&"socket,id=c0,path=/run/a,,b.sock".to_string()));
         assert!(a.contains(&"vhost-user-fs-pci,chardev=c0,tag=strata".to_string()));
