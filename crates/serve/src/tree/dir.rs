@@ -133,26 +133,7 @@ impl StrataFs {
                     }
                     Handle::File { .. } => return Err(err(libc::EBADF)),
                 };
-                let dir = dir.lock().map_err(|_| err(libc::EIO))?;
-                sys::lseek(&dir, offset, libc::SEEK_SET as u32)?;
-                let mut buf = vec![0u8; (size as usize).clamp(1024, 64 * 1024)];
-                loop {
-                    let n = sys::getdents(&dir, &mut buf)?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    for d in dirents(&buf[..n]) {
-                        let e = DirEntry {
-                            ino: d.ino,
-                            offset: d.off,
-                            type_: d.kind as u32,
-                            name: d.name,
-                        };
-                        if add_entry(e)? == 0 {
-                            return Ok(());
-                        }
-                    }
-                }
+                host_dirents(dir, size, offset, &mut |e| Ok(add_entry(e)? != 0))
             }
         }
     }
@@ -185,44 +166,30 @@ impl StrataFs {
             }
             Handle::File { .. } => return Err(err(libc::EBADF)),
         };
-        let file = file.lock().map_err(|_| err(libc::EIO))?;
-        sys::lseek(&file, offset, libc::SEEK_SET as u32)?;
-        let mut buf = vec![0u8; (size as usize).clamp(1024, 64 * 1024)];
-        loop {
-            let n = sys::getdents(&file, &mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            for d in dirents(&buf[..n]) {
-                let e = DirEntry {
-                    ino: d.ino,
-                    offset: d.off,
-                    type_: d.kind as u32,
-                    name: d.name,
-                };
-                let entry = if d.name == b"." || d.name == b".." {
-                    Entry::default()
-                } else {
-                    // A name that vanished (upper changed on the host) or cannot be opened
-                    // is listed without attributes; the guest's own lookup reports it.
-                    match std::ffi::CString::new(d.name)
-                        .ok()
-                        .and_then(|c| sys::open_path_at(dir.fd.as_fd(), &c).ok())
-                    {
-                        Some(fd) => self.register(fd, dir.area).unwrap_or_default(),
-                        None => Entry::default(),
-                    }
-                };
-                let node = entry.inode;
-                if add_entry(e, entry)? == 0 {
-                    // Not sent: take back the reference the guest will never forget.
-                    if node != 0 {
-                        self.forget_node(node, 1);
-                    }
-                    return Ok(());
+        host_dirents(file, size, offset, &mut |e| {
+            let entry = if e.name == b"." || e.name == b".." {
+                Entry::default()
+            } else {
+                // A name that vanished (upper changed on the host) or cannot be opened is
+                // listed without attributes; the guest's own lookup reports it.
+                match std::ffi::CString::new(e.name)
+                    .ok()
+                    .and_then(|c| sys::open_path_at(dir.fd.as_fd(), &c).ok())
+                {
+                    Some(fd) => self.register(fd, dir.area).unwrap_or_default(),
+                    None => Entry::default(),
                 }
+            };
+            let node = entry.inode;
+            if add_entry(e, entry)? == 0 {
+                // Not sent: take back the reference the guest will never forget.
+                if node != 0 {
+                    self.forget_node(node, 1);
+                }
+                return Ok(false);
             }
-        }
+            Ok(true)
+        })
     }
 
     /// Hand a newly created name to the guest: owned by the caller, registered as a node.
@@ -350,5 +317,35 @@ mod tests {
         rec[16] = 24;
         rec[17] = 0;
         assert_eq!(dirents(&rec).count(), 0);
+    }
+}
+
+/// The entries of an open host directory from `offset` on, read `size` bytes (1-64 KiB) at a
+/// time, each given to `each` until it returns `false` or the directory ends.
+fn host_dirents(
+    dir: &std::sync::Mutex<std::fs::File>,
+    size: u32,
+    offset: u64,
+    each: &mut dyn FnMut(DirEntry) -> io::Result<bool>,
+) -> io::Result<()> {
+    let dir = dir.lock().map_err(|_| err(libc::EIO))?;
+    sys::lseek(&dir, offset, libc::SEEK_SET as u32)?;
+    let mut buf = vec![0u8; (size as usize).clamp(1024, 64 * 1024)];
+    loop {
+        let n = sys::getdents(&dir, &mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        for d in dirents(&buf[..n]) {
+            let e = DirEntry {
+                ino: d.ino,
+                offset: d.off,
+                type_: d.kind as u32,
+                name: d.name,
+            };
+            if !each(e)? {
+                return Ok(());
+            }
+        }
     }
 }
