@@ -95,14 +95,18 @@ fn run(start: Instant) -> Result<i32, GuestError> {
     let t = Instant::now();
     let plan = mounts::read_plan(fs_root)?;
     debug!(
-        "strata: plan: {} layer(s), upper {}, options {:?}",
+        "strata: plan: {} layer(s){}, upper {}, options {:?}",
         plan.lowers.len(),
+        plan.lower_tag
+            .as_ref()
+            .map(|t| format!(" on device {t}"))
+            .unwrap_or_default(),
         plan.upper,
         plan.options
     );
     let newroot = Path::new(NEWROOT);
     mkdir_p(newroot)?;
-    mounts::mount_overlay(&plan, fs_root, newroot)?;
+    mounts::mount_overlay(&plan, &cfg.tag, fs_root, newroot)?;
     debug!("strata: mounted overlay at {NEWROOT} ({} ms)", ms(t));
 
     // 6. Into the new root.

@@ -108,7 +108,7 @@ pub fn mount(args: &MountArgs) -> Result<(), GuestError> {
     mounts::mkdir_p(&staging)?;
     mounts::mount_virtiofs(&args.tag, &staging, mounts::VIRTIOFS_WAIT)?;
     let result = mounts::read_plan(&staging)
-        .and_then(|plan| mounts::mount_overlay(&plan, &staging, &args.target));
+        .and_then(|plan| mounts::mount_overlay(&plan, &args.tag, &staging, &args.target));
     if result.is_err() {
         // Leave no half-done state behind, so a fixed re-run starts clean.
         let _ = nix::mount::umount(&staging);

@@ -18,8 +18,6 @@ pub(crate) const STAGING_BASE: &str = "/run/strata";
 /// How long to wait for the virtio-fs device (it may be probed a little after its modules load).
 pub(crate) const VIRTIOFS_WAIT: Duration = Duration::from_secs(5);
 const VIRTIOFS_RETRY_EVERY: Duration = Duration::from_millis(20);
-/// Longest virtio-fs tag (the `tag` field of the device config space).
-pub(crate) const MAX_TAG_LEN: usize = 36;
 /// mount(2) copies at most one page of option data, NUL included.
 pub(crate) const MOUNT_DATA_MAX: usize = 4095;
 /// How many kernel log lines to show with a mount error.
@@ -33,27 +31,19 @@ pub(crate) fn staging_dir(tag: &str) -> PathBuf {
 /// A tag must be a valid virtio-fs tag and, since it names the staging directory that ends up
 /// in the overlay options, free of the characters overlayfs treats specially.
 pub(crate) fn validate_tag(tag: &str) -> Result<(), GuestError> {
-    let reason = if tag.is_empty() {
-        Some("it is empty")
-    } else if tag.len() > MAX_TAG_LEN {
-        Some("virtio-fs tags are at most 36 bytes")
-    } else if tag == "." || tag == ".." {
-        Some("it must not be . or ..")
-    } else if !tag
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b',' | b':' | b'\\' | b'"' | b'\''))
-    {
-        Some("use only printable ASCII without spaces, quotes, '/', ',', ':' or '\\'")
-    } else {
-        None
-    };
-    match reason {
+    match strata_plan::tag_problem(tag) {
         Some(reason) => Err(GuestError::BadTag {
             tag: tag.to_string(),
             reason,
         }),
         None => Ok(()),
     }
+}
+
+/// Where the layer device of a plan with a `lower_tag` is mounted (`/run/strata/<tag>.layers`:
+/// apart from every tree's staging directory and from init's).
+pub(crate) fn lower_staging_dir(tag: &str) -> PathBuf {
+    Path::new(STAGING_BASE).join(format!("{tag}.layers"))
 }
 
 /// `mkdir -p`.
@@ -187,12 +177,19 @@ pub(crate) fn read_plan(root: &Path) -> Result<MountPlan, GuestError> {
     MountPlan::from_json(&bytes).map_err(|source| GuestError::Plan { path, source })
 }
 
-/// The overlay mount data for the tree mounted at `root`, checked against the mount(2) limit.
-pub(crate) fn overlay_data(plan: &MountPlan, root: &Path) -> Result<String, GuestError> {
-    let root_str = root.to_str().ok_or_else(|| GuestError::NonUtf8Path {
-        path: root.to_path_buf(),
-    })?;
-    let data = plan.overlay_options(root_str);
+/// The overlay mount data for the tree mounted at `root` and its layers at `lower_root`,
+/// checked against the mount(2) limit.
+pub(crate) fn overlay_data(
+    plan: &MountPlan,
+    root: &Path,
+    lower_root: &Path,
+) -> Result<String, GuestError> {
+    fn utf8(p: &Path) -> Result<&str, GuestError> {
+        p.to_str().ok_or_else(|| GuestError::NonUtf8Path {
+            path: p.to_path_buf(),
+        })
+    }
+    let data = plan.overlay_options_with(utf8(root)?, utf8(lower_root)?);
     if data.len() > MOUNT_DATA_MAX {
         return Err(GuestError::OverlayOptionsTooLong {
             len: data.len(),
@@ -203,27 +200,51 @@ pub(crate) fn overlay_data(plan: &MountPlan, root: &Path) -> Result<String, Gues
     Ok(data)
 }
 
-/// Mount the overlay described by `plan` (paths relative to `root`) at `target`.
+/// Mount the overlay described by `plan` (paths relative to `root`, the tree of tag `tag`) at
+/// `target`. A plan with a `lower_tag` has its layers on that second device: it is mounted
+/// first ([`lower_staging_dir`]), and unmounted again if the overlay fails.
 pub(crate) fn mount_overlay(
     plan: &MountPlan,
+    tag: &str,
     root: &Path,
     target: &Path,
 ) -> Result<(), GuestError> {
-    let data = overlay_data(plan, root)?;
-    let mut kmsg = KmsgWatch::start();
-    mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(data.as_str()),
-    )
-    .map_err(|errno| GuestError::Overlay {
-        target: target.to_path_buf(),
-        errno,
-        kmsg: kmsg.lines(&["overlayfs"], KMSG_HINT_LINES),
-        options: data,
-    })
+    let lower_root = match &plan.lower_tag {
+        None => root.to_path_buf(),
+        Some(lower) => {
+            validate_tag(lower)?;
+            if lower == tag {
+                return Err(GuestError::BadTag {
+                    tag: lower.clone(),
+                    reason: "the plan's lower_tag must name a second device, not the tree's own",
+                });
+            }
+            let dir = lower_staging_dir(lower);
+            mkdir_p(&dir)?;
+            mount_virtiofs(lower, &dir, VIRTIOFS_WAIT)?;
+            dir
+        }
+    };
+    let result = overlay_data(plan, root, &lower_root).and_then(|data| {
+        let mut kmsg = KmsgWatch::start();
+        mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|errno| GuestError::Overlay {
+            target: target.to_path_buf(),
+            errno,
+            kmsg: kmsg.lines(&["overlayfs"], KMSG_HINT_LINES),
+            options: data,
+        })
+    });
+    if result.is_err() && plan.lower_tag.is_some() {
+        let _ = nix::mount::umount(&lower_root);
+    }
+    result
 }
 
 /// `mount --move from to`.
@@ -285,18 +306,33 @@ mod tests {
     #[test]
     fn staging_is_per_tag() {
         assert_eq!(staging_dir("strata"), Path::new("/run/strata/strata"));
+        assert_eq!(
+            lower_staging_dir("strata-lower"),
+            Path::new("/run/strata/strata-lower.layers")
+        );
+        let plan = MountPlan::merged().with_lower_tag("strata-lower");
+        assert_eq!(
+            overlay_data(&plan, &staging_dir("s"), &lower_staging_dir("strata-lower")).unwrap(),
+            "lowerdir=/run/strata/strata-lower.layers/lower,upperdir=/run/strata/s/upper,\
+             workdir=/run/strata/s/work,index=off,redirect_dir=off,metacopy=off"
+        );
     }
 
     #[test]
     fn overlay_data_for_init_and_mount() {
         let plan = MountPlan::standard(2);
         assert_eq!(
-            overlay_data(&plan, Path::new("/run/strata/fs")).unwrap(),
+            overlay_data(&plan, Path::new("/run/strata/fs"), Path::new("/run/strata/fs")).unwrap(),
             "lowerdir=/run/strata/fs/layers/0:/run/strata/fs/layers/1,upperdir=/run/strata/fs/upper,\
              workdir=/run/strata/fs/work,index=off,redirect_dir=off,metacopy=off"
         );
         assert_eq!(
-            overlay_data(&MountPlan::standard(1), &staging_dir("mytag")).unwrap(),
+            overlay_data(
+                &MountPlan::standard(1),
+                &staging_dir("mytag"),
+                &staging_dir("mytag")
+            )
+            .unwrap(),
             "lowerdir=/run/strata/mytag/layers/0,upperdir=/run/strata/mytag/upper,\
              workdir=/run/strata/mytag/work,index=off,redirect_dir=off,metacopy=off"
         );
@@ -305,8 +341,9 @@ mod tests {
     #[test]
     fn overlay_data_respects_the_page_limit() {
         // ~27 bytes per layer: 120 layers fit, 200 do not.
-        assert!(overlay_data(&MountPlan::standard(120), Path::new("/run/strata/fs")).is_ok());
-        match overlay_data(&MountPlan::standard(200), Path::new("/run/strata/fs")) {
+        let fs = Path::new("/run/strata/fs");
+        assert!(overlay_data(&MountPlan::standard(120), fs, fs).is_ok());
+        match overlay_data(&MountPlan::standard(200), fs, fs) {
             Err(GuestError::OverlayOptionsTooLong { len, max, layers }) => {
                 assert!(len > max);
                 assert_eq!(layers, 200);

@@ -561,6 +561,7 @@ fn start(
                 socket: p.socket.clone(),
                 tag: strata_plan::DEFAULT_TAG.to_owned(),
                 limits: strata_serve::Limits::default(),
+                lower_device: None,
             };
             let server = strata_serve::prepare(&cfg, CachePolicy::default()).map_err(|source| {
                 BenchError::Serve {

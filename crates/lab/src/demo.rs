@@ -124,6 +124,10 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
         work: work.clone(),
         socket: dir.join("strata.sock"),
         tag: "strata".into(),
+        lower: Some((
+            dir.join("layers.sock"),
+            strata_serve::DEFAULT_LOWER_TAG.into(),
+        )),
     };
     let use_strace = crate::qemu::find_in_path("strace").is_some();
     let strace_log = dir.join("serve.strace");
@@ -143,7 +147,7 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
     step(4, "booting the guest (qemu TCG): strata guest init mounts virtio-fs, builds the overlay, runs /app/start.sh");
     let vm = VmConfig {
         cmdline: "strata.tag=strata strata.cmd=\"/bin/sh /app/start.sh\"".into(),
-        virtiofs: Some((spec.socket.clone(), spec.tag.clone())),
+        virtiofs: spec.devices(),
         timeout: Duration::from_secs(180),
         ..VmConfig::new(&kernel.vmlinuz, &initrd)
     };

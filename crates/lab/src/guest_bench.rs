@@ -774,7 +774,7 @@ fn boot(
                 &socket,
                 &dir.join("virtiofsd.log"),
             )?);
-            vm.virtiofs = Some((socket.clone(), "bench".into()));
+            vm.virtiofs = vec![(socket.clone(), "bench".into())];
         }
         Setup::Strata | Setup::StrataLayers => {
             for d in [&upper, &work] {
@@ -792,6 +792,14 @@ fn boot(
                 work: work.clone(),
                 socket: socket.clone(),
                 tag: "strata".into(),
+                // (b) gets its layers from the layer device (no xattrs); (b0) keeps one
+                // device, as before the merged lower existed.
+                lower: (setup == Setup::Strata).then(|| {
+                    (
+                        dir.join("layers.sock"),
+                        strata_serve::DEFAULT_LOWER_TAG.into(),
+                    )
+                }),
             };
             serve = Some(ServeProcess::spawn(
                 ctx.strata,
@@ -799,7 +807,7 @@ fn boot(
                 None,
                 &dir.join("serve.log"),
             )?);
-            vm.virtiofs = Some((socket.clone(), "strata".into()));
+            vm.virtiofs = spec.devices();
         }
         Setup::Erofs => {
             let scratch = dir.join("scratch.img");

@@ -40,8 +40,9 @@ pub struct VmConfig {
     pub mem_mib: u32,
     /// vCPUs (default 2).
     pub cpus: u32,
-    /// vhost-user-fs device: (backend socket, tag). Also makes guest RAM a shared memfd.
-    pub virtiofs: Option<(PathBuf, String)>,
+    /// vhost-user-fs devices: (backend socket, tag) each, in this order (chardevs `c0`, `c1`,
+    /// ...). Any makes guest RAM a shared memfd.
+    pub virtiofs: Vec<(PathBuf, String)>,
     /// Raw disk images, attached as virtio-blk (`/dev/vda`, `/dev/vdb`, ... in order).
     pub disks: Vec<PathBuf>,
     /// Kill the VM after this long (default 120 s).
@@ -83,7 +84,7 @@ impl VmConfig {
             cmdline: String::new(),
             mem_mib: 512,
             cpus: 2,
-            virtiofs: None,
+            virtiofs: Vec::new(),
             disks: Vec::new(),
             timeout: Duration::from_secs(120),
             accel: "tcg,thread=multi".to_string(),
@@ -126,7 +127,7 @@ impl VmConfig {
         a.push(self.initrd.clone().into());
         a.push("-append".into());
         a.push(self.kernel_cmdline().into());
-        if let Some((sock, tag)) = &self.virtiofs {
+        if !self.virtiofs.is_empty() {
             a.push("-object".into());
             a.push(
                 format!(
@@ -137,12 +138,14 @@ impl VmConfig {
             );
             a.push("-numa".into());
             a.push("node,memdev=mem".into());
+        }
+        for (i, (sock, tag)) in self.virtiofs.iter().enumerate() {
             a.push("-chardev".into());
-            let mut c = OsString::from("socket,id=c0,path=");
+            let mut c = OsString::from(format!("socket,id=c{i},path="));
             c.push(qemu_escape(sock.as_os_str()));
             a.push(c);
             a.push("-device".into());
-            a.push(format!("vhost-user-fs-pci,chardev=c0,tag={tag}").into());
+            a.push(format!("vhost-user-fs-pci,chardev=c{i},tag={tag}").into());
         }
         for d in &self.disks {
             let mut s = OsString::from("file=");
@@ -166,7 +169,7 @@ impl VmConfig {
     /// more, with a warning.
     pub fn run(&self) -> Result<VmOutput> {
         let out = self.spawn()?.wait()?;
-        if self.virtiofs.is_none() && tcg_boot_fault(&out.console) {
+        if self.virtiofs.is_empty() && tcg_boot_fault(&out.console) {
             tracing::warn!(
                 "the guest kernel crashed in emulation (TCG) while booting; booting it once more"
             );
@@ -462,7 +465,10 @@ mod tests {
     fn args_include_devices() {
         let mut c = VmConfig::new("/k", "/i");
         c.cmdline = "strata.cmd=/bin/true".into();
-        c.virtiofs = Some(("/run/a,b.sock".into(), "strata".into()));
+        c.virtiofs = vec![
+            ("/run/a,b.sock".into(), "strata".into()),
+            ("/run/l.sock".into(), "strata-lower".into()),
+        ];
         c.disks.push("/d.img".into());
         let a: Vec<String> = c
             .args()
@@ -475,6 +481,9 @@ mod tests {
         assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
         assert!(a.contains(&"socket,id=c0,path=/run/a,,b.sock".to_string()));
         assert!(a.contains(&"vhost-user-fs-pci,chardev=c0,tag=strata".to_string()));
+        assert!(a.contains(&"socket,id=c1,path=/run/l.sock".to_string()));
+        assert!(a.contains(&"vhost-user-fs-pci,chardev=c1,tag=strata-lower".to_string()));
+        assert_eq!(joined.matches("memory-backend-memfd").count(), 1);
         assert!(a.contains(&"file=/d.img,format=raw,if=virtio,cache=unsafe".to_string()));
         assert!(joined.starts_with(
             "-accel tcg,thread=multi -nodefaults -nographic -no-reboot -serial stdio -m 512 -smp 2"

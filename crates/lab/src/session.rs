@@ -103,6 +103,17 @@ pub struct ServeSpec {
     pub work: PathBuf,
     pub socket: PathBuf,
     pub tag: String,
+    /// The layer device (`--lower-socket`, `--lower-tag`): the layers again, without xattrs.
+    pub lower: Option<(PathBuf, String)>,
+}
+
+impl ServeSpec {
+    /// The vhost-user-fs devices a VM needs for this daemon: (socket, tag), tree first.
+    pub fn devices(&self) -> Vec<(PathBuf, String)> {
+        std::iter::once((self.socket.clone(), self.tag.clone()))
+            .chain(self.lower.clone())
+            .collect()
+    }
 }
 
 /// A running `strata serve`.
@@ -119,6 +130,13 @@ pub fn host_mount_count() -> usize {
     std::fs::read_to_string("/proc/self/mountinfo")
         .map(|s| s.lines().count())
         .unwrap_or(0)
+}
+
+fn is_socket(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_socket())
+        .unwrap_or(false)
 }
 
 impl ServeProcess {
@@ -145,6 +163,14 @@ impl ServeProcess {
             args.push("--lower".as_ref());
             args.push(l.as_os_str());
         }
+        if let Some((socket, tag)) = &spec.lower {
+            args.extend([
+                "--lower-socket".as_ref(),
+                socket.as_os_str(),
+                "--lower-tag".as_ref(),
+                tag.as_ref(),
+            ]);
+        }
         let t0 = Instant::now();
         let child = Group::spawn(strata, &args, strace_log.map(|p| (p, MOUNT_SYSCALLS)), log)?;
         let mut p = ServeProcess {
@@ -155,8 +181,9 @@ impl ServeProcess {
         };
         let deadline = t0 + Duration::from_secs(20);
         loop {
-            // Never connect to probe: the daemon serves exactly one connection.
-            if p.socket_listening() {
+            // Never connect to probe: the daemon serves exactly one connection. The layer
+            // device's socket is bound right after the tree's.
+            if p.socket_listening() && spec.lower.as_ref().is_none_or(|(s, _)| is_socket(s)) {
                 break;
             }
             if let Ok(Some(st)) = p.child.0.try_wait() {
@@ -178,10 +205,7 @@ impl ServeProcess {
 
     /// The socket file exists: the daemon creates it with bind+listen, after every check.
     fn socket_listening(&self) -> bool {
-        use std::os::unix::fs::FileTypeExt;
-        std::fs::symlink_metadata(&self.socket)
-            .map(|m| m.file_type().is_socket())
-            .unwrap_or(false)
+        is_socket(&self.socket)
     }
 
     /// Wait for the daemon to end on its own (it does when the VMM disconnects).

@@ -303,6 +303,7 @@ pub fn run_kernel(
         work,
         socket: dir.join("lab.sock"),
         tag: "strata".into(),
+        lower: None,
     };
     let serve = ServeProcess::spawn(strata, &spec, None, &dir.join("serve.log"))?;
     let vm = VmConfig {
@@ -316,7 +317,7 @@ pub fn run_kernel(
         ),
         mem_mib: cfg.mem_mib,
         cpus: 2,
-        virtiofs: Some((spec.socket.clone(), spec.tag.clone())),
+        virtiofs: spec.devices(),
         disks: vec![disk.clone()],
         timeout: cfg.timeout,
         ..VmConfig::new(&kernel.vmlinuz, &initrd)

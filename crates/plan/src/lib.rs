@@ -15,6 +15,14 @@
 //! `overlay -o lowerdir=root/layers/0:root/layers/1,upperdir=root/upper,workdir=root/work,<options>`.
 //! or, with more than one layer, `lowerdir=root/lower` ([`MountPlan::merged`]).
 //! Paths in the plan are relative to the virtio-fs mount root.
+//!
+//! With [`MountPlan::lower_tag`] set, the read-only layers come from a second virtio-fs device
+//! with that tag (the same tree, served without extended attributes): the guest mounts it too,
+//! and `lowers` are relative to *its* root. Why a second device: FUSE caches no xattrs, and the
+//! guest's overlayfs asks for `trusted.overlay.metacopy` of every lower file it looks up (even
+//! with `metacopy=off`); a device that answers GETXATTR with ENOSYS once is never asked again,
+//! while the upper, on the first device, keeps the xattrs overlayfs needs there. The daemon
+//! only says so when no layer has an xattr a container could read.
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +62,32 @@ pub struct MountPlan {
     /// Extra overlay mount options (`key=value` or flags), appended after the directories.
     #[serde(default)]
     pub options: Vec<String>,
+    /// The virtio-fs tag of the device serving the layers without xattrs, if any: `lowers`
+    /// are then relative to that device's root (see the module documentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_tag: Option<String>,
+}
+
+/// Longest virtio-fs tag (the `tag` field of the device's config space).
+pub const MAX_TAG_LEN: usize = 36;
+
+/// Why `tag` cannot be a virtio-fs tag strata uses (it also names a directory that ends up in
+/// the overlay options), or `None` if it can.
+pub fn tag_problem(tag: &str) -> Option<&'static str> {
+    if tag.is_empty() {
+        Some("it is empty")
+    } else if tag.len() > MAX_TAG_LEN {
+        Some("virtio-fs tags are at most 36 bytes")
+    } else if tag == "." || tag == ".." {
+        Some("it must not be . or ..")
+    } else if !tag
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b',' | b':' | b'\\' | b'"' | b'\''))
+    {
+        Some("use only printable ASCII without spaces, quotes, '/', ',', ':' or '\\'")
+    } else {
+        None
+    }
 }
 
 /// Why a plan cannot be used.
@@ -71,6 +105,8 @@ pub enum PlanError {
         "mount plan option {0:?} is not allowed (options may not contain ',' or set directories)"
     )]
     BadOption(String),
+    #[error("mount plan lower_tag {tag:?} is not a usable virtio-fs tag: {reason}")]
+    BadTag { tag: String, reason: &'static str },
 }
 
 impl MountPlan {
@@ -85,6 +121,7 @@ impl MountPlan {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            lower_tag: None,
         }
     }
 
@@ -94,6 +131,14 @@ impl MountPlan {
         MountPlan {
             lowers: vec![MERGED_LOWER_DIR.to_string()],
             ..MountPlan::standard(1)
+        }
+    }
+
+    /// This plan with its layers on the xattr-less device `tag` ([`MountPlan::lower_tag`]).
+    pub fn with_lower_tag(self, tag: &str) -> Self {
+        MountPlan {
+            lower_tag: Some(tag.to_string()),
+            ..self
         }
     }
 
@@ -130,6 +175,14 @@ impl MountPlan {
                 return Err(PlanError::BadPath(p.clone()));
             }
         }
+        if let Some(tag) = &self.lower_tag {
+            if let Some(reason) = tag_problem(tag) {
+                return Err(PlanError::BadTag {
+                    tag: tag.clone(),
+                    reason,
+                });
+            }
+        }
         for o in &self.options {
             let key = o.split('=').next().unwrap_or_default();
             if o.is_empty()
@@ -145,10 +198,23 @@ impl MountPlan {
         Ok(())
     }
 
-    /// The overlay mount data string for a virtio-fs tree mounted at `root`.
+    /// The overlay mount data string for a virtio-fs tree mounted at `root` (and, with
+    /// [`MountPlan::lower_tag`], the layer device at the same place: see
+    /// [`MountPlan::overlay_options_with`]).
     pub fn overlay_options(&self, root: &str) -> String {
+        self.overlay_options_with(root, root)
+    }
+
+    /// The overlay mount data string for the tree mounted at `root` and the device holding
+    /// `lowers` mounted at `lower_root` (the same as `root` without a [`MountPlan::lower_tag`]).
+    pub fn overlay_options_with(&self, root: &str, lower_root: &str) -> String {
         let root = root.trim_end_matches('/');
-        let lowers: Vec<String> = self.lowers.iter().map(|l| format!("{root}/{l}")).collect();
+        let lower_root = lower_root.trim_end_matches('/');
+        let lowers: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|l| format!("{lower_root}/{l}"))
+            .collect();
         let mut s = format!(
             "lowerdir={},upperdir={root}/{},workdir={root}/{}",
             lowers.join(":"),
@@ -184,6 +250,30 @@ mod tests {
              index=off,redirect_dir=off,metacopy=off"
         );
         assert_eq!(MountPlan::from_json(&p.to_json()).unwrap(), p);
+    }
+
+    #[test]
+    fn lower_tag_moves_the_layers_only() {
+        let p = MountPlan::merged().with_lower_tag("strata-lower");
+        let json = String::from_utf8(p.to_json()).unwrap();
+        assert!(json.contains("\"lower_tag\": \"strata-lower\""), "{json}");
+        assert_eq!(MountPlan::from_json(json.as_bytes()).unwrap(), p);
+        assert_eq!(
+            p.overlay_options_with("/r", "/l/"),
+            "lowerdir=/l/lower,upperdir=/r/upper,workdir=/r/work,\
+             index=off,redirect_dir=off,metacopy=off"
+        );
+        // A plan without the field (older daemons) still reads, and writes no field.
+        assert!(!String::from_utf8(MountPlan::merged().to_json())
+            .unwrap()
+            .contains("lower_tag"));
+        for bad in ["", "a/b", "a,b", "x y", &"x".repeat(37)] {
+            let p = MountPlan::merged().with_lower_tag(bad);
+            assert!(
+                matches!(p.validate(), Err(PlanError::BadTag { .. })),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,55 @@ pub struct ServeConfig {
     pub tag: String,
     /// What the guest may hold at once (nodes, open handles).
     pub limits: Limits,
+    /// A second vhost-user-fs device for the layers, served without xattrs (see
+    /// [`LowerDevice`]); `None`: the layers come from the one device.
+    pub lower_device: Option<LowerDevice>,
+}
+
+/// The layer device: the same layers on a second vhost-user socket, served read-only and
+/// without extended attributes, so that the guest's overlayfs stops asking for
+/// `trusted.overlay.metacopy` of every lower file it looks up (FUSE caches no xattrs; a device
+/// that answers one GETXATTR with ENOSYS is never asked again). The plan sends the guest there
+/// only when no layer has an xattr a container could read (file capabilities, ACLs, `user.*`):
+/// otherwise the device is served but unused, and the log says which file kept it so.
+#[derive(Debug, Clone)]
+pub struct LowerDevice {
+    /// Its vhost-user socket (qemu: a second `vhost-user-fs-pci` device).
+    pub socket: PathBuf,
+    /// The tag the VMM gives it (written into the plan for the guest).
+    pub tag: String,
+}
+
+/// Default tag of the layer device.
+pub const DEFAULT_LOWER_TAG: &str = "strata-lower";
+
+/// The first entry of `lowers` (searched in order, depth first, symlinks not followed) that
+/// carries an extended attribute a container could read, with that attribute's name.
+/// `trusted.overlay.*` attributes are overlayfs' own bookkeeping: skipped when `merged` (the
+/// daemon has applied them in `/lower`) or with a single layer (nothing below it to hide).
+pub fn first_layer_xattr(
+    lowers: &[PathBuf],
+    merged: bool,
+) -> std::io::Result<Option<(PathBuf, String)>> {
+    let skip_overlay = merged || lowers.len() == 1;
+    let mut stack: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+    while let Some(p) = stack.pop() {
+        let names = crate::sys::xattr::list_path(&p)?;
+        for n in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            if skip_overlay && n.starts_with(b"trusted.overlay.") {
+                continue;
+            }
+            return Ok(Some((p, String::from_utf8_lossy(n).into_owned())));
+        }
+        if std::fs::symlink_metadata(&p)?.is_dir() {
+            let mut children: Vec<PathBuf> = std::fs::read_dir(&p)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            children.sort();
+            stack.extend(children.into_iter().rev());
+        }
+    }
+    Ok(None)
 }
 
 /// A configuration that passed every check, with canonical paths.
@@ -132,6 +181,7 @@ mod tests {
             socket: root.join("sock"),
             tag: "strata".into(),
             limits: Limits::default(),
+            lower_device: None,
         }
     }
 
@@ -167,6 +217,27 @@ mod tests {
         std::fs::create_dir_all(p.join("l0/inner")).unwrap();
         assert!(err(cfg(p, &["l0"], "l0/inner", "c/work")).contains("inside"));
         assert!(err(cfg(p, &[], "c/upper", "c/work")).contains("layer"));
+    }
+
+    #[test]
+    fn layer_xattrs_are_found_and_overlay_ones_skipped_when_merged() {
+        let d = tree();
+        let p = d.path();
+        std::fs::create_dir_all(p.join("l1/usr/bin")).unwrap();
+        std::fs::write(p.join("l1/usr/bin/ping"), b"").unwrap();
+        let lowers = [p.join("l0"), p.join("l1")];
+        assert_eq!(first_layer_xattr(&lowers, true).unwrap(), None);
+        if crate::sys::xattr::set_path(&p.join("l0"), c"trusted.overlay.opaque", b"y").is_ok() {
+            assert_eq!(first_layer_xattr(&lowers, true).unwrap(), None);
+            let (at, name) = first_layer_xattr(&lowers, false).unwrap().unwrap();
+            assert_eq!(
+                (at, name.as_str()),
+                (p.join("l0"), "trusted.overlay.opaque")
+            );
+        }
+        crate::sys::xattr::set_path(&p.join("l1/usr/bin/ping"), c"user.cap", b"x").unwrap();
+        let (at, name) = first_layer_xattr(&lowers, true).unwrap().unwrap();
+        assert_eq!((at, name.as_str()), (p.join("l1/usr/bin/ping"), "user.cap"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::backend::{FsBackend, Stats};
 use crate::config::{Checked, ServeConfig};
 use crate::error::{ConfigError, ServeError};
 use crate::sandbox;
-use crate::tree::{CachePolicy, StrataFs};
+use crate::tree::{CachePolicy, Role, StrataFs};
 
 /// What happened during one session, for logs and tests.
 #[derive(Debug, Clone)]
@@ -126,6 +126,8 @@ impl Drop for CloseLeaked {
 pub struct Prepared {
     // Field order is drop order: stop the workers, close the listener, then release the path.
     daemon: VhostUserDaemon<Arc<FsBackend>>,
+    /// The layer device, if configured: its own daemon, listener and socket.
+    lower: Option<Device>,
     // After the daemon (whose worker threads are joined by then): the fds it leaks.
     leaked: CloseLeaked,
     listener: Listener,
@@ -145,6 +147,35 @@ impl Prepared {
     pub fn startup(&self) -> Duration {
         self.startup
     }
+}
+
+/// One more vhost-user device of the session (the layer device): dropped in field order, as
+/// [`Prepared`] is.
+struct Device {
+    daemon: VhostUserDaemon<Arc<FsBackend>>,
+    _leaked: CloseLeaked,
+    listener: Listener,
+    tag: String,
+    _guard: SocketGuard,
+}
+
+fn listen(socket: &Path) -> Result<Listener, ServeError> {
+    Listener::new(socket, false).map_err(|e| ServeError::Listen {
+        path: socket.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })
+}
+
+fn vhost_daemon(
+    name: &str,
+    backend: Arc<FsBackend>,
+) -> Result<VhostUserDaemon<Arc<FsBackend>>, ServeError> {
+    VhostUserDaemon::new(
+        name.into(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| ServeError::Session(e.to_string()))
 }
 
 /// Set up a daemon up to listening on `cfg.socket` (see [`Prepared`]), without installing signal
@@ -167,23 +198,52 @@ fn prepare_with(
     let t0 = Instant::now();
     let checked = cfg.check()?;
     let guard = claim_socket(&cfg.socket)?;
-    let fs = Arc::new(StrataFs::new(&checked, cache)?);
+    let lower_guard = match &cfg.lower_device {
+        Some(d) => {
+            if let Some(reason) = strata_plan::tag_problem(&d.tag) {
+                return Err(ServeError::Session(format!(
+                    "layer device tag {:?} is not usable: {reason}",
+                    d.tag
+                )));
+            }
+            Some(claim_socket(&d.socket)?)
+        }
+        None => None,
+    };
+    let role = Role::Tree {
+        lower_tag: cfg.lower_device.as_ref().map(|d| d.tag.clone()),
+    };
+    let fs = Arc::new(StrataFs::with_role(&checked, cache, role)?);
     let backend = Arc::new(FsBackend::new(fs));
     let stats = backend.stats.clone();
     let leaked = CloseLeaked(backend.leaked_fds());
+    let lower_backend = match &cfg.lower_device {
+        Some(_) => Some(Arc::new(FsBackend::new(Arc::new(StrataFs::with_role(
+            &checked,
+            cache,
+            Role::Layers,
+        )?)))),
+        None => None,
+    };
     before_listen(&checked)?;
-    let daemon = VhostUserDaemon::new(
-        "strata-serve".into(),
-        backend,
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .map_err(|e| ServeError::Session(e.to_string()))?;
-    let listener = Listener::new(&cfg.socket, false).map_err(|e| ServeError::Listen {
-        path: cfg.socket.clone(),
-        source: io::Error::other(e.to_string()),
-    })?;
+    let daemon = vhost_daemon("strata-serve", backend)?;
+    let listener = listen(&cfg.socket)?;
+    let lower = match (&cfg.lower_device, lower_backend, lower_guard) {
+        (Some(d), Some(backend), Some(guard)) => {
+            let leaked = CloseLeaked(backend.leaked_fds());
+            Some(Device {
+                daemon: vhost_daemon("strata-serve-layers", backend)?,
+                _leaked: leaked,
+                listener: listen(&d.socket)?,
+                tag: d.tag.clone(),
+                _guard: guard,
+            })
+        }
+        _ => None,
+    };
     Ok(Prepared {
         daemon,
+        lower,
         leaked,
         listener,
         stats,
@@ -199,8 +259,11 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
     let prepared = prepare_with(cfg, cache, |checked| {
         // Capabilities and Landlock are per thread: confine the only one, before any other
         // (signals, vhost-user workers) exists, so that they all inherit it.
-        let c =
+        let mut c =
             sandbox::Confinement::new(&checked.lowers, &checked.upper, &checked.work, &cfg.socket);
+        if let Some(d) = &cfg.lower_device {
+            c.add_socket(&d.socket);
+        }
         confined = Some(sandbox::confine(&c)?);
         stop_on_signals(cfg.socket.clone()).map_err(|e| ServeError::Session(e.to_string()))?;
         // From here on no thread of this process can mount anything, nor make a syscall the
@@ -210,6 +273,7 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
     })?;
     let Prepared {
         mut daemon,
+        lower,
         leaked,
         mut listener,
         stats,
@@ -229,6 +293,29 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         sandbox::describe_with(confined.as_ref()).replace('\n', "; ")
     );
 
+    // The layer device is accepted and served on a thread of its own: a VMM configured without
+    // it (the plan then names a device the guest cannot find, and says so) still gets its tree,
+    // and the session ends with the tree device's connection either way.
+    let lower_thread = match lower {
+        Some(mut d) => {
+            let tag = d.tag.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("strata-layers".into())
+                    .spawn(move || {
+                        if let Err(e) = d.daemon.start(&mut d.listener) {
+                            tracing::warn!("layer device {tag}: {e}");
+                            return;
+                        }
+                        tracing::info!("VMM connected to the layer device {tag}");
+                        let _ = d.daemon.wait();
+                        drop(d);
+                    })
+                    .map_err(|e| ServeError::Session(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
     daemon
         .start(&mut listener)
         .map_err(|e| ServeError::Session(e.to_string()))?;
@@ -237,6 +324,17 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
     drop(daemon);
     drop(leaked);
     drop(guard);
+    // The VMM hung up the layer device too (it went away); give that thread a moment to
+    // remove its socket.
+    if let Some(t) = lower_thread {
+        let until = Instant::now() + Duration::from_secs(1);
+        while !t.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
     let report = SessionReport {
         startup,
         requests: stats.requests.load(std::sync::atomic::Ordering::Relaxed),

@@ -739,6 +739,7 @@ impl Harness {
             socket: p.join("sock"),
             tag: "fuzz".into(),
             limits,
+            lower_device: None,
         };
         let checked = cfg.check().map_err(std::io::Error::other)?;
         let fs = Arc::new(

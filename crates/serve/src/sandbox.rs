@@ -286,20 +286,30 @@ pub struct Confinement {
     pub layers: Vec<PathBuf>,
     /// Everything: upper and work.
     pub rw: Vec<PathBuf>,
-    /// The socket's directory: create the socket, remove it and its lock file at the end.
-    pub socket_dir: PathBuf,
+    /// The sockets' directories: create the sockets, remove them and their lock files at the
+    /// end.
+    pub socket_dirs: Vec<PathBuf>,
 }
 
 impl Confinement {
     pub fn new(layers: &[PathBuf], upper: &Path, work: &Path, socket: &Path) -> Confinement {
-        let socket_dir = match socket.parent() {
+        let mut c = Confinement {
+            layers: layers.to_vec(),
+            rw: vec![upper.to_owned(), work.to_owned()],
+            socket_dirs: Vec::new(),
+        };
+        c.add_socket(socket);
+        c
+    }
+
+    /// One more socket the process binds (the layer device's).
+    pub fn add_socket(&mut self, socket: &Path) {
+        let dir = match socket.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        Confinement {
-            layers: layers.to_vec(),
-            rw: vec![upper.to_owned(), work.to_owned()],
-            socket_dir,
+        if !self.socket_dirs.contains(&dir) {
+            self.socket_dirs.push(dir);
         }
     }
 }
@@ -386,7 +396,9 @@ fn restrict_files(c: &Confinement) -> Result<Option<String>, ServeError> {
     for d in &c.rw {
         rs = rs.add_rule(rule(d, all)?).map_err(lerr)?;
     }
-    rs = rs.add_rule(rule(&c.socket_dir, sock)?).map_err(lerr)?;
+    for d in &c.socket_dirs {
+        rs = rs.add_rule(rule(d, sock)?).map_err(lerr)?;
+    }
     let st = rs.restrict_self().map_err(lerr)?;
     let how = match st.ruleset {
         RulesetStatus::FullyEnforced => "fully enforced",

@@ -232,6 +232,7 @@ impl Supervisor {
             socket: sock.clone(),
             tag: tag.unwrap_or_else(|| strata_plan::DEFAULT_TAG.to_string()),
             limits: self.cfg.limits,
+            lower_device: None,
         };
         let checked = match cfg.check() {
             Ok(c) => c,
@@ -561,7 +562,7 @@ pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
         let c = sandbox::Confinement {
             layers: existing(&cfg.read_only),
             rw,
-            socket_dir: cfg.socket_dir.clone(),
+            socket_dirs: vec![cfg.socket_dir.clone()],
         };
         confined = Some(sandbox::confine(&c)?);
     }

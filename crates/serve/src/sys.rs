@@ -380,6 +380,48 @@ pub mod xattr {
         Ok(buf)
     }
 
+    /// The attribute names of `path` itself (a symlink's own, not its target's), NUL-separated.
+    pub fn list_path(path: &Path) -> io::Result<Vec<u8>> {
+        let p = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        loop {
+            // SAFETY: NUL-terminated path; size 0 with a null buffer only asks the length.
+            let want = cvt_size(unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
+            if want == 0 {
+                return Ok(Vec::new());
+            }
+            let mut buf = vec![0u8; want];
+            // SAFETY: `buf` is writable for `want` bytes.
+            match cvt_size(unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), want) }) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                // The list grew between the two calls: ask again.
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Set an attribute on `path` itself (tests build layers with it).
+    #[cfg(test)]
+    pub fn set_path(path: &Path, name: &CStr, value: &[u8]) -> io::Result<()> {
+        let p = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: NUL-terminated strings; `value` readable for its length.
+        cvt(unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        })
+        .map(drop)
+    }
+
     pub fn set(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> io::Result<()> {
         let p = proc_fd_path(fd);
         // SAFETY: `value` readable for its length; NUL-terminated strings.

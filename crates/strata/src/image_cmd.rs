@@ -367,6 +367,7 @@ mod tests {
             socket: d.path().join("s"),
             tag: "strata".into(),
             limits: strata_serve::Limits::default(),
+            lower_device: None,
         };
         let checked = by_hand.check().unwrap();
         assert_eq!(checked.lowers.len(), 1);

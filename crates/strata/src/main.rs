@@ -131,6 +131,14 @@ struct ServeArgs {
     /// virtio-fs tag the VMM gives the device.
     #[arg(long, default_value = strata_plan::DEFAULT_TAG)]
     tag: String,
+    /// Also serve the layers on a second vhost-user socket (a second vhost-user-fs device),
+    /// without xattrs: the guest's overlay then stops asking for overlay xattrs of every lower
+    /// file. Used only if no layer has an xattr a container could read (the log says).
+    #[arg(long)]
+    lower_socket: Option<PathBuf>,
+    /// virtio-fs tag the VMM gives the --lower-socket device.
+    #[arg(long, default_value = strata_serve::DEFAULT_LOWER_TAG, requires = "lower_socket")]
+    lower_tag: String,
     /// Most host inodes the guest may hold looked up at once; past it, ENFILE.
     #[arg(long, default_value_t = strata_serve::Limits::DEFAULT.max_nodes)]
     max_nodes: usize,
@@ -273,6 +281,10 @@ fn main() -> ExitCode {
                     max_nodes: a.max_nodes,
                     max_handles: a.max_handles,
                 },
+                lower_device: a.lower_socket.map(|socket| strata_serve::LowerDevice {
+                    socket,
+                    tag: a.lower_tag,
+                }),
             };
             match strata_serve::serve(&cfg, strata_serve::CachePolicy::default()) {
                 Ok(_) => ExitCode::SUCCESS,

@@ -106,7 +106,7 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
         .map(|id| {
             let vm = VmConfig {
                 cmdline: format!("strata.tag=strata strata.cmd=\"/bin/sh /run.sh {id}\""),
-                virtiofs: Some((root.join(format!("run/{id}.sock")), "strata".into())),
+                virtiofs: vec![(root.join(format!("run/{id}.sock")), "strata".into())],
                 timeout: Duration::from_secs(300),
                 ..VmConfig::new(&kernel.vmlinuz, &initrd)
             };

@@ -1,7 +1,8 @@
 //! An OCI image built with umoci, imported with `strata image import`, given to a container with
 //! `strata rootfs create`, served from the store and booted: a Debian 6.1 guest under qemu sees
-//! the image (modified file, deleted file, replaced directory, hard link, symlink) and writes
-//! land in the container's upper dir in the store.
+//! the image (modified file, deleted file, replaced directory, hard link, symlink), read from the
+//! layer device (a second virtio-fs device without xattrs), and writes land in the container's
+//! upper dir in the store.
 //!
 //! Needs root, umoci, qemu-system-x86_64 and busybox-static: `scripts/install-deps.sh`.
 
@@ -21,6 +22,8 @@ test "$(cat /data/dir/c)" = c || { echo "FAIL new file in replaced dir"; exit 1;
 test "$(stat -c %i /data/hl1)" = "$(stat -c %i /data/hl2)" || { echo "FAIL hard link"; exit 1; }
 test "$(readlink /data/sym)" = ../etc/motd || { echo "FAIL symlink"; exit 1; }
 test "$(cat /data/sym)" = top || { echo "FAIL symlink target"; exit 1; }
+grep -q ' / overlay .*lowerdir=/run/strata/strata-lower.layers/lower,' /proc/mounts ||
+  { echo "FAIL layers not from the layer device: $(grep ' / ' /proc/mounts)"; exit 1; }
 echo written-in-vm > /data/new
 echo "image: all checks passed"
 "#;
@@ -121,6 +124,8 @@ fn umoci_image_boots_from_the_store() {
         work: path(&rec["work"]),
         socket: root.join("vfs.sock"),
         tag: "strata".into(),
+        // The image has no xattrs but overlayfs' own: its layers come from the layer device.
+        lower: Some((root.join("layers.sock"), "strata-lower".into())),
     };
     let serve = ServeProcess::spawn(
         Path::new(env!("CARGO_BIN_EXE_strata")),
@@ -131,7 +136,7 @@ fn umoci_image_boots_from_the_store() {
     .expect("strata serve starts");
     let vm = VmConfig {
         cmdline: "strata.tag=strata strata.cmd=\"/bin/sh /check.sh\"".into(),
-        virtiofs: Some((spec.socket.clone(), spec.tag.clone())),
+        virtiofs: spec.devices(),
         timeout: Duration::from_secs(300),
         ..VmConfig::new(&kernel.vmlinuz, &initrd)
     };

@@ -126,6 +126,9 @@ fn guest_rootfs_over_virtio_fs_matches_host_overlay() {
         work: work.clone(),
         socket: root.join("vfs.sock"),
         tag: "strata".into(),
+        // The layers carry no xattrs but overlayfs' own: the guest reads them from the layer
+        // device (no xattrs), and everything below must still match the host overlay.
+        lower: Some((root.join("layers.sock"), "strata-lower".into())),
     };
     let mounts_before = host_mount_count();
     let strace_log = root.join("serve.strace");
@@ -143,7 +146,7 @@ fn guest_rootfs_over_virtio_fs_matches_host_overlay() {
 
     let vm = VmConfig {
         cmdline: "strata.tag=strata strata.cmd=\"/bin/sh -c 'sh /rootfs.sh; a=$?; sh /hostile.sh; b=$?; exit $((a|b))'\"".into(),
-        virtiofs: Some((spec.socket.clone(), spec.tag.clone())),
+        virtiofs: spec.devices(),
         timeout: Duration::from_secs(600),
         ..VmConfig::new(&kernel.vmlinuz, &initrd)
     };

@@ -75,15 +75,21 @@ impl StrataFs {
     ) -> io::Result<()> {
         match self.node(inode)? {
             Node::Root => {
-                let names: [(&[u8], u64, u32); 7] = [
+                const TREE: [(&[u8], u64, u32); 7] = [
                     (b".", ROOT, libc::DT_DIR as u32),
                     (b"..", ROOT, libc::DT_DIR as u32),
-                    (b"plan.json", PLAN, libc::DT_REG as u32),
                     (b"layers", LAYERS, libc::DT_DIR as u32),
                     (b"lower", ROOT, libc::DT_DIR as u32),
+                    (b"plan.json", PLAN, libc::DT_REG as u32),
                     (b"upper", ROOT, libc::DT_DIR as u32),
                     (b"work", ROOT, libc::DT_DIR as u32),
                 ];
+                // The layer device lists only what it serves.
+                let names = if self.is_tree() {
+                    &TREE[..]
+                } else {
+                    &TREE[..4]
+                };
                 for (i, (name, ino, type_)) in names.iter().enumerate().skip(offset as usize) {
                     let e = DirEntry {
                         ino: *ino,

@@ -279,6 +279,9 @@ impl FileSystem for StrataFs {
         size: u32,
     ) -> io::Result<GetxattrReply> {
         self.count_op("getxattr");
+        if !self.is_tree() {
+            return self.count_result("getxattr", Err(super::err(libc::ENOSYS)));
+        }
         if self.ops.is_some() {
             if let Some(n) = name
                 .to_str()
@@ -294,6 +297,9 @@ impl FileSystem for StrataFs {
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         self.count_op("listxattr");
+        if !self.is_tree() {
+            return self.count_result("listxattr", Err(super::err(libc::ENOSYS)));
+        }
         self.do_listxattr(inode, size)
     }
 

@@ -22,7 +22,7 @@ impl StrataFs {
                 }
                 match b {
                     b"layers" => Ok(self.virtual_entry(LAYERS)),
-                    b"plan.json" => Ok(self.virtual_entry(PLAN)),
+                    b"plan.json" if self.is_tree() => Ok(self.virtual_entry(PLAN)),
                     b"lower" => self.merged_root(),
                     _ => {
                         let (fd, area) = self.anchor(b).ok_or_else(|| err(libc::ENOENT))?;

@@ -67,6 +67,18 @@ impl Area {
     }
 }
 
+/// Which device of a VM this tree is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The whole tree: plan, layers, `/lower`, upper and work. With `lower_tag`, the plan
+    /// sends the guest's overlay to the layer device of that tag for its lowers, if no layer
+    /// has an xattr a container could read (checked once, when the tree is opened).
+    Tree { lower_tag: Option<String> },
+    /// The layer device ([`crate::config::LowerDevice`]): `layers/` and `lower` only, read-only,
+    /// GETXATTR and LISTXATTR answered ENOSYS (the guest kernel then stops asking).
+    Layers,
+}
+
 /// How long the guest may cache entries and attributes.
 #[derive(Debug, Clone, Copy)]
 pub struct CachePolicy {
@@ -205,6 +217,7 @@ pub(crate) enum Handle {
 
 /// The served tree of one VM.
 pub struct StrataFs {
+    role: Role,
     layers: Vec<OwnedFd>,
     upper: OwnedFd,
     work: OwnedFd,
@@ -242,8 +255,17 @@ fn lock_poisoned() -> io::Error {
 }
 
 impl StrataFs {
-    /// Open the anchors of every served directory.
+    /// Open the anchors of every served directory: the whole tree on one device.
     pub fn new(cfg: &Checked, cache: CachePolicy) -> Result<StrataFs, crate::ServeError> {
+        StrataFs::with_role(cfg, cache, Role::Tree { lower_tag: None })
+    }
+
+    /// Open the anchors of every served directory, for the device `role`.
+    pub fn with_role(
+        cfg: &Checked,
+        cache: CachePolicy,
+        role: Role,
+    ) -> Result<StrataFs, crate::ServeError> {
         let open = |role: &'static str, p: &std::path::Path| {
             sys::open_anchor(p).map_err(|source| crate::ServeError::Open {
                 role,
@@ -259,12 +281,30 @@ impl StrataFs {
         // More than one layer: the guest overlay gets them merged as one lower (`/lower`);
         // STRATA_SERVE_SEPARATE_LAYERS=1 keeps one lower per layer (for comparisons).
         let separate = std::env::var_os("STRATA_SERVE_SEPARATE_LAYERS").is_some_and(|v| v == "1");
-        let plan = if layers.len() > 1 && !separate {
+        let merged = layers.len() > 1 && !separate;
+        let mut plan = if merged {
             MountPlan::merged()
         } else {
             MountPlan::standard(layers.len())
+        };
+        if let Role::Tree {
+            lower_tag: Some(tag),
+        } = &role
+        {
+            match crate::config::first_layer_xattr(&cfg.lowers, merged) {
+                Ok(None) => plan = plan.with_lower_tag(tag),
+                Ok(Some((path, name))) => tracing::info!(
+                    "layers served on this device, not on the layer device {tag:?}: {} has \
+                     xattr {name} (the layer device serves none)",
+                    path.display()
+                ),
+                Err(e) => tracing::warn!(
+                    "layers served on this device, not on the layer device {tag:?}: cannot \
+                     list the layers' xattrs: {e}"
+                ),
+            }
         }
-        .to_json();
+        let plan = plan.to_json();
         let limits = cfg.limits;
         let needed = limits.fds_needed(layers.len()) + 64;
         match sys::raise_fd_limit(needed) {
@@ -280,6 +320,7 @@ impl StrataFs {
             Err(e) => tracing::warn!("cannot read the open-files limit: {e}"),
         }
         Ok(StrataFs {
+            role,
             layers,
             upper: open("upper", &cfg.upper)?,
             work: open("work", &cfg.work)?,
@@ -317,6 +358,16 @@ impl StrataFs {
         if let Some(o) = &self.ops {
             eprintln!("strata serve: opstats {}", o.to_json());
         }
+    }
+
+    /// Which device this tree is.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// Whether this is the whole tree (not the layer device).
+    pub(crate) fn is_tree(&self) -> bool {
+        matches!(self.role, Role::Tree { .. })
     }
 
     /// The plan file's bytes, as the guest reads them.
@@ -509,6 +560,9 @@ impl StrataFs {
 
     /// The anchor fd of a top-level served directory, and its area.
     pub(crate) fn anchor(&self, name: &[u8]) -> Option<(BorrowedFd<'_>, Area)> {
+        if !self.is_tree() {
+            return None;
+        }
         match name {
             b"upper" => Some((self.upper.as_fd(), Area::Rw)),
             b"work" => Some((self.work.as_fd(), Area::Rw)),

@@ -42,16 +42,23 @@ fn sandbox_with(limits: Limits) -> Sandbox {
     std::fs::write(p.join("outside/secret"), b"secret").unwrap();
     std::os::unix::fs::symlink("/", p.join("l1/rootlink")).unwrap();
     std::os::unix::fs::symlink("../../outside/secret", p.join("l1/etc/up")).unwrap();
-    let cfg = ServeConfig {
+    let fs = StrataFs::new(&config(p, limits), CachePolicy::default()).unwrap();
+    Sandbox { dir, fs }
+}
+
+/// The checked configuration of a sandbox's directories.
+fn config(p: &Path, limits: Limits) -> crate::config::Checked {
+    ServeConfig {
         lowers: vec![p.join("l0"), p.join("l1")],
         upper: p.join("c/upper"),
         work: p.join("c/work"),
         socket: p.join("sock"),
         tag: "t".into(),
         limits,
-    };
-    let fs = StrataFs::new(&cfg.check().unwrap(), CachePolicy::default()).unwrap();
-    Sandbox { dir, fs }
+        lower_device: None,
+    }
+    .check()
+    .unwrap()
 }
 
 impl Sandbox {
@@ -152,6 +159,71 @@ fn layers_are_read_only() {
     assert_eq!(errno(s.fs.do_open(PLAN, libc::O_RDWR as u32)), libc::EROFS);
     assert!(s.fs.do_open(top, libc::O_RDONLY as u32).is_ok());
     assert_eq!(std::fs::read(s.path("l0/etc/top")).unwrap(), b"top");
+}
+
+#[test]
+fn layer_device_serves_the_layers_only_and_no_xattrs() {
+    use fuse_backend_rs::api::filesystem::FileSystem;
+    let s = sandbox();
+    let fs = StrataFs::with_role(
+        &config(s.dir.path(), Limits::default()),
+        CachePolicy::default(),
+        Role::Layers,
+    )
+    .unwrap();
+    for hidden in ["upper", "work", "plan.json"] {
+        assert_eq!(
+            errno(fs.do_lookup(ROOT, &c(hidden))),
+            libc::ENOENT,
+            "{hidden}"
+        );
+    }
+    let lower = fs.do_lookup(ROOT, c"lower").unwrap().inode;
+    let etc = fs.do_lookup(lower, c"etc").unwrap().inode;
+    let top = fs.do_lookup(etc, c"top").unwrap().inode;
+    assert!(fs.do_lookup(etc, c"base").unwrap().inode != 0);
+    assert!(fs.do_lookup(ROOT, c"layers").is_ok());
+    let ctx = Context::default();
+    // ENOSYS, not ENODATA: the guest kernel stops sending GETXATTR/LISTXATTR to this device.
+    let probe = fs.getxattr(&ctx, top, c"trusted.overlay.metacopy", 0);
+    assert_eq!(errno(probe), libc::ENOSYS);
+    assert_eq!(errno(fs.listxattr(&ctx, top, 0)), libc::ENOSYS);
+    assert_eq!(errno(fs.do_setxattr(top, c"user.x", b"1", 0)), libc::EROFS);
+    let mut names = Vec::new();
+    fs.do_readdir(ROOT, 0, 4096, 0, &mut |d| {
+        names.push(String::from_utf8_lossy(d.name).into_owned());
+        Ok(1)
+    })
+    .unwrap();
+    assert_eq!(names, [".", "..", "layers", "lower"]);
+    // The whole tree still has xattrs.
+    assert_eq!(
+        errno(s.fs.getxattr(&ctx, s.walk("lower/etc/top").unwrap(), c"user.x", 0)),
+        libc::ENODATA
+    );
+}
+
+#[test]
+fn plan_names_the_layer_device_only_when_no_layer_has_xattrs() {
+    let plan = |fs: &StrataFs| strata_plan::MountPlan::from_json(fs.plan_bytes()).unwrap();
+    let s = sandbox();
+    let tree = |s: &Sandbox| {
+        StrataFs::with_role(
+            &config(s.dir.path(), Limits::default()),
+            CachePolicy::default(),
+            Role::Tree {
+                lower_tag: Some("strata-lower".into()),
+            },
+        )
+        .unwrap()
+    };
+    assert_eq!(plan(&s.fs).lower_tag, None);
+    let p = plan(&tree(&s));
+    assert_eq!(p.lower_tag.as_deref(), Some("strata-lower"));
+    assert_eq!(p.lowers, ["lower"]);
+    // A file capability (here: any readable xattr) in a layer keeps the layers on the tree.
+    crate::sys::xattr::set_path(&s.path("l1/etc/base"), c"user.cap", b"x").unwrap();
+    assert_eq!(plan(&tree(&s)).lower_tag, None);
 }
 
 #[test]
@@ -439,6 +511,7 @@ fn zero_limits_are_refused_at_start() {
             max_nodes: 0,
             max_handles: 1,
         },
+        lower_device: None,
     };
     let e = cfg.check().unwrap_err().to_string();
     assert!(e.contains("--max-nodes"), "{e}");
@@ -607,6 +680,7 @@ fn merged_lower_applies_whiteouts_and_opaque_dirs() {
         socket: p.join("sock"),
         tag: "t".into(),
         limits: Limits::default(),
+        lower_device: None,
     };
     let fs = StrataFs::new(&cfg.check().unwrap(), CachePolicy::default()).unwrap();
     let s = Sandbox { dir, fs };

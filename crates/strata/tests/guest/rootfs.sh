@@ -22,7 +22,7 @@ check "opaque dir in top layer hides bottom entries" eq "$(ls $D/opq)" new
 check "file in top layer hides a bottom dir" eq "$(cat $D/becomes_file)" "file over a dir"
 check "dir in top layer hides a bottom file" eq "$(ls $D/becomes_dir)" x
 check "whiteout in top layer hides a bottom dir" test ! -e $D/gone_dir
-check "the layers come as one merged lower (/lower)" grep -q "lowerdir=[^,]*/lower," /proc/mounts
+check "the layers come as one merged lower (/lower) from the layer device" grep -q "lowerdir=/run/strata/strata-lower.layers/lower," /proc/mounts
 check "append to a lower file (copy-up)" sh -c "echo more >> $D/append.txt && [ \"\$(cat $D/append.txt)\" = \"\$(printf 'first\nmore')\" ]"
 check "delete a lower file (whiteout)" sh -c "rm $D/todelete && [ ! -e $D/todelete ]"
 check "rmdir a lower dir and recreate it (opaque)" sh -c "rm -rf $D/replaceme && mkdir $D/replaceme && echo fresh > $D/replaceme/fresh && [ \"\$(ls $D/replaceme)\" = fresh ]"

@@ -114,7 +114,7 @@ impl Env {
     pub fn vm(&self, cmd: &str, timeout: Duration) -> VmConfig {
         VmConfig {
             cmdline: format!("no_timer_check strata.tag=strata strata.cmd=\"{cmd}\""),
-            virtiofs: Some((self.socket.clone(), "strata".into())),
+            virtiofs: vec![(self.socket.clone(), "strata".into())],
             timeout,
             ..VmConfig::new(&self.kernel.vmlinuz, &self.initrd)
         }
