@@ -908,12 +908,23 @@ fn boot(
     })
 }
 
-/// The last `strata serve: opstats {json}` line of a serve log.
+/// The `strata serve: opstats {json}` lines of a serve log, summed: one per device the guest
+/// unmounted (the tree, and the layer device if it had one).
 pub fn parse_opstats(log: &str) -> Option<BTreeMap<String, u64>> {
-    log.lines().rev().find_map(|l| {
-        let j = &l[l.find("opstats {")? + 8..];
-        serde_json::from_str(j).ok()
-    })
+    let mut sum: Option<BTreeMap<String, u64>> = None;
+    for l in log.lines() {
+        let Some(at) = l.find("opstats {") else {
+            continue;
+        };
+        let Ok(counts) = serde_json::from_str::<BTreeMap<String, u64>>(&l[at + 8..]) else {
+            continue;
+        };
+        let total = sum.get_or_insert_with(BTreeMap::new);
+        for (op, n) in counts {
+            *total.entry(op).or_default() += n;
+        }
+    }
+    sum
 }
 
 /// Run the whole bench. `progress` gets one line per step.
@@ -1345,5 +1356,10 @@ mod tests {
         let m = parse_opstats(log).unwrap();
         assert_eq!(m["lookup"], 3);
         assert_eq!(m["getxattr!ENODATA"], 2);
+        // The tree and the layer device each print theirs: summed.
+        let log = format!("{log}strata serve: opstats {{\"lookup\":1,\"readdirplus\":4}}\n");
+        let m = parse_opstats(&log).unwrap();
+        assert_eq!((m["lookup"], m["readdirplus"]), (4, 4));
+        assert_eq!(parse_opstats("nothing"), None);
     }
 }
