@@ -85,7 +85,12 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
              T=$!\n\
              i=0; while ! $B grep -q 'tracing with' /tmp/trace.err && [ $i -lt 1200 ]; do $B sleep 0.1; i=$((i + 1)); done\n\
              {bench} --dir /tmp/on{r} > /tmp/on{r}.json\n\
-             $B kill -INT $T; wait $T\n\
+             $B kill -INT $T\n\
+             i=0; while [ -d /proc/$T ] && ! $B grep -q '^State:.*Z' /proc/$T/status && [ $i -lt 1200 ]; do $B sleep 0.1; i=$((i + 1)); done\n\
+             if [ $i -ge 1200 ]; then $B echo \"@hang tracer $T still running 120 s after SIGINT\"; \
+               for t in /proc/$T/task/*; do $B echo \"@hang $t $($B cat $t/comm) $($B grep State $t/status) wchan=$($B cat $t/wchan)\"; $B sed 's/^/@hang   /' $t/stack; done; \
+               $B dmesg | $B tail -40 | $B sed 's/^/@hang dmesg /'; $B kill -9 $T; fi\n\
+             wait $T\n\
              $B echo \"@off{r} $($B cat /tmp/off{r}.json)\"\n\
              $B echo \"@on{r} $($B cat /tmp/on{r}.json)\"\n\
              $B sed 's/^/@err /' /tmp/trace.err\n"
@@ -111,6 +116,16 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
     vm.mem_mib = 1024;
     let out = vm.run().unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.timed_out, "VM timed out; console:\n{}", out.console);
+    // A tracer that did not stop on SIGINT was killed and its threads' kernel stacks printed.
+    assert!(
+        !out.console.contains("@hang "),
+        "strata trace did not exit on SIGINT:\n{}",
+        out.console
+            .lines()
+            .filter(|l| l.contains("@hang ") || l.contains("@err "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let c = &out.console;
 
     let t = json_line(c, "@trace ");
