@@ -662,6 +662,7 @@ impl Daemon {
                 work: p.work.clone(),
             }),
             tag: None,
+            layer_device: None,
         })
     }
 

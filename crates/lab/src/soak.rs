@@ -124,6 +124,7 @@ impl Tree {
                     work: c.join("work"),
                 }),
                 tag: None,
+                layer_device: None,
             })
             .map_err(|e| LabError::Serve(format!("daemon API: {e}")))?;
         match r {

@@ -37,6 +37,10 @@ pub enum Request {
         /// virtio-fs tag, for logs (the VMM sets the real one).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tag: Option<String>,
+        /// Also serve the layers on this second socket, without xattrs (the layer device,
+        /// `strata serve --lower-socket`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer_device: Option<LayerDevice>,
     },
     /// Stop serving: a session no VMM has connected to is gone at once; a connected one has
     /// its tree dropped (the guest gets EIO from then on) and ends when the VMM hangs up.
@@ -46,6 +50,16 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
+}
+
+/// The layer device of a session: its socket (inside the daemon's socket directory) and the
+/// tag the VMM gives it (default `strata-lower`, written into the plan for the guest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerDevice {
+    pub socket: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
 }
 
 /// Layers (topmost first), upper and work, as `strata serve --lower/--upper/--work` takes them.
@@ -111,6 +125,9 @@ pub struct SessionInfo {
     /// Host inodes and open handles the guest holds.
     pub nodes: usize,
     pub handles: usize,
+    /// The layer device's socket, if the session has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_device: Option<PathBuf>,
 }
 
 /// A connection to the daemon's API socket.
@@ -196,6 +213,7 @@ mod tests {
             socket: "/run/strata/c1.sock".into(),
             dirs: None,
             tag: None,
+            layer_device: None,
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),

@@ -52,7 +52,54 @@ pub fn first_layer_xattr(
     merged: bool,
 ) -> std::io::Result<Option<(PathBuf, String)>> {
     let skip_overlay = merged || lowers.len() == 1;
-    let mut stack: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+    for l in lowers {
+        if let Some(hit) = layer_xattr(l, skip_overlay)? {
+            return Ok(Some(hit));
+        }
+    }
+    Ok(None)
+}
+
+/// [`first_layer_xattr`], each layer directory listed once per process: layers are immutable
+/// (a store's are content-addressed), and `strata daemon` starts many sessions on the same
+/// ones. Keyed by the layer directory's device and inode.
+pub fn first_layer_xattr_cached(
+    lowers: &[PathBuf],
+    merged: bool,
+) -> std::io::Result<Option<(PathBuf, String)>> {
+    type Key = (u64, u64, bool);
+    static SEEN: std::sync::Mutex<
+        Option<std::collections::HashMap<Key, Option<(PathBuf, String)>>>,
+    > = std::sync::Mutex::new(None);
+    let skip_overlay = merged || lowers.len() == 1;
+    for l in lowers {
+        let m = std::fs::metadata(l)?;
+        let key = (m.dev(), m.ino(), skip_overlay);
+        let known = SEEN
+            .lock()
+            .map(|g| g.as_ref().and_then(|c| c.get(&key).cloned()))
+            .unwrap_or(None);
+        let hit = match known {
+            Some(hit) => hit,
+            None => {
+                let hit = layer_xattr(l, skip_overlay)?;
+                if let Ok(mut g) = SEEN.lock() {
+                    g.get_or_insert_with(Default::default)
+                        .insert(key, hit.clone());
+                }
+                hit
+            }
+        };
+        if hit.is_some() {
+            return Ok(hit);
+        }
+    }
+    Ok(None)
+}
+
+/// The first entry under `layer` with an xattr (but overlayfs' own, if `skip_overlay`).
+fn layer_xattr(layer: &Path, skip_overlay: bool) -> std::io::Result<Option<(PathBuf, String)>> {
+    let mut stack = vec![layer.to_path_buf()];
     while let Some(p) = stack.pop() {
         let names = crate::sys::xattr::list_path(&p)?;
         for n in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {

@@ -34,7 +34,7 @@ use crate::config::ServeConfig;
 use crate::daemon::{claim_socket, SocketGuard};
 use crate::error::ServeError;
 use crate::sandbox;
-use crate::tree::{CachePolicy, StrataFs};
+use crate::tree::{CachePolicy, Role, StrataFs};
 
 /// How `strata daemon` is set up.
 #[derive(Debug, Clone)]
@@ -70,6 +70,11 @@ struct Session {
     stage: Stage,
     /// Removes the socket and its lock file when dropped (at stop, or when the session ends).
     guard: Option<SocketGuard>,
+    /// The session's layer device: its own entry (token), with its socket. Listed and
+    /// stopped with the session; a layer device entry has `None` here and `part_of` set.
+    layer_device: Option<(u64, PathBuf)>,
+    /// For a layer device entry: the token of its session.
+    part_of: Option<u64>,
 }
 
 enum Stage {
@@ -97,6 +102,7 @@ impl Session {
             requests: self.backend.stats.requests.load(Ordering::Relaxed),
             nodes,
             handles,
+            layer_device: self.layer_device.as_ref().map(|(_, p)| p.clone()),
         }
     }
 }
@@ -117,6 +123,13 @@ pub struct Supervisor {
     /// `STRATA_FAULT_PANIC=ID`: the session named ID panics on its first request (fault
     /// injection for the isolation test).
     fault_panic: Option<String>,
+}
+
+fn listen(socket: &Path) -> Result<Listener, ServeError> {
+    Listener::new(socket, false).map_err(|e| ServeError::Listen {
+        path: socket.to_owned(),
+        source: io::Error::other(e.to_string()),
+    })
 }
 
 /// epoll token of the API listener; sessions count up from 1.
@@ -168,13 +181,15 @@ impl Supervisor {
                 socket,
                 dirs,
                 tag,
-            } => self.start(id, socket, dirs, tag),
+                layer_device,
+            } => self.start(id, socket, dirs, tag, layer_device),
             Request::Stop { id } => self.stop(&id),
             Request::Status { id } => {
                 let s = self.lock();
                 let mut sessions: Vec<SessionInfo> = s
                     .by_token
                     .values()
+                    .filter(|x| x.part_of.is_none())
                     .filter(|x| id.as_ref().is_none_or(|i| *i == x.id))
                     .map(|x| x.info(None))
                     .collect();
@@ -193,6 +208,7 @@ impl Supervisor {
         socket: PathBuf,
         dirs: Option<Dirs>,
         tag: Option<String>,
+        layer_device: Option<api::LayerDevice>,
     ) -> Response {
         let t0 = Instant::now();
         if let Err(m) = api::check_id(&id) {
@@ -204,17 +220,44 @@ impl Supervisor {
                 format!("session {id:?} exists: stop it first (`strata rootfs stop {id}`)"),
             );
         }
-        let sock = match canonical_parent(&socket) {
-            Some(s) if s.starts_with(&self.cfg.socket_dir) => s,
-            _ => {
-                return error(
-                    ErrorKind::BadRequest,
-                    format!(
-                        "socket {} must be in {} (the daemon's socket directory, --socket-dir)",
-                        socket.display(),
-                        self.cfg.socket_dir.display()
-                    ),
-                )
+        let in_socket_dir = |socket: &Path| match canonical_parent(socket) {
+            Some(s) if s.starts_with(&self.cfg.socket_dir) => Ok(s),
+            _ => Err(error(
+                ErrorKind::BadRequest,
+                format!(
+                    "socket {} must be in {} (the daemon's socket directory, --socket-dir)",
+                    socket.display(),
+                    self.cfg.socket_dir.display()
+                ),
+            )),
+        };
+        let sock = match in_socket_dir(&socket) {
+            Ok(s) => s,
+            Err(r) => return r,
+        };
+        let layer_device = match layer_device {
+            None => None,
+            Some(d) => {
+                let socket = match in_socket_dir(&d.socket) {
+                    Ok(s) => s,
+                    Err(r) => return r,
+                };
+                if socket == sock {
+                    return error(
+                        ErrorKind::BadRequest,
+                        "the layer device needs a socket of its own",
+                    );
+                }
+                let tag = d
+                    .tag
+                    .unwrap_or_else(|| crate::config::DEFAULT_LOWER_TAG.to_string());
+                if let Some(reason) = strata_plan::tag_problem(&tag) {
+                    return error(
+                        ErrorKind::BadRequest,
+                        format!("layer device tag {tag:?} is not usable: {reason}"),
+                    );
+                }
+                Some(crate::config::LowerDevice { socket, tag })
             }
         };
         let explicit = dirs.is_some();
@@ -232,7 +275,7 @@ impl Supervisor {
             socket: sock.clone(),
             tag: tag.unwrap_or_else(|| strata_plan::DEFAULT_TAG.to_string()),
             limits: self.cfg.limits,
-            lower_device: None,
+            lower_device: layer_device,
         };
         let checked = match cfg.check() {
             Ok(c) => c,
@@ -262,16 +305,30 @@ impl Supervisor {
                 );
             }
         }
+        let cache = self.cfg.cache;
         let prepared = (|| -> Result<_, ServeError> {
             let guard = claim_socket(&cfg.socket)?;
-            let fs = Arc::new(StrataFs::new(&checked, self.cfg.cache)?);
-            let listener = Listener::new(&cfg.socket, false).map_err(|e| ServeError::Listen {
-                path: cfg.socket.clone(),
-                source: io::Error::other(e.to_string()),
-            })?;
-            Ok((guard, fs, listener))
+            let layer_guard = match &cfg.lower_device {
+                Some(d) => Some(claim_socket(&d.socket)?),
+                None => None,
+            };
+            let role = Role::Tree {
+                lower_tag: cfg.lower_device.as_ref().map(|d| d.tag.clone()),
+            };
+            let fs = Arc::new(StrataFs::with_role(&checked, cache, role)?);
+            let listener = listen(&cfg.socket)?;
+            let layers = match (&cfg.lower_device, layer_guard) {
+                (Some(d), Some(g)) => Some((
+                    Arc::new(StrataFs::with_role(&checked, cache, Role::Layers)?),
+                    listen(&d.socket)?,
+                    g,
+                    d.socket.clone(),
+                )),
+                _ => None,
+            };
+            Ok((guard, fs, listener, layers))
         })();
-        let (guard, fs, listener) = match prepared {
+        let (guard, fs, listener, layers) = match prepared {
             Ok(p) => p,
             Err(ServeError::Config(e)) => return error(ErrorKind::Config, e.to_string()),
             Err(e) => return error(ErrorKind::Failed, e.to_string()),
@@ -282,6 +339,23 @@ impl Supervisor {
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let listen_fd = listener.as_raw_fd();
+        let layer_entry = layers.map(|(fs, listener, guard, socket)| {
+            let t = self.next_token.fetch_add(1, Ordering::Relaxed);
+            let fd = listener.as_raw_fd();
+            let entry = Session {
+                id: id.clone(),
+                socket: socket.clone(),
+                layers: checked.lowers.len(),
+                startup: Duration::ZERO,
+                created: Instant::now(),
+                backend: Arc::new(FsBackend::new(fs)),
+                stage: Stage::Listening(listener),
+                guard: Some(guard),
+                layer_device: None,
+                part_of: Some(token),
+            };
+            (t, fd, socket, entry)
+        });
         let session = Session {
             id: id.clone(),
             socket: sock,
@@ -291,6 +365,8 @@ impl Supervisor {
             backend,
             stage: Stage::Listening(listener),
             guard: Some(guard),
+            layer_device: layer_entry.as_ref().map(|(t, _, p, _)| (*t, p.clone())),
+            part_of: None,
         };
         let mut s = self.lock();
         if s.by_id.contains_key(&id) {
@@ -303,6 +379,18 @@ impl Supervisor {
             EpollEvent::new(EventSet::IN, token),
         ) {
             return error(ErrorKind::Failed, format!("cannot watch the socket: {e}"));
+        }
+        if let Some((t, fd, _, entry)) = layer_entry {
+            if let Err(e) =
+                self.epoll
+                    .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, t))
+            {
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, listen_fd, EpollEvent::default());
+                return error(ErrorKind::Failed, format!("cannot watch the socket: {e}"));
+            }
+            s.by_token.insert(t, entry);
         }
         let mut session = session;
         session.startup = t0.elapsed();
@@ -325,9 +413,24 @@ impl Supervisor {
         let Some(&token) = s.by_id.get(id) else {
             return error(ErrorKind::NotFound, format!("no session {id:?}"));
         };
-        let Some(session) = s.by_token.get_mut(&token) else {
-            return error(ErrorKind::NotFound, format!("no session {id:?}"));
-        };
+        let layer_token = s
+            .by_token
+            .get(&token)
+            .and_then(|x| x.layer_device.as_ref().map(|(t, _)| *t));
+        if let Some(t) = layer_token {
+            self.stop_entry(&mut s, t);
+        }
+        match self.stop_entry(&mut s, token) {
+            Some(info) => Response::Stopped { session: info },
+            None => error(ErrorKind::NotFound, format!("no session {id:?}")),
+        }
+    }
+
+    /// Stop one entry (a session or its layer device); its info as of the stop.
+    fn stop_entry(&self, s: &mut Sessions, token: u64) -> Option<SessionInfo> {
+        let session = s.by_token.get_mut(&token)?;
+        let id = session.id.clone();
+        let main = session.part_of.is_none();
         match &session.stage {
             Stage::Listening(l) => {
                 let _ = self.epoll.ctl(
@@ -336,19 +439,23 @@ impl Supervisor {
                     EpollEvent::default(),
                 );
                 let info = session.info(Some(SessionState::Ended));
-                s.by_id.remove(id);
+                if main {
+                    s.by_id.remove(&id);
+                }
                 s.by_token.remove(&token); // drops listener, tree, socket and lock file
-                tracing::info!(session = %id, "stopped before any VMM connected");
-                Response::Stopped { session: info }
+                if main {
+                    tracing::info!(session = %id, "stopped before any VMM connected");
+                }
+                Some(info)
             }
             Stage::Connected | Stage::Stopping => {
                 session.backend.revoke();
                 session.guard = None;
                 session.stage = Stage::Stopping;
-                tracing::info!(session = %id, "stopped while connected: waiting for the VMM to hang up");
-                Response::Stopped {
-                    session: session.info(None),
+                if main {
+                    tracing::info!(session = %id, "stopped while connected: waiting for the VMM to hang up");
                 }
+                Some(session.info(None))
             }
         }
     }
@@ -426,7 +533,18 @@ impl Supervisor {
     fn finish(&self, token: u64) {
         let mut s = self.lock();
         if let Some(session) = s.by_token.remove(&token) {
-            s.by_id.remove(&session.id);
+            if s.by_id.get(&session.id) == Some(&token) {
+                s.by_id.remove(&session.id);
+            }
+            // The session is over: a layer device its VMM never connected to goes with it.
+            if let Some((t, _)) = session.layer_device {
+                if matches!(
+                    s.by_token.get(&t).map(|x| &x.stage),
+                    Some(Stage::Listening(_))
+                ) {
+                    self.stop_entry(&mut s, t);
+                }
+            }
         }
     }
 
@@ -450,9 +568,13 @@ impl Supervisor {
         true
     }
 
-    /// Number of sessions (any state).
+    /// Number of sessions (any state; a session's layer device is part of it).
     pub fn len(&self) -> usize {
-        self.lock().by_token.len()
+        self.lock()
+            .by_token
+            .values()
+            .filter(|x| x.part_of.is_none())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_serve::api::{Client, Dirs, ErrorKind, Request, Response, SessionState};
+use strata_serve::api::{Client, Dirs, ErrorKind, LayerDevice, Request, Response, SessionState};
 use strata_serve::frontend::TestVm;
 use strata_serve::supervisor::{DaemonConfig, Supervisor};
 use strata_serve::CachePolicy;
@@ -72,6 +72,7 @@ impl Fixture {
                 socket: self.p().join("run").join(format!("{id}.sock")),
                 dirs: Some(self.dirs(id)),
                 tag: None,
+                layer_device: None,
             })
             .unwrap()
     }
@@ -166,6 +167,7 @@ fn sessions_start_serve_stop_and_crash_alone() {
             socket: f.p().join("elsewhere.sock"),
             dirs: Some(f.dirs("x")),
             tag: None,
+            layer_device: None,
         })
         .unwrap();
     assert!(
@@ -187,6 +189,7 @@ fn sessions_start_serve_stop_and_crash_alone() {
                 ..f.dirs("y")
             }),
             tag: None,
+            layer_device: None,
         })
         .unwrap();
     assert!(
@@ -204,6 +207,7 @@ fn sessions_start_serve_stop_and_crash_alone() {
         socket: f.p().join("run/z.sock"),
         dirs: None,
         tag: None,
+        layer_device: None,
     });
     assert!(matches!(
         r,
@@ -302,4 +306,79 @@ fn many_sessions_fit_and_leave_nothing_behind() {
     wait_for("all sessions over", || f.sup.is_empty());
     std::thread::sleep(Duration::from_millis(500));
     wait_for_fds(fds0);
+}
+
+#[test]
+fn a_session_with_a_layer_device_serves_both_and_stops_both() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let f = fixture();
+    let mut c = Client::connect(&f.api).unwrap();
+    // After one answer, the daemon's side of this API connection is open too.
+    c.call(&Request::Status { id: None }).unwrap();
+    let baseline = open_fds();
+    let sock = f.p().join("run/ld.sock");
+    let layers = f.p().join("run/ld.layers.sock");
+    let start = |c: &mut Client, layer_socket: &Path| {
+        c.call(&Request::Start {
+            id: "ld".into(),
+            socket: sock.clone(),
+            dirs: Some(f.dirs("ld")),
+            tag: None,
+            layer_device: Some(LayerDevice {
+                socket: layer_socket.to_owned(),
+                tag: None,
+            }),
+        })
+        .unwrap()
+    };
+    // The layer device needs a socket of its own, in the socket directory.
+    for bad in [sock.clone(), f.p().join("elsewhere.sock")] {
+        match start(&mut c, &bad) {
+            Response::Error { kind, .. } => assert_eq!(kind, ErrorKind::BadRequest),
+            other => panic!("{other:?}"),
+        }
+    }
+    match start(&mut c, &layers) {
+        Response::Started { session } => {
+            assert_eq!(session.layer_device.as_deref(), Some(layers.as_path()))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(f.sup.len(), 1, "the layer device is part of the session");
+    match c.call(&Request::Status { id: None }).unwrap() {
+        Response::Status { sessions } => assert_eq!(sessions.len(), 1),
+        other => panic!("{other:?}"),
+    }
+
+    let mut tree = TestVm::connect(&sock).unwrap();
+    let plan = strata_plan::MountPlan::from_json(&tree.read_file("plan.json").unwrap()).unwrap();
+    assert_eq!(plan.lower_tag.as_deref(), Some("strata-lower"));
+    let mut lv = TestVm::connect(&layers).unwrap();
+    assert_eq!(lv.read_file("lower/etc/hello").unwrap(), b"hello from l0\n");
+    assert!(lv.walk("upper").is_err() && lv.walk("plan.json").is_err());
+    // GETXATTR (opcode 22): ENOSYS on the layer device, so the guest kernel stops asking.
+    let hello = lv.walk("lower/etc/hello").unwrap().node;
+    let mut body = 0u64.to_le_bytes().to_vec();
+    body.extend_from_slice(b"trusted.overlay.metacopy\0");
+    let e = lv.call(22, hello, &body).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSYS));
+    let hello = tree.walk("lower/etc/hello").unwrap().node;
+    let e = tree.call(22, hello, &body).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENODATA));
+
+    match c.call(&Request::Stop { id: "ld".into() }).unwrap() {
+        Response::Stopped { .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !sock.exists() && !layers.exists(),
+        "both sockets go at stop"
+    );
+    drop(tree);
+    drop(lv);
+    wait_for("the session and its layer device to end", || {
+        f.sup.is_empty()
+    });
+    // Every fd of both devices closed (trees, sockets, vhost-user threads' eventfds).
+    wait_for_fds(baseline);
 }

@@ -108,7 +108,11 @@ fn line(s: &SessionInfo) -> String {
         s.age_ms,
         s.startup_us,
         s.socket.display()
-    )
+    ) + &s
+        .layer_device
+        .as_ref()
+        .map(|p| format!(" layers-on={}", p.display()))
+        .unwrap_or_default()
 }
 
 /// Send one request and print the answer (`--json`: as the daemon sent it).

@@ -88,6 +88,13 @@ pub enum RootfsCmd {
         upper: Option<PathBuf>,
         #[arg(long, requires = "lowers")]
         work: Option<PathBuf>,
+        /// Also serve the layers on this second socket, without xattrs (a second
+        /// vhost-user-fs device; see `strata serve --lower-socket`).
+        #[arg(long)]
+        lower_socket: Option<PathBuf>,
+        /// virtio-fs tag the VMM gives the --lower-socket device [default: strata-lower].
+        #[arg(long, requires = "lower_socket")]
+        lower_tag: Option<String>,
         #[command(flatten)]
         api: crate::daemon_cmd::ApiArg,
         /// Print the daemon's answer as JSON.
@@ -231,6 +238,8 @@ pub fn rootfs(cmd: RootfsCmd) -> ExitCode {
             lowers,
             upper,
             work,
+            lower_socket,
+            lower_tag,
             api,
             json,
         } => {
@@ -249,6 +258,10 @@ pub fn rootfs(cmd: RootfsCmd) -> ExitCode {
                 socket: abs(socket),
                 dirs,
                 tag: None,
+                layer_device: lower_socket.map(|s| strata_serve::api::LayerDevice {
+                    socket: abs(s),
+                    tag: lower_tag,
+                }),
             };
             crate::daemon_cmd::call(api, req, json)
         }

@@ -1,5 +1,6 @@
 //! `strata daemon` end to end: one daemon process (under `strace -f`) serves two real Debian
-//! 6.1 guests at once, each on its own rootfs session started with `strata rootfs start`.
+//! 6.1 guests at once, each on its own rootfs session started with `strata rootfs start`
+//! (the second with a layer device: its layers on a second virtio-fs device, without xattrs).
 //! Each guest assembles its overlay, writes into its own upper, and powers off; the sessions
 //! end with their VMMs. strace shows zero mount-family syscalls and zero processes created
 //! (threads only) during the whole run.
@@ -17,6 +18,10 @@ use strata_lab::session::{host_mount_count, DaemonProcess};
 
 const RUN_SH: &str = r#"set -e
 test "$(cat /etc/motd)" = "from the top layer" || { echo "FAIL motd"; exit 1; }
+if [ "$1" = vm2 ]; then
+  grep -q 'lowerdir=/run/strata/strata-lower.layers/lower,' /proc/mounts ||
+    { echo "FAIL vm2 layers not from the layer device: $(grep ' / ' /proc/mounts)"; exit 1; }
+fi
 echo "$1" > /who
 test "$(cat /who)" = "$1"
 echo "vm $1: rootfs ok"
@@ -78,23 +83,34 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
     for id in ["vm1", "vm2"] {
         let c = root.join(format!("ctr/{id}"));
         let sock = root.join(format!("run/{id}.sock"));
-        let (ok, text) = strata(&[
-            "rootfs",
-            "start",
-            id,
-            "--socket",
-            sock.to_str().unwrap(),
-            "--lower",
-            top.to_str().unwrap(),
-            "--lower",
-            base.to_str().unwrap(),
-            "--upper",
-            c.join("upper").to_str().unwrap(),
-            "--work",
-            c.join("work").to_str().unwrap(),
-            "--api",
-            api_s,
-        ]);
+        // vm2 also gets the layer device (its layers without xattrs, on a second socket).
+        let layers = root.join(format!("run/{id}.layers.sock"));
+        let mut extra = vec![];
+        if id == "vm2" {
+            extra = vec!["--lower-socket", layers.to_str().unwrap()];
+        }
+        let (ok, text) = strata(
+            &[
+                "rootfs",
+                "start",
+                id,
+                "--socket",
+                sock.to_str().unwrap(),
+                "--lower",
+                top.to_str().unwrap(),
+                "--lower",
+                base.to_str().unwrap(),
+                "--upper",
+                c.join("upper").to_str().unwrap(),
+                "--work",
+                c.join("work").to_str().unwrap(),
+                "--api",
+                api_s,
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect::<Vec<_>>(),
+        );
         assert!(ok, "rootfs start {id}: {text}");
         assert!(text.contains("listening"), "{text}");
     }
@@ -106,7 +122,12 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
         .map(|id| {
             let vm = VmConfig {
                 cmdline: format!("strata.tag=strata strata.cmd=\"/bin/sh /run.sh {id}\""),
-                virtiofs: vec![(root.join(format!("run/{id}.sock")), "strata".into())],
+                virtiofs: std::iter::once((root.join(format!("run/{id}.sock")), "strata".into()))
+                    .chain(
+                        (*id == "vm2")
+                            .then(|| (root.join("run/vm2.layers.sock"), "strata-lower".into())),
+                    )
+                    .collect(),
                 timeout: Duration::from_secs(300),
                 ..VmConfig::new(&kernel.vmlinuz, &initrd)
             };
@@ -138,6 +159,7 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!root.join("run/vm1.sock").exists());
+    assert!(!root.join("run/vm2.layers.sock").exists());
     let mounts_after = host_mount_count();
     let log = daemon.log_text();
     let (clean, calls) = daemon.stop().expect("daemon stops");

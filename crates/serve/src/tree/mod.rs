@@ -291,7 +291,7 @@ impl StrataFs {
             lower_tag: Some(tag),
         } = &role
         {
-            match crate::config::first_layer_xattr(&cfg.lowers, merged) {
+            match crate::config::first_layer_xattr_cached(&cfg.lowers, merged) {
                 Ok(None) => plan = plan.with_lower_tag(tag),
                 Ok(Some((path, name))) => tracing::info!(
                     "layers served on this device, not on the layer device {tag:?}: {} has \
