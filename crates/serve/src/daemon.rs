@@ -117,19 +117,18 @@ impl Drop for CloseLeaked {
 }
 
 /// A daemon made ready up to listening on its socket, not yet accepting a VMM: the configuration
-/// checked, the socket claimed (lock file held), the served tree open, the vhost-user daemon
-/// created and the socket bound.
+/// checked, the socket claimed (lock file held), the served tree open and the socket bound.
+/// The vhost-user daemon and its worker thread come when a VMM connects (as in `strata
+/// daemon`): a start creates no thread.
 ///
-/// Dropping it undoes all of that: the worker threads are joined, and the socket and its lock
-/// file are removed. [`serve`] is [`prepare`] plus signal handling, the seccomp filter and one
-/// VMM session; `strata bench create` times [`prepare`] and the drop.
+/// Dropping it undoes all of that: the socket and its lock file are removed. [`serve`] is
+/// [`prepare`] plus signal handling, the seccomp filter and one VMM session; `strata bench
+/// create` times [`prepare`] and the drop.
 pub struct Prepared {
-    // Field order is drop order: stop the workers, close the listener, then release the path.
-    daemon: VhostUserDaemon<Arc<FsBackend>>,
-    /// The layer device, if configured: its own daemon, listener and socket.
+    // Field order is drop order: close the listener, then release the path.
+    /// The layer device, if configured: its own tree, listener and socket.
     lower: Option<Device>,
-    // After the daemon (whose worker threads are joined by then): the fds it leaks.
-    leaked: CloseLeaked,
+    backend: Arc<FsBackend>,
     listener: Listener,
     stats: Arc<Stats>,
     checked: Checked,
@@ -152,11 +151,37 @@ impl Prepared {
 /// One more vhost-user device of the session (the layer device): dropped in field order, as
 /// [`Prepared`] is.
 struct Device {
-    daemon: VhostUserDaemon<Arc<FsBackend>>,
-    _leaked: CloseLeaked,
+    backend: Arc<FsBackend>,
     listener: Listener,
     tag: String,
     _guard: SocketGuard,
+}
+
+/// Accept the VMM on `listener` and serve it until it hangs up: the vhost-user daemon and its
+/// worker thread exist from here on, and the fds vhost-user-backend leaks are closed after it.
+fn run_device(
+    name: &str,
+    backend: Arc<FsBackend>,
+    listener: &mut Listener,
+    connected: impl FnOnce(),
+) -> Result<(), ServeError> {
+    let leaked = CloseLeaked(backend.leaked_fds());
+    let mut daemon = vhost_daemon(name, backend)?;
+    daemon
+        .start(listener)
+        .map_err(|e| ServeError::Session(e.to_string()))?;
+    connected();
+    let end = daemon.wait();
+    drop(daemon);
+    drop(leaked);
+    match end {
+        Ok(()) => Ok(()),
+        // A VMM that quits simply hangs up: that is the normal end of a session.
+        Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => Ok(()),
+        Err(e) => Err(ServeError::Session(e.to_string())),
+    }
 }
 
 fn listen(socket: &Path) -> Result<Listener, ServeError> {
@@ -187,8 +212,7 @@ pub fn prepare(cfg: &ServeConfig, cache: CachePolicy) -> Result<Prepared, ServeE
 }
 
 /// The one start-up path of [`prepare`] and [`serve`]: `before_listen` runs once the served tree
-/// is open, while this process still has a single thread (the vhost-user daemon starts its
-/// workers right after), and before the socket is bound, so that [`serve`] has its confinement,
+/// is open, while this process still has a single thread, and before the socket is bound, so that [`serve`] has its confinement,
 /// signal handler and seccomp filter in force on every thread before a VMM can see the socket.
 fn prepare_with(
     cfg: &ServeConfig,
@@ -216,7 +240,6 @@ fn prepare_with(
     let fs = Arc::new(StrataFs::with_role(&checked, cache, role)?);
     let backend = Arc::new(FsBackend::new(fs));
     let stats = backend.stats.clone();
-    let leaked = CloseLeaked(backend.leaked_fds());
     let lower_backend = match &cfg.lower_device {
         Some(_) => Some(Arc::new(FsBackend::new(Arc::new(StrataFs::with_role(
             &checked,
@@ -226,25 +249,19 @@ fn prepare_with(
         None => None,
     };
     before_listen(&checked)?;
-    let daemon = vhost_daemon("strata-serve", backend)?;
     let listener = listen(&cfg.socket)?;
     let lower = match (&cfg.lower_device, lower_backend, lower_guard) {
-        (Some(d), Some(backend), Some(guard)) => {
-            let leaked = CloseLeaked(backend.leaked_fds());
-            Some(Device {
-                daemon: vhost_daemon("strata-serve-layers", backend)?,
-                _leaked: leaked,
-                listener: listen(&d.socket)?,
-                tag: d.tag.clone(),
-                _guard: guard,
-            })
-        }
+        (Some(d), Some(backend), Some(guard)) => Some(Device {
+            backend,
+            listener: listen(&d.socket)?,
+            tag: d.tag.clone(),
+            _guard: guard,
+        }),
         _ => None,
     };
     Ok(Prepared {
-        daemon,
         lower,
-        leaked,
+        backend,
         listener,
         stats,
         checked,
@@ -272,9 +289,8 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         sandbox::allow_only_known()
     })?;
     let Prepared {
-        mut daemon,
         lower,
-        leaked,
+        backend,
         mut listener,
         stats,
         checked,
@@ -303,12 +319,15 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
                 std::thread::Builder::new()
                     .name("strata-layers".into())
                     .spawn(move || {
-                        if let Err(e) = d.daemon.start(&mut d.listener) {
+                        let r = run_device(
+                            "strata-serve-layers",
+                            d.backend.clone(),
+                            &mut d.listener,
+                            || tracing::info!("VMM connected to the layer device {tag}"),
+                        );
+                        if let Err(e) = r {
                             tracing::warn!("layer device {tag}: {e}");
-                            return;
                         }
-                        tracing::info!("VMM connected to the layer device {tag}");
-                        let _ = d.daemon.wait();
                         drop(d);
                     })
                     .map_err(|e| ServeError::Session(e.to_string()))?,
@@ -316,13 +335,10 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         }
         None => None,
     };
-    daemon
-        .start(&mut listener)
-        .map_err(|e| ServeError::Session(e.to_string()))?;
-    tracing::info!("VMM connected");
-    let end = daemon.wait();
-    drop(daemon);
-    drop(leaked);
+    let end = run_device("strata-serve", backend, &mut listener, || {
+        tracing::info!("VMM connected")
+    });
+    drop(listener);
     drop(guard);
     // The VMM hung up the layer device too (it went away); give that thread a moment to
     // remove its socket.
@@ -340,14 +356,7 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         requests: stats.requests.load(std::sync::atomic::Ordering::Relaxed),
         bad_chains: stats.bad_chains.load(std::sync::atomic::Ordering::Relaxed),
     };
-    match end {
-        Ok(()) => {}
-        // A VMM that quits simply hangs up: that is the normal end of a session.
-        Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => {}
-        Err(e) => return Err(ServeError::Session(e.to_string())),
-    }
+    end?;
     tracing::info!(
         requests = report.requests,
         bad_chains = report.bad_chains,

@@ -29,7 +29,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, Guest
 
 use crate::backend::{serve_chain, Stats};
 use crate::config::ServeConfig;
-use crate::tree::{CachePolicy, StrataFs};
+use crate::tree::{CachePolicy, Role, StrataFs};
 
 const QSIZE: u16 = 16;
 const DESC: u64 = 0x0;
@@ -705,6 +705,12 @@ impl Harness {
 
     /// [`Harness::new`] with the given per-session limits.
     pub fn with_limits(limits: crate::tree::Limits) -> std::io::Result<Harness> {
+        Harness::with_setup(limits, Role::Tree { lower_tag: None })
+    }
+
+    /// [`Harness::new`] with the given per-session limits, serving the tree as `role` (the
+    /// whole tree, or the layer device).
+    pub fn with_setup(limits: crate::tree::Limits, role: Role) -> std::io::Result<Harness> {
         let dir = tempfile::tempdir()?;
         let p = dir.path();
         for d in [
@@ -743,7 +749,8 @@ impl Harness {
         };
         let checked = cfg.check().map_err(std::io::Error::other)?;
         let fs = Arc::new(
-            StrataFs::new(&checked, CachePolicy::default()).map_err(std::io::Error::other)?,
+            StrataFs::with_role(&checked, CachePolicy::default(), role)
+                .map_err(std::io::Error::other)?,
         );
         let server = Server::new(fs.clone());
         let mm = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
@@ -1121,6 +1128,16 @@ pub fn limits_for(seed: u64) -> crate::tree::Limits {
     }
 }
 
+/// Seeds 1, 5, 9, … serve the layer device (read-only, no xattrs, no upper/work); the others
+/// the whole tree.
+pub fn role_for(seed: u64) -> Role {
+    if seed % 4 == 1 {
+        Role::Layers
+    } else {
+        Role::Tree { lower_tag: None }
+    }
+}
+
 /// Run `n` requests from `seed` on a fresh harness.
 pub fn run_seed(seed: u64, n: u64) -> Result<RunStats, Finding> {
     run_seed_with(seed, n, || Ok(()))
@@ -1139,7 +1156,8 @@ pub fn run_seed_with(
         what,
         bytes: String::new(),
     };
-    let h = Harness::with_limits(limits_for(seed)).map_err(|e| fail(format!("harness: {e}")))?;
+    let h = Harness::with_setup(limits_for(seed), role_for(seed))
+        .map_err(|e| fail(format!("harness: {e}")))?;
     setup().map_err(|e| fail(format!("setup: {e}")))?;
     h.run(seed, n)
 }
@@ -1148,7 +1166,7 @@ pub fn run_seed_with(
 /// corpus for the coverage-guided fuzzer that starts past the handshake, with node ids and
 /// handles that exist. (The chain shapes of the structured run are not kept.)
 pub fn stream_for_seed(seed: u64, n: u64) -> Result<Vec<u8>, Finding> {
-    let mut h = Harness::with_limits(limits_for(seed)).map_err(|e| Finding {
+    let mut h = Harness::with_setup(limits_for(seed), role_for(seed)).map_err(|e| Finding {
         seed,
         request: 0,
         what: format!("harness: {e}"),
