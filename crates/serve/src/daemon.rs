@@ -159,7 +159,7 @@ struct Device {
 
 /// Accept the VMM on `listener` and serve it until it hangs up: the vhost-user daemon and its
 /// worker thread exist from here on, and the fds vhost-user-backend leaks are closed after it.
-fn run_device(
+pub(crate) fn run_device(
     name: &str,
     backend: Arc<FsBackend>,
     listener: &mut Listener,
@@ -184,7 +184,8 @@ fn run_device(
     }
 }
 
-fn listen(socket: &Path) -> Result<Listener, ServeError> {
+/// Bind and listen on a vhost-user socket (the path was claimed first).
+pub(crate) fn listen(socket: &Path) -> Result<Listener, ServeError> {
     Listener::new(socket, false).map_err(|e| ServeError::Listen {
         path: socket.to_owned(),
         source: io::Error::other(e.to_string()),

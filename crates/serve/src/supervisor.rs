@@ -24,14 +24,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::api::{self, Dirs, ErrorKind, Request, Response, SessionInfo, SessionState};
 use crate::backend::FsBackend;
 use crate::config::ServeConfig;
-use crate::daemon::{claim_socket, SocketGuard};
+use crate::daemon::{claim_socket, listen, run_device, SocketGuard};
 use crate::error::ServeError;
 use crate::sandbox;
 use crate::tree::{CachePolicy, Role, StrataFs};
@@ -123,13 +121,6 @@ pub struct Supervisor {
     /// `STRATA_FAULT_PANIC=ID`: the session named ID panics on its first request (fault
     /// injection for the isolation test).
     fault_panic: Option<String>,
-}
-
-fn listen(socket: &Path) -> Result<Listener, ServeError> {
-    Listener::new(socket, false).map_err(|e| ServeError::Listen {
-        path: socket.to_owned(),
-        source: io::Error::other(e.to_string()),
-    })
 }
 
 /// epoll token of the API listener; sessions count up from 1.
@@ -500,26 +491,15 @@ impl Supervisor {
         mut listener: Listener,
         backend: Arc<FsBackend>,
     ) {
-        let leaked = backend.leaked_fds();
-        let end = (|| {
-            let mut daemon = VhostUserDaemon::new(
-                format!("strata-vm-{id}"),
-                backend.clone(),
-                GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-            )?;
-            daemon.start(&mut listener)?;
-            tracing::info!(session = %id, "VMM connected");
-            let end = daemon.wait();
-            drop(daemon); // stops and joins the virtqueue worker
-            end
-        })();
-        leaked.close();
+        let end = run_device(
+            &format!("strata-vm-{id}"),
+            backend.clone(),
+            &mut listener,
+            || tracing::info!(session = %id, "VMM connected"),
+        );
         drop(listener);
         match end {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )) => tracing::info!(
+            Ok(()) => tracing::info!(
                 session = %id,
                 requests = backend.stats.requests.load(Ordering::Relaxed),
                 "VMM disconnected; session over"
