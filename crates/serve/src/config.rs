@@ -68,9 +68,8 @@ pub fn first_layer_xattr_cached(
     merged: bool,
 ) -> std::io::Result<Option<(PathBuf, String)>> {
     type Key = (u64, u64, bool);
-    static SEEN: std::sync::Mutex<
-        Option<std::collections::HashMap<Key, Option<(PathBuf, String)>>>,
-    > = std::sync::Mutex::new(None);
+    type Seen = std::collections::HashMap<Key, Option<(PathBuf, String)>>;
+    static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
     let skip_overlay = merged || lowers.len() == 1;
     for l in lowers {
         let m = std::fs::metadata(l)?;

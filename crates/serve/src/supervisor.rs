@@ -213,25 +213,22 @@ impl Supervisor {
         }
         let in_socket_dir = |socket: &Path| match canonical_parent(socket) {
             Some(s) if s.starts_with(&self.cfg.socket_dir) => Ok(s),
-            _ => Err(error(
-                ErrorKind::BadRequest,
-                format!(
-                    "socket {} must be in {} (the daemon's socket directory, --socket-dir)",
-                    socket.display(),
-                    self.cfg.socket_dir.display()
-                ),
+            _ => Err(format!(
+                "socket {} must be in {} (the daemon's socket directory, --socket-dir)",
+                socket.display(),
+                self.cfg.socket_dir.display()
             )),
         };
         let sock = match in_socket_dir(&socket) {
             Ok(s) => s,
-            Err(r) => return r,
+            Err(m) => return error(ErrorKind::BadRequest, m),
         };
         let layer_device = match layer_device {
             None => None,
             Some(d) => {
                 let socket = match in_socket_dir(&d.socket) {
                     Ok(s) => s,
-                    Err(r) => return r,
+                    Err(m) => return error(ErrorKind::BadRequest, m),
                 };
                 if socket == sock {
                     return error(

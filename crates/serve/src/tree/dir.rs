@@ -308,24 +308,6 @@ impl StrataFs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::dirents;
-
-    #[test]
-    fn malformed_dirent_buffers_stop_cleanly() {
-        // Truncated header, reclen past the end, missing NUL: no panic, no entries.
-        assert_eq!(dirents(&[0u8; 10]).count(), 0);
-        let mut rec = vec![0u8; 24];
-        rec[16] = 200; // reclen beyond buffer
-        assert_eq!(dirents(&rec).count(), 0);
-        let mut rec = vec![b'a'; 24];
-        rec[16] = 24;
-        rec[17] = 0;
-        assert_eq!(dirents(&rec).count(), 0);
-    }
-}
-
 /// The entries of an open host directory from `offset` on, read `size` bytes (1-64 KiB) at a
 /// time, each given to `each` until it returns `false` or the directory ends.
 fn host_dirents(
@@ -353,5 +335,23 @@ fn host_dirents(
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dirents;
+
+    #[test]
+    fn malformed_dirent_buffers_stop_cleanly() {
+        // Truncated header, reclen past the end, missing NUL: no panic, no entries.
+        assert_eq!(dirents(&[0u8; 10]).count(), 0);
+        let mut rec = vec![0u8; 24];
+        rec[16] = 200; // reclen beyond buffer
+        assert_eq!(dirents(&rec).count(), 0);
+        let mut rec = vec![b'a'; 24];
+        rec[16] = 24;
+        rec[17] = 0;
+        assert_eq!(dirents(&rec).count(), 0);
     }
 }
