@@ -66,6 +66,15 @@ pub struct FsBackend {
 }
 
 impl FsBackend {
+    /// Decide the session's plan now (see [`StrataFs::plan_bytes`]), while the guest boots.
+    pub fn warm_plan(&self) {
+        if let Ok(g) = self.served.read() {
+            if let Some(s) = g.as_ref() {
+                s.fs.plan_bytes();
+            }
+        }
+    }
+
     pub fn new(fs: Arc<StrataFs>) -> FsBackend {
         FsBackend {
             served: RwLock::new(Some(Served {

@@ -166,11 +166,13 @@ pub(crate) fn run_device(
     connected: impl FnOnce(),
 ) -> Result<(), ServeError> {
     let leaked = CloseLeaked(backend.leaked_fds());
-    let mut daemon = vhost_daemon(name, backend)?;
+    let mut daemon = vhost_daemon(name, backend.clone())?;
     daemon
         .start(listener)
         .map_err(|e| ServeError::Session(e.to_string()))?;
     connected();
+    // The guest reads the plan once it has booted: decide it now, off the start path.
+    backend.warm_plan();
     let end = daemon.wait();
     drop(daemon);
     drop(leaked);

@@ -215,13 +215,47 @@ pub(crate) enum Handle {
     },
 }
 
+/// What the plan is made of; [`PlanSpec::decide`] makes it.
+struct PlanSpec {
+    base: MountPlan,
+    /// The layer device's tag, if the session has one.
+    lower_tag: Option<String>,
+    lowers: Vec<std::path::PathBuf>,
+    merged: bool,
+}
+
+impl PlanSpec {
+    /// The base plan, sent to the layer device for its lowers if there is one and no layer has
+    /// an xattr a container could read (the layer device serves none).
+    fn decide(&self) -> MountPlan {
+        let Some(tag) = &self.lower_tag else {
+            return self.base.clone();
+        };
+        match crate::config::first_layer_xattr_cached(&self.lowers, self.merged) {
+            Ok(None) => return self.base.clone().with_lower_tag(tag),
+            Ok(Some((path, name))) => tracing::info!(
+                "layers served on this device, not on the layer device {tag:?}: {} has xattr \
+                 {name} (the layer device serves none)",
+                path.display()
+            ),
+            Err(e) => tracing::warn!(
+                "layers served on this device, not on the layer device {tag:?}: cannot list \
+                 the layers' xattrs: {e}"
+            ),
+        }
+        self.base.clone()
+    }
+}
+
 /// The served tree of one VM.
 pub struct StrataFs {
     role: Role,
     layers: Vec<OwnedFd>,
     upper: OwnedFd,
     work: OwnedFd,
-    plan: Vec<u8>,
+    /// `plan.json`, decided on first use ([`StrataFs::plan_bytes`]).
+    plan: std::sync::OnceLock<Vec<u8>>,
+    plan_spec: PlanSpec,
     cache: CachePolicy,
     nodes: RwLock<NodeTable>,
     next_node: AtomicU64,
@@ -282,29 +316,19 @@ impl StrataFs {
         // STRATA_SERVE_SEPARATE_LAYERS=1 keeps one lower per layer (for comparisons).
         let separate = std::env::var_os("STRATA_SERVE_SEPARATE_LAYERS").is_some_and(|v| v == "1");
         let merged = layers.len() > 1 && !separate;
-        let mut plan = if merged {
-            MountPlan::merged()
-        } else {
-            MountPlan::standard(layers.len())
+        let plan_spec = PlanSpec {
+            base: if merged {
+                MountPlan::merged()
+            } else {
+                MountPlan::standard(layers.len())
+            },
+            lower_tag: match &role {
+                Role::Tree { lower_tag } => lower_tag.clone(),
+                Role::Layers => None,
+            },
+            lowers: cfg.lowers.clone(),
+            merged,
         };
-        if let Role::Tree {
-            lower_tag: Some(tag),
-        } = &role
-        {
-            match crate::config::first_layer_xattr_cached(&cfg.lowers, merged) {
-                Ok(None) => plan = plan.with_lower_tag(tag),
-                Ok(Some((path, name))) => tracing::info!(
-                    "layers served on this device, not on the layer device {tag:?}: {} has \
-                     xattr {name} (the layer device serves none)",
-                    path.display()
-                ),
-                Err(e) => tracing::warn!(
-                    "layers served on this device, not on the layer device {tag:?}: cannot \
-                     list the layers' xattrs: {e}"
-                ),
-            }
-        }
-        let plan = plan.to_json();
         let limits = cfg.limits;
         let needed = limits.fds_needed(layers.len()) + 64;
         match sys::raise_fd_limit(needed) {
@@ -324,7 +348,8 @@ impl StrataFs {
             layers,
             upper: open("upper", &cfg.upper)?,
             work: open("work", &cfg.work)?,
-            plan,
+            plan: std::sync::OnceLock::new(),
+            plan_spec,
             cache,
             nodes: RwLock::new(NodeTable::default()),
             next_node: AtomicU64::new(FIRST_HOST_NODE),
@@ -371,8 +396,14 @@ impl StrataFs {
     }
 
     /// The plan file's bytes, as the guest reads them.
+    ///
+    /// Decided on first use, not when the tree opens: with a layer device, whether the plan may
+    /// send the guest there depends on the layers' xattrs, a walk of every layer file (tens of
+    /// ms for a few thousand files) that must stay off the start path. The daemon asks for it
+    /// as soon as the VMM connects ([`crate::backend::FsBackend::warm_plan`]), a second or so
+    /// before the booting guest reads it.
     pub fn plan_bytes(&self) -> &[u8] {
-        &self.plan
+        self.plan.get_or_init(|| self.plan_spec.decide().to_json())
     }
 
     /// Number of host inodes the guest currently holds.
@@ -620,8 +651,9 @@ impl StrataFs {
             PLAN => {
                 st.st_mode = libc::S_IFREG | 0o444;
                 st.st_nlink = 1;
-                st.st_size = self.plan.len() as i64;
-                st.st_blocks = (self.plan.len() as i64 + 511) / 512;
+                let len = self.plan_bytes().len() as i64;
+                st.st_size = len;
+                st.st_blocks = (len + 511) / 512;
             }
             LAYERS => {
                 st.st_mode = libc::S_IFDIR | 0o555;
