@@ -116,7 +116,7 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
 
     step(
         3,
-        "starting `strata serve` (under strace -f, counting mount-family syscalls)",
+        "starting `strata serve` and its layer device (under strace -f, counting mount-family syscalls)",
     );
     let spec = ServeSpec {
         lowers: lowers.clone(),
