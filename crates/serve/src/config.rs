@@ -51,9 +51,19 @@ pub fn first_layer_xattr(
     lowers: &[PathBuf],
     merged: bool,
 ) -> std::io::Result<Option<(PathBuf, String)>> {
+    first_hit(lowers, merged, layer_xattr)
+}
+
+/// The first layer of `lowers` for which `per_layer` finds an xattr (see [`first_layer_xattr`]
+/// for which ones count).
+fn first_hit(
+    lowers: &[PathBuf],
+    merged: bool,
+    mut per_layer: impl FnMut(&Path, bool) -> std::io::Result<Option<(PathBuf, String)>>,
+) -> std::io::Result<Option<(PathBuf, String)>> {
     let skip_overlay = merged || lowers.len() == 1;
     for l in lowers {
-        if let Some(hit) = layer_xattr(l, skip_overlay)? {
+        if let Some(hit) = per_layer(l, skip_overlay)? {
             return Ok(Some(hit));
         }
     }
@@ -70,30 +80,23 @@ pub fn first_layer_xattr_cached(
     type Key = (u64, u64, bool);
     type Seen = std::collections::HashMap<Key, Option<(PathBuf, String)>>;
     static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
-    let skip_overlay = merged || lowers.len() == 1;
-    for l in lowers {
+    first_hit(lowers, merged, |l, skip_overlay| {
         let m = std::fs::metadata(l)?;
         let key = (m.dev(), m.ino(), skip_overlay);
         let known = SEEN
             .lock()
             .map(|g| g.as_ref().and_then(|c| c.get(&key).cloned()))
             .unwrap_or(None);
-        let hit = match known {
-            Some(hit) => hit,
-            None => {
-                let hit = layer_xattr(l, skip_overlay)?;
-                if let Ok(mut g) = SEEN.lock() {
-                    g.get_or_insert_with(Default::default)
-                        .insert(key, hit.clone());
-                }
-                hit
-            }
-        };
-        if hit.is_some() {
+        if let Some(hit) = known {
             return Ok(hit);
         }
-    }
-    Ok(None)
+        let hit = layer_xattr(l, skip_overlay)?;
+        if let Ok(mut g) = SEEN.lock() {
+            g.get_or_insert_with(Default::default)
+                .insert(key, hit.clone());
+        }
+        Ok(hit)
+    })
 }
 
 /// The first entry under `layer` with an xattr (but overlayfs' own, if `skip_overlay`).

@@ -82,6 +82,29 @@ enum Stage {
 }
 
 impl Session {
+    /// A session (or a session's layer device) listening for its VMM.
+    fn listening(
+        id: &str,
+        socket: PathBuf,
+        layers: usize,
+        backend: Arc<FsBackend>,
+        listener: Listener,
+        guard: SocketGuard,
+    ) -> Session {
+        Session {
+            id: id.to_string(),
+            socket,
+            layers,
+            startup: Duration::ZERO,
+            created: Instant::now(),
+            backend,
+            stage: Stage::Listening(listener),
+            guard: Some(guard),
+            layer_device: None,
+            part_of: None,
+        }
+    }
+
     fn info(&self, state: Option<SessionState>) -> SessionInfo {
         let (nodes, handles) = self.backend.held();
         let state = state.unwrap_or(match self.stage {
@@ -331,30 +354,21 @@ impl Supervisor {
             let t = self.next_token.fetch_add(1, Ordering::Relaxed);
             let fd = listener.as_raw_fd();
             let entry = Session {
-                id: id.clone(),
-                socket: socket.clone(),
-                layers: checked.lowers.len(),
-                startup: Duration::ZERO,
-                created: Instant::now(),
-                backend: Arc::new(FsBackend::new(fs)),
-                stage: Stage::Listening(listener),
-                guard: Some(guard),
-                layer_device: None,
                 part_of: Some(token),
+                ..Session::listening(
+                    &id,
+                    socket.clone(),
+                    checked.lowers.len(),
+                    Arc::new(FsBackend::new(fs)),
+                    listener,
+                    guard,
+                )
             };
             (t, fd, socket, entry)
         });
         let session = Session {
-            id: id.clone(),
-            socket: sock,
-            layers: checked.lowers.len(),
-            startup: Duration::ZERO,
-            created: Instant::now(),
-            backend,
-            stage: Stage::Listening(listener),
-            guard: Some(guard),
             layer_device: layer_entry.as_ref().map(|(t, _, p, _)| (*t, p.clone())),
-            part_of: None,
+            ..Session::listening(&id, sock, checked.lowers.len(), backend, listener, guard)
         };
         let mut s = self.lock();
         if s.by_id.contains_key(&id) {
