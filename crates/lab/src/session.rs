@@ -311,6 +311,19 @@ impl DaemonProcess {
         self.child.0.id()
     }
 
+    /// The daemon's own pid: the spawned process, or strace's child when traced (for
+    /// [`threads_report`]).
+    pub fn daemon_pid(&self) -> String {
+        let pid = self.pid();
+        match &self.strace_log {
+            Some(_) => std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .ok()
+                .and_then(|c| c.split_whitespace().next().map(str::to_owned))
+                .unwrap_or_else(|| pid.to_string()),
+            None => pid.to_string(),
+        }
+    }
+
     /// SIGTERM, wait (up to 10 s, then SIGKILL), and read what strace recorded.
     pub fn stop(mut self) -> Result<(bool, DaemonSyscalls), LabError> {
         self.child.signal(nix::sys::signal::Signal::SIGTERM);
@@ -402,4 +415,34 @@ mod tests {
         .unwrap();
         assert_eq!(count_mount_syscalls(&p).unwrap().len(), 2);
     }
+}
+
+/// Name, state, wait channel and kernel stack of every thread of process `pid`.
+pub fn threads_report(pid: &str) -> String {
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("process {pid}: gone\n");
+    };
+    let mut tids: Vec<String> = tasks
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    tids.sort_by_key(|t| t.parse::<u64>().unwrap_or(0));
+    for tid in tids {
+        let read = |f: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{f}")).unwrap_or_default()
+        };
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .unwrap_or("")
+            .to_owned();
+        out.push_str(&format!(
+            "thread {tid} {:?} {state} wchan={}\n{}",
+            read("comm").trim(),
+            read("wchan").trim(),
+            read("stack")
+        ));
+    }
+    out
 }

@@ -117,18 +117,43 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
     let (ok, status) = strata(&["rootfs", "status", "--api", api_s]);
     assert!(ok && status.lines().count() == 2, "{status}");
 
+    // If a guest hangs, what each daemon thread waits on, taken while it hangs (the VMs time
+    // out at 120 s, when every session ends).
+    let daemon_pid = daemon.daemon_pid();
+    let hang_report = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (report, done) = (hang_report.clone(), done.clone());
+        std::thread::spawn(move || {
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_secs(60) {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            *report.lock().unwrap() = strata_lab::session::threads_report(&daemon_pid);
+        });
+    }
     let vms: Vec<_> = ["vm1", "vm2"]
         .iter()
         .map(|id| {
             let vm = VmConfig {
-                cmdline: format!("strata.tag=strata strata.cmd=\"/bin/sh /run.sh {id}\""),
+                // Verbose guest (init's steps, kernel messages, blocked tasks after 15 s): if a
+                // guest ever hangs, its console says where.
+                cmdline: format!(
+                    "strata.tag=strata strata.cmd=\"/bin/sh /run.sh {id}\" strata.debug=1 \
+                     loglevel=6 sysctl.kernel.hung_task_timeout_secs=15"
+                ),
+                // One vCPU each: two guests share this host's two cores.
+                cpus: 1,
                 virtiofs: std::iter::once((root.join(format!("run/{id}.sock")), "strata".into()))
                     .chain(
                         (*id == "vm2")
                             .then(|| (root.join("run/vm2.layers.sock"), "strata-lower".into())),
                     )
                     .collect(),
-                timeout: Duration::from_secs(300),
+                timeout: Duration::from_secs(120),
                 ..VmConfig::new(&kernel.vmlinuz, &initrd)
             };
             vm.spawn().expect("qemu starts")
@@ -138,16 +163,21 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
         let out = vm.wait().expect("qemu runs");
         assert!(
             out.console.contains(&format!("vm {id}: rootfs ok")) && out.status == Some(0),
-            "---- {id} console ----\n{}\n---- end ({:?}) ----\n{}",
+            "---- {id} console ----\n{}\n---- end ({:?}, timed out: {}) ----\n\
+             ---- qemu stderr ----\n{}\n---- daemon log ----\n{}\n---- daemon threads after 60 s ----\n{}",
             out.console,
             out.status,
-            daemon.log_text()
+            out.timed_out,
+            out.qemu_stderr,
+            daemon.log_text(),
+            hang_report.lock().unwrap()
         );
         assert_eq!(
             std::fs::read_to_string(root.join(format!("ctr/{id}/upper/who"))).unwrap(),
             format!("{id}\n")
         );
     }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
     // Both VMMs hung up: their sessions are over, the daemon lives on.
     let t0 = std::time::Instant::now();
     loop {
