@@ -397,26 +397,6 @@ pub fn count_mount_syscalls(log: &Path) -> Result<Vec<String>, LabError> {
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_only_mount_family_lines() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("log");
-        std::fs::write(
-            &p,
-            "123 mount(\"none\", \"/x\", \"tmpfs\", 0, NULL) = -1 EPERM (Operation not permitted)\n\
-             124 +++ exited with 0 +++\n\
-             125 unshare(CLONE_NEWNS) = -1 EPERM\n\
-             126 mountain(1) = 0\n",
-        )
-        .unwrap();
-        assert_eq!(count_mount_syscalls(&p).unwrap().len(), 2);
-    }
-}
-
 /// Name, state, wait channel and kernel stack of every thread of process `pid`.
 pub fn threads_report(pid: &str) -> String {
     let mut out = String::new();
@@ -445,4 +425,24 @@ pub fn threads_report(pid: &str) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_only_mount_family_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log");
+        std::fs::write(
+            &p,
+            "123 mount(\"none\", \"/x\", \"tmpfs\", 0, NULL) = -1 EPERM (Operation not permitted)\n\
+             124 +++ exited with 0 +++\n\
+             125 unshare(CLONE_NEWNS) = -1 EPERM\n\
+             126 mountain(1) = 0\n",
+        )
+        .unwrap();
+        assert_eq!(count_mount_syscalls(&p).unwrap().len(), 2);
+    }
 }
