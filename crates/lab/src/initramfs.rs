@@ -305,9 +305,9 @@ fn header<W: Write>(
 
 /// Build the strata guest initramfs at `out`.
 ///
-/// Contents: `/init` = `strata_bin` (mode 0755, must be static), `/lib/modules/<name>.ko` for each
-/// of [`GUEST_MODULES`] that `kernel` has as a module (in that list's order, which is a working
-/// load order), the directories `/proc /sys /dev /run /newroot /tmp`, and the `/dev/console`
+/// Contents: `/init` = `strata_bin` (mode 0755, must be static), `/lib/modules/NN/<name>.ko` for
+/// each of [`GUEST_MODULES`] that `kernel` has as a module (`NN` = its place in a dependency
+/// order, which the guest follows: it loads in path order), the directories `/proc /sys /dev /run /newroot /tmp`, and the `/dev/console`
 /// character device (5:1) the kernel opens for init's stdio.
 pub fn guest_initramfs(strata_bin: &Path, kernel: &GuestKernel, out: &Path) -> Result<()> {
     crate::elf::check_static(strata_bin)?;
@@ -319,10 +319,14 @@ pub fn guest_initramfs(strata_bin: &Path, kernel: &GuestKernel, out: &Path) -> R
     cpio.char_dev("dev/console", 0o600, 5, 1);
     cpio.file("init", 0o755, strata_bin);
     cpio.dir("lib/modules", 0o755);
-    for m in kernel.modules(GUEST_MODULES)? {
+    // One numbered directory per module: the guest loads in path order, so the dependency
+    // order holds and every module loads at the first try (no "Unknown symbol" retries).
+    for (i, m) in kernel.modules(GUEST_MODULES)?.iter().enumerate() {
         let Some(name) = m.file_name() else { continue };
+        let dir = format!("lib/modules/{i:02}");
+        cpio.dir(&dir, 0o755);
         cpio.file(
-            &format!("lib/modules/{}", name.to_string_lossy()),
+            &format!("{dir}/{}", name.to_string_lossy()),
             0o644,
             m.as_path(),
         );
