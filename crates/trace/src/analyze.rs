@@ -98,6 +98,15 @@ pub enum Kind {
     MountEnd {
         ret: i64,
     },
+    /// The end of a mount as the eBPF producer reports it, in one record: the return value,
+    /// the type of the superblock an umount ended (empty if none or already known) and the
+    /// nanoseconds spent in each phase ([`Phase::AllocSuper`], [`Phase::ShrinkerRegister`],
+    /// [`Phase::ShrinkerUnregister`], outermost phases only).
+    MountDone {
+        ret: i64,
+        fstype: String,
+        phase_ns: [u64; 3],
+    },
     /// What the naive bpftrace script sees (only with `--naive`; the analyzer ignores it, see
     /// [`crate::naive`]): any `down_read_trylock(lock)`, successful or not…
     NaiveTry {
@@ -400,6 +409,28 @@ impl Analyzer {
                 }
             }
             Kind::MountEnd { ret } => self.end_mount(tid, ts, ret),
+            Kind::MountDone {
+                ret,
+                fstype,
+                phase_ns,
+            } => {
+                if let Some(m) = self.mounts_open.get_mut(&tid) {
+                    if !fstype.is_empty() {
+                        m.fstype = fstype;
+                    }
+                    let phases = [
+                        Phase::AllocSuper,
+                        Phase::ShrinkerRegister,
+                        Phase::ShrinkerUnregister,
+                    ];
+                    for (p, ns) in phases.into_iter().zip(phase_ns) {
+                        if ns > 0 {
+                            *m.phase_ns.entry(p).or_default() += ns;
+                        }
+                    }
+                }
+                self.end_mount(tid, ts, ret)
+            }
             // Events on other locks.
             _ => {}
         }

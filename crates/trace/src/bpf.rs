@@ -56,6 +56,15 @@ const READER: &str = "reader";
 const WRITER: &str = "writer";
 const CONTENTION: &str = "contention";
 const WRITER_ENTRY: &str = "writer_entry";
+const SYSCALLS: &str = "syscalls";
+const SYSCALLS_TP: &str = "syscalls_tp";
+
+/// (group, its stand-in): the stand-in is loaded only where the group cannot be.
+const FALLBACKS: &[(&str, &str)] = &[(CONTENTION, WRITER_ENTRY), (SYSCALLS, SYSCALLS_TP)];
+
+fn is_fallback(name: &str) -> bool {
+    FALLBACKS.iter().any(|(_, f)| *f == name)
+}
 
 const GROUPS: &[Group] = &[
     Group {
@@ -89,10 +98,32 @@ const GROUPS: &[Group] = &[
         what: "on/off CPU (sched:sched_switch)",
     },
     Group {
-        name: "syscalls",
+        name: SYSCALLS,
+        progs: &[
+            "fentry_sys_mount",
+            "fexit_sys_mount",
+            "fentry_sys_umount",
+            "fexit_sys_umount",
+            "fexit_task_work_run",
+            "fentry_sys_fsopen",
+            "fexit_sys_fsopen",
+            "fentry_sys_fsconfig",
+            "fexit_sys_fsconfig",
+        ],
+        funcs: &[
+            "__x64_sys_mount",
+            "__x64_sys_umount",
+            "task_work_run",
+            "__x64_sys_fsopen",
+            "__x64_sys_fsconfig",
+        ],
+        what: "mount latency (fentry/fexit on the mount-family syscalls)",
+    },
+    Group {
+        name: SYSCALLS_TP,
         progs: &["tp_sys_enter", "tp_sys_exit"],
         funcs: &[],
-        what: "mount latency (raw_syscalls:sys_enter/sys_exit)",
+        what: "mount latency (raw_syscalls:sys_enter/sys_exit: every syscall pays)",
     },
     Group {
         name: "sb_end",
@@ -200,6 +231,18 @@ fn progs_of<'a>(groups: impl IntoIterator<Item = &'a Group>) -> BTreeSet<&'stati
         .collect()
 }
 
+/// Groups named in `STRATA_TRACE_SKIP` (comma-separated, e.g. `reader,sched`): left out, to
+/// measure what each one costs (`scripts/bench-trace-overhead`). Listed in the report's
+/// `missing`, like any group that did not load.
+fn skipped_groups() -> Vec<String> {
+    std::env::var("STRATA_TRACE_SKIP")
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// Which groups this kernel loads: all at once if it can, else each group alone to find the
 /// ones it refuses (with the reason).
 fn choose(lock: u64, naive: bool, missing: &mut Vec<String>) -> Vec<&'static Group> {
@@ -207,7 +250,12 @@ fn choose(lock: u64, naive: bool, missing: &mut Vec<String>) -> Vec<&'static Gro
         .ok()
         .and_then(|b| crate::btf::Btf::parse(&b).ok());
     let mut want: Vec<&'static Group> = Vec::new();
-    for g in GROUPS.iter().filter(|g| g.name != WRITER_ENTRY) {
+    let skip = skipped_groups();
+    for g in GROUPS.iter().filter(|g| !is_fallback(g.name)) {
+        if skip.iter().any(|s| s == g.name) {
+            missing.push(format!("{}: skipped (STRATA_TRACE_SKIP)", g.what));
+            continue;
+        }
         let absent: Vec<&str> = g
             .funcs
             .iter()
@@ -235,9 +283,11 @@ fn choose(lock: u64, naive: bool, missing: &mut Vec<String>) -> Vec<&'static Gro
             Err(e) => missing.push(format!("{}: {e}", g.what)),
         }
     }
-    if !ok.iter().any(|g| g.name == CONTENTION) {
-        let c = GROUPS.iter().find(|g| g.name == WRITER_ENTRY);
-        if let Some(c) = c {
+    for (group, stand_in) in FALLBACKS {
+        if skip.iter().any(|s| s == group) || ok.iter().any(|g| g.name == *group) {
+            continue;
+        }
+        if let Some(c) = GROUPS.iter().find(|g| g.name == *stand_in) {
             match all(&[c]) {
                 Ok(()) => ok.push(c),
                 Err(e) => missing.push(format!("{}: {e}", c.what)),
@@ -269,9 +319,14 @@ pub struct Raw {
     pub comm: String,
     pub text: String,
     pub stack: Option<Vec<u64>>,
+    /// Nanoseconds in each phase (alloc_super, shrinker register, unregister), in a mount's
+    /// end record (`struct mount_done`).
+    pub phases: Option<[u64; 3]>,
 }
 
 const EVENT_LEN: usize = 88;
+/// `K_MOUNT_DONE`: a mount's end, with its phases and superblock type.
+const MOUNT_DONE: u32 = 18;
 const MAX_FRAMES: usize = 32;
 
 fn cstr(b: &[u8]) -> String {
@@ -300,7 +355,18 @@ pub fn decode(d: &[u8]) -> Option<Raw> {
         b: u64_at(32) as i64,
         comm: cstr(&d[40..56]),
         text: cstr(&d[56..88]),
-        stack,
+        phases: (u32_at(16) == MOUNT_DONE && d.len() >= EVENT_LEN + 24).then(|| {
+            [
+                u64_at(EVENT_LEN),
+                u64_at(EVENT_LEN + 8),
+                u64_at(EVENT_LEN + 16),
+            ]
+        }),
+        stack: if u32_at(16) == MOUNT_DONE {
+            None
+        } else {
+            stack
+        },
     })
 }
 
@@ -415,6 +481,11 @@ impl Converter {
                 }
             }
             14 => Kind::MountEnd { ret: r.b },
+            MOUNT_DONE => Kind::MountDone {
+                ret: r.b,
+                fstype: r.text,
+                phase_ns: r.phases.unwrap_or_default(),
+            },
             15 => Kind::NaiveTry { ok: r.small != 0 },
             16 => Kind::NaiveUp {
                 lock: r.a,
@@ -662,6 +733,23 @@ ffffffff81100000 T down_write\nffffffff81200000 T prealloc_shrinker\n\
 ffffffff81300000 T alloc_super\nffffffff81400000 t super_cache_scan\n";
 
     #[test]
+    fn a_mount_end_record_carries_its_phases_and_type() {
+        let mut c = Converter::new(LOCK, Symbolizer::from_text(SYMS), false);
+        let mut d = record(MOUNT_DONE, 7, 500, 0, -16, 1, "tmpfs");
+        for ns in [1_000u64, 0, 2_500] {
+            d.extend_from_slice(&ns.to_le_bytes());
+        }
+        let r = decode(&d).unwrap();
+        assert_eq!(r.phases, Some([1_000, 0, 2_500]));
+        assert_eq!(r.stack, None);
+        let e = c.convert(r).unwrap();
+        assert!(
+            matches!(&e.kind, Kind::MountDone { ret: -16, fstype, phase_ns: [1_000, 0, 2_500] } if fstype == "tmpfs"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn decodes_and_converts_records() {
         let mut c = Converter::new(LOCK, Symbolizer::from_text(SYMS), false);
         let r = decode(&record(10, 7, 100, 0, 0, 0, "overlay")).unwrap();
@@ -730,9 +818,13 @@ ffffffff81300000 T alloc_super\nffffffff81400000 t super_cache_scan\n";
         }
         let (groups, missing) = probe(0xffff_ffff_8000_0000);
         eprintln!("loaded: {groups:?}\nmissing: {missing:#?}");
-        for g in ["shrink", "sched", "syscalls"] {
+        for g in ["shrink", "sched"] {
             assert!(groups.contains(&g), "{g} did not load: {missing:#?}");
         }
+        assert!(
+            groups.contains(&SYSCALLS) || groups.contains(&SYSCALLS_TP),
+            "no mount latency: {missing:#?}"
+        );
         assert!(
             groups.contains(&CONTENTION) || groups.contains(&WRITER_ENTRY),
             "no writer waits: {missing:#?}"

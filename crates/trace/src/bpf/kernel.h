@@ -67,10 +67,13 @@ struct pt_regs {
 	unsigned long bp;
 };
 
+struct callback_head;
+
 struct task_struct {
 	int pid;
 	int tgid;
 	char comm[16];
+	struct callback_head *task_works;
 };
 
 struct rw_semaphore;

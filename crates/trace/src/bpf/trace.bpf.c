@@ -44,6 +44,7 @@ enum kind {
 	K_NAIVE_TRY = 15,
 	K_NAIVE_UP = 16,
 	K_CONTENTION_END = 17,
+	K_MOUNT_DONE = 18,
 };
 
 enum op { OP_MOUNT = 0, OP_UMOUNT = 1, OP_FSCONFIG = 2 };
@@ -82,11 +83,26 @@ struct {
 	__type(value, u32);
 } interest SEC(".maps");
 
+#define N_PHASES 3
+
+/* A traced mount in flight. Its phases and the type of the superblock an umount ends are
+ * kept here and sent with its end, in one record (records, not probes, are most of the
+ * tracer's cost on a tight mount loop). */
 struct mstate {
 	u32 op;
 	u32 returned;
 	u64 exit_ts;
 	s64 ret;
+	u64 ph_start;  /* start of the outermost open phase */
+	u32 ph_open;   /* phases open (nesting depth) */
+	u32 ph_cur;    /* the outermost open phase */
+	u64 ph_ns[N_PHASES];
+	char fstype[32];
+};
+
+struct mount_done {
+	struct event e; /* str: the superblock type an umount ended, if any */
+	u64 ph_ns[N_PHASES];
 };
 
 /* Tasks inside a traced mount, umount or fsconfig(CREATE). */
@@ -354,7 +370,8 @@ int BPF_PROG(tp_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	return 0;
 }
 
-/* ---- group "syscalls": mount(2), umount2(2), fsopen + fsconfig(CREATE) ---- */
+/* ---- group "syscalls_tp": mount(2), umount2(2), fsopen + fsconfig(CREATE) from the
+ * raw_syscalls tracepoints, where fentry on the syscalls is refused (group "syscalls") ---- */
 
 #define NR_MOUNT 165
 #define NR_UMOUNT2 166
@@ -384,15 +401,27 @@ static __always_inline void mount_start(u32 op, const char *fstype, bool user)
 	bpf_map_update_elem(&mnt, &tid, &st, BPF_ANY);
 }
 
-static __always_inline void mount_end(u32 tid, u64 ts, s64 ret)
+static __always_inline void mount_end(u32 tid, u64 ts, s64 ret, struct mstate *st)
 {
-	struct event *e = reserve(K_MOUNT_END);
-	if (!e)
+	struct mount_done *d = bpf_ringbuf_reserve(&events, sizeof(*d), 0);
+	if (!d) {
+		__sync_fetch_and_add(&dropped, 1);
+		bpf_map_delete_elem(&mnt, &tid);
 		return;
-	e->ts = ts;
-	e->tid = tid;
-	e->b = ret;
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	}
+	d->e.ts = ts;
+	d->e.tid = tid;
+	d->e.pid = bpf_get_current_pid_tgid() >> 32;
+	d->e.kind = K_MOUNT_DONE;
+	d->e.small = st->op;
+	d->e.a = 0;
+	d->e.b = ret;
+	bpf_get_current_comm(d->e.comm, sizeof(d->e.comm));
+	__builtin_memcpy(d->e.str, st->fstype, sizeof(d->e.str));
+	d->ph_ns[0] = st->ph_ns[0];
+	d->ph_ns[1] = st->ph_ns[1];
+	d->ph_ns[2] = st->ph_ns[2];
+	bpf_ringbuf_submit(d, BPF_RB_NO_WAKEUP);
 	bpf_map_delete_elem(&mnt, &tid);
 }
 
@@ -405,7 +434,7 @@ int BPF_PROG(tp_sys_enter, struct pt_regs *regs, long id)
 		struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
 		if (st && st->returned) {
 			__sync_fetch_and_add(&umounts_pending, -1);
-			mount_end(tid, st->exit_ts, st->ret);
+			mount_end(tid, st->exit_ts, st->ret, st);
 		}
 	}
 	if (id == NR_MOUNT) {
@@ -465,7 +494,130 @@ int BPF_PROG(tp_sys_exit, struct pt_regs *regs, long ret)
 		__sync_fetch_and_add(&umounts_pending, 1);
 		return 0;
 	}
-	mount_end(tid, bpf_ktime_get_ns(), ret);
+	mount_end(tid, bpf_ktime_get_ns(), ret, st);
+	return 0;
+}
+
+/* ---- group "syscalls": the same, from fentry/fexit on the four syscalls' entry points, so
+ * that only they pay: the raw_syscalls tracepoints above put every syscall of every task on
+ * the slow path (27 % of a tight mount loop under TCG, scripts/bench-trace-overhead). A
+ * successful umount queues its superblock teardown as task work, run on the way back to user
+ * space: it ends at task_work_run's return (or at deactivate_locked_super's, see "sb_end"). */
+
+static __always_inline void mount_enter(struct pt_regs *regs)
+{
+	unsigned long flags = BPF_CORE_READ(regs, r10);
+	const char *type = (const char *)BPF_CORE_READ(regs, dx);
+	if ((flags & 0xffff0000) == 0xC0ED0000)
+		flags &= 0xffff;
+	if (!type || (flags & MS_NO_SB))
+		return;
+	mount_start(OP_MOUNT, type, true);
+}
+
+static __always_inline void mount_exit(long ret)
+{
+	u32 tid = cur_tid();
+	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
+	if (st)
+		mount_end(tid, bpf_ktime_get_ns(), ret, st);
+}
+
+SEC("fentry/__x64_sys_mount")
+int BPF_PROG(fentry_sys_mount, struct pt_regs *regs)
+{
+	mount_enter(regs);
+	return 0;
+}
+
+SEC("fexit/__x64_sys_mount")
+int BPF_PROG(fexit_sys_mount, struct pt_regs *regs, long ret)
+{
+	mount_exit(ret);
+	return 0;
+}
+
+SEC("fentry/__x64_sys_umount")
+int BPF_PROG(fentry_sys_umount, struct pt_regs *regs)
+{
+	mount_start(OP_UMOUNT, 0, false);
+	return 0;
+}
+
+SEC("fexit/__x64_sys_umount")
+int BPF_PROG(fexit_sys_umount, struct pt_regs *regs, long ret)
+{
+	u32 tid = cur_tid();
+	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
+	if (!st)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (ret == 0 && BPF_CORE_READ(task, task_works)) {
+		st->returned = 1;
+		st->exit_ts = bpf_ktime_get_ns();
+		st->ret = ret;
+		__sync_fetch_and_add(&umounts_pending, 1);
+		return 0;
+	}
+	mount_end(tid, bpf_ktime_get_ns(), ret, st);
+	return 0;
+}
+
+SEC("fexit/task_work_run")
+int BPF_PROG(fexit_task_work_run)
+{
+	if (!umounts_pending)
+		return 0;
+	u32 tid = cur_tid();
+	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
+	if (!st || !st->returned)
+		return 0;
+	__sync_fetch_and_add(&umounts_pending, -1);
+	mount_end(tid, bpf_ktime_get_ns(), st->ret, st);
+	return 0;
+}
+
+SEC("fentry/__x64_sys_fsopen")
+int BPF_PROG(fentry_sys_fsopen, struct pt_regs *regs)
+{
+	u32 tid = cur_tid();
+	struct fsname n = {};
+	bpf_probe_read_user_str(n.s, sizeof(n.s), (const char *)BPF_CORE_READ(regs, di));
+	bpf_map_update_elem(&fsopen_name, &tid, &n, BPF_ANY);
+	return 0;
+}
+
+SEC("fexit/__x64_sys_fsopen")
+int BPF_PROG(fexit_sys_fsopen, struct pt_regs *regs, long ret)
+{
+	u32 tid = cur_tid();
+	struct fsname *n = bpf_map_lookup_elem(&fsopen_name, &tid);
+	if (!n)
+		return 0;
+	if (ret >= 0) {
+		u64 key = ((u64)(bpf_get_current_pid_tgid() >> 32) << 32) | (u32)ret;
+		bpf_map_update_elem(&fd_fstype, &key, n, BPF_ANY);
+	}
+	bpf_map_delete_elem(&fsopen_name, &tid);
+	return 0;
+}
+
+SEC("fentry/__x64_sys_fsconfig")
+int BPF_PROG(fentry_sys_fsconfig, struct pt_regs *regs)
+{
+	unsigned int cmd = BPF_CORE_READ(regs, si);
+	if (cmd != FSCONFIG_CMD_CREATE && cmd != FSCONFIG_CMD_CREATE_EXCL)
+		return 0;
+	u64 key = ((u64)(bpf_get_current_pid_tgid() >> 32) << 32) | (u32)BPF_CORE_READ(regs, di);
+	struct fsname *n = bpf_map_lookup_elem(&fd_fstype, &key);
+	mount_start(OP_FSCONFIG, n ? n->s : "?", false);
+	return 0;
+}
+
+SEC("fexit/__x64_sys_fsconfig")
+int BPF_PROG(fexit_sys_fsconfig, struct pt_regs *regs, long ret)
+{
+	mount_exit(ret);
 	return 0;
 }
 
@@ -475,13 +627,10 @@ SEC("fentry/deactivate_locked_super")
 int BPF_PROG(fentry_deact_sb, struct super_block *sb)
 {
 	u32 tid = cur_tid();
-	if (!bpf_map_lookup_elem(&mnt, &tid))
+	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
+	if (!st)
 		return 0;
-	struct event *e = reserve(K_MOUNT_FSTYPE);
-	if (!e)
-		return 0;
-	bpf_probe_read_kernel_str(e->str, sizeof(e->str), BPF_CORE_READ(sb, s_type, name));
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	bpf_probe_read_kernel_str(st->fstype, sizeof(st->fstype), BPF_CORE_READ(sb, s_type, name));
 	return 0;
 }
 
@@ -493,22 +642,41 @@ int BPF_PROG(fexit_deact_sb, struct super_block *sb)
 	if (!st || !st->returned)
 		return 0;
 	__sync_fetch_and_add(&umounts_pending, -1);
-	mount_end(tid, bpf_ktime_get_ns(), st->ret);
+	mount_end(tid, bpf_ktime_get_ns(), st->ret, st);
 	return 0;
 }
 
 /* ---- groups "phases_6_1" and "phases_6_7": where the mount's time goes ---- */
 
+/* Only outermost phases count, so that phases never overlap. */
 static __always_inline int phase(u32 kind, u32 ph)
 {
 	u32 tid = cur_tid();
-	if (!bpf_map_lookup_elem(&mnt, &tid))
+	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
+	if (!st)
 		return 0;
-	struct event *e = reserve(kind);
-	if (!e)
+	u64 now = bpf_ktime_get_ns();
+	if (kind == K_PHASE_START) {
+		if (st->ph_open == 0) {
+			st->ph_cur = ph;
+			st->ph_start = now;
+		}
+		st->ph_open++;
 		return 0;
-	e->small = ph;
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	}
+	if (st->ph_open == 0)
+		return 0;
+	st->ph_open--;
+	if (st->ph_open)
+		return 0;
+	u32 c = st->ph_cur;
+	u64 d = now - st->ph_start;
+	if (c == 0)
+		st->ph_ns[0] += d;
+	else if (c == 1)
+		st->ph_ns[1] += d;
+	else if (c == 2)
+		st->ph_ns[2] += d;
 	return 0;
 }
 
