@@ -425,84 +425,7 @@ static __always_inline void mount_end(u32 tid, u64 ts, s64 ret, struct mstate *s
 	bpf_map_delete_elem(&mnt, &tid);
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(tp_sys_enter, struct pt_regs *regs, long id)
-{
-	if (umounts_pending) {
-		/* A returned umount whose task makes its next syscall: no superblock ended. */
-		u32 tid = cur_tid();
-		struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
-		if (st && st->returned) {
-			__sync_fetch_and_add(&umounts_pending, -1);
-			mount_end(tid, st->exit_ts, st->ret, st);
-		}
-	}
-	if (id == NR_MOUNT) {
-		unsigned long flags = BPF_CORE_READ(regs, r10);
-		const char *type = (const char *)BPF_CORE_READ(regs, dx);
-		if ((flags & 0xffff0000) == 0xC0ED0000)
-			flags &= 0xffff;
-		if (!type || (flags & MS_NO_SB))
-			return 0;
-		mount_start(OP_MOUNT, type, true);
-	} else if (id == NR_UMOUNT2) {
-		mount_start(OP_UMOUNT, 0, false);
-	} else if (id == NR_FSOPEN) {
-		u32 tid = cur_tid();
-		struct fsname n = {};
-		bpf_probe_read_user_str(n.s, sizeof(n.s), (const char *)BPF_CORE_READ(regs, di));
-		bpf_map_update_elem(&fsopen_name, &tid, &n, BPF_ANY);
-	} else if (id == NR_FSCONFIG) {
-		unsigned int cmd = BPF_CORE_READ(regs, si);
-		if (cmd != FSCONFIG_CMD_CREATE && cmd != FSCONFIG_CMD_CREATE_EXCL)
-			return 0;
-		u64 key = ((u64)(bpf_get_current_pid_tgid() >> 32) << 32) |
-			  (u32)BPF_CORE_READ(regs, di);
-		struct fsname *n = bpf_map_lookup_elem(&fd_fstype, &key);
-		mount_start(OP_FSCONFIG, n ? n->s : "?", false);
-	}
-	return 0;
-}
-
-SEC("tp_btf/sys_exit")
-int BPF_PROG(tp_sys_exit, struct pt_regs *regs, long ret)
-{
-	long id = BPF_CORE_READ(regs, orig_ax);
-	u32 tid;
-	if (id == NR_FSOPEN) {
-		tid = cur_tid();
-		struct fsname *n = bpf_map_lookup_elem(&fsopen_name, &tid);
-		if (!n)
-			return 0;
-		if (ret >= 0) {
-			u64 key = ((u64)(bpf_get_current_pid_tgid() >> 32) << 32) | (u32)ret;
-			bpf_map_update_elem(&fd_fstype, &key, n, BPF_ANY);
-		}
-		bpf_map_delete_elem(&fsopen_name, &tid);
-		return 0;
-	}
-	if (id != NR_MOUNT && id != NR_UMOUNT2 && id != NR_FSCONFIG)
-		return 0;
-	tid = cur_tid();
-	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
-	if (!st)
-		return 0;
-	if (st->op == OP_UMOUNT && ret == 0) {
-		st->returned = 1;
-		st->exit_ts = bpf_ktime_get_ns();
-		st->ret = ret;
-		__sync_fetch_and_add(&umounts_pending, 1);
-		return 0;
-	}
-	mount_end(tid, bpf_ktime_get_ns(), ret, st);
-	return 0;
-}
-
-/* ---- group "syscalls": the same, from fentry/fexit on the four syscalls' entry points, so
- * that only they pay: the raw_syscalls tracepoints above put every syscall of every task on
- * the slow path (27 % of a tight mount loop under TCG, scripts/bench-trace-overhead). A
- * successful umount queues its superblock teardown as task work, run on the way back to user
- * space: it ends at task_work_run's return (or at deactivate_locked_super's, see "sb_end"). */
+/* What each mount-family syscall does at entry and exit, shared by both groups below. */
 
 static __always_inline void mount_enter(struct pt_regs *regs)
 {
@@ -515,6 +438,7 @@ static __always_inline void mount_enter(struct pt_regs *regs)
 	mount_start(OP_MOUNT, type, true);
 }
 
+/* The end of a mount, umount (see umount_exit) or fsconfig(CREATE) the task has open. */
 static __always_inline void mount_exit(long ret)
 {
 	u32 tid = cur_tid();
@@ -522,6 +446,104 @@ static __always_inline void mount_exit(long ret)
 	if (st)
 		mount_end(tid, bpf_ktime_get_ns(), ret, st);
 }
+
+/* A successful umount may still end a superblock in task work: wait for it if `later`. */
+static __always_inline void umount_exit(long ret, bool later)
+{
+	u32 tid = cur_tid();
+	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
+	if (!st)
+		return;
+	if (ret == 0 && later) {
+		st->returned = 1;
+		st->exit_ts = bpf_ktime_get_ns();
+		st->ret = ret;
+		__sync_fetch_and_add(&umounts_pending, 1);
+		return;
+	}
+	mount_end(tid, bpf_ktime_get_ns(), ret, st);
+}
+
+/* A returned umount waiting for its task work: end it, when the task work ran (`now`) or at
+ * its syscall's exit (the task went on to its next syscall: no superblock ended). */
+static __always_inline void umount_settle(bool now)
+{
+	if (!umounts_pending)
+		return;
+	u32 tid = cur_tid();
+	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
+	if (!st || !st->returned)
+		return;
+	__sync_fetch_and_add(&umounts_pending, -1);
+	mount_end(tid, now ? bpf_ktime_get_ns() : st->exit_ts, st->ret, st);
+}
+
+static __always_inline void fsopen_enter(struct pt_regs *regs)
+{
+	u32 tid = cur_tid();
+	struct fsname n = {};
+	bpf_probe_read_user_str(n.s, sizeof(n.s), (const char *)BPF_CORE_READ(regs, di));
+	bpf_map_update_elem(&fsopen_name, &tid, &n, BPF_ANY);
+}
+
+static __always_inline void fsopen_exit(long ret)
+{
+	u32 tid = cur_tid();
+	struct fsname *n = bpf_map_lookup_elem(&fsopen_name, &tid);
+	if (!n)
+		return;
+	if (ret >= 0) {
+		u64 key = ((u64)(bpf_get_current_pid_tgid() >> 32) << 32) | (u32)ret;
+		bpf_map_update_elem(&fd_fstype, &key, n, BPF_ANY);
+	}
+	bpf_map_delete_elem(&fsopen_name, &tid);
+}
+
+static __always_inline void fsconfig_enter(struct pt_regs *regs)
+{
+	unsigned int cmd = BPF_CORE_READ(regs, si);
+	if (cmd != FSCONFIG_CMD_CREATE && cmd != FSCONFIG_CMD_CREATE_EXCL)
+		return;
+	u64 key = ((u64)(bpf_get_current_pid_tgid() >> 32) << 32) | (u32)BPF_CORE_READ(regs, di);
+	struct fsname *n = bpf_map_lookup_elem(&fd_fstype, &key);
+	mount_start(OP_FSCONFIG, n ? n->s : "?", false);
+}
+
+/* ---- group "syscalls_tp" (continued): every syscall's entry and exit; an umount's superblock
+ * ends at deactivate_locked_super (group "sb_end") or at the task's next syscall ---- */
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(tp_sys_enter, struct pt_regs *regs, long id)
+{
+	umount_settle(false);
+	if (id == NR_MOUNT)
+		mount_enter(regs);
+	else if (id == NR_UMOUNT2)
+		mount_start(OP_UMOUNT, 0, false);
+	else if (id == NR_FSOPEN)
+		fsopen_enter(regs);
+	else if (id == NR_FSCONFIG)
+		fsconfig_enter(regs);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(tp_sys_exit, struct pt_regs *regs, long ret)
+{
+	long id = BPF_CORE_READ(regs, orig_ax);
+	if (id == NR_FSOPEN)
+		fsopen_exit(ret);
+	else if (id == NR_UMOUNT2)
+		umount_exit(ret, true);
+	else if (id == NR_MOUNT || id == NR_FSCONFIG)
+		mount_exit(ret);
+	return 0;
+}
+
+/* ---- group "syscalls": the same from fentry/fexit on the four syscalls' entry points, so
+ * that only they pay: the raw_syscalls tracepoints put every syscall of every task on the
+ * slow path. A successful umount that queued task work (its superblock teardown, run on the
+ * way back to user space) ends at task_work_run's return. ---- */
 
 SEC("fentry/__x64_sys_mount")
 int BPF_PROG(fentry_sys_mount, struct pt_regs *regs)
@@ -547,70 +569,36 @@ int BPF_PROG(fentry_sys_umount, struct pt_regs *regs)
 SEC("fexit/__x64_sys_umount")
 int BPF_PROG(fexit_sys_umount, struct pt_regs *regs, long ret)
 {
-	u32 tid = cur_tid();
-	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
-	if (!st)
-		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	if (ret == 0 && BPF_CORE_READ(task, task_works)) {
-		st->returned = 1;
-		st->exit_ts = bpf_ktime_get_ns();
-		st->ret = ret;
-		__sync_fetch_and_add(&umounts_pending, 1);
-		return 0;
-	}
-	mount_end(tid, bpf_ktime_get_ns(), ret, st);
+	umount_exit(ret, BPF_CORE_READ(task, task_works) != 0);
 	return 0;
 }
 
 SEC("fexit/task_work_run")
 int BPF_PROG(fexit_task_work_run)
 {
-	if (!umounts_pending)
-		return 0;
-	u32 tid = cur_tid();
-	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
-	if (!st || !st->returned)
-		return 0;
-	__sync_fetch_and_add(&umounts_pending, -1);
-	mount_end(tid, bpf_ktime_get_ns(), st->ret, st);
+	umount_settle(true);
 	return 0;
 }
 
 SEC("fentry/__x64_sys_fsopen")
 int BPF_PROG(fentry_sys_fsopen, struct pt_regs *regs)
 {
-	u32 tid = cur_tid();
-	struct fsname n = {};
-	bpf_probe_read_user_str(n.s, sizeof(n.s), (const char *)BPF_CORE_READ(regs, di));
-	bpf_map_update_elem(&fsopen_name, &tid, &n, BPF_ANY);
+	fsopen_enter(regs);
 	return 0;
 }
 
 SEC("fexit/__x64_sys_fsopen")
 int BPF_PROG(fexit_sys_fsopen, struct pt_regs *regs, long ret)
 {
-	u32 tid = cur_tid();
-	struct fsname *n = bpf_map_lookup_elem(&fsopen_name, &tid);
-	if (!n)
-		return 0;
-	if (ret >= 0) {
-		u64 key = ((u64)(bpf_get_current_pid_tgid() >> 32) << 32) | (u32)ret;
-		bpf_map_update_elem(&fd_fstype, &key, n, BPF_ANY);
-	}
-	bpf_map_delete_elem(&fsopen_name, &tid);
+	fsopen_exit(ret);
 	return 0;
 }
 
 SEC("fentry/__x64_sys_fsconfig")
 int BPF_PROG(fentry_sys_fsconfig, struct pt_regs *regs)
 {
-	unsigned int cmd = BPF_CORE_READ(regs, si);
-	if (cmd != FSCONFIG_CMD_CREATE && cmd != FSCONFIG_CMD_CREATE_EXCL)
-		return 0;
-	u64 key = ((u64)(bpf_get_current_pid_tgid() >> 32) << 32) | (u32)BPF_CORE_READ(regs, di);
-	struct fsname *n = bpf_map_lookup_elem(&fd_fstype, &key);
-	mount_start(OP_FSCONFIG, n ? n->s : "?", false);
+	fsconfig_enter(regs);
 	return 0;
 }
 
