@@ -307,8 +307,9 @@ fn header<W: Write>(
 ///
 /// Contents: `/init` = `strata_bin` (mode 0755, must be static), `/lib/modules/NN/<name>.ko` for
 /// each of [`GUEST_MODULES`] that `kernel` has as a module (`NN` = its place in a dependency
-/// order, which the guest follows: it loads in path order), the directories `/proc /sys /dev /run /newroot /tmp`, and the `/dev/console`
-/// character device (5:1) the kernel opens for init's stdio.
+/// order, which the guest follows: it loads in path order), the directories `/proc /sys /dev
+/// /run /newroot /tmp`, and the `/dev/console` character device (5:1) the kernel opens for
+/// init's stdio.
 pub fn guest_initramfs(strata_bin: &Path, kernel: &GuestKernel, out: &Path) -> Result<()> {
     crate::elf::check_static(strata_bin)?;
     let mut cpio = Initramfs::new();

@@ -31,7 +31,7 @@ use libbpf_rs::{Link, OpenObject};
 
 use crate::analyze::{Event, Kind};
 use crate::kallsyms::Symbolizer;
-use crate::report::{MountOp, Phase};
+use crate::report::MountOp;
 
 #[allow(
     clippy::all,
@@ -362,11 +362,7 @@ pub fn decode(d: &[u8]) -> Option<Raw> {
                 u64_at(EVENT_LEN + 16),
             ]
         }),
-        stack: if u32_at(16) == MOUNT_DONE {
-            None
-        } else {
-            stack
-        },
+        stack,
     })
 }
 
@@ -467,20 +463,6 @@ impl Converter {
                 pid: r.pid,
                 comm: r.comm,
             },
-            11 => Kind::MountFstype { fstype: r.text },
-            12 | 13 => {
-                let phase = match r.small {
-                    0 => Phase::AllocSuper,
-                    1 => Phase::ShrinkerRegister,
-                    _ => Phase::ShrinkerUnregister,
-                };
-                if r.kind == 12 {
-                    Kind::PhaseStart { phase }
-                } else {
-                    Kind::PhaseEnd { phase }
-                }
-            }
-            14 => Kind::MountEnd { ret: r.b },
             MOUNT_DONE => Kind::MountDone {
                 ret: r.b,
                 fstype: r.text,

@@ -37,10 +37,7 @@ enum kind {
 	K_OFF_CPU = 8,
 	K_ON_CPU = 9,
 	K_MOUNT_START = 10,
-	K_MOUNT_FSTYPE = 11,
-	K_PHASE_START = 12,
-	K_PHASE_END = 13,
-	K_MOUNT_END = 14,
+	/* 11-14: a mount's type, phases and end, each its own record before K_MOUNT_DONE */
 	K_NAIVE_TRY = 15,
 	K_NAIVE_UP = 16,
 	K_CONTENTION_END = 17,
@@ -146,13 +143,9 @@ u64 umounts_pending = 0;
 /* Records the ring buffer had no room for. */
 u64 dropped = 0;
 
-static __always_inline struct event *reserve(u32 kind)
+/* The common part of every record, for the current task, now. */
+static __always_inline void fill(struct event *e, u32 kind)
 {
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		__sync_fetch_and_add(&dropped, 1);
-		return 0;
-	}
 	u64 id = bpf_get_current_pid_tgid();
 	e->ts = bpf_ktime_get_ns();
 	e->tid = (u32)id;
@@ -163,6 +156,16 @@ static __always_inline struct event *reserve(u32 kind)
 	e->b = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->str[0] = 0;
+}
+
+static __always_inline struct event *reserve(u32 kind)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		__sync_fetch_and_add(&dropped, 1);
+		return 0;
+	}
+	fill(e, kind);
 	return e;
 }
 
@@ -173,16 +176,8 @@ static __always_inline void emit_stack(void *ctx, u32 kind, u64 lock)
 		__sync_fetch_and_add(&dropped, 1);
 		return;
 	}
-	u64 id = bpf_get_current_pid_tgid();
-	s->e.ts = bpf_ktime_get_ns();
-	s->e.tid = (u32)id;
-	s->e.pid = id >> 32;
-	s->e.kind = kind;
-	s->e.small = 0;
+	fill(&s->e, kind);
 	s->e.a = lock;
-	s->e.b = 0;
-	bpf_get_current_comm(s->e.comm, sizeof(s->e.comm));
-	s->e.str[0] = 0;
 	s->nbytes = bpf_get_stack(ctx, s->ips, sizeof(s->ips), 0);
 	bpf_ringbuf_submit(s, BPF_RB_NO_WAKEUP);
 }
@@ -409,14 +404,11 @@ static __always_inline void mount_end(u32 tid, u64 ts, s64 ret, struct mstate *s
 		bpf_map_delete_elem(&mnt, &tid);
 		return;
 	}
+	fill(&d->e, K_MOUNT_DONE);
 	d->e.ts = ts;
 	d->e.tid = tid;
-	d->e.pid = bpf_get_current_pid_tgid() >> 32;
-	d->e.kind = K_MOUNT_DONE;
 	d->e.small = st->op;
-	d->e.a = 0;
 	d->e.b = ret;
-	bpf_get_current_comm(d->e.comm, sizeof(d->e.comm));
 	__builtin_memcpy(d->e.str, st->fstype, sizeof(d->e.str));
 	d->ph_ns[0] = st->ph_ns[0];
 	d->ph_ns[1] = st->ph_ns[1];
@@ -637,14 +629,14 @@ int BPF_PROG(fexit_deact_sb, struct super_block *sb)
 /* ---- groups "phases_6_1" and "phases_6_7": where the mount's time goes ---- */
 
 /* Only outermost phases count, so that phases never overlap. */
-static __always_inline int phase(u32 kind, u32 ph)
+static __always_inline int phase(bool start, u32 ph)
 {
 	u32 tid = cur_tid();
 	struct mstate *st = bpf_map_lookup_elem(&mnt, &tid);
 	if (!st)
 		return 0;
 	u64 now = bpf_ktime_get_ns();
-	if (kind == K_PHASE_START) {
+	if (start) {
 		if (st->ph_open == 0) {
 			st->ph_cur = ph;
 			st->ph_start = now;
@@ -669,26 +661,26 @@ static __always_inline int phase(u32 kind, u32 ph)
 }
 
 SEC("fentry/alloc_super")
-int BPF_PROG(fentry_alloc_super) { return phase(K_PHASE_START, PH_ALLOC_SUPER); }
+int BPF_PROG(fentry_alloc_super) { return phase(true, PH_ALLOC_SUPER); }
 SEC("fexit/alloc_super")
-int BPF_PROG(fexit_alloc_super) { return phase(K_PHASE_END, PH_ALLOC_SUPER); }
+int BPF_PROG(fexit_alloc_super) { return phase(false, PH_ALLOC_SUPER); }
 
 /* ≤ 6.6: prealloc_shrinker (inside alloc_super), register_shrinker_prepared, unregister_shrinker. */
 SEC("fentry/register_shrinker_prepared")
-int BPF_PROG(fentry_reg_prep) { return phase(K_PHASE_START, PH_REGISTER); }
+int BPF_PROG(fentry_reg_prep) { return phase(true, PH_REGISTER); }
 SEC("fexit/register_shrinker_prepared")
-int BPF_PROG(fexit_reg_prep) { return phase(K_PHASE_END, PH_REGISTER); }
+int BPF_PROG(fexit_reg_prep) { return phase(false, PH_REGISTER); }
 SEC("fentry/unregister_shrinker")
-int BPF_PROG(fentry_unreg) { return phase(K_PHASE_START, PH_UNREGISTER); }
+int BPF_PROG(fentry_unreg) { return phase(true, PH_UNREGISTER); }
 SEC("fexit/unregister_shrinker")
-int BPF_PROG(fexit_unreg) { return phase(K_PHASE_END, PH_UNREGISTER); }
+int BPF_PROG(fexit_unreg) { return phase(false, PH_UNREGISTER); }
 
 /* 6.7+: shrinker_alloc (inside alloc_super), shrinker_register, shrinker_free. */
 SEC("fentry/shrinker_register")
-int BPF_PROG(fentry_shr_reg) { return phase(K_PHASE_START, PH_REGISTER); }
+int BPF_PROG(fentry_shr_reg) { return phase(true, PH_REGISTER); }
 SEC("fexit/shrinker_register")
-int BPF_PROG(fexit_shr_reg) { return phase(K_PHASE_END, PH_REGISTER); }
+int BPF_PROG(fexit_shr_reg) { return phase(false, PH_REGISTER); }
 SEC("fentry/shrinker_free")
-int BPF_PROG(fentry_shr_free) { return phase(K_PHASE_START, PH_UNREGISTER); }
+int BPF_PROG(fentry_shr_free) { return phase(true, PH_UNREGISTER); }
 SEC("fexit/shrinker_free")
-int BPF_PROG(fexit_shr_free) { return phase(K_PHASE_END, PH_UNREGISTER); }
+int BPF_PROG(fexit_shr_free) { return phase(false, PH_UNREGISTER); }
