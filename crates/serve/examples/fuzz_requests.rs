@@ -1,5 +1,5 @@
-//! Run the request-stream fuzzer for a fixed time: `cargo run --release -p strata-serve
-//! --example fuzz_requests -- [SECONDS] [FIRST_SEED]`. Prints executions/s and every finding
+//! Run the request-stream fuzzer for a fixed time: `cargo run --profile fuzz -p strata-serve
+//! --features test-utils --example fuzz_requests -- [SECONDS] [FIRST_SEED]`. Prints executions/s and every finding
 //! (seed, request index, hex bytes for a regression test; a run that hangs is one too, with
 //! its seed); exits 1 if there was one.
 //!

@@ -60,8 +60,9 @@ pub struct FsBackend {
     /// The exit-event fds vhost-user-backend 0.21 registers in its epoll and never closes
     /// (`VringEpollHandler::new` calls `into_raw_fd`): ours to close once the daemon is dropped.
     leaked: Arc<LeakedFds>,
-    /// Testing knob (`STRATA_FAULT_PANIC=ID` in the multi-VM daemon): panic in the request
-    /// path, to prove a crashing session leaves the others alone.
+    /// Testing knob (`Supervisor::inject_panic`, `fault-injection` feature only): panic in the
+    /// request path, to prove a crashing session leaves the others alone.
+    #[cfg(feature = "fault-injection")]
     panic_on_request: AtomicBool,
 }
 
@@ -85,6 +86,7 @@ impl FsBackend {
             event_idx: AtomicBool::new(false),
             stats: Arc::new(Stats::default()),
             leaked: Arc::new(LeakedFds::default()),
+            #[cfg(feature = "fault-injection")]
             panic_on_request: AtomicBool::new(false),
         }
     }
@@ -120,7 +122,8 @@ impl FsBackend {
         self.leaked.clone()
     }
 
-    #[doc(hidden)]
+    /// Fault injection for tests: panic in the request path on the next request.
+    #[cfg(feature = "fault-injection")]
     pub fn panic_on_next_request(&self) {
         self.panic_on_request.store(true, Ordering::Relaxed);
     }
@@ -157,8 +160,9 @@ impl FsBackend {
             let head = chain.head_index();
             let served = match &server {
                 Some(server) if !self.revoked() => catch_unwind(AssertUnwindSafe(|| {
+                    #[cfg(feature = "fault-injection")]
                     if self.panic_on_request.swap(false, Ordering::Relaxed) {
-                        panic!("STRATA_FAULT_PANIC: injected panic in the request path");
+                        panic!("fault injection: a panic in the request path");
                     }
                     serve_chain(server, &mem, chain, &self.stats)
                 })),

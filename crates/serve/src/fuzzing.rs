@@ -15,7 +15,8 @@
 //! releases every handle and forgets every node, no fd is left over.
 //!
 //! `cargo test -p strata-serve --test fuzz_requests` runs a short version;
-//! `cargo run --release -p strata-serve --example fuzz_requests -- SECONDS` a timed one.
+//! `cargo run --profile fuzz -p strata-serve --features test-utils --example fuzz_requests --
+//! SECONDS` a timed one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;

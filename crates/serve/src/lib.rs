@@ -5,18 +5,30 @@
 //! Layout: [`config`] (what to serve, checked before anything is created), [`tree`] (the
 //! `FileSystem` implementation, one file per operation family), [`backend`] (the vhost-user
 //! transport glue), [`sandbox`] (capabilities, Landlock, and the seccomp filter that makes
-//! mounting impossible), [`daemon`] (start-up, socket, signals), [`sys`] (the only `unsafe`);
-//! [`fuzzing`] is the request-stream fuzzer. [`supervisor`] is `strata daemon` (many VMs in
-//! one process, started and stopped over the local [`api`]).
+//! mounting impossible), [`daemon`] (start-up, socket, signals), `sys` (the only `unsafe`).
+//! [`supervisor`] is `strata daemon` (many VMs in one process, started and stopped over the
+//! local [`api`]).
+//!
+//! Features (none is on by default; the `strata` binary's default build enables none):
+//! - `test-utils`: `frontend` (a vhost-user VMM side, for tests and the lab's benchmarks) and
+//!   `fuzzing` (the request-stream fuzzer);
+//! - `fault-injection`: `Supervisor::inject_panic`, a session that panics on request, for the
+//!   isolation test. Debug builds only: a release build with it does not compile.
+
+#[cfg(all(feature = "fault-injection", not(debug_assertions)))]
+compile_error!(
+    "the `fault-injection` feature of strata-serve is for debug builds (tests) only: build \
+     without --release, or without the feature"
+);
 
 pub mod api;
 pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod error;
-#[doc(hidden)]
+#[cfg(feature = "test-utils")]
 pub mod frontend;
-#[doc(hidden)]
+#[cfg(feature = "test-utils")]
 pub mod fuzzing;
 pub mod sandbox;
 pub mod supervisor;

@@ -141,9 +141,6 @@ pub struct Supervisor {
     sessions: Mutex<Sessions>,
     epoll: Epoll,
     next_token: AtomicU64,
-    /// `STRATA_FAULT_PANIC=ID`: the session named ID panics on its first request (fault
-    /// injection for the isolation test).
-    fault_panic: Option<String>,
 }
 
 /// epoll token of the API listener; sessions count up from 1.
@@ -177,7 +174,6 @@ impl Supervisor {
             sessions: Mutex::new(Sessions::default()),
             epoll: Epoll::new()?,
             next_token: AtomicU64::new(API_TOKEN + 1),
-            fault_panic: std::env::var("STRATA_FAULT_PANIC").ok(),
         }))
     }
 
@@ -345,9 +341,6 @@ impl Supervisor {
             Err(e) => return error(ErrorKind::Failed, e.to_string()),
         };
         let backend = Arc::new(FsBackend::new(fs));
-        if self.fault_panic.as_deref() == Some(id.as_str()) {
-            backend.panic_on_next_request();
-        }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let listen_fd = listener.as_raw_fd();
         let layer_entry = layers.map(|(fs, listener, guard, socket)| {
@@ -549,7 +542,8 @@ impl Supervisor {
     }
 
     /// Fault injection for tests: session `id` panics in its request path on its next request.
-    #[doc(hidden)]
+    /// Only with the `fault-injection` feature (debug builds only).
+    #[cfg(feature = "fault-injection")]
     pub fn inject_panic(&self, id: &str) -> bool {
         let s = self.lock();
         let Some(session) = s.by_id.get(id).and_then(|t| s.by_token.get(t)) else {
