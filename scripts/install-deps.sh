@@ -4,7 +4,7 @@
 # Idempotent and fast when everything is present: `apt-get update` only runs when a package is
 # missing. Needs root (or sudo) and Debian's apt sources.
 #
-#   qemu-system-x86  boots the guest kernels (TCG; see crates/lab)
+#   qemu-system-x86  boots the guest kernels (TCG; see crates/vm)
 #   busybox-static   the guest userland for test rootfs layers and smoke tests
 #   cpio, xz-utils   initramfs inspection and .ko.xz kernel modules (6.12 kernels)
 #   strace           debugging the daemon

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
-use crate::error::{LabError, Result};
+use strata_vm::{Result, VmError};
 
 /// The xattr that marks an overlayfs directory opaque (hides lower layers' contents).
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -18,11 +18,11 @@ const BUSYBOX_PATHS: &[&str] = &["/bin/busybox", "/usr/bin/busybox"];
 /// The host's static busybox (from the busybox-static package), checked to be static.
 pub fn static_busybox() -> Result<PathBuf> {
     let Some(p) = BUSYBOX_PATHS.iter().map(Path::new).find(|p| p.is_file()) else {
-        return Err(LabError::MissingTool {
+        return Err(VmError::MissingTool {
             tool: "busybox (busybox-static)",
         });
     };
-    crate::elf::check_static(p)?;
+    strata_vm::elf::check_static(p)?;
     Ok(p.to_path_buf())
 }
 
@@ -33,7 +33,7 @@ pub fn static_busybox() -> Result<PathBuf> {
 /// and `etc/passwd` / `etc/group` with root.
 pub fn busybox_rootfs(dir: &Path) -> Result<()> {
     let busybox = static_busybox()?;
-    let out = crate::cmd::run(
+    let out = strata_vm::cmd::run(
         Command::new(&busybox).arg("--list"),
         "busybox",
         "reinstall busybox-static (scripts/install-deps.sh)",
@@ -58,14 +58,14 @@ pub fn busybox_rootfs(dir: &Path) -> Result<()> {
         ("run", 0o755),
     ] {
         let p = dir.join(d);
-        fs::create_dir_all(&p).map_err(LabError::io("cannot create directory", &p))?;
+        fs::create_dir_all(&p).map_err(VmError::io("cannot create directory", &p))?;
         fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-            .map_err(LabError::io("cannot chmod", &p))?;
+            .map_err(VmError::io("cannot chmod", &p))?;
     }
     let bb = dir.join("bin/busybox");
-    fs::copy(&busybox, &bb).map_err(LabError::io("cannot copy busybox to", &bb))?;
+    fs::copy(&busybox, &bb).map_err(VmError::io("cannot copy busybox to", &bb))?;
     fs::set_permissions(&bb, fs::Permissions::from_mode(0o755))
-        .map_err(LabError::io("cannot chmod", &bb))?;
+        .map_err(VmError::io("cannot chmod", &bb))?;
     for a in &applets {
         replace_symlink("busybox", &dir.join("bin").join(a))?;
     }
@@ -75,7 +75,7 @@ pub fn busybox_rootfs(dir: &Path) -> Result<()> {
         ("etc/group", "root:x:0:\n"),
     ] {
         let p = dir.join(f);
-        fs::write(&p, text).map_err(LabError::io("cannot write", &p))?;
+        fs::write(&p, text).map_err(VmError::io("cannot write", &p))?;
     }
     tracing::debug!(?dir, applets = applets.len(), "busybox rootfs created");
     Ok(())
@@ -83,22 +83,22 @@ pub fn busybox_rootfs(dir: &Path) -> Result<()> {
 
 fn replace_symlink(target: &str, link: &Path) -> Result<()> {
     match fs::symlink_metadata(link) {
-        Ok(_) => fs::remove_file(link).map_err(LabError::io("cannot replace", link))?,
+        Ok(_) => fs::remove_file(link).map_err(VmError::io("cannot replace", link))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
-            return Err(LabError::Io {
+            return Err(VmError::Io {
                 what: "cannot stat",
                 path: link.to_path_buf(),
                 source: e,
             })
         }
     }
-    symlink(target, link).map_err(LabError::io("cannot create symlink", link))
+    symlink(target, link).map_err(VmError::io("cannot create symlink", link))
 }
 
 /// Create an overlayfs whiteout at `path`: a character device 0:0 (needs CAP_MKNOD).
 pub fn whiteout(path: &Path) -> Result<()> {
-    mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(|e| LabError::Io {
+    mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(|e| VmError::Io {
         what: "cannot create whiteout (char 0:0; needs root)",
         path: path.to_path_buf(),
         source: e.into(),
@@ -107,7 +107,7 @@ pub fn whiteout(path: &Path) -> Result<()> {
 
 /// Mark `dir` opaque for overlayfs (`trusted.overlay.opaque = "y"`; needs CAP_SYS_ADMIN).
 pub fn set_opaque(dir: &Path) -> Result<()> {
-    crate::sys::lsetxattr(dir, OPAQUE_XATTR, b"y").map_err(|e| LabError::Io {
+    xattr::set(dir, OPAQUE_XATTR, b"y").map_err(|e| VmError::Io {
         what: "cannot set trusted.overlay.opaque (needs root and a filesystem with trusted xattrs)",
         path: dir.to_path_buf(),
         source: e,
@@ -177,7 +177,7 @@ mod tests {
         match set_opaque(&o) {
             Ok(()) => {}
             // tmpfs before 6.6 has no trusted xattrs.
-            Err(LabError::Io { source, .. }) if source.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            Err(VmError::Io { source, .. }) if source.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                 eprintln!("SKIP: no trusted xattrs on {:?}", d.path())
             }
             Err(e) => panic!("{e}"),

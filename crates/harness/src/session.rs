@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::error::LabError;
+use strata_vm::VmError;
 
 /// Syscalls that create, change or move a mount, or make a mount namespace.
 pub const MOUNT_SYSCALLS: &[&str] = &[
@@ -35,7 +35,7 @@ impl Group {
         args: &[&std::ffi::OsStr],
         strace_log: Option<(&Path, &[&str])>,
         log: &Path,
-    ) -> Result<Group, LabError> {
+    ) -> Result<Group, VmError> {
         let mut cmd = match strace_log {
             Some((out, syscalls)) => {
                 let mut c = Command::new("strace");
@@ -50,20 +50,20 @@ impl Group {
             None => Command::new(strata),
         };
         cmd.args(args);
-        let logf = std::fs::File::create(log).map_err(LabError::io("cannot create", log))?;
+        let logf = std::fs::File::create(log).map_err(VmError::io("cannot create", log))?;
         let logf2 = logf
             .try_clone()
-            .map_err(LabError::io("cannot duplicate", log))?;
+            .map_err(VmError::io("cannot duplicate", log))?;
         cmd.stdin(Stdio::null()).stdout(logf).stderr(logf2);
         // Own process group: stopping it reaches strace's tracee too. And it dies with us.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        crate::sys::kill_with_parent(&mut cmd);
+        strata_vm::cmd::kill_with_parent(&mut cmd);
         let what = args
             .first()
             .map(|a| a.to_string_lossy())
             .unwrap_or_default();
         cmd.spawn().map(Group).map_err(|e| {
-            LabError::Serve(format!(
+            VmError::Serve(format!(
                 "cannot start {}: {e} (is strace installed? run scripts/install-deps.sh)",
                 if strace_log.is_some() {
                     "strace".to_string()
@@ -147,7 +147,7 @@ impl ServeProcess {
         spec: &ServeSpec,
         strace_log: Option<&Path>,
         log: &Path,
-    ) -> Result<ServeProcess, LabError> {
+    ) -> Result<ServeProcess, VmError> {
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "serve".as_ref(),
             "--socket".as_ref(),
@@ -188,12 +188,12 @@ impl ServeProcess {
             }
             if let Ok(Some(st)) = p.child.0.try_wait() {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
-                return Err(LabError::Serve(format!(
+                return Err(VmError::Serve(format!(
                     "strata serve exited ({st}) before listening:\n{text}"
                 )));
             }
             if Instant::now() > deadline {
-                return Err(LabError::Serve(
+                return Err(VmError::Serve(
                     "strata serve did not listen within 20 s".into(),
                 ));
             }
@@ -209,7 +209,7 @@ impl ServeProcess {
     }
 
     /// Wait for the daemon to end on its own (it does when the VMM disconnects).
-    pub fn wait(mut self, timeout: Duration) -> Result<ServeOutcome, LabError> {
+    pub fn wait(mut self, timeout: Duration) -> Result<ServeOutcome, VmError> {
         let t0 = Instant::now();
         let status = loop {
             match self.child.0.try_wait() {
@@ -219,7 +219,7 @@ impl ServeProcess {
                     break None;
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(LabError::Serve(format!("waiting for strata serve: {e}"))),
+                Err(e) => return Err(VmError::Serve(format!("waiting for strata serve: {e}"))),
             }
         };
         let mount_syscalls = match &self.strace_log {
@@ -264,7 +264,7 @@ impl DaemonProcess {
         allow: &[PathBuf],
         strace_log: Option<&Path>,
         log: &Path,
-    ) -> Result<DaemonProcess, LabError> {
+    ) -> Result<DaemonProcess, VmError> {
         let mut args: Vec<&std::ffi::OsStr> =
             vec!["daemon".as_ref(), "--api".as_ref(), api.as_os_str()];
         for a in allow {
@@ -287,12 +287,12 @@ impl DaemonProcess {
             }
             if let Ok(Some(st)) = p.child.0.try_wait() {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
-                return Err(LabError::Serve(format!(
+                return Err(VmError::Serve(format!(
                     "strata daemon exited ({st}) before listening:\n{text}"
                 )));
             }
             if t0.elapsed() > Duration::from_secs(20) {
-                return Err(LabError::Serve(
+                return Err(VmError::Serve(
                     "strata daemon did not listen within 20 s".into(),
                 ));
             }
@@ -325,7 +325,7 @@ impl DaemonProcess {
     }
 
     /// SIGTERM, wait (up to 10 s, then SIGKILL), and read what strace recorded.
-    pub fn stop(mut self) -> Result<(bool, DaemonSyscalls), LabError> {
+    pub fn stop(mut self) -> Result<(bool, DaemonSyscalls), VmError> {
         self.child.signal(nix::sys::signal::Signal::SIGTERM);
         let t0 = Instant::now();
         let clean = loop {
@@ -336,7 +336,7 @@ impl DaemonProcess {
                     break false;
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(e) => return Err(LabError::Serve(format!("waiting for strata daemon: {e}"))),
+                Err(e) => return Err(VmError::Serve(format!("waiting for strata daemon: {e}"))),
             }
         };
         let calls = match &self.strace_log {
@@ -348,12 +348,12 @@ impl DaemonProcess {
 }
 
 /// Read a `strace -f` log of `strata daemon` (see [`DaemonSyscalls`]).
-pub fn daemon_syscalls(log: &Path) -> Result<DaemonSyscalls, LabError> {
+pub fn daemon_syscalls(log: &Path) -> Result<DaemonSyscalls, VmError> {
     let mut out = DaemonSyscalls {
         mounts: count_mount_syscalls(log)?,
         ..Default::default()
     };
-    let text = std::fs::read_to_string(log).map_err(LabError::io("cannot read", log))?;
+    let text = std::fs::read_to_string(log).map_err(VmError::io("cannot read", log))?;
     let mut execs = 0;
     for l in text.lines() {
         let call = l.split_once(' ').map(|(_, r)| r).unwrap_or(l).trim_start();
@@ -382,8 +382,8 @@ pub struct ServeOutcome {
 }
 
 /// The mount-family syscalls recorded in an `strace -f -e trace=...` log.
-pub fn count_mount_syscalls(log: &Path) -> Result<Vec<String>, LabError> {
-    let text = std::fs::read_to_string(log).map_err(LabError::io("cannot read", log))?;
+pub fn count_mount_syscalls(log: &Path) -> Result<Vec<String>, VmError> {
+    let text = std::fs::read_to_string(log).map_err(VmError::io("cannot read", log))?;
     Ok(text
         .lines()
         .filter(|l| {

@@ -616,7 +616,7 @@ impl Daemon {
             .env("STRATA_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        crate::sys::kill_with_parent(&mut cmd);
+        strata_vm::cmd::kill_with_parent(&mut cmd);
         let mut child = cmd
             .spawn()
             .map_err(|e| BenchError::Daemon(format!("cannot run {}: {e}", bin.display())))?;

@@ -12,12 +12,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::error::LabError;
-use crate::fixture;
-use crate::kernel::{GuestKernel, KernelChoice};
-use crate::qemu::VmConfig;
-use crate::session::{host_mount_count, ServeProcess, ServeSpec};
 use crate::Result;
+use strata_harness::fixture;
+use strata_harness::session::{host_mount_count, ServeProcess, ServeSpec};
+use strata_vm::kernel::{GuestKernel, KernelChoice};
+use strata_vm::qemu::VmConfig;
+use strata_vm::VmError;
 
 /// The container command of the demo (runs in the guest, in the assembled rootfs).
 const START_SH: &str = r#"echo "container: kernel $(uname -r), rootfs is $(grep ' / ' /proc/mounts | cut -d' ' -f1-3)"
@@ -32,9 +32,9 @@ echo "container: wrote /root/hello.txt, appended to /etc/motd, removed /app/remo
 
 fn write(path: &Path, data: &str) -> Result<()> {
     if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).map_err(LabError::io("cannot create directory", p))?;
+        std::fs::create_dir_all(p).map_err(VmError::io("cannot create directory", p))?;
     }
-    std::fs::write(path, data).map_err(LabError::io("cannot write", path))
+    std::fs::write(path, data).map_err(VmError::io("cannot write", path))
 }
 
 /// Build the demo image: returns its layers, topmost first.
@@ -51,7 +51,7 @@ pub fn build_image(dir: &Path) -> Result<Vec<PathBuf>> {
     write(&top.join("app/version"), "strata-demo 1.0\n")?;
     write(&top.join("app/start.sh"), START_SH)?;
     let etc = top.join("etc");
-    std::fs::create_dir_all(&etc).map_err(LabError::io("cannot create directory", &etc))?;
+    std::fs::create_dir_all(&etc).map_err(VmError::io("cannot create directory", &etc))?;
     fixture::whiteout(&etc.join("obsolete.conf"))?;
     Ok(vec![top, bottom])
 }
@@ -102,13 +102,13 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
     let upper = dir.join("container/upper");
     let work = dir.join("container/work");
     for d in [&upper, &work] {
-        std::fs::create_dir_all(d).map_err(LabError::io("cannot create directory", d))?;
+        std::fs::create_dir_all(d).map_err(VmError::io("cannot create directory", d))?;
     }
 
     step(2, "fetching the Debian 6.1 guest kernel (cached after the first run) and building the initramfs");
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1)?;
     let initrd = dir.join("initrd.cpio");
-    crate::initramfs::guest_initramfs(strata, &kernel, &initrd)?;
+    strata_vm::initramfs::guest_initramfs(strata, &kernel, &initrd)?;
     eprintln!(
         "      kernel {} ; initramfs = static strata binary as /init + virtio/fuse/overlay modules",
         kernel.release
@@ -129,7 +129,7 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
             strata_serve::DEFAULT_LOWER_TAG.into(),
         )),
     };
-    let use_strace = crate::qemu::find_in_path("strace").is_some();
+    let use_strace = strata_vm::qemu::find_in_path("strace").is_some();
     let strace_log = dir.join("serve.strace");
     let mounts_before = host_mount_count();
     let serve = ServeProcess::spawn(

@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{LabError, Result};
-use crate::initramfs::Initramfs;
-use crate::kernel::{GuestKernel, KernelChoice, GUEST_MODULES};
-use crate::qemu::VmConfig;
-use crate::session::{ServeProcess, ServeSpec};
+use strata_harness::session::{ServeProcess, ServeSpec};
+use strata_vm::initramfs::Initramfs;
+use strata_vm::kernel::{GuestKernel, KernelChoice, GUEST_MODULES};
+use strata_vm::qemu::VmConfig;
+use strata_vm::{Result, VmError};
 
 /// The guest script (`/init` of the bench initramfs).
 pub const BENCH_SH: &str = include_str!("lab_guest/bench_guest.sh");
@@ -388,15 +388,15 @@ pub fn rootfs_layers(kind: RootfsKind, workdir: &Path) -> Result<Vec<PathBuf>> {
             let base = workdir.join("rootfs/layers/1");
             let top = workdir.join("rootfs/layers/0");
             let _ = std::fs::remove_dir_all(workdir.join("rootfs"));
-            crate::fixture::busybox_rootfs(&base)?;
+            strata_harness::fixture::busybox_rootfs(&base)?;
             mkdir(&base.join("etc/old"))?;
             write(&base.join("etc/old/a"), "a\n")?;
             write(&base.join("etc/gone"), "gone\n")?;
             mkdir(&top.join("etc/old"))?;
             write(&top.join("etc/hostname"), "bench\n")?;
             write(&top.join("etc/old/b"), "b\n")?;
-            crate::fixture::set_opaque(&top.join("etc/old"))?;
-            crate::fixture::whiteout(&top.join("etc/gone"))?;
+            strata_harness::fixture::set_opaque(&top.join("etc/old"))?;
+            strata_harness::fixture::whiteout(&top.join("etc/gone"))?;
             Ok(vec![top, base])
         }
         RootfsKind::Debian => debian_layers(),
@@ -434,7 +434,7 @@ const DEBIAN_ROOTFS_VERSION: u32 = 1;
 /// updates leave in an upper layer: the top layer deletes a base file (whiteout) and replaces a
 /// base directory (opaque).
 fn debian_layers() -> Result<Vec<PathBuf>> {
-    let root = crate::kernel::cache_dir()
+    let root = strata_vm::kernel::cache_dir()
         .join("guest-bench")
         .join(format!("debian-v{DEBIAN_ROOTFS_VERSION}"));
     let layers: Vec<PathBuf> = (0..DEBIAN_LAYERS.len())
@@ -448,7 +448,7 @@ fn debian_layers() -> Result<Vec<PathBuf>> {
     let debs = tmp.join("debs");
     mkdir(&debs)?;
     for (i, pkgs) in DEBIAN_LAYERS.iter().enumerate() {
-        crate::cmd::run(
+        strata_vm::cmd::run(
             Command::new("apt-get")
                 .arg("download")
                 .args(*pkgs)
@@ -460,7 +460,7 @@ fn debian_layers() -> Result<Vec<PathBuf>> {
         mkdir(&layer)?;
         for p in *pkgs {
             let deb = std::fs::read_dir(&debs)
-                .map_err(LabError::io("cannot list", &debs))?
+                .map_err(VmError::io("cannot list", &debs))?
                 .filter_map(|e| e.ok())
                 .map(|e| e.path())
                 .find(|d| {
@@ -468,8 +468,8 @@ fn debian_layers() -> Result<Vec<PathBuf>> {
                         .and_then(|n| n.to_str())
                         .is_some_and(|n| n.starts_with(&format!("{p}_")) && n.ends_with(".deb"))
                 })
-                .ok_or_else(|| LabError::Serve(format!("apt-get download left no {p}_*.deb")))?;
-            crate::cmd::run(
+                .ok_or_else(|| VmError::Serve(format!("apt-get download left no {p}_*.deb")))?;
+            strata_vm::cmd::run(
                 Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&layer),
                 "dpkg-deb",
                 "dpkg-deb -x failed",
@@ -480,14 +480,14 @@ fn debian_layers() -> Result<Vec<PathBuf>> {
     // Image-update leftovers in the top layer: a deleted base file and a replaced base dir.
     let top = tmp.join("layers/0");
     mkdir(&top.join("usr/bin"))?;
-    crate::fixture::whiteout(&top.join("usr/bin/dir"))?;
+    strata_harness::fixture::whiteout(&top.join("usr/bin/dir"))?;
     let replaced = top.join("usr/share/doc/coreutils");
     mkdir(&replaced)?;
     write(&replaced.join("README"), "replaced by the top layer\n")?;
-    crate::fixture::set_opaque(&replaced)?;
+    strata_harness::fixture::set_opaque(&replaced)?;
     let _ = std::fs::remove_dir_all(&debs);
     let _ = std::fs::remove_dir_all(&root);
-    std::fs::rename(&tmp, &root).map_err(LabError::io("cannot publish", &root))?;
+    std::fs::rename(&tmp, &root).map_err(VmError::io("cannot publish", &root))?;
     write(&root.join("complete"), "")?;
     Ok(layers)
 }
@@ -524,12 +524,12 @@ fn erofs_images(layers: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
         let img = dir.join(format!("{i}.erofs"));
         if !img.is_file() {
             let tmp = dir.join(format!("{i}.erofs.tmp"));
-            crate::cmd::run(
+            strata_vm::cmd::run(
                 Command::new("mkfs.erofs").arg("--quiet").arg(&tmp).arg(l),
                 "mkfs.erofs (erofs-utils)",
                 "install erofs-utils (scripts/bench-guest installs it)",
             )?;
-            std::fs::rename(&tmp, &img).map_err(LabError::io("cannot publish", &img))?;
+            std::fs::rename(&tmp, &img).map_err(VmError::io("cannot publish", &img))?;
         }
         out.push(img);
     }
@@ -559,9 +559,9 @@ fn warm_host_cache(path: &Path) {
 /// The bench initramfs: busybox (+ applet links), `strata` as `/bin/strata`, [`BENCH_SH`] as
 /// `/init`, the guest modules plus erofs (and its dependency) and their load order.
 pub fn bench_initramfs(strata: &Path, kernel: &GuestKernel, out: &Path) -> Result<()> {
-    crate::elf::check_static(strata)?;
-    let busybox = crate::fixture::static_busybox()?;
-    let list = crate::cmd::run(
+    strata_vm::elf::check_static(strata)?;
+    let busybox = strata_harness::fixture::static_busybox()?;
+    let list = strata_vm::cmd::run(
         Command::new(&busybox).arg("--list"),
         "busybox",
         "reinstall busybox-static (scripts/install-deps.sh)",
@@ -615,7 +615,7 @@ impl HostOverlay {
             nix::mount::MsFlags::empty(),
             Some(data.as_str()),
         )
-        .map_err(|e| LabError::Io {
+        .map_err(|e| VmError::Io {
             what: "cannot mount the host overlay of setup (a) (needs root)",
             path: merged.to_path_buf(),
             source: e.into(),
@@ -639,10 +639,10 @@ struct Virtiofsd(Child);
 
 impl Virtiofsd {
     fn spawn(shared: &Path, socket: &Path, log: &Path) -> Result<Self> {
-        let logf = std::fs::File::create(log).map_err(LabError::io("cannot create", log))?;
+        let logf = std::fs::File::create(log).map_err(VmError::io("cannot create", log))?;
         let logf2 = logf
             .try_clone()
-            .map_err(LabError::io("cannot duplicate", log))?;
+            .map_err(VmError::io("cannot duplicate", log))?;
         let mut cmd = Command::new(VIRTIOFSD);
         cmd.arg("--socket-path")
             .arg(socket)
@@ -652,9 +652,9 @@ impl Virtiofsd {
             .stdin(Stdio::null())
             .stdout(logf)
             .stderr(logf2);
-        crate::sys::kill_with_parent(&mut cmd);
-        let child = cmd.spawn().map_err(|e| LabError::Command {
-            command: crate::cmd::describe(&cmd),
+        strata_vm::cmd::kill_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(|e| VmError::Command {
+            command: strata_vm::cmd::describe(&cmd),
             detail: e.to_string(),
             hint: "install it: scripts/bench-guest (cargo install virtiofsd --locked)",
         })?;
@@ -662,13 +662,13 @@ impl Virtiofsd {
         let t0 = Instant::now();
         while !std::fs::symlink_metadata(socket).is_ok_and(|m| m.file_type().is_socket()) {
             if let Ok(Some(st)) = v.0.try_wait() {
-                return Err(LabError::Serve(format!(
+                return Err(VmError::Serve(format!(
                     "virtiofsd exited ({st}) before listening:\n{}",
                     std::fs::read_to_string(log).unwrap_or_default()
                 )));
             }
             if t0.elapsed() > Duration::from_secs(20) {
-                return Err(LabError::Serve(
+                return Err(VmError::Serve(
                     "virtiofsd did not listen within 20 s".into(),
                 ));
             }
@@ -689,7 +689,7 @@ impl Drop for Virtiofsd {
 
 /// Is virtiofsd installed? `Err` says what to do.
 pub fn virtiofsd_available() -> std::result::Result<(), String> {
-    match crate::qemu::find_in_path(VIRTIOFSD) {
+    match strata_vm::qemu::find_in_path(VIRTIOFSD) {
         Some(_) => Ok(()),
         None => Err(format!(
             "{VIRTIOFSD} not found in PATH: setup (a) skipped; install it with scripts/bench-guest \
@@ -812,11 +812,11 @@ fn boot(
         Setup::Erofs => {
             let scratch = dir.join("scratch.img");
             let f =
-                std::fs::File::create(&scratch).map_err(LabError::io("cannot create", &scratch))?;
+                std::fs::File::create(&scratch).map_err(VmError::io("cannot create", &scratch))?;
             f.set_len((cfg.seq_mib + 512) << 20)
-                .map_err(LabError::io("cannot size", &scratch))?;
+                .map_err(VmError::io("cannot size", &scratch))?;
             drop(f);
-            crate::cmd::run(
+            strata_vm::cmd::run(
                 Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&scratch),
                 "mkfs.ext4",
                 "install e2fsprogs",
@@ -850,9 +850,9 @@ fn boot(
     }
     let out = waiter
         .join()
-        .map_err(|_| LabError::Serve("the VM watcher thread panicked".into()))?;
+        .map_err(|_| VmError::Serve("the VM watcher thread panicked".into()))?;
     if ctx.stop.load(Ordering::Relaxed) {
-        return Err(LabError::Serve("interrupted".into()));
+        return Err(VmError::Serve("interrupted".into()));
     }
     let out = out?;
     let _ = std::fs::write(dir.join("console.log"), &out.console);
@@ -935,7 +935,7 @@ pub fn run(
     progress: &mut dyn FnMut(&str),
 ) -> Result<GuestBenchReport> {
     if !nix::unistd::geteuid().is_root() {
-        return Err(LabError::Serve(
+        return Err(VmError::Serve(
             "strata bench guest needs root (the host overlay mount of setup (a), whiteouts and \
              trusted xattrs in the rootfs layers)"
                 .into(),
@@ -1308,14 +1308,14 @@ pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), St
 }
 
 fn mkdir(p: &Path) -> Result<()> {
-    std::fs::create_dir_all(p).map_err(LabError::io("cannot create directory", p))
+    std::fs::create_dir_all(p).map_err(VmError::io("cannot create directory", p))
 }
 
 fn write(p: &Path, data: &str) -> Result<()> {
     if let Some(d) = p.parent() {
         mkdir(d)?;
     }
-    std::fs::write(p, data).map_err(LabError::io("cannot write", p))
+    std::fs::write(p, data).map_err(VmError::io("cannot write", p))
 }
 
 #[cfg(test)]

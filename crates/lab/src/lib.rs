@@ -1,30 +1,24 @@
-//! strata lab: the VM harness for tests, the demo and the stall lab.
+//! strata-lab: the experiments and benchmarks behind `strata lab`, `strata bench …` and
+//! `strata demo` (built into `strata` only with its `lab` feature).
 //!
-//! - [`GuestKernel::fetch`] gets a Debian cloud kernel (6.1 or 6.12) into the cache, once.
-//! - [`Initramfs`] writes newc cpio archives; [`guest_initramfs`] builds the strata guest image.
-//! - [`VmConfig`] boots it under qemu (TCG) and captures the serial console.
-//! - [`fixture`] builds rootfs layers (busybox, whiteouts, opaque dirs).
-//! - [`bench`](mod@bench) measures the host-side cost of a container start and end (`strata bench create`).
+//! - [`bench`](mod@bench) measures the host-side cost of a container start and end
+//!   (`strata bench create`).
+//! - [`stall`] reproduces the shrinker_rwsem mount stall in Debian guests and measures every
+//!   start strategy under it (`strata lab`); [`plot`] draws its latency tail.
+//! - [`guest_bench`] times guest I/O over virtiofsd, strata and EROFS (`strata bench guest`).
+//! - [`soak`] drives many sessions of one `strata daemon` (`strata bench sessions|soak`).
+//! - [`demo`] boots a Debian guest on a tiny served image (`strata demo`).
 //!
-//! Host requirements are installed by `scripts/install-deps.sh`.
+//! Guest kernels, initramfs images and qemu come from `strata-vm`; fixtures and the
+//! serve/daemon processes from `strata-harness`. Host requirements are installed by
+//! `scripts/install-deps.sh`.
 
 pub mod bench;
-mod cmd;
 pub mod demo;
-pub mod elf;
-mod error;
-pub mod fixture;
 pub mod guest_bench;
-pub mod initramfs;
-pub mod kernel;
 pub mod plot;
-pub mod qemu;
-pub mod session;
 pub mod soak;
 pub mod stall;
 mod sys;
 
-pub use error::{LabError, Result};
-pub use initramfs::{guest_initramfs, Contents, Initramfs};
-pub use kernel::{cache_dir, GuestKernel, KernelChoice, GUEST_MODULES};
-pub use qemu::{Vm, VmConfig, VmOutput};
+pub use strata_vm::{Result, VmError};

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use strata_serve::api::{Client, Dirs, Request, Response};
 use strata_serve::frontend::TestVm;
 
-use crate::error::LabError;
-use crate::session::DaemonProcess;
+use strata_harness::session::DaemonProcess;
+use strata_vm::VmError;
 
 /// One look at the daemon process.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -70,12 +70,12 @@ struct Tree {
     lowers: Vec<PathBuf>,
 }
 
-fn io(what: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> LabError {
-    LabError::io(what, p)
+fn io(what: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> VmError {
+    VmError::io(what, p)
 }
 
 impl Tree {
-    fn new(parent: Option<&Path>) -> Result<Tree, LabError> {
+    fn new(parent: Option<&Path>) -> Result<Tree, VmError> {
         let dir = match parent {
             Some(p) => tempfile::tempdir_in(p),
             None => tempfile::Builder::new().prefix("strata-soak").tempdir(),
@@ -107,7 +107,7 @@ impl Tree {
     }
 
     /// Create (or recreate empty) the upper/work of `id` and ask the daemon to serve them.
-    fn start(&self, client: &mut Client, id: &str) -> Result<PathBuf, LabError> {
+    fn start(&self, client: &mut Client, id: &str) -> Result<PathBuf, VmError> {
         let c = self.root.join("c").join(id);
         let _ = std::fs::remove_dir_all(&c);
         for d in ["upper", "work"] {
@@ -126,15 +126,15 @@ impl Tree {
                 tag: None,
                 layer_device: None,
             })
-            .map_err(|e| LabError::Serve(format!("daemon API: {e}")))?;
+            .map_err(|e| VmError::Serve(format!("daemon API: {e}")))?;
         match r {
             Response::Started { .. } => Ok(socket),
-            r => Err(LabError::Serve(format!("start {id}: {r:?}"))),
+            r => Err(VmError::Serve(format!("start {id}: {r:?}"))),
         }
     }
 }
 
-fn spawn_daemon(strata: &Path, tree: &Tree) -> Result<DaemonProcess, LabError> {
+fn spawn_daemon(strata: &Path, tree: &Tree) -> Result<DaemonProcess, VmError> {
     DaemonProcess::spawn(
         strata,
         &tree.api(),
@@ -144,9 +144,9 @@ fn spawn_daemon(strata: &Path, tree: &Tree) -> Result<DaemonProcess, LabError> {
     )
 }
 
-fn connect(tree: &Tree, client: &mut Client, id: &str) -> Result<TestVm, LabError> {
+fn connect(tree: &Tree, client: &mut Client, id: &str) -> Result<TestVm, VmError> {
     let socket = tree.start(client, id)?;
-    TestVm::connect(&socket).map_err(|e| LabError::Serve(format!("connect {id}: {e}")))
+    TestVm::connect(&socket).map_err(|e| VmError::Serve(format!("connect {id}: {e}")))
 }
 
 /// A small deterministic random source (xorshift), so runs are repeatable.
@@ -211,16 +211,16 @@ pub fn sessions(
     strata: &Path,
     counts: &[usize],
     progress: &mut dyn FnMut(&str),
-) -> Result<Vec<ProcSample>, LabError> {
+) -> Result<Vec<ProcSample>, VmError> {
     let tree = Tree::new(None)?;
     let daemon = spawn_daemon(strata, &tree)?;
     let mut client =
-        Client::connect(&tree.api()).map_err(|e| LabError::Serve(format!("daemon API: {e}")))?;
+        Client::connect(&tree.api()).map_err(|e| VmError::Serve(format!("daemon API: {e}")))?;
     // One answered request first: the daemon is then fully up (signal thread, this client's
     // API thread), so the idle sample is comparable with the one after the sessions end.
     client
         .call(&Request::Status { id: None })
-        .map_err(|e| LabError::Serve(format!("daemon API: {e}")))?;
+        .map_err(|e| VmError::Serve(format!("daemon API: {e}")))?;
     let t0 = Instant::now();
     let mut rng = Rng(0x5eed);
     let mut out = vec![sample(daemon.pid(), t0, 0)];
@@ -235,7 +235,7 @@ pub fn sessions(
         }
         for (i, vm) in vms.iter_mut().enumerate() {
             io_round(vm, &mut rng, i as u64)
-                .map_err(|e| LabError::Serve(format!("session s{i}: {e}")))?;
+                .map_err(|e| VmError::Serve(format!("session s{i}: {e}")))?;
         }
         std::thread::sleep(Duration::from_millis(300));
         let s = sample(daemon.pid(), t0, n);
@@ -251,7 +251,7 @@ pub fn sessions(
         match client.call(&Request::Status { id: None }) {
             Ok(Response::Status { sessions }) if sessions.is_empty() => break,
             _ if t.elapsed() > Duration::from_secs(30) => {
-                return Err(LabError::Serve("sessions did not end within 30 s".into()))
+                return Err(VmError::Serve("sessions did not end within 30 s".into()))
             }
             _ => std::thread::sleep(Duration::from_millis(50)),
         }
@@ -336,7 +336,7 @@ pub fn soak(
     interval: Duration,
     pause: Duration,
     progress: &mut dyn FnMut(&ProcSample, u64),
-) -> Result<SoakReport, LabError> {
+) -> Result<SoakReport, VmError> {
     const RECONNECT_EVERY: u64 = 200;
     let tree = Arc::new(Tree::new(None)?);
     let daemon = spawn_daemon(strata, &tree)?;
@@ -357,9 +357,9 @@ pub fn soak(
             first_error.clone(),
             stop.clone(),
         );
-        workers.push(std::thread::spawn(move || -> Result<(), LabError> {
+        workers.push(std::thread::spawn(move || -> Result<(), VmError> {
             let mut client = Client::connect(&tree.api())
-                .map_err(|e| LabError::Serve(format!("daemon API: {e}")))?;
+                .map_err(|e| VmError::Serve(format!("daemon API: {e}")))?;
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1));
             let mut generation = 0;
             let mut vm = connect(&tree, &mut client, &format!("w{w}g0"))?;
@@ -420,7 +420,7 @@ pub fn soak(
         match w.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(LabError::Serve("a soak worker panicked".into())),
+            Err(_) => return Err(VmError::Serve("a soak worker panicked".into())),
         }
     }
     let report = SoakReport {

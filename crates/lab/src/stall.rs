@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::bench::{BenchReport, Phase, PhaseStats};
-use crate::error::LabError;
-use crate::kernel::KernelSpec;
-use crate::qemu::VmConfig;
-use crate::session::{ServeProcess, ServeSpec};
 use crate::Result;
+use strata_harness::session::{ServeProcess, ServeSpec};
+use strata_vm::kernel::KernelSpec;
+use strata_vm::qemu::VmConfig;
+use strata_vm::VmError;
 
 const LAB_SH: &str = include_str!("lab_guest/lab.sh");
 
@@ -239,9 +239,9 @@ pub fn parse_console(console: &str) -> (Vec<LabPhase>, Vec<String>) {
 fn run_cmd(cmd: &mut std::process::Command, what: &str) -> Result<()> {
     let out = cmd
         .output()
-        .map_err(|e| LabError::Serve(format!("cannot run {what}: {e}")))?;
+        .map_err(|e| VmError::Serve(format!("cannot run {what}: {e}")))?;
     if !out.status.success() {
-        return Err(LabError::Serve(format!(
+        return Err(VmError::Serve(format!(
             "{what} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
@@ -251,9 +251,9 @@ fn run_cmd(cmd: &mut std::process::Command, what: &str) -> Result<()> {
 
 fn write(path: &Path, data: &str) -> Result<()> {
     if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p).map_err(LabError::io("cannot create directory", p))?;
+        std::fs::create_dir_all(p).map_err(VmError::io("cannot create directory", p))?;
     }
-    std::fs::write(path, data).map_err(LabError::io("cannot write", path))
+    std::fs::write(path, data).map_err(VmError::io("cannot write", path))
 }
 
 /// Run the lab on one kernel. `progress` gets one short line per step.
@@ -269,26 +269,26 @@ pub fn run_kernel(
     progress(&format!("{label}: fetching kernel"));
     let kernel = which.fetch()?;
     let initrd = dir.join("initrd.cpio");
-    std::fs::create_dir_all(&dir).map_err(LabError::io("cannot create directory", &dir))?;
-    crate::initramfs::guest_initramfs(strata, &kernel, &initrd)?;
+    std::fs::create_dir_all(&dir).map_err(VmError::io("cannot create directory", &dir))?;
+    strata_vm::initramfs::guest_initramfs(strata, &kernel, &initrd)?;
 
     progress(&format!(
         "{}: building the lab rootfs and a {} GiB scratch disk",
         label, cfg.disk_gib
     ));
     let layer = dir.join("layer");
-    crate::fixture::busybox_rootfs(&layer)?;
+    strata_harness::fixture::busybox_rootfs(&layer)?;
     std::fs::copy(strata, layer.join("bin/strata"))
-        .map_err(LabError::io("cannot copy strata into", &layer))?;
+        .map_err(VmError::io("cannot copy strata into", &layer))?;
     write(&layer.join("lab.sh"), LAB_SH)?;
     let (upper, work) = (dir.join("ctr/upper"), dir.join("ctr/work"));
     for d in [&upper, &work] {
-        std::fs::create_dir_all(d).map_err(LabError::io("cannot create directory", d))?;
+        std::fs::create_dir_all(d).map_err(VmError::io("cannot create directory", d))?;
     }
     let disk = dir.join("scratch.img");
-    let f = std::fs::File::create(&disk).map_err(LabError::io("cannot create", &disk))?;
+    let f = std::fs::File::create(&disk).map_err(VmError::io("cannot create", &disk))?;
     f.set_len(cfg.disk_gib << 30)
-        .map_err(LabError::io("cannot size", &disk))?;
+        .map_err(VmError::io("cannot size", &disk))?;
     drop(f);
     run_cmd(
         std::process::Command::new("mkfs.ext4")
@@ -349,7 +349,7 @@ pub fn run_kernel(
     }
     let out = waiter
         .join()
-        .map_err(|_| LabError::Serve("the VM watcher thread panicked".into()))??;
+        .map_err(|_| VmError::Serve("the VM watcher thread panicked".into()))??;
     let _ = serve.wait(Duration::from_secs(10));
     let _ = std::fs::remove_file(&disk);
     // The whole console (`@trace-report` lines: strata trace's report), kept with --workdir.
@@ -396,11 +396,11 @@ pub fn run_host(
 ) -> Result<KernelRun> {
     use std::process::{Command, Stdio};
     if cfg.scenario != Scenario::Dentries {
-        return Err(LabError::Serve(
+        return Err(VmError::Serve(
             "--host runs only the dentries scenario (pagecache and memcg would squeeze the whole host)".into(),
         ));
     }
-    std::fs::create_dir_all(dir).map_err(LabError::io("cannot create directory", dir))?;
+    std::fs::create_dir_all(dir).map_err(VmError::io("cannot create directory", dir))?;
     let t0 = Instant::now();
     let mut console = String::new();
     let snap = |tag: &str, out: &mut String| {
@@ -441,7 +441,7 @@ pub fn run_host(
             }
             let child = c
                 .spawn()
-                .map_err(|e| LabError::Serve(format!("cannot start strata bench create: {e}")))?;
+                .map_err(|e| VmError::Serve(format!("cannot start strata bench create: {e}")))?;
             kids.push((s.to_string(), child));
         }
         Ok(kids)
@@ -484,7 +484,7 @@ pub fn run_host(
         cfg.dentries
     ));
     make_negative_dentries(&neg, cfg.dentries)
-        .map_err(LabError::io("cannot stat names in", &neg))?;
+        .map_err(VmError::io("cannot stat names in", &neg))?;
     let stop = dir.join("stop");
     snap("pressure-start", &mut console);
     // The `strata` strategy keeps one fd per iteration (see bench.rs): stay under the usual
@@ -497,14 +497,14 @@ pub fn run_host(
             cfg.dentries,
             t0.elapsed().as_secs_f64()
         ));
-        std::fs::write("/proc/sys/vm/drop_caches", "2").map_err(LabError::io(
+        std::fs::write("/proc/sys/vm/drop_caches", "2").map_err(VmError::io(
             "cannot write",
             Path::new("/proc/sys/vm/drop_caches"),
         ))?;
         make_negative_dentries(&neg, cfg.dentries)
-            .map_err(LabError::io("cannot stat names in", &neg))?;
+            .map_err(VmError::io("cannot stat names in", &neg))?;
     }
-    std::fs::write(&stop, b"").map_err(LabError::io("cannot create", &stop))?;
+    std::fs::write(&stop, b"").map_err(VmError::io("cannot create", &stop))?;
     collect("pressure", kids, &mut console);
     snap("pressure-end", &mut console);
     let _ = std::fs::remove_dir_all(dir);

@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use strata_lab::{fixture, qemu, GuestKernel, Initramfs, KernelChoice, VmConfig};
+use strata_harness::fixture;
+use strata_vm::{qemu, GuestKernel, Initramfs, KernelChoice, VmConfig};
 
 /// qemu and a static busybox, or `None` after printing why the test is skipped.
 fn prerequisites() -> Option<std::path::PathBuf> {
@@ -69,14 +70,14 @@ fn boots_debian_6_1_busybox_initramfs() {
 }
 
 /// Boot `choice` with the guest modules and a raw disk; check the modules load in
-/// [`GUEST_MODULES`](strata_lab::GUEST_MODULES) order and provide virtio-blk, virtiofs and overlay.
+/// [`GUEST_MODULES`](strata_vm::GUEST_MODULES) order and provide virtio-blk, virtiofs and overlay.
 fn modules_load(choice: KernelChoice) {
     let Some(busybox) = prerequisites() else {
         return;
     };
     let kernel = GuestKernel::fetch(choice).unwrap_or_else(|e| panic!("{e}"));
     let modules = kernel
-        .modules(strata_lab::GUEST_MODULES)
+        .modules(strata_vm::GUEST_MODULES)
         .unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<String> = modules
         .iter()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use strata_lab::guest_bench::{
     self, GuestBenchConfig, GuestBenchReport, RootfsKind, Setup, Workload,
 };
-use strata_lab::kernel::KernelChoice;
+use strata_vm::kernel::KernelChoice;
 
 #[derive(clap::Args)]
 pub struct BenchGuestArgs {

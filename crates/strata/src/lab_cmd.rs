@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use strata_lab::kernel::KernelSpec;
 use strata_lab::stall::{self, LabConfig, LabReport, Scenario};
+use strata_vm::kernel::KernelSpec;
 
 #[derive(clap::Args)]
 pub struct LabArgs {

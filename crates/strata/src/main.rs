@@ -6,10 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "lab")]
 mod bench_guest_cmd;
 mod daemon_cmd;
 mod image_cmd;
+#[cfg(feature = "lab")]
 mod lab_cmd;
+#[cfg(feature = "lab")]
 mod soak_cmd;
 mod trace_cmd;
 
@@ -47,20 +50,25 @@ enum Cmd {
     #[command(subcommand)]
     Guest(GuestCmd),
     /// Build a tiny image, serve it, boot a Debian 6.1 guest on it and show what happened.
+    #[cfg(feature = "lab")]
     Demo(DemoArgs),
     /// Measure host-side costs (as root; no external commands, so it runs inside a guest too).
+    #[cfg(feature = "lab")]
     #[command(subcommand)]
     Bench(BenchCmd),
     /// Boot real Debian kernels (6.1 before, 6.12 after the shrinker fix), reproduce the
     /// shrinker_rwsem stall and measure every container-start strategy under it.
+    #[cfg(feature = "lab")]
     Lab(lab_cmd::LabArgs),
     /// Diagnose mount stalls on shrinker_rwsem: `--check` says whether this kernel is exposed.
     Trace(trace_cmd::TraceArgs),
     /// Inside the lab's VM: pressure tools.
+    #[cfg(feature = "lab")]
     #[command(subcommand, hide = true)]
     LabGuest(lab_cmd::LabGuestCmd),
 }
 
+#[cfg(feature = "lab")]
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Time one container start and end per strategy: a host overlay mount (Kata-style), a
@@ -80,6 +88,7 @@ enum BenchCmd {
     GuestIo(bench_guest_cmd::GuestIoArgs),
 }
 
+#[cfg(feature = "lab")]
 #[derive(clap::Args)]
 struct BenchCreateArgs {
     /// Directory to work in (created if missing; everything created in it is removed).
@@ -184,6 +193,7 @@ enum ProbeCmd {
     },
 }
 
+#[cfg(feature = "lab")]
 #[derive(clap::Args)]
 struct DemoArgs {
     /// Working directory for the image, container dirs and VM files (default: a temp dir).
@@ -310,26 +320,34 @@ fn main() -> ExitCode {
             init_logging_quiet(cli.verbose, "warn");
             image_cmd::gc(a)
         }
+        #[cfg(feature = "lab")]
         Cmd::Lab(a) => {
             init_logging(cli.verbose);
             lab_cmd::lab(a)
         }
+        #[cfg(feature = "lab")]
         Cmd::LabGuest(c) => lab_cmd::lab_guest(c),
         Cmd::Trace(a) => trace_cmd::trace(a),
+        #[cfg(feature = "lab")]
         Cmd::Demo(a) => {
             init_logging(cli.verbose);
             demo(a)
         }
+        #[cfg(feature = "lab")]
         Cmd::Bench(BenchCmd::Guest(a)) => bench_guest_cmd::bench_guest(a),
+        #[cfg(feature = "lab")]
         Cmd::Bench(BenchCmd::GuestIo(a)) => bench_guest_cmd::guest_io(a),
+        #[cfg(feature = "lab")]
         Cmd::Bench(BenchCmd::Create(a)) => {
             init_logging_quiet(cli.verbose, "warn");
             bench_create(a)
         }
+        #[cfg(feature = "lab")]
         Cmd::Bench(BenchCmd::Sessions(a)) => {
             init_logging_quiet(cli.verbose, "warn");
             soak_cmd::sessions(a)
         }
+        #[cfg(feature = "lab")]
         Cmd::Bench(BenchCmd::Soak(a)) => {
             init_logging_quiet(cli.verbose, "warn");
             soak_cmd::soak(a)
@@ -337,6 +355,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(feature = "lab")]
 fn bench_create(a: BenchCreateArgs) -> ExitCode {
     use std::io::{IsTerminal, Write};
     use strata_lab::bench::{self, BenchConfig, Progress, Strategy};
@@ -404,6 +423,7 @@ fn bench_create(a: BenchCreateArgs) -> ExitCode {
 
 /// This `strata` binary (it goes into guests) and the working directory of a host-side job:
 /// `given`, or a new temp dir kept alive by `tmp`. Errors are printed under `cmd`.
+#[cfg(feature = "lab")]
 fn binary_and_workdir(
     cmd: &str,
     given: Option<PathBuf>,
@@ -426,6 +446,7 @@ fn binary_and_workdir(
     Some((strata, dir))
 }
 
+#[cfg(feature = "lab")]
 fn demo(a: DemoArgs) -> ExitCode {
     let mut tmp = None;
     let Some((strata, dir)) = binary_and_workdir("demo", a.dir, &mut tmp) else {

@@ -9,7 +9,7 @@ use std::process::Command;
 fn short_lab_runs_on_6_1_and_6_12() {
     let t = tempfile::tempdir().unwrap();
     let json = t.path().join("lab.json");
-    let k612 = strata_lab::kernel::GuestKernel::fetch(strata_lab::kernel::KernelChoice::Debian6_12)
+    let k612 = strata_vm::kernel::GuestKernel::fetch(strata_vm::kernel::KernelChoice::Debian6_12)
         .expect("6.12 kernel")
         .dir;
     let svg = t.path().join("lab.svg");

@@ -7,7 +7,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use strata_lab::{fixture, qemu, GuestKernel, Initramfs, KernelChoice, VmConfig};
+use strata_harness::fixture;
+use strata_vm::{qemu, GuestKernel, Initramfs, KernelChoice, VmConfig};
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 

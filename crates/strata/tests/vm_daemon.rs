@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use strata_lab::fixture;
-use strata_lab::kernel::{GuestKernel, KernelChoice};
-use strata_lab::qemu::VmConfig;
-use strata_lab::session::{host_mount_count, DaemonProcess};
+use strata_harness::fixture;
+use strata_harness::session::{host_mount_count, DaemonProcess};
+use strata_vm::kernel::{GuestKernel, KernelChoice};
+use strata_vm::qemu::VmConfig;
 
 const RUN_SH: &str = r#"set -e
 test "$(cat /etc/motd)" = "from the top layer" || { echo "FAIL motd"; exit 1; }
@@ -47,7 +47,7 @@ fn strata(args: &[&str]) -> (bool, String) {
 fn one_daemon_serves_two_vms_without_mounts_or_processes() {
     for tool in ["qemu-system-x86_64", "busybox", "strace"] {
         assert!(
-            strata_lab::qemu::find_in_path(tool).is_some(),
+            strata_vm::qemu::find_in_path(tool).is_some(),
             "{tool} missing: run scripts/install-deps.sh"
         );
     }
@@ -65,7 +65,7 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
     }
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).expect("guest kernel");
     let initrd = root.join("initrd.cpio");
-    strata_lab::initramfs::guest_initramfs(&strata_bin(), &kernel, &initrd).unwrap();
+    strata_vm::initramfs::guest_initramfs(&strata_bin(), &kernel, &initrd).unwrap();
 
     let mounts_before = host_mount_count();
     let api = root.join("run/api.sock");
@@ -125,7 +125,7 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
         let report = hang_report.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(60));
-            *report.lock().unwrap() = strata_lab::session::threads_report(&daemon_pid);
+            *report.lock().unwrap() = strata_harness::session::threads_report(&daemon_pid);
         });
     }
     let vms: Vec<_> = ["vm1", "vm2"]

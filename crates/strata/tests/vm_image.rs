@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use strata_lab::kernel::{GuestKernel, KernelChoice};
-use strata_lab::qemu::VmConfig;
-use strata_lab::session::{ServeProcess, ServeSpec};
+use strata_harness::session::{ServeProcess, ServeSpec};
+use strata_vm::kernel::{GuestKernel, KernelChoice};
+use strata_vm::qemu::VmConfig;
 
 const CHECK_SH: &str = r#"set -e
 test "$(cat /etc/motd)" = top || { echo "FAIL motd: $(cat /etc/motd)"; exit 1; }
@@ -78,7 +78,7 @@ fn umoci_image_boots_from_the_store() {
     let b1 = root.join("b1");
     umoci(&["unpack", "--image", &image, b1.to_str().unwrap()]);
     let r = b1.join("rootfs");
-    strata_lab::fixture::busybox_rootfs(&r).unwrap();
+    strata_harness::fixture::busybox_rootfs(&r).unwrap();
     write(&r.join("etc/motd"), "base");
     write(&r.join("data/gone"), "x");
     write(&r.join("data/dir/a"), "a");
@@ -110,7 +110,7 @@ fn umoci_image_boots_from_the_store() {
 
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).expect("guest kernel");
     let initrd = root.join("initrd.cpio");
-    strata_lab::initramfs::guest_initramfs(
+    strata_vm::initramfs::guest_initramfs(
         Path::new(env!("CARGO_BIN_EXE_strata")),
         &kernel,
         &initrd,

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use strata_lab::fixture;
-use strata_lab::kernel::{GuestKernel, KernelChoice};
-use strata_lab::qemu::VmConfig;
-use strata_lab::session::{host_mount_count, ServeProcess, ServeSpec};
+use strata_harness::fixture;
+use strata_harness::session::{host_mount_count, ServeProcess, ServeSpec};
+use strata_vm::kernel::{GuestKernel, KernelChoice};
+use strata_vm::qemu::VmConfig;
 
 const ROOTFS_SH: &str = include_str!("guest/rootfs.sh");
 const HOSTILE_SH: &str = include_str!("guest/hostile.sh");
@@ -118,7 +118,7 @@ fn guest_rootfs_over_virtio_fs_matches_host_overlay() {
 
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).expect("guest kernel");
     let initrd = root.join("initrd.cpio");
-    strata_lab::initramfs::guest_initramfs(&strata_bin(), &kernel, &initrd).unwrap();
+    strata_vm::initramfs::guest_initramfs(&strata_bin(), &kernel, &initrd).unwrap();
 
     let spec = ServeSpec {
         lowers: vec![top.clone(), bottom.clone()],

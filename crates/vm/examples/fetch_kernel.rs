@@ -1,8 +1,8 @@
 //! Fetch a guest kernel into the cache and list its guest modules.
 //!
-//! `cargo run -p strata-lab --example fetch_kernel -- 6.12`
+//! `cargo run -p strata-vm --example fetch_kernel -- 6.12`
 
-use strata_lab::{GuestKernel, KernelChoice, GUEST_MODULES};
+use strata_vm::{GuestKernel, KernelChoice, GUEST_MODULES};
 
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "6.1".into());

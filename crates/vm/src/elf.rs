@@ -4,18 +4,18 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::error::{LabError, Result};
+use crate::error::{Result, VmError};
 
 const PT_INTERP: u32 = 3;
 
 /// Check that `path` is a 64-bit little-endian ELF executable with no `PT_INTERP` program header
 /// (i.e. statically linked, including static-pie).
 pub fn check_static(path: &Path) -> Result<()> {
-    let not_static = |detail: &str| LabError::NotStatic {
+    let not_static = |detail: &str| VmError::NotStatic {
         path: path.to_path_buf(),
         detail: detail.to_string(),
     };
-    let mut f = File::open(path).map_err(LabError::io("cannot open", path))?;
+    let mut f = File::open(path).map_err(VmError::io("cannot open", path))?;
     let mut h = [0u8; 64];
     f.read_exact(&mut h)
         .map_err(|_| not_static("is not an ELF file (too short)"))?;
@@ -55,14 +55,14 @@ mod tests {
         if Path::new("/bin/sh").exists() {
             assert!(matches!(
                 check_static(Path::new("/bin/sh")),
-                Err(LabError::NotStatic { .. })
+                Err(VmError::NotStatic { .. })
             ));
         }
         let t = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(t.path(), b"#!/bin/sh\necho hi\n").unwrap();
         assert!(matches!(
             check_static(t.path()),
-            Err(LabError::NotStatic { .. })
+            Err(VmError::NotStatic { .. })
         ));
         // The test binary itself is built with crt-static by the workspace config.
         let me = std::env::current_exe().unwrap();

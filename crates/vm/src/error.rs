@@ -1,15 +1,15 @@
-//! The lab's error type.
+//! The error type of strata-vm: fetching kernels, building initramfs images, running VMs.
 
 use std::path::{Path, PathBuf};
 
 /// Shorthand for results in this crate.
-pub type Result<T, E = LabError> = std::result::Result<T, E>;
+pub type Result<T, E = VmError> = std::result::Result<T, E>;
 
 /// Everything that can go wrong while fetching kernels, building images or running VMs.
 ///
 /// Every message says what failed and, where there is one, what to do about it.
 #[derive(Debug, thiserror::Error)]
-pub enum LabError {
+pub enum VmError {
     /// `strata serve` could not be started or watched.
     #[error("strata serve: {0}")]
     Serve(String),
@@ -86,16 +86,16 @@ pub enum LabError {
     },
 }
 
-impl LabError {
+impl VmError {
     /// Wrap an I/O error with what was being done to which path.
-    pub(crate) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LabError {
+    pub fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
         let path = path.to_path_buf();
-        move |source| LabError::Io { what, path, source }
+        move |source| VmError::Io { what, path, source }
     }
 }
 
 /// The last `max` characters of a command's output, trimmed, for error messages.
-pub(crate) fn tail(bytes: &[u8], max: usize) -> String {
+pub fn tail(bytes: &[u8], max: usize) -> String {
     let s = String::from_utf8_lossy(bytes);
     let s = s.trim();
     let start = s.len().saturating_sub(max);

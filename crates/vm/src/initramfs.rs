@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{LabError, Result};
+use crate::error::{Result, VmError};
 use crate::kernel::{GuestKernel, GUEST_MODULES};
 
 const S_IFDIR: u32 = 0o040_000;
@@ -71,9 +71,9 @@ struct Entry {
 /// ignored); missing parent directories are added with mode 0755.
 ///
 /// ```
-/// # fn main() -> Result<(), strata_lab::LabError> {
+/// # fn main() -> Result<(), strata_vm::VmError> {
 /// # let dir = tempfile::tempdir().unwrap();
-/// let mut cpio = strata_lab::Initramfs::new();
+/// let mut cpio = strata_vm::Initramfs::new();
 /// cpio.file("/init", 0o755, b"#!/bin/busybox sh\n")
 ///     .symlink("/bin/sh", "busybox")
 ///     .char_dev("/dev/console", 0o600, 5, 1);
@@ -156,12 +156,12 @@ impl Initramfs {
             _ => Path::new("."),
         };
         let tmp = tempfile::NamedTempFile::new_in(parent)
-            .map_err(LabError::io("cannot create temp file in", parent))?;
+            .map_err(VmError::io("cannot create temp file in", parent))?;
         let mut w = BufWriter::new(tmp.as_file());
         self.write(&mut w)?;
-        w.flush().map_err(LabError::io("cannot write", out))?;
+        w.flush().map_err(VmError::io("cannot write", out))?;
         drop(w);
-        tmp.persist(out).map_err(|e| LabError::Io {
+        tmp.persist(out).map_err(|e| VmError::Io {
             what: "cannot write",
             path: out.to_path_buf(),
             source: e.error,
@@ -172,10 +172,10 @@ impl Initramfs {
     /// Write the archive to any writer.
     pub fn write(&self, w: &mut impl Write) -> Result<()> {
         if let Some(bad) = &self.error {
-            return Err(LabError::BadEntryPath(bad.clone()));
+            return Err(VmError::BadEntryPath(bad.clone()));
         }
         let mut cw = CountingWriter { inner: w, count: 0 };
-        let werr = |e: io::Error| LabError::Io {
+        let werr = |e: io::Error| VmError::Io {
             what: "cannot write initramfs",
             path: PathBuf::from("(output)"),
             source: e,
@@ -203,17 +203,14 @@ impl Initramfs {
                     pad(&mut cw).map_err(werr)?;
                 }
                 Kind::File(Contents::Path(src)) => {
-                    let f = File::open(src).map_err(LabError::io("cannot open", src))?;
-                    let len = f
-                        .metadata()
-                        .map_err(LabError::io("cannot stat", src))?
-                        .len();
+                    let f = File::open(src).map_err(VmError::io("cannot open", src))?;
+                    let len = f.metadata().map_err(VmError::io("cannot stat", src))?.len();
                     let h = u32::try_from(len).map_err(|_| Header::too_big(len))?;
                     header(&mut cw, ino, S_IFREG | e.perm, 1, h, (0, 0), name).map_err(werr)?;
                     let copied = io::copy(&mut f.take(len), &mut cw)
-                        .map_err(LabError::io("cannot copy", src))?;
+                        .map_err(VmError::io("cannot copy", src))?;
                     if copied != len {
-                        return Err(LabError::FileChanged {
+                        return Err(VmError::FileChanged {
                             path: src.clone(),
                             expected: len,
                         });
@@ -237,8 +234,8 @@ impl Header {
     fn data_len(n: usize) -> Result<u32> {
         u32::try_from(n).map_err(|_| Self::too_big(n as u64))
     }
-    fn too_big(n: u64) -> LabError {
-        LabError::Io {
+    fn too_big(n: u64) -> VmError {
+        VmError::Io {
             what: "file too large for a newc cpio archive",
             path: PathBuf::from(format!("({n} bytes)")),
             source: io::Error::from(io::ErrorKind::InvalidInput),
@@ -428,7 +425,7 @@ mod tests {
             let mut c = Initramfs::new();
             c.dir(bad, 0o755);
             assert!(
-                matches!(c.write(&mut Vec::new()), Err(LabError::BadEntryPath(_))),
+                matches!(c.write(&mut Vec::new()), Err(VmError::BadEntryPath(_))),
                 "{bad:?}"
             );
         }
@@ -448,7 +445,7 @@ mod tests {
         assert_eq!(e[1].3, b"hello world");
         let mut c = Initramfs::new();
         c.file("x", 0o644, dir.path().join("missing"));
-        assert!(matches!(c.write(&mut Vec::new()), Err(LabError::Io { .. })));
+        assert!(matches!(c.write(&mut Vec::new()), Err(VmError::Io { .. })));
     }
 
     /// GNU cpio (as used by people inspecting images) agrees with our format.

@@ -20,7 +20,7 @@ use std::str::FromStr;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::cmd;
-use crate::error::{LabError, Result};
+use crate::error::{Result, VmError};
 
 /// The kernel modules the strata guest needs, in a working load order (dependencies first).
 ///
@@ -189,7 +189,7 @@ impl GuestKernel {
     /// A kernel given by path: an unpacked package root, or a `linux-image-*.deb` (unpacked
     /// once into the cache, like the Debian lines).
     pub fn from_path(path: &Path) -> Result<GuestKernel> {
-        let bad = |detail: String| LabError::BadKernelPackage {
+        let bad = |detail: String| VmError::BadKernelPackage {
             package: path.display().to_string(),
             detail,
             dir: path.to_owned(),
@@ -209,7 +209,7 @@ impl GuestKernel {
             };
             let kernels = cache_dir().join("kernels");
             fs::create_dir_all(&kernels)
-                .map_err(LabError::io("cannot create the kernel cache", &kernels))?;
+                .map_err(VmError::io("cannot create the kernel cache", &kernels))?;
             let dest = kernels.join(&release);
             if !dest
                 .join("boot")
@@ -219,7 +219,7 @@ impl GuestKernel {
                 let tmp = tempfile::Builder::new()
                     .prefix(".fetch-")
                     .tempdir_in(&kernels)
-                    .map_err(LabError::io("cannot create temp dir in", &kernels))?;
+                    .map_err(VmError::io("cannot create temp dir in", &kernels))?;
                 extract_deb(path, &package, &release, tmp.path(), &kernels)?;
             }
             return GuestKernel::from_path(&dest);
@@ -231,7 +231,7 @@ impl GuestKernel {
         }
         let boot = path.join("boot");
         let mut found: Vec<String> = fs::read_dir(&boot)
-            .map_err(LabError::io("cannot read", &boot))?
+            .map_err(VmError::io("cannot read", &boot))?
             .flatten()
             .filter_map(|e| {
                 e.file_name()
@@ -300,7 +300,7 @@ impl GuestKernel {
         if let Some(k) = Self::cached(which, &kernels) {
             return Ok(k);
         }
-        fs::create_dir_all(&kernels).map_err(|e| LabError::Io {
+        fs::create_dir_all(&kernels).map_err(|e| VmError::Io {
             what: "cannot create the kernel cache (set STRATA_CACHE to a writable directory)",
             path: kernels.clone(),
             source: e,
@@ -311,10 +311,10 @@ impl GuestKernel {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(LabError::io("cannot open lock file", &lock_path))?;
+            .map_err(VmError::io("cannot open lock file", &lock_path))?;
         tracing::debug!(?lock_path, "taking the kernel cache lock");
         let _lock =
-            Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| LabError::Io {
+            Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| VmError::Io {
                 what: "cannot lock",
                 path: lock_path.clone(),
                 source: e.into(),
@@ -336,7 +336,7 @@ impl GuestKernel {
             download_and_extract(&package, &release, &kernels)?;
         }
         write_marker(&kernels, which, &release)?;
-        Self::cached(which, &kernels).ok_or_else(|| LabError::BadKernelPackage {
+        Self::cached(which, &kernels).ok_or_else(|| VmError::BadKernelPackage {
             package,
             detail: "no boot/vmlinuz after extraction".into(),
             dir,
@@ -403,7 +403,7 @@ impl GuestKernel {
             } else {
                 self.decompress(name, src)?
             };
-            let bytes = fs::read(&ko).map_err(LabError::io("cannot read module", &ko))?;
+            let bytes = fs::read(&ko).map_err(VmError::io("cannot read module", &ko))?;
             out.push((key, modinfo_depends(&bytes), ko));
         }
         Ok(dependency_order(out))
@@ -416,11 +416,11 @@ impl GuestKernel {
         let mut stack = vec![root.clone()];
         while let Some(d) = stack.pop() {
             let entries =
-                fs::read_dir(&d).map_err(LabError::io("cannot read module directory", &d))?;
+                fs::read_dir(&d).map_err(VmError::io("cannot read module directory", &d))?;
             for e in entries {
-                let e = e.map_err(LabError::io("cannot read module directory", &d))?;
+                let e = e.map_err(VmError::io("cannot read module directory", &d))?;
                 let path = e.path();
-                let ft = e.file_type().map_err(LabError::io("cannot stat", &path))?;
+                let ft = e.file_type().map_err(VmError::io("cannot stat", &path))?;
                 if ft.is_dir() {
                     stack.push(path);
                     continue;
@@ -444,20 +444,20 @@ impl GuestKernel {
         if out.is_file() {
             return Ok(out);
         }
-        fs::create_dir_all(&out_dir).map_err(LabError::io("cannot create directory", &out_dir))?;
+        fs::create_dir_all(&out_dir).map_err(VmError::io("cannot create directory", &out_dir))?;
         let tmp = tempfile::NamedTempFile::new_in(&out_dir)
-            .map_err(LabError::io("cannot create temp file in", &out_dir))?;
+            .map_err(VmError::io("cannot create temp file in", &out_dir))?;
         let stdout = tmp
             .reopen()
-            .map_err(LabError::io("cannot reopen temp file", tmp.path()))?;
+            .map_err(VmError::io("cannot reopen temp file", tmp.path()))?;
         let mut c = Command::new("xz");
         c.arg("-dc").arg(src).stdout(Stdio::from(stdout));
         let command = cmd::describe(&c);
         let status = c.status().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                LabError::MissingTool { tool: "xz" }
+                VmError::MissingTool { tool: "xz" }
             } else {
-                LabError::Command {
+                VmError::Command {
                     command: command.clone(),
                     detail: e.to_string(),
                     hint: "check the xz-utils install",
@@ -465,7 +465,7 @@ impl GuestKernel {
             }
         })?;
         if !status.success() {
-            return Err(LabError::Command {
+            return Err(VmError::Command {
                 command,
                 detail: status.to_string(),
                 hint: "the cached module may be corrupt: delete the kernel's cache directory and retry",
@@ -530,9 +530,9 @@ fn remove_stale_temp_dirs(kernels: &Path) {
 fn write_marker(kernels: &Path, which: KernelChoice, release: &str) -> Result<()> {
     let marker = kernels.join(format!("current-{}", which.name()));
     let mut tmp = tempfile::NamedTempFile::new_in(kernels)
-        .map_err(LabError::io("cannot create temp file in", kernels))?;
+        .map_err(VmError::io("cannot create temp file in", kernels))?;
     std::io::Write::write_all(&mut tmp, format!("{release}\n").as_bytes())
-        .map_err(LabError::io("cannot write", tmp.path()))?;
+        .map_err(VmError::io("cannot write", tmp.path()))?;
     publish(tmp, &marker)
 }
 
@@ -541,8 +541,8 @@ fn publish(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o644))
-        .map_err(LabError::io("cannot chmod", tmp.path()))?;
-    tmp.persist(dest).map_err(|e| LabError::Io {
+        .map_err(VmError::io("cannot chmod", tmp.path()))?;
+    tmp.persist(dest).map_err(|e| VmError::Io {
         what: "cannot write",
         path: dest.to_path_buf(),
         source: e.error,
@@ -595,7 +595,7 @@ fn newest_package(which: KernelChoice) -> Result<String> {
             return Ok(p);
         }
     }
-    Err(LabError::KernelNotFound {
+    Err(VmError::KernelNotFound {
         pattern: which.pattern(),
         hint: "check that the apt sources include Debian bookworm (and bookworm-security or bookworm-backports for 6.12)",
     })
@@ -615,7 +615,7 @@ fn ensure_backports() -> Result<bool> {
     let uri = debian_mirror().unwrap_or_else(|| "http://deb.debian.org/debian".to_string());
     let path = Path::new("/etc/apt/sources.list.d/strata-backports.list");
     tracing::warn!(?path, %uri, %suite, "adding Debian backports to the apt sources for the 6.12 kernel");
-    fs::write(path, format!("deb {uri} {suite} main\n")).map_err(|e| LabError::Io {
+    fs::write(path, format!("deb {uri} {suite} main\n")).map_err(|e| VmError::Io {
         what: "cannot add backports to apt sources (run as root, or add it by hand)",
         path: path.to_path_buf(),
         source: e,
@@ -684,7 +684,7 @@ fn download_and_extract(package: &str, release: &str, kernels: &Path) -> Result<
     let tmp = tempfile::Builder::new()
         .prefix(".fetch-")
         .tempdir_in(kernels)
-        .map_err(LabError::io("cannot create temp dir in", kernels))?;
+        .map_err(VmError::io("cannot create temp dir in", kernels))?;
     tracing::info!(%package, "downloading guest kernel");
     let download = |tmp: &Path| {
         let mut c = Command::new("apt-get");
@@ -702,11 +702,11 @@ fn download_and_extract(package: &str, release: &str, kernels: &Path) -> Result<
         download(tmp.path())?;
     }
     let deb = fs::read_dir(tmp.path())
-        .map_err(LabError::io("cannot read", tmp.path()))?
+        .map_err(VmError::io("cannot read", tmp.path()))?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .ok_or_else(|| LabError::Command {
+        .ok_or_else(|| VmError::Command {
             command: format!("apt-get download {package}"),
             detail: "no .deb file was produced".into(),
             hint: APT_HINT,
@@ -727,14 +727,14 @@ fn extract_deb(deb: &Path, package: &str, release: &str, tmp: &Path, kernels: &P
     )?;
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{release}"));
     if !vmlinuz.is_file() || !root.join("lib/modules").join(release).is_dir() {
-        return Err(LabError::BadKernelPackage {
+        return Err(VmError::BadKernelPackage {
             package: package.to_string(),
             detail: format!("expected boot/vmlinuz-{release} and lib/modules/{release}"),
             dir: root,
         });
     }
     let dest = kernels.join(release);
-    fs::rename(&root, &dest).map_err(LabError::io("cannot publish kernel to", &dest))?;
+    fs::rename(&root, &dest).map_err(VmError::io("cannot publish kernel to", &dest))?;
     tracing::info!(%release, ?dest, "guest kernel cached");
     Ok(())
 }

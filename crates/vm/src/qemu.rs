@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::error::{tail, LabError, Result};
+use crate::error::{tail, Result, VmError};
 
 /// The qemu binary used.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -160,7 +160,7 @@ impl VmConfig {
 
     /// Boot, wait for the guest to power off (or the timeout), and return the console.
     ///
-    /// Console lines go to `tracing` (debug, target `strata_lab::console`) and, with
+    /// Console lines go to `tracing` (debug, target `strata_vm::console`) and, with
     /// `STRATA_VM_CONSOLE=1`, to stderr. A qemu error exit (bad arguments, unreachable
     /// vhost-user socket) is an `Err`; a timeout is not (see [`VmOutput::timed_out`]).
     ///
@@ -194,21 +194,21 @@ impl VmConfig {
     /// Like [`spawn`](Self::spawn), calling `on_line` for every console line as it arrives.
     pub fn spawn_with(&self, mut on_line: impl FnMut(&str) + Send + 'static) -> Result<Vm> {
         if find_in_path(QEMU).is_none() {
-            return Err(LabError::MissingTool { tool: QEMU });
+            return Err(VmError::MissingTool { tool: QEMU });
         }
         for p in [&self.kernel, &self.initrd].into_iter().chain(&self.disks) {
-            std::fs::metadata(p).map_err(LabError::io("VM input not found", p))?;
+            std::fs::metadata(p).map_err(VmError::io("VM input not found", p))?;
         }
         let mut cmd = Command::new(QEMU);
         cmd.args(self.args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        crate::sys::kill_with_parent(&mut cmd);
+        crate::cmd::kill_with_parent(&mut cmd);
         let command = crate::cmd::describe(&cmd);
         tracing::debug!(%command, "starting VM");
         let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|e| LabError::Command {
+        let mut child = cmd.spawn().map_err(|e| VmError::Command {
             command,
             detail: e.to_string(),
             hint: "run scripts/install-deps.sh",
@@ -216,7 +216,7 @@ impl VmConfig {
         let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(LabError::Qemu {
+            return Err(VmError::Qemu {
                 status: "no pipes".into(),
                 stderr: String::new(),
             });
@@ -225,7 +225,7 @@ impl VmConfig {
         let console = std::thread::Builder::new()
             .name("vm-console".into())
             .spawn(move || read_console(stdout, echo, &mut on_line))
-            .map_err(|e| LabError::Qemu {
+            .map_err(|e| VmError::Qemu {
                 status: "not watched".into(),
                 stderr: e.to_string(),
             });
@@ -316,7 +316,7 @@ impl Vm {
         }
         if let Some(st) = status {
             if !st.success() {
-                return Err(LabError::Qemu {
+                return Err(VmError::Qemu {
                     status: st.to_string(),
                     stderr: tail(&stderr, 2000),
                 });
@@ -355,7 +355,7 @@ fn read_console(stdout: impl Read, echo: bool, on_line: &mut dyn FnMut(&str)) ->
             buf.pop();
         }
         let line = clean_line(&buf);
-        tracing::debug!(target: "strata_lab::console", "{line}");
+        tracing::debug!(target: "strata_vm::console", "{line}");
         if echo {
             eprintln!("[vm] {line}");
         }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use strata_lab::kernel::{GuestKernel, KernelChoice};
-use strata_lab::qemu::VmConfig;
+use strata_vm::kernel::{GuestKernel, KernelChoice};
+use strata_vm::qemu::VmConfig;
 
 pub fn strata_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_strata"))
@@ -54,7 +54,7 @@ impl Env {
         let root = tmp.path();
         let bottom = root.join("layers/bottom");
         let top = root.join("layers/top");
-        strata_lab::fixture::busybox_rootfs(&bottom).unwrap();
+        strata_harness::fixture::busybox_rootfs(&bottom).unwrap();
         std::fs::copy(strata_bin(), bottom.join("bin/strata")).unwrap();
         std::fs::create_dir_all(&top).unwrap();
         for (name, text) in scripts {
@@ -66,7 +66,7 @@ impl Env {
         std::fs::create_dir_all(&work).unwrap();
         let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).expect("guest kernel");
         let initrd = root.join("initrd.cpio");
-        strata_lab::initramfs::guest_initramfs(&strata_bin(), &kernel, &initrd).unwrap();
+        strata_vm::initramfs::guest_initramfs(&strata_bin(), &kernel, &initrd).unwrap();
         Env {
             socket: root.join("vfs.sock"),
             tmp,
@@ -303,7 +303,7 @@ pub fn md5(path: &Path) -> String {
 
 /// The guest ran its TAP-style script to the end (`done_line` printed), reported no
 /// `not ok` line, did not time out and exited 0.
-pub fn assert_guest_script_passed(out: &strata_lab::VmOutput, done_line: &str, what: &str) {
+pub fn assert_guest_script_passed(out: &strata_vm::VmOutput, done_line: &str, what: &str) {
     assert!(!out.timed_out, "VM timed out");
     let failed: Vec<&str> = out
         .console
