@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use strata_harness::session::{ServeProcess, ServeSpec};
-use strata_vm::initramfs::Initramfs;
+use strata_vm::initramfs::{Contents, Initramfs};
 use strata_vm::kernel::{GuestKernel, KernelChoice, GUEST_MODULES};
 use strata_vm::qemu::VmConfig;
 use strata_vm::{Result, VmError};
@@ -556,7 +556,7 @@ fn warm_host_cache(path: &Path) {
     });
 }
 
-/// The bench initramfs: busybox (+ applet links), `strata` as `/bin/strata`, [`BENCH_SH`] as
+/// The bench initramfs: busybox (+ applet links), `strata` (stripped) as `/bin/strata`, [`BENCH_SH`] as
 /// `/init`, the guest modules plus erofs (and its dependency) and their load order.
 pub fn bench_initramfs(strata: &Path, kernel: &GuestKernel, out: &Path) -> Result<()> {
     strata_vm::elf::check_static(strata)?;
@@ -573,7 +573,11 @@ pub fn bench_initramfs(strata: &Path, kernel: &GuestKernel, out: &Path) -> Resul
     cpio.char_dev("dev/console", 0o600, 5, 1);
     cpio.file("init", 0o755, BENCH_SH.as_bytes());
     cpio.file("bin/busybox", 0o755, busybox.as_path());
-    cpio.file("bin/strata", 0o755, strata);
+    cpio.file(
+        "bin/strata",
+        0o755,
+        Contents::StrippedElf(strata.to_path_buf()),
+    );
     for a in String::from_utf8_lossy(&list.stdout).lines().map(str::trim) {
         if !a.is_empty() && !a.contains('/') && a != "busybox" {
             cpio.symlink(&format!("bin/{a}"), "busybox");

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use strata_harness::fixture;
-use strata_vm::{qemu, GuestKernel, Initramfs, KernelChoice, VmConfig};
+use strata_vm::{qemu, Contents, GuestKernel, Initramfs, KernelChoice, VmConfig};
 
 const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 
@@ -89,7 +89,7 @@ fn guest_check(choice: KernelChoice) -> Option<serde_json::Value> {
     let initrd = dir.path().join("initrd.cpio");
     let mut cpio = Initramfs::new();
     cpio.file("bin/busybox", 0o755, busybox.as_path())
-        .file("bin/strata", 0o755, std::path::Path::new(STRATA))
+        .file("bin/strata", 0o755, Contents::StrippedElf(STRATA.into()))
         .char_dev("dev/console", 0o600, 5, 1)
         .dir("proc", 0o755)
         .dir("sys", 0o755)

@@ -25,6 +25,9 @@ pub enum Contents {
     Bytes(Vec<u8>),
     /// The contents of this host file, read when the archive is written.
     Path(PathBuf),
+    /// This host file, a static ELF executable, stripped when the archive is written (see
+    /// [`elf::stripped`](crate::elf::stripped)): how the `strata` binary goes into a guest.
+    StrippedElf(PathBuf),
 }
 
 impl From<Vec<u8>> for Contents {
@@ -202,6 +205,13 @@ impl Initramfs {
                     cw.write_all(b).map_err(werr)?;
                     pad(&mut cw).map_err(werr)?;
                 }
+                Kind::File(Contents::StrippedElf(src)) => {
+                    let b = crate::elf::stripped(src)?;
+                    let h = Header::data_len(b.len())?;
+                    header(&mut cw, ino, S_IFREG | e.perm, 1, h, (0, 0), name).map_err(werr)?;
+                    cw.write_all(&b).map_err(werr)?;
+                    pad(&mut cw).map_err(werr)?;
+                }
                 Kind::File(Contents::Path(src)) => {
                     let f = File::open(src).map_err(VmError::io("cannot open", src))?;
                     let len = f.metadata().map_err(VmError::io("cannot stat", src))?.len();
@@ -302,7 +312,8 @@ fn header<W: Write>(
 
 /// Build the strata guest initramfs at `out`.
 ///
-/// Contents: `/init` = `strata_bin` (mode 0755, must be static), `/lib/modules/NN/<name>.ko` for
+/// Contents: `/init` = `strata_bin` (mode 0755, must be static; stripped, see
+/// [`Contents::StrippedElf`]), `/lib/modules/NN/<name>.ko` for
 /// each of [`GUEST_MODULES`] that `kernel` has as a module (`NN` = its place in a dependency
 /// order, which the guest follows: it loads in path order), the directories `/proc /sys /dev
 /// /run /newroot /tmp`, and the `/dev/console` character device (5:1) the kernel opens for
@@ -315,7 +326,11 @@ pub fn guest_initramfs(strata_bin: &Path, kernel: &GuestKernel, out: &Path) -> R
     }
     cpio.dir("tmp", 0o1777);
     cpio.char_dev("dev/console", 0o600, 5, 1);
-    cpio.file("init", 0o755, strata_bin);
+    cpio.file(
+        "init",
+        0o755,
+        Contents::StrippedElf(strata_bin.to_path_buf()),
+    );
     cpio.dir("lib/modules", 0o755);
     // One numbered directory per module: the guest loads in path order, so the dependency
     // order holds and every module loads at the first try (no "Unknown symbol" retries).

@@ -3,7 +3,7 @@
 //! - [`GuestKernel::fetch`] gets a Debian cloud kernel (6.1 or 6.12) into the cache, once
 //!   ([`kernel`]).
 //! - [`Initramfs`] writes newc cpio archives; [`guest_initramfs`] builds the strata guest image,
-//!   its `/init` the static `strata` binary ([`initramfs`], [`elf`]).
+//!   its `/init` a stripped copy of the static `strata` binary ([`initramfs`], [`elf`]).
 //! - [`VmConfig`] boots it under qemu and captures the serial console ([`qemu`]).
 //! - [`cmd`] runs host tools with errors that say what to do.
 //!
