@@ -47,7 +47,7 @@ pub struct VmConfig {
     pub disks: Vec<PathBuf>,
     /// Kill the VM after this long (default 120 s).
     pub timeout: Duration,
-    /// qemu `-accel` value (default `tcg,thread=multi`: KVM guests hang on the lab machines).
+    /// qemu `-accel` value (default [`TCG`]; [`detect_accel`] picks KVM where it is usable).
     pub accel: String,
     /// Extra qemu arguments, appended last.
     pub extra_args: Vec<String>,
@@ -87,7 +87,7 @@ impl VmConfig {
             virtiofs: Vec::new(),
             disks: Vec::new(),
             timeout: Duration::from_secs(120),
-            accel: "tcg,thread=multi".to_string(),
+            accel: TCG.to_string(),
             extra_args: Vec::new(),
         }
     }
@@ -411,6 +411,48 @@ pub fn parse_status(console: &str) -> Option<i32> {
     })
 }
 
+/// The `-accel` value [`VmConfig::new`] uses: multi-threaded TCG (emulation). It works
+/// everywhere, including the machines this project is tested on, where `/dev/kvm` opens but
+/// guests hang after the decompressor.
+pub const TCG: &str = "tcg,thread=multi";
+
+/// The `-accel` value for a VM a user asked for: `STRATA_ACCEL` when set (`kvm`, `tcg`, or any
+/// qemu `-accel` value), else `kvm` when `/dev/kvm` can be opened for reading and writing, else
+/// [`TCG`]. The choice and its reason are logged once per process (info level).
+pub fn detect_accel() -> String {
+    static CHOICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHOICE
+        .get_or_init(|| {
+            let (accel, why) = choose_accel(
+                std::env::var("STRATA_ACCEL").ok().as_deref(),
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/kvm")
+                    .map(drop),
+            );
+            tracing::info!(accel = %accel, "qemu: {why}");
+            accel
+        })
+        .clone()
+}
+
+/// [`detect_accel`]'s decision, from the environment's choice and whether `/dev/kvm` opened.
+fn choose_accel(env: Option<&str>, kvm: std::io::Result<()>) -> (String, String) {
+    match (env.map(str::trim).filter(|v| !v.is_empty()), kvm) {
+        (Some("tcg"), _) => (TCG.into(), "TCG (emulation), as STRATA_ACCEL says".into()),
+        (Some(v), _) => (v.into(), format!("-accel {v}, as STRATA_ACCEL says")),
+        (None, Ok(())) => (
+            "kvm".into(),
+            "KVM (/dev/kvm is usable; STRATA_ACCEL=tcg to emulate instead)".into(),
+        ),
+        (None, Err(e)) => (
+            TCG.into(),
+            format!("TCG (emulation, much slower): /dev/kvm: {e}"),
+        ),
+    }
+}
+
 /// qemu option values separate with `,`; a literal comma is written `,,`.
 fn qemu_escape(s: &std::ffi::OsStr) -> OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -440,6 +482,18 @@ fn is_executable(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accel_is_kvm_when_usable_tcg_otherwise_and_the_environment_wins() {
+        let denied = || Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert_eq!(choose_accel(None, Ok(())).0, "kvm");
+        let (accel, why) = choose_accel(None, denied());
+        assert_eq!(accel, TCG);
+        assert!(why.contains("/dev/kvm"), "{why}");
+        assert_eq!(choose_accel(Some("tcg"), Ok(())).0, TCG);
+        assert_eq!(choose_accel(Some("kvm"), denied()).0, "kvm");
+        assert_eq!(choose_accel(Some(" "), Ok(())).0, "kvm");
+    }
 
     #[test]
     fn parses_last_status() {
