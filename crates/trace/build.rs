@@ -2,6 +2,9 @@
 //! skeleton. Needs clang; no kernel headers and no BTF on the build machine: the kernel types
 //! the programs use are declared in src/bpf/kernel.h and relocated at load time.
 
+// A build script fails by panicking: there is no caller to return an error to.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 const SRC: &str = "src/bpf/trace.bpf.c";

@@ -21,7 +21,7 @@
 //! * [`mount`]: in an already running guest OS, mount a tag and assemble the overlay at a
 //!   directory (`strata guest mount --tag TAG --target DIR`).
 
-#![deny(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 use std::path::PathBuf;
 

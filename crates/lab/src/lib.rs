@@ -19,6 +19,7 @@ pub mod guest_bench;
 pub mod plot;
 pub mod soak;
 pub mod stall;
+#[allow(unsafe_code)]
 mod sys;
 
 pub use strata_vm::{Result, VmError};

@@ -15,6 +15,8 @@
 //! - `fault-injection`: `Supervisor::inject_panic`, a session that panics on request, for the
 //!   isolation test. Debug builds only: a release build with it does not compile.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 #[cfg(all(feature = "fault-injection", not(debug_assertions)))]
 compile_error!(
     "the `fault-injection` feature of strata-serve is for debug builds (tests) only: build \
@@ -32,6 +34,7 @@ pub mod frontend;
 pub mod fuzzing;
 pub mod sandbox;
 pub mod supervisor;
+#[allow(unsafe_code)]
 pub(crate) mod sys;
 pub mod tree;
 

@@ -9,10 +9,13 @@
 //! STORE/lock                           flock: imports share it, gc takes it exclusively
 //! ```
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod digest;
 pub mod error;
 pub mod source;
 mod store;
+#[allow(unsafe_code)]
 mod sys;
 pub mod unpack;
 

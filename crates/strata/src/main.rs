@@ -1,6 +1,8 @@
 //! `strata`: the one binary. On the host it serves VMs (`strata serve`) and runs the demo/lab;
 //! inside a VM it is the initramfs' `/init` (`strata guest init`) or a mount helper.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -16,6 +16,8 @@
 //!   (mount, umount2, fsopen, fsconfig), `sb_end` (`deactivate_locked_super`: an umount's
 //!   filesystem type and real end), and the mount phases (`alloc_super`, shrinker
 //!   (un)registration under their ≤ 6.6 or 6.7+ names).
+//!
+//! [`Analyzer`]: crate::analyze::Analyzer
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -35,6 +37,9 @@ use crate::report::MountOp;
 
 #[allow(
     clippy::all,
+    clippy::undocumented_unsafe_blocks,
+    clippy::expect_used,
+    clippy::unwrap_used,
     unsafe_code,
     dead_code,
     non_camel_case_types,

@@ -370,8 +370,9 @@ pub fn decide(inp: &Inputs) -> KernelCheck {
             .iter()
             .filter(|e| e.indicates.is_some() && e.strength == top)
             .collect();
-        let first = deciding[0].indicates.unwrap();
-        if deciding.iter().all(|e| e.indicates == Some(first)) {
+        // `top` came from this evidence: `deciding` has at least one entry.
+        let first = deciding.first().and_then(|e| e.indicates);
+        if let Some(first) = first.filter(|f| deciding.iter().all(|e| e.indicates == Some(*f))) {
             verdict = first;
             decided_by = Some(
                 deciding

@@ -10,6 +10,8 @@
 //! - [`naive`]: what the usual bpftrace script would report, from the same events;
 //! - [`vmstat`]: reclaim counters and PSI per second.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod analyze;
 pub mod bpf;
 pub mod btf;

@@ -15,6 +15,9 @@
 //! (the callback symbol, printed by the kernel), `sched:sched_switch` (on/off CPU). Without
 //! kprobes, reader holds are inferred from shrinker calls
 //! ([`Analyzer::holds_from_shrinkers`]) and marked approximate.
+//!
+//! [`Analyzer`]: crate::analyze::Analyzer
+//! [`Analyzer::holds_from_shrinkers`]: crate::analyze::Analyzer::holds_from_shrinkers
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};

@@ -9,12 +9,15 @@
 //!
 //! Host requirements are installed by `scripts/install-deps.sh`.
 
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod cmd;
 pub mod elf;
 mod error;
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
+#[allow(unsafe_code)]
 mod sys;
 
 pub use error::{tail, Result, VmError};
