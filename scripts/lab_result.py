@@ -1,4 +1,4 @@
-"""Write the lab result block into README.md from a `strata lab --json` file."""
+"""Write the lab result block into docs/lab.md from a `strata lab --json` file."""
 import json
 import re
 import sys
@@ -29,21 +29,21 @@ for run in rep["runs"]:
 block = "\n".join(
     [
         "<!-- LAB-RESULT:BEGIN -->",
-        f"Scenario `{rep['runs'][0]['scenario']}`, from `scripts/lab-readme`:",
+        f"Scenario `{rep['runs'][0]['scenario']}`, from `scripts/lab-result`:",
         "",
         *rows,
         "",
-        "Full table with end phases and reclaim counters: [docs/lab/table.txt](docs/lab/table.txt).",
+        "Full table with end phases and reclaim counters: [lab/table.txt](lab/table.txt).",
         "",
-        "![container start latency tail, 6.1 vs 6.12](docs/lab/tail.svg)",
+        "![container start latency tail, 6.1 vs 6.12](lab/tail.svg)",
         "<!-- LAB-RESULT:END -->",
     ]
 )
-readme = open("README.md").read()
+readme = open("docs/lab.md").read()
 new, n = re.subn(
     r"<!-- LAB-RESULT:BEGIN -->.*<!-- LAB-RESULT:END -->", lambda m: block, readme, flags=re.S
 )
 if n != 1:
-    sys.exit("README.md has no LAB-RESULT markers")
-open("README.md", "w").write(new)
-print("README.md updated")
+    sys.exit("docs/lab.md has no LAB-RESULT markers")
+open("docs/lab.md", "w").write(new)
+print("docs/lab.md updated")
