@@ -82,6 +82,15 @@ pub struct Extractor<'a> {
     last: String,
 }
 
+/// Where a (non-root, non-whiteout) entry goes: its archive path, its parent's components, its
+/// name, and its key in [`Extractor`]'s `seen` map.
+struct At<'p> {
+    path: &'p [u8],
+    parent: &'p [&'p [u8]],
+    name: &'p [u8],
+    key: Vec<u8>,
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -315,6 +324,8 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
+    /// One archive entry: skip the header-only kinds, split the path, then one function per
+    /// kind of entry.
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, path: &[u8]) -> Result<()> {
         use tar::EntryType as T;
         let kind = entry.header().entry_type();
@@ -326,207 +337,27 @@ impl<'a> Extractor<'a> {
         }
         let comps = components(path).map_err(|r| self.rule(path, r))?;
         let Some((name, parent)) = comps.split_last() else {
-            // The layer root itself ("./").
-            if kind != T::Directory {
-                return Err(self.rule(path, EntryRule::BadName));
-            }
-            let meta = self.meta(entry, path)?;
-            let fd = self.root.try_clone().map_err(|e| StoreError::EntryIo {
-                layer: self.layer.to_string(),
-                entry: lossy(path),
-                what: "cannot dup layer root",
-                source: e,
-            })?;
-            return self.apply_fd(path, fd, &meta, Some(Vec::new()));
+            return self.layer_root(entry, path, kind);
         };
         let name: &[u8] = name;
-
-        // Whiteouts.
-        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
-            self.meta(entry, path)?;
-            if name == OPAQUE_MARKER {
-                self.claim(path, join(&comps), Kind::Marker)?;
-                let dir = self.dir_fd(path, parent, true)?;
-                let f = File::from(
-                    sys::openat(
-                        dir,
-                        b".",
-                        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-                        Mode::empty(),
-                    )
-                    .map_err(self.eio(path, "cannot open directory"))?,
-                );
-                return xattr::FileExt::set_xattr(&f, OPAQUE_XATTR, b"y").map_err(|e| {
-                    StoreError::EntryIo {
-                        layer: self.layer.to_string(),
-                        entry: lossy(path),
-                        what: "cannot set trusted.overlay.opaque (needs root and a filesystem with trusted xattrs)",
-                        source: e,
-                    }
-                });
-            }
-            if target.starts_with(WHITEOUT_PREFIX) {
-                // aufs metadata (.wh..wh.plnk, .wh..wh.aufs): not part of the filesystem.
-                tracing::debug!(entry = %lossy(path), "skipping aufs metadata");
-                return Ok(());
-            }
-            if target.is_empty() || target == b"." || target == b".." {
-                return Err(self.rule(path, EntryRule::BadWhiteout));
-            }
-            let mut key = join(parent);
-            if !key.is_empty() {
-                key.push(b'/');
-            }
-            key.extend_from_slice(target);
-            self.claim(path, key, Kind::Whiteout)?;
-            let dir = self.dir_fd(path, parent, true)?;
-            return match stat::mknodat(Some(dir), target, SFlag::S_IFCHR, Mode::empty(), 0) {
-                Ok(()) => Ok(()),
-                Err(Errno::EEXIST) => Err(self.rule(path, EntryRule::Duplicate)),
-                Err(e) => Err(self
-                    .eio(path, "cannot create whiteout (char 0:0; needs root)")(
-                    e
-                )),
-            };
+        if name == OPAQUE_MARKER {
+            return self.opaque_marker(entry, path, &comps);
         }
-
-        let key = join(&comps);
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+            return self.whiteout(entry, path, parent, target);
+        }
+        let at = At {
+            path,
+            parent,
+            name,
+            key: join(&comps),
+        };
         match kind {
-            T::Directory => {
-                self.claim(path, key.clone(), Kind::Dir)?;
-                let meta = self.meta(entry, path)?;
-                let dir = self.dir_fd(path, parent, true)?;
-                match stat::mkdirat(Some(dir), name, Mode::from_bits_truncate(0o700)) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(self.eio(path, "cannot create directory")(e)),
-                }
-                let fd = match sys::openat(
-                    dir,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
-                    Mode::empty(),
-                ) {
-                    Ok(fd) => fd,
-                    Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                        return Err(self.rule(path, EntryRule::Duplicate))
-                    }
-                    Err(e) => return Err(self.eio(path, "cannot open directory")(e)),
-                };
-                self.apply_fd(path, fd, &meta, Some(key))
-            }
-            T::Regular | T::Continuous | T::GNUSparse => {
-                self.claim(path, key, Kind::Linkable)?;
-                let meta = self.meta(entry, path)?;
-                let expected = entry.size();
-                let dir = self.dir_fd(path, parent, true)?;
-                let fd = match sys::openat(
-                    dir,
-                    name,
-                    OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW,
-                    Mode::from_bits_truncate(0o600),
-                ) {
-                    Ok(fd) => fd,
-                    Err(Errno::EEXIST) => return Err(self.rule(path, EntryRule::Duplicate)),
-                    Err(e) => return Err(self.eio(path, "cannot create file")(e)),
-                };
-                let mut file = File::from(fd);
-                let got = self.copy(entry, &mut file, path)?;
-                if got != expected {
-                    return Err(self.rule(path, EntryRule::Truncated { expected, got }));
-                }
-                self.budget.files.fetch_add(1, Ordering::Relaxed);
-                self.apply_fd(path, OwnedFd::from(file), &meta, None)
-            }
-            T::Symlink => {
-                self.claim(path, key, Kind::Linkable)?;
-                let meta = self.meta(entry, path)?;
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .filter(|t| !t.is_empty() && !t.contains(&0))
-                    .ok_or_else(|| self.rule(path, EntryRule::BadName))?;
-                let dir = self.dir_fd(path, parent, true)?;
-                match unistd::symlinkat(target.as_slice(), Some(dir), name) {
-                    Ok(()) => {}
-                    Err(Errno::EEXIST) => return Err(self.rule(path, EntryRule::Duplicate)),
-                    Err(e) => return Err(self.eio(path, "cannot create symlink")(e)),
-                }
-                self.budget.files.fetch_add(1, Ordering::Relaxed);
-                self.apply_at(path, dir, name, &meta, false)
-            }
-            T::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                let outside = || {
-                    self.rule(
-                        path,
-                        EntryRule::HardLinkOutside {
-                            target: lossy(&target),
-                        },
-                    )
-                };
-                let tcomps = components(&target).map_err(|_| outside())?;
-                let Some((tname, tparent)) = tcomps.split_last() else {
-                    return Err(outside());
-                };
-                if self.seen.get(&join(&tcomps)) != Some(&Kind::Linkable) {
-                    return Err(outside());
-                }
-                self.claim(path, key, Kind::Linkable)?;
-                let tdir = self.dir_fd(path, tparent, false)?;
-                // Keep the target's directory open while the cache moves to ours.
-                let tdir = sys::openat(
-                    tdir,
-                    b".",
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-                    Mode::empty(),
-                )
-                .map_err(self.eio(path, "cannot open hard link target directory"))?;
-                let dir = self.dir_fd(path, parent, true)?;
-                match unistd::linkat(
-                    Some(tdir.as_raw_fd()),
-                    *tname,
-                    Some(dir),
-                    name,
-                    AtFlags::empty(),
-                ) {
-                    Ok(()) => Ok(()),
-                    Err(Errno::EEXIST) => Err(self.rule(path, EntryRule::Duplicate)),
-                    Err(e) => Err(self.eio(path, "cannot create hard link")(e)),
-                }
-            }
-            T::Char | T::Block | T::Fifo => {
-                self.claim(path, key, Kind::Linkable)?;
-                let meta = self.meta(entry, path)?;
-                let h = entry.header();
-                let major = h.device_major().ok().flatten().unwrap_or(0);
-                let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                let sflag = match kind {
-                    T::Char => SFlag::S_IFCHR,
-                    T::Block => SFlag::S_IFBLK,
-                    _ => SFlag::S_IFIFO,
-                };
-                let dev = if kind == T::Fifo {
-                    0
-                } else {
-                    stat::makedev(major as u64, minor as u64)
-                };
-                let dir = self.dir_fd(path, parent, true)?;
-                match stat::mknodat(Some(dir), name, sflag, Mode::from_bits_truncate(0o600), dev) {
-                    Ok(()) => {}
-                    Err(Errno::EEXIST) => return Err(self.rule(path, EntryRule::Duplicate)),
-                    Err(e) => {
-                        return Err(self
-                            .eio(path, "cannot create device node or fifo (needs root)")(
-                            e
-                        ))
-                    }
-                }
-                self.budget.files.fetch_add(1, Ordering::Relaxed);
-                self.apply_at(path, dir, name, &meta, true)
-            }
+            T::Directory => self.directory(entry, at),
+            T::Regular | T::Continuous | T::GNUSparse => self.regular(entry, at),
+            T::Symlink => self.symlink(entry, at),
+            T::Link => self.hard_link(entry, at),
+            T::Char | T::Block | T::Fifo => self.device(entry, at, kind),
             other => Err(self.rule(
                 path,
                 EntryRule::UnsupportedType {
@@ -534,6 +365,247 @@ impl<'a> Extractor<'a> {
                 },
             )),
         }
+    }
+
+    /// The layer root itself (`./`): only its metadata.
+    fn layer_root<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        path: &[u8],
+        kind: tar::EntryType,
+    ) -> Result<()> {
+        if kind != tar::EntryType::Directory {
+            return Err(self.rule(path, EntryRule::BadName));
+        }
+        let meta = self.meta(entry, path)?;
+        let fd = self.root.try_clone().map_err(|e| StoreError::EntryIo {
+            layer: self.layer.to_string(),
+            entry: lossy(path),
+            what: "cannot dup layer root",
+            source: e,
+        })?;
+        self.apply_fd(path, fd, &meta, Some(Vec::new()))
+    }
+
+    /// `.wh..wh..opq`: the directory holding it is opaque (`trusted.overlay.opaque=y`).
+    fn opaque_marker<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        path: &[u8],
+        comps: &[&[u8]],
+    ) -> Result<()> {
+        self.meta(entry, path)?;
+        self.claim(path, join(comps), Kind::Marker)?;
+        let parent = &comps[..comps.len().saturating_sub(1)];
+        let dir = self.dir_fd(path, parent, true)?;
+        let f = File::from(
+            sys::openat(
+                dir,
+                b".",
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )
+            .map_err(self.eio(path, "cannot open directory"))?,
+        );
+        xattr::FileExt::set_xattr(&f, OPAQUE_XATTR, b"y").map_err(|e| StoreError::EntryIo {
+            layer: self.layer.to_string(),
+            entry: lossy(path),
+            what: "cannot set trusted.overlay.opaque (needs root and a filesystem with trusted xattrs)",
+            source: e,
+        })
+    }
+
+    /// `.wh.NAME`: NAME is deleted in this layer, a char 0:0 device in the overlayfs format.
+    fn whiteout<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        path: &[u8],
+        parent: &[&[u8]],
+        target: &[u8],
+    ) -> Result<()> {
+        self.meta(entry, path)?;
+        if target.starts_with(WHITEOUT_PREFIX) {
+            // aufs metadata (.wh..wh.plnk, .wh..wh.aufs): not part of the filesystem.
+            tracing::debug!(entry = %lossy(path), "skipping aufs metadata");
+            return Ok(());
+        }
+        if target.is_empty() || target == b"." || target == b".." {
+            return Err(self.rule(path, EntryRule::BadWhiteout));
+        }
+        let mut key = join(parent);
+        if !key.is_empty() {
+            key.push(b'/');
+        }
+        key.extend_from_slice(target);
+        self.claim(path, key, Kind::Whiteout)?;
+        let dir = self.dir_fd(path, parent, true)?;
+        match stat::mknodat(Some(dir), target, SFlag::S_IFCHR, Mode::empty(), 0) {
+            Ok(()) => Ok(()),
+            Err(Errno::EEXIST) => Err(self.rule(path, EntryRule::Duplicate)),
+            Err(e) => Err(self.eio(path, "cannot create whiteout (char 0:0; needs root)")(e)),
+        }
+    }
+
+    fn directory<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, at: At<'_>) -> Result<()> {
+        let At {
+            path,
+            parent,
+            name,
+            key,
+        } = at;
+        self.claim(path, key.clone(), Kind::Dir)?;
+        let meta = self.meta(entry, path)?;
+        let dir = self.dir_fd(path, parent, true)?;
+        match stat::mkdirat(Some(dir), name, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(self.eio(path, "cannot create directory")(e)),
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+        let fd = match sys::openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                return Err(self.rule(path, EntryRule::Duplicate))
+            }
+            Err(e) => return Err(self.eio(path, "cannot open directory")(e)),
+        };
+        self.apply_fd(path, fd, &meta, Some(key))
+    }
+
+    fn regular<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, at: At<'_>) -> Result<()> {
+        let At {
+            path,
+            parent,
+            name,
+            key,
+        } = at;
+        self.claim(path, key, Kind::Linkable)?;
+        let meta = self.meta(entry, path)?;
+        let expected = entry.size();
+        let dir = self.dir_fd(path, parent, true)?;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
+        let fd = match sys::openat(dir, name, flags, Mode::from_bits_truncate(0o600)) {
+            Ok(fd) => fd,
+            Err(Errno::EEXIST) => return Err(self.rule(path, EntryRule::Duplicate)),
+            Err(e) => return Err(self.eio(path, "cannot create file")(e)),
+        };
+        let mut file = File::from(fd);
+        let got = self.copy(entry, &mut file, path)?;
+        if got != expected {
+            return Err(self.rule(path, EntryRule::Truncated { expected, got }));
+        }
+        self.budget.files.fetch_add(1, Ordering::Relaxed);
+        self.apply_fd(path, OwnedFd::from(file), &meta, None)
+    }
+
+    fn symlink<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, at: At<'_>) -> Result<()> {
+        let At {
+            path,
+            parent,
+            name,
+            key,
+        } = at;
+        self.claim(path, key, Kind::Linkable)?;
+        let meta = self.meta(entry, path)?;
+        let target = entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .filter(|t| !t.is_empty() && !t.contains(&0))
+            .ok_or_else(|| self.rule(path, EntryRule::BadName))?;
+        let dir = self.dir_fd(path, parent, true)?;
+        match unistd::symlinkat(target.as_slice(), Some(dir), name) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => return Err(self.rule(path, EntryRule::Duplicate)),
+            Err(e) => return Err(self.eio(path, "cannot create symlink")(e)),
+        }
+        self.budget.files.fetch_add(1, Ordering::Relaxed);
+        self.apply_at(path, dir, name, &meta, false)
+    }
+
+    /// A hard link: only to a file (not a directory, whiteout or marker) extracted earlier in
+    /// this layer.
+    fn hard_link<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, at: At<'_>) -> Result<()> {
+        let At {
+            path,
+            parent,
+            name,
+            key,
+        } = at;
+        let target = entry
+            .link_name_bytes()
+            .map(|t| t.into_owned())
+            .unwrap_or_default();
+        let outside = || {
+            self.rule(
+                path,
+                EntryRule::HardLinkOutside {
+                    target: lossy(&target),
+                },
+            )
+        };
+        let tcomps = components(&target).map_err(|_| outside())?;
+        let Some((tname, tparent)) = tcomps.split_last() else {
+            return Err(outside());
+        };
+        if self.seen.get(&join(&tcomps)) != Some(&Kind::Linkable) {
+            return Err(outside());
+        }
+        self.claim(path, key, Kind::Linkable)?;
+        let tdir = self.dir_fd(path, tparent, false)?;
+        // Keep the target's directory open while the cache moves to ours.
+        let tdir = sys::openat(
+            tdir,
+            b".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .map_err(self.eio(path, "cannot open hard link target directory"))?;
+        let dir = self.dir_fd(path, parent, true)?;
+        match unistd::linkat(
+            Some(tdir.as_raw_fd()),
+            *tname,
+            Some(dir),
+            name,
+            AtFlags::empty(),
+        ) {
+            Ok(()) => Ok(()),
+            Err(Errno::EEXIST) => Err(self.rule(path, EntryRule::Duplicate)),
+            Err(e) => Err(self.eio(path, "cannot create hard link")(e)),
+        }
+    }
+
+    /// A character or block device or a fifo (never opened here).
+    fn device<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        at: At<'_>,
+        kind: tar::EntryType,
+    ) -> Result<()> {
+        let At {
+            path,
+            parent,
+            name,
+            key,
+        } = at;
+        self.claim(path, key, Kind::Linkable)?;
+        let meta = self.meta(entry, path)?;
+        let h = entry.header();
+        let major = h.device_major().ok().flatten().unwrap_or(0);
+        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        let (sflag, dev) = match kind {
+            tar::EntryType::Char => (SFlag::S_IFCHR, stat::makedev(major.into(), minor.into())),
+            tar::EntryType::Block => (SFlag::S_IFBLK, stat::makedev(major.into(), minor.into())),
+            _ => (SFlag::S_IFIFO, 0),
+        };
+        let dir = self.dir_fd(path, parent, true)?;
+        match stat::mknodat(Some(dir), name, sflag, Mode::from_bits_truncate(0o600), dev) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => return Err(self.rule(path, EntryRule::Duplicate)),
+            Err(e) => {
+                return Err(self.eio(path, "cannot create device node or fifo (needs root)")(e))
+            }
+        }
+        self.budget.files.fetch_add(1, Ordering::Relaxed);
+        self.apply_at(path, dir, name, &meta, true)
     }
 
     fn copy<R: Read>(&self, entry: &mut R, file: &mut File, path: &[u8]) -> Result<u64> {
