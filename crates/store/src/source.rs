@@ -259,7 +259,20 @@ fn matches_name(name: &str, want: &str) -> bool {
     name == want || name.rsplit_once(':').is_some_and(|(_, tag)| tag == want)
 }
 
+/// An OCI image layout: the manifest `want` names (or the only one), for this host's platform
+/// when it is an image index, then its config and layers.
 fn resolve_oci(src: &Source, want: Option<&str>) -> Result<ImageSpec> {
+    let (name, desc) = pick_manifest(src, want)?;
+    let desc = platform_manifest(src, desc)?;
+    oci_image(src, name, &desc)
+}
+
+/// The descriptor in `index.json` that `want` names (by ref name or tag), or its only one; and
+/// the name it carries.
+fn pick_manifest(
+    src: &Source,
+    want: Option<&str>,
+) -> Result<(Option<String>, oci_spec::image::Descriptor)> {
     let (bytes, _) = src.read_verified("index.json", "index.json", None, None)?;
     let index = ImageIndex::from_reader(&bytes[..]).map_err(|e| json_err("index.json", e))?;
     let descs = index.manifests();
@@ -270,18 +283,15 @@ fn resolve_oci(src: &Source, want: Option<&str>) -> Result<ImageSpec> {
             .and_then(|a| a.get(CONTAINERD_NAME).or_else(|| a.get(REF_NAME)))
             .cloned()
     };
-    let chosen = match want {
-        Some(w)
-            if descs
-                .iter()
-                .any(|d| named(d).is_some_and(|n| matches_name(&n, w))) =>
-        {
-            descs
-                .iter()
-                .find(|d| named(d).is_some_and(|n| matches_name(&n, w)))
-        }
-        _ if descs.len() == 1 => descs.first(),
-        _ => None,
+    let by_name = want.and_then(|w| {
+        descs
+            .iter()
+            .find(|d| named(d).is_some_and(|n| matches_name(&n, w)))
+    });
+    let chosen = match by_name {
+        Some(d) => Some(d),
+        None if descs.len() == 1 => descs.first(),
+        None => None,
     };
     let Some(desc) = chosen else {
         let names: Vec<String> = descs.iter().filter_map(named).collect();
@@ -293,9 +303,15 @@ fn resolve_oci(src: &Source, want: Option<&str>) -> Result<ImageSpec> {
             ),
         });
     };
-    let name = named(desc);
-    let mut desc = desc.clone();
-    // An image index (multi-platform): take the host's platform.
+    Ok((named(desc), desc.clone()))
+}
+
+/// Follow image indexes (multi-platform images, up to 4 deep) to the manifest for the host's
+/// platform; a manifest descriptor is returned as it is.
+fn platform_manifest(
+    src: &Source,
+    mut desc: oci_spec::image::Descriptor,
+) -> Result<oci_spec::image::Descriptor> {
     for _ in 0..4 {
         if *desc.media_type() != MediaType::ImageIndex {
             break;
@@ -308,7 +324,7 @@ fn resolve_oci(src: &Source, want: Option<&str>) -> Result<ImageSpec> {
             Some(desc.size()),
         )?;
         let idx = ImageIndex::from_reader(&b[..]).map_err(|e| json_err("image index", e))?;
-        let pick = idx
+        desc = idx
             .manifests()
             .iter()
             .find(|m| {
@@ -323,8 +339,17 @@ fn resolve_oci(src: &Source, want: Option<&str>) -> Result<ImageSpec> {
                     host_arch()
                 ))
             })?;
-        desc = pick;
     }
+    Ok(desc)
+}
+
+/// The image a manifest descriptor points to: manifest and config read and verified, one
+/// layer per manifest layer with its config diff_id.
+fn oci_image(
+    src: &Source,
+    name: Option<String>,
+    desc: &oci_spec::image::Descriptor,
+) -> Result<ImageSpec> {
     let mdigest = Sha256::parse(desc.digest().as_ref(), "manifest")?;
     let what = format!("manifest {mdigest}");
     let (mbytes, _) = src.read_verified(

@@ -212,6 +212,146 @@ impl<R: BufRead> Read for Decoder<R> {
     }
 }
 
+/// The name an import records: the one asked for, else the source's, else its digest.
+fn image_name(opts: &ImportOptions, spec: &source::ImageSpec) -> Result<String> {
+    let name = match (&opts.name, &spec.name) {
+        (Some(n), _) | (None, Some(n)) => n.clone(),
+        (None, None) => spec
+            .manifest_digest
+            .as_ref()
+            .unwrap_or(&spec.config_digest)
+            .to_string(),
+    };
+    if !valid_name(&name) {
+        return Err(StoreError::BadName(name));
+    }
+    Ok(name)
+}
+
+/// A progress bar over the image's blob bytes on stderr, or a hidden one.
+fn progress_bar(show: bool, spec: &source::ImageSpec) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let total: u64 = spec.layers.iter().filter_map(|l| l.size).sum();
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar
+}
+
+fn read_err(lname: &str) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |e| StoreError::Tar {
+        layer: lname.to_string(),
+        after: String::new(),
+        source: e,
+    }
+}
+
+/// Check a layer blob's size against the manifest and, when the manifest gives one, its
+/// digest, before anything decompresses it. The digest, when there was one to check.
+fn verify_blob(
+    source: &Source,
+    l: &LayerSpec,
+    lname: &str,
+    bar: indicatif::ProgressBar,
+) -> Result<Option<Sha256>> {
+    let (reader, len) = source.open_member(&l.blob)?;
+    if let Some(size) = l.size {
+        if len != size {
+            return Err(StoreError::Truncated {
+                what: format!("layer blob {lname}"),
+                expected: size,
+                actual: len,
+            });
+        }
+    }
+    let Some(want) = &l.digest else {
+        return Ok(None);
+    };
+    let mut blob = HashReader::new(Progress { inner: reader, bar });
+    let (d, n) = blob.finish().map_err(read_err(lname))?;
+    if n != len {
+        return Err(StoreError::Truncated {
+            what: format!("layer blob {lname}"),
+            expected: len,
+            actual: n,
+        });
+    }
+    if *want != d {
+        return Err(StoreError::DigestMismatch {
+            what: format!("layer blob {lname}"),
+            expected: want.to_string(),
+            actual: d.to_string(),
+        });
+    }
+    Ok(Some(d))
+}
+
+/// Unpack a layer blob into `dest` (created here) and check its uncompressed tar against the
+/// diff_id. With `hash_blob`, also the blob's digest (the manifest gave none to check first).
+fn unpack_blob(
+    source: &Source,
+    l: &LayerSpec,
+    lname: &str,
+    dest: &Path,
+    hash_blob: bool,
+    budget: &Budget,
+    bar: &indicatif::ProgressBar,
+) -> Result<Option<Sha256>> {
+    let (reader, _) = source.open_member(&l.blob)?;
+    let progress = Progress {
+        inner: reader,
+        bar: bar.clone(),
+    };
+    let blob = if hash_blob {
+        HashReader::new(progress)
+    } else {
+        HashReader::counting(progress)
+    };
+    fs::create_dir(dest).map_err(StoreError::io("cannot create", dest))?;
+    let buffered = BufReader::with_capacity(256 * 1024, blob);
+    let decoder = Decoder::new(buffered).map_err(read_err(lname))?;
+    let limited = LimitReader::new(decoder, budget.stream.clone(), budget.limit);
+    let mut archive = tar::Archive::new(HashReader::new(limited));
+    Extractor::new(dest, lname, budget)?.run(&mut archive)?;
+    let mut tar_stream = archive.into_inner();
+    let (diff, _) = tar_stream.finish().map_err(|e| {
+        if is_limit(&e) {
+            StoreError::TooLarge {
+                layer: lname.to_string(),
+                entry: "(data after the end of the archive)".into(),
+                limit: budget.limit,
+            }
+        } else {
+            read_err(lname)(e)
+        }
+    })?;
+    if diff != l.diff_id {
+        return Err(StoreError::DigestMismatch {
+            what: format!("layer {lname}: uncompressed tar (diff_id)"),
+            expected: l.diff_id.to_string(),
+            actual: diff.to_string(),
+        });
+    }
+    if !hash_blob {
+        return Ok(None);
+    }
+    let mut blob = tar_stream
+        .into_inner()
+        .into_inner()
+        .into_inner()
+        .into_inner();
+    let (d, _) = blob.finish().map_err(read_err(lname))?;
+    Ok(Some(d))
+}
+
 /// Counts read bytes into a progress bar.
 struct Progress<R> {
     inner: R,
@@ -304,38 +444,12 @@ impl Store {
         let _lock = self.lock(false)?;
         let source = Source::open(src)?;
         let spec = source::resolve(&source, opts.name.as_deref())?;
-        let name = match (&opts.name, &spec.name) {
-            (Some(n), _) | (None, Some(n)) => n.clone(),
-            (None, None) => spec
-                .manifest_digest
-                .as_ref()
-                .unwrap_or(&spec.config_digest)
-                .to_string(),
-        };
-        if !valid_name(&name) {
-            return Err(StoreError::BadName(name));
-        }
+        let name = image_name(opts, &spec)?;
         let work = tempfile::Builder::new()
             .prefix("import-")
             .tempdir_in(self.tmp())
             .map_err(StoreError::io("cannot create temp dir in", self.tmp()))?;
-
-        let bar = if opts.progress {
-            let total: u64 = spec.layers.iter().filter_map(|l| l.size).sum();
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            bar
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-
+        let bar = progress_bar(opts.progress, &spec);
         let budget = Budget::new(opts.max_unpacked);
         // Which layers to unpack (the first occurrence of a diff_id not in the store).
         let mut fresh: Vec<Sha256> = Vec::new();
@@ -347,10 +461,45 @@ impl Store {
             }
             unpack_here.push(new);
         }
-        let mut reused = spec.layers.len() - fresh.len();
-        // Layers are independent: verify and unpack them in parallel.
+        bar.set_message(format!(
+            "{name}: {} of {} layers to unpack",
+            fresh.len(),
+            spec.layers.len()
+        ));
+        let records =
+            self.unpack_layers(&source, &spec, &unpack_here, work.path(), &budget, &bar)?;
+        bar.finish_and_clear();
+        let (unpacked, raced) = self.publish_layers(work.path(), &fresh, opts.durable)?;
+        let image = ImageRecord {
+            name: name.clone(),
+            manifest_digest: spec.manifest_digest.as_ref().map(|d| d.to_string()),
+            config_digest: spec.config_digest.to_string(),
+            layers: records,
+        };
+        write_json_atomic(&self.tmp(), &self.image_path(&name), &image)?;
+        drop(work);
+        Ok(ImportReport {
+            image,
+            unpacked,
+            reused: spec.layers.len() - fresh.len() + raced,
+            bytes: budget.stream.load(Ordering::Relaxed),
+            files: budget.files.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Verify every layer of `spec`, unpacking those marked in `unpack_here` into `work`, in
+    /// parallel (layers are independent); the first error stops the others. The records, in
+    /// the image's order.
+    fn unpack_layers(
+        &self,
+        source: &Source,
+        spec: &source::ImageSpec,
+        unpack_here: &[bool],
+        work: &Path,
+        budget: &Budget,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<Vec<LayerRecord>> {
         let n = spec.layers.len();
-        bar.set_message(format!("{name}: {} of {n} layers to unpack", fresh.len()));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let failed = std::sync::atomic::AtomicBool::new(false);
         let results: Vec<std::sync::Mutex<Option<Result<Sha256>>>> =
@@ -367,14 +516,9 @@ impl Store {
                         break;
                     }
                     let l = &spec.layers[i];
-                    let staged = work.path().join(l.diff_id.hex());
-                    let r = self.layer(
-                        &source,
-                        l,
-                        unpack_here[i].then_some(staged.as_path()),
-                        &budget,
-                        &bar,
-                    );
+                    let staged = work.join(l.diff_id.hex());
+                    let dest = unpack_here[i].then_some(staged.as_path());
+                    let r = self.layer(source, l, dest, budget, bar);
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -408,24 +552,32 @@ impl Store {
                 "an import worker stopped without a result".into(),
             ));
         }
-        bar.finish_and_clear();
+        Ok(records)
+    }
 
-        // Commit: make the new layers durable, then visible, then the record.
-        if !fresh.is_empty() && opts.durable {
-            let f = File::open(work.path()).map_err(StoreError::io("cannot open", work.path()))?;
+    /// Commit the layers unpacked into `work`: durable (`syncfs`, when asked), then visible
+    /// (renamed into `layers/`, never replacing). Returns (moved, already there): a concurrent
+    /// import of the same layer that got there first keeps its copy.
+    fn publish_layers(
+        &self,
+        work: &Path,
+        fresh: &[Sha256],
+        durable: bool,
+    ) -> Result<(usize, usize)> {
+        if !fresh.is_empty() && durable {
+            let f = File::open(work).map_err(StoreError::io("cannot open", work))?;
             nix::unistd::syncfs(f.as_raw_fd()).map_err(|e| StoreError::Io {
                 what: "cannot sync",
-                path: work.path().to_owned(),
+                path: work.to_owned(),
                 source: std::io::Error::from_raw_os_error(e as i32),
             })?;
         }
-        let mut unpacked = 0;
-        for d in &fresh {
+        let (mut moved, mut raced) = (0, 0);
+        for d in fresh {
             let dest = self.layer_path(d);
-            match rename_noreplace(&work.path().join(d.hex()), &dest) {
-                Ok(()) => unpacked += 1,
-                // Another import got there first with the same content: keep theirs.
-                Err(Errno::EEXIST | Errno::ENOTEMPTY) => reused += 1,
+            match rename_noreplace(&work.join(d.hex()), &dest) {
+                Ok(()) => moved += 1,
+                Err(Errno::EEXIST | Errno::ENOTEMPTY) => raced += 1,
                 Err(e) => {
                     return Err(StoreError::Io {
                         what: "cannot move layer into place",
@@ -435,21 +587,7 @@ impl Store {
                 }
             }
         }
-        let image = ImageRecord {
-            name: name.clone(),
-            manifest_digest: spec.manifest_digest.as_ref().map(|d| d.to_string()),
-            config_digest: spec.config_digest.to_string(),
-            layers: records,
-        };
-        write_json_atomic(&self.tmp(), &self.image_path(&name), &image)?;
-        drop(work);
-        Ok(ImportReport {
-            image,
-            unpacked,
-            reused,
-            bytes: budget.stream.load(Ordering::Relaxed),
-            files: budget.files.load(Ordering::Relaxed),
-        })
+        Ok((moved, raced))
     }
 
     /// Read one layer blob, verifying its digest, size and (when unpacking into `dest`) its
@@ -466,49 +604,12 @@ impl Store {
             .digest
             .as_ref()
             .map_or_else(|| l.blob.clone(), |d| d.to_string());
-        let read_err = |e: std::io::Error| StoreError::Tar {
-            layer: lname.clone(),
-            after: String::new(),
-            source: e,
-        };
-        let (reader, len) = source.open_member(&l.blob)?;
-        if let Some(size) = l.size {
-            if len != size {
-                return Err(StoreError::Truncated {
-                    what: format!("layer blob {lname}"),
-                    expected: size,
-                    actual: len,
-                });
-            }
-        }
         // Check the blob before a decompressor or the tar reader sees a byte of it.
-        let mut digest = None;
-        if let Some(want) = &l.digest {
-            let mut blob = HashReader::new(Progress {
-                inner: reader,
-                bar: if dest.is_none() {
-                    bar.clone()
-                } else {
-                    indicatif::ProgressBar::hidden()
-                },
-            });
-            let (d, n) = blob.finish().map_err(read_err)?;
-            if n != len {
-                return Err(StoreError::Truncated {
-                    what: format!("layer blob {lname}"),
-                    expected: len,
-                    actual: n,
-                });
-            }
-            if *want != d {
-                return Err(StoreError::DigestMismatch {
-                    what: format!("layer blob {lname}"),
-                    expected: want.to_string(),
-                    actual: d.to_string(),
-                });
-            }
-            digest = Some(d);
-        }
+        let checked_bar = match dest {
+            None => bar.clone(),
+            Some(_) => indicatif::ProgressBar::hidden(),
+        };
+        let digest = verify_blob(source, l, &lname, checked_bar)?;
         let Some(dest) = dest else {
             return match digest {
                 Some(d) => Ok(d),
@@ -519,57 +620,16 @@ impl Store {
                         bar: bar.clone(),
                     })
                     .finish()
-                    .map_err(read_err)?;
+                    .map_err(read_err(&lname))?;
                     Ok(d)
                 }
             };
         };
-        let (reader, _) = source.open_member(&l.blob)?;
-        let progress = Progress {
-            inner: reader,
-            bar: bar.clone(),
-        };
-        let blob = if digest.is_some() {
-            HashReader::counting(progress)
-        } else {
-            HashReader::new(progress)
-        };
-        fs::create_dir(dest).map_err(StoreError::io("cannot create", dest))?;
-        let buffered = BufReader::with_capacity(256 * 1024, blob);
-        let decoder = Decoder::new(buffered).map_err(read_err)?;
-        let limited = LimitReader::new(decoder, budget.stream.clone(), budget.limit);
-        let mut archive = tar::Archive::new(HashReader::new(limited));
-        Extractor::new(dest, &lname, budget)?.run(&mut archive)?;
-        let mut tar_stream = archive.into_inner();
-        let (diff, _) = tar_stream.finish().map_err(|e| {
-            if is_limit(&e) {
-                StoreError::TooLarge {
-                    layer: lname.clone(),
-                    entry: "(data after the end of the archive)".into(),
-                    limit: budget.limit,
-                }
-            } else {
-                read_err(e)
-            }
-        })?;
-        if diff != l.diff_id {
-            return Err(StoreError::DigestMismatch {
-                what: format!("layer {lname}: uncompressed tar (diff_id)"),
-                expected: l.diff_id.to_string(),
-                actual: diff.to_string(),
-            });
-        }
-        if let Some(d) = digest {
-            // Verified before unpacking; the diff_id check covers what was unpacked.
-            return Ok(d);
-        }
-        let mut blob = tar_stream
-            .into_inner()
-            .into_inner()
-            .into_inner()
-            .into_inner();
-        let (d, _) = blob.finish().map_err(read_err)?;
-        Ok(d)
+        let unpacked = unpack_blob(source, l, &lname, dest, digest.is_none(), budget, bar)?;
+        // Verified before unpacking, or hashed while unpacking.
+        digest.or(unpacked).ok_or_else(|| {
+            StoreError::Unsupported(format!("layer {lname}: no digest was computed"))
+        })
     }
 
     /// Every image, sorted by name.

@@ -442,7 +442,10 @@ impl<'a> Extractor<'a> {
         match stat::mknodat(Some(dir), target, SFlag::S_IFCHR, Mode::empty(), 0) {
             Ok(()) => Ok(()),
             Err(Errno::EEXIST) => Err(self.rule(path, EntryRule::Duplicate)),
-            Err(e) => Err(self.eio(path, "cannot create whiteout (char 0:0; needs root)")(e)),
+            Err(e) => Err(self
+                .eio(path, "cannot create whiteout (char 0:0; needs root)")(
+                e
+            )),
         }
     }
 
@@ -463,9 +466,7 @@ impl<'a> Extractor<'a> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
         let fd = match sys::openat(dir, name, flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                return Err(self.rule(path, EntryRule::Duplicate))
-            }
+            Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(self.rule(path, EntryRule::Duplicate)),
             Err(e) => return Err(self.eio(path, "cannot open directory")(e)),
         };
         self.apply_fd(path, fd, &meta, Some(key))
@@ -601,7 +602,10 @@ impl<'a> Extractor<'a> {
             Ok(()) => {}
             Err(Errno::EEXIST) => return Err(self.rule(path, EntryRule::Duplicate)),
             Err(e) => {
-                return Err(self.eio(path, "cannot create device node or fifo (needs root)")(e))
+                return Err(self
+                    .eio(path, "cannot create device node or fifo (needs root)")(
+                    e
+                ))
             }
         }
         self.budget.files.fetch_add(1, Ordering::Relaxed);
