@@ -96,6 +96,14 @@ fn replace_symlink(target: &str, link: &Path) -> Result<()> {
     symlink(target, link).map_err(VmError::io("cannot create symlink", link))
 }
 
+/// Write `data` to `path`, creating its parent directories; panics on failure (for tests).
+pub fn write(path: &Path, data: impl AsRef<[u8]>) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("cannot create {parent:?}: {e}"));
+    }
+    fs::write(path, data).unwrap_or_else(|e| panic!("cannot write {path:?}: {e}"));
+}
+
 /// Create an overlayfs whiteout at `path`: a character device 0:0 (needs CAP_MKNOD).
 pub fn whiteout(path: &Path) -> Result<()> {
     mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(|e| VmError::Io {

@@ -2,8 +2,9 @@
 //! to count mount-family syscalls), a guest VM booted on the served tree, and the evidence
 //! afterwards (console, syscall count, host mount table before/after).
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use strata_vm::VmError;
@@ -23,19 +24,22 @@ pub const MOUNT_SYSCALLS: &[&str] = &[
     "setns",
 ];
 
-/// A child in its own process group (strata, or strace tracing strata), killed with its
-/// whole group when dropped while still running: a failed test never leaves a daemon behind.
+/// A child in its own process group (strata, or strace tracing strata, or a wrapper that runs
+/// strata), killed with its whole group when dropped: a failed test never leaves a daemon
+/// behind.
 struct Group(Child);
 
 impl Group {
-    /// Start `strata ARGS…` (under `strace -f --trace=SYSCALLS -o LOG` when `strace_log` is
-    /// given), output to `log`, in its own process group, dying with this process.
+    /// Start `ARGV…` (under `strace -f --trace=SYSCALLS -o LOG` when `strace_log` is given),
+    /// output to `log`, in its own process group, dying with this process.
     fn spawn(
-        strata: &Path,
-        args: &[&std::ffi::OsStr],
+        argv: &[OsString],
         strace_log: Option<(&Path, &[&str])>,
         log: &Path,
     ) -> Result<Group, VmError> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| VmError::Serve("nothing to start".into()))?;
         let mut cmd = match strace_log {
             Some((out, syscalls)) => {
                 let mut c = Command::new("strace");
@@ -44,32 +48,29 @@ impl Group {
                     .arg("-o")
                     .arg(out)
                     .arg(format!("--trace={}", syscalls.join(",")))
-                    .arg(strata);
+                    .arg(program);
                 c
             }
-            None => Command::new(strata),
+            None => Command::new(program),
         };
         cmd.args(args);
-        let logf = std::fs::File::create(log).map_err(VmError::io("cannot create", log))?;
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(VmError::io("cannot create", log))?;
         let logf2 = logf
             .try_clone()
             .map_err(VmError::io("cannot duplicate", log))?;
         cmd.stdin(Stdio::null()).stdout(logf).stderr(logf2);
-        // Own process group: stopping it reaches strace's tracee too. And it dies with us.
+        // Own process group: stopping it reaches strace's tracee (or a wrapper's child) too.
+        // And it dies with us.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         strata_vm::cmd::kill_with_parent(&mut cmd);
-        let what = args
-            .first()
-            .map(|a| a.to_string_lossy())
-            .unwrap_or_default();
+        let what = strata_vm::cmd::describe(&cmd);
         cmd.spawn().map(Group).map_err(|e| {
             VmError::Serve(format!(
-                "cannot start {}: {e} (is strace installed? run scripts/install-deps.sh)",
-                if strace_log.is_some() {
-                    "strace".to_string()
-                } else {
-                    format!("strata {what}")
-                }
+                "cannot start {what}: {e} (is it installed? run scripts/install-deps.sh)"
             ))
         })
     }
@@ -88,10 +89,18 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            self.kill();
-        }
+        // The whole group, even after its leader exited: helpers it started (a namespace
+        // holder) go too.
+        self.kill();
     }
+}
+
+/// `strata ARGS…` as an argv.
+fn argv(strata: &Path, args: &[&OsStr]) -> Vec<OsString> {
+    std::iter::once(strata.as_os_str())
+        .chain(args.iter().copied())
+        .map(OsStr::to_owned)
+        .collect()
 }
 
 /// What to serve.
@@ -119,9 +128,11 @@ impl ServeSpec {
 /// A running `strata serve`.
 pub struct ServeProcess {
     child: Group,
-    socket: PathBuf,
+    sockets: Vec<PathBuf>,
     strace_log: Option<PathBuf>,
-    /// Time from spawn to the socket accepting connections.
+    log: PathBuf,
+    status: Option<ExitStatus>,
+    /// Time from spawn to the sockets listening.
     pub ready_after: Duration,
 }
 
@@ -140,15 +151,15 @@ fn is_socket(p: &Path) -> bool {
 }
 
 impl ServeProcess {
-    /// Start `strata serve` (under `strace -f` when `strace_log` is given) and wait until its
-    /// socket accepts connections.
+    /// Start `strata serve` for `spec` (under `strace -f` when `strace_log` is given) and wait
+    /// until its sockets listen.
     pub fn spawn(
         strata: &Path,
         spec: &ServeSpec,
         strace_log: Option<&Path>,
         log: &Path,
     ) -> Result<ServeProcess, VmError> {
-        let mut args: Vec<&std::ffi::OsStr> = vec![
+        let mut args: Vec<&OsStr> = vec![
             "serve".as_ref(),
             "--socket".as_ref(),
             spec.socket.as_os_str(),
@@ -171,31 +182,44 @@ impl ServeProcess {
                 tag.as_ref(),
             ]);
         }
+        let sockets: Vec<PathBuf> = spec.devices().into_iter().map(|(s, _)| s).collect();
+        Self::spawn_argv(&argv(strata, &args), &sockets, strace_log, log)
+    }
+
+    /// Start `ARGV…`, a `strata serve` command line (possibly behind a wrapper such as
+    /// `unshare -m …`), and wait until every one of `sockets` listens.
+    pub fn spawn_argv(
+        argv: &[OsString],
+        sockets: &[PathBuf],
+        strace_log: Option<&Path>,
+        log: &Path,
+    ) -> Result<ServeProcess, VmError> {
         let t0 = Instant::now();
-        let child = Group::spawn(strata, &args, strace_log.map(|p| (p, MOUNT_SYSCALLS)), log)?;
+        let child = Group::spawn(argv, strace_log.map(|p| (p, MOUNT_SYSCALLS)), log)?;
         let mut p = ServeProcess {
             child,
-            socket: spec.socket.clone(),
+            sockets: sockets.to_vec(),
             strace_log: strace_log.map(Path::to_owned),
+            log: log.to_owned(),
+            status: None,
             ready_after: Duration::ZERO,
         };
         let deadline = t0 + Duration::from_secs(20);
-        loop {
-            // Never connect to probe: the daemon serves exactly one connection. The layer
-            // device's socket is bound right after the tree's.
-            if p.socket_listening() && spec.lower.as_ref().is_none_or(|(s, _)| is_socket(s)) {
-                break;
-            }
-            if let Ok(Some(st)) = p.child.0.try_wait() {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
+        // The socket file exists once the daemon listens (bind+listen, after every check).
+        // Never connect to probe: the daemon serves exactly one connection. The layer device's
+        // socket is bound right after the tree's.
+        while !p.sockets.iter().all(|s| is_socket(s)) {
+            if let Some(st) = p.try_wait() {
                 return Err(VmError::Serve(format!(
-                    "strata serve exited ({st}) before listening:\n{text}"
+                    "strata serve exited ({st}) before listening:\n{}",
+                    p.log_text()
                 )));
             }
             if Instant::now() > deadline {
-                return Err(VmError::Serve(
-                    "strata serve did not listen within 20 s".into(),
-                ));
+                return Err(VmError::Serve(format!(
+                    "strata serve did not listen within 20 s:\n{}",
+                    p.log_text()
+                )));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -203,33 +227,72 @@ impl ServeProcess {
         Ok(p)
     }
 
-    /// The socket file exists: the daemon creates it with bind+listen, after every check.
-    fn socket_listening(&self) -> bool {
-        is_socket(&self.socket)
+    /// The pid of the spawned process (its process group).
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
     }
 
-    /// Wait for the daemon to end on its own (it does when the VMM disconnects).
-    pub fn wait(mut self, timeout: Duration) -> Result<ServeOutcome, VmError> {
+    /// The daemon's log so far (stdout and stderr).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.0.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// SIGKILL the whole process group, as an OOM killer or an operator would.
+    pub fn kill9(&mut self) {
+        if self.try_wait().is_none() {
+            self.child.signal(nix::sys::signal::Signal::SIGKILL);
+            self.status = self.child.0.wait().ok();
+        }
+    }
+
+    /// Wait up to `timeout` for the daemon to exit by itself; None if it did not (it keeps
+    /// running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let t0 = Instant::now();
-        let status = loop {
-            match self.child.0.try_wait() {
-                Ok(Some(st)) => break Some(st),
-                Ok(None) if t0.elapsed() > timeout => {
-                    self.child.kill();
-                    break None;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(VmError::Serve(format!("waiting for strata serve: {e}"))),
+        loop {
+            if let Some(st) = self.try_wait() {
+                return Some(st);
             }
-        };
+            if t0.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the daemon to end on its own (it does when the VMM disconnects), killing it
+    /// after `timeout`; what strace saw, when it traced.
+    pub fn wait(mut self, timeout: Duration) -> Result<ServeOutcome, VmError> {
+        let status = self.wait_exit(timeout);
+        if status.is_none() {
+            self.kill9();
+        }
         let mount_syscalls = match &self.strace_log {
             Some(p) => Some(count_mount_syscalls(p)?),
             None => None,
         };
         Ok(ServeOutcome {
-            exited_cleanly: status.map(|s| s.success()).unwrap_or(false),
+            exited_cleanly: status.is_some_and(|s| s.success()),
             mount_syscalls,
         })
+    }
+}
+
+/// How a process ended, for messages: "exit 0" or "signal 9".
+pub fn describe(st: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (_, Some(s)) => format!("signal {s}"),
+        _ => st.to_string(),
     }
 }
 
@@ -257,23 +320,24 @@ pub struct DaemonSyscalls {
 }
 
 impl DaemonProcess {
-    /// Start `strata daemon --api API --allow ALLOW…` and wait until the API socket exists.
+    /// Start `strata daemon --api API EXTRA…` (e.g. `--allow DIR`, `--store DIR`) and wait
+    /// until the API socket accepts connections.
     pub fn spawn(
         strata: &Path,
         api: &Path,
-        allow: &[PathBuf],
+        extra: &[&OsStr],
         strace_log: Option<&Path>,
         log: &Path,
     ) -> Result<DaemonProcess, VmError> {
-        let mut args: Vec<&std::ffi::OsStr> =
-            vec!["daemon".as_ref(), "--api".as_ref(), api.as_os_str()];
-        for a in allow {
-            args.push("--allow".as_ref());
-            args.push(a.as_os_str());
-        }
+        let mut args: Vec<&OsStr> = vec!["daemon".as_ref(), "--api".as_ref(), api.as_os_str()];
+        args.extend(extra);
         let mut set: Vec<&str> = MOUNT_SYSCALLS.to_vec();
         set.extend(PROCESS_SYSCALLS);
-        let child = Group::spawn(strata, &args, strace_log.map(|p| (p, set.as_slice())), log)?;
+        let child = Group::spawn(
+            &argv(strata, &args),
+            strace_log.map(|p| (p, set.as_slice())),
+            log,
+        )?;
         let mut p = DaemonProcess {
             child,
             api: api.to_owned(),

@@ -138,7 +138,7 @@ fn spawn_daemon(strata: &Path, tree: &Tree) -> Result<DaemonProcess, VmError> {
     DaemonProcess::spawn(
         strata,
         &tree.api(),
-        std::slice::from_ref(&tree.root),
+        &["--allow".as_ref(), tree.root.as_os_str()],
         None,
         &tree.root.join("daemon.log"),
     )

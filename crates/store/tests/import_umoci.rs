@@ -115,7 +115,7 @@ fn lowers(store: &Store, name: &str) -> Vec<PathBuf> {
 
 #[test]
 fn umoci_image_matches_overlay_of_imported_layers() {
-    need_umoci!();
+    need_umoci!("umoci_image_matches_overlay_of_imported_layers");
     let tmp = tempfile::tempdir().unwrap();
     let u = build_image(tmp.path());
     let store = Store::open(tmp.path().join("store")).unwrap();
@@ -211,7 +211,7 @@ fn umoci_image_matches_overlay_of_imported_layers() {
 
 #[test]
 fn zstd_plain_and_docker_save_give_the_same_layers() {
-    need_umoci!();
+    need_umoci!("zstd_plain_and_docker_save_give_the_same_layers");
     let tmp = tempfile::tempdir().unwrap();
     let u = build_image(tmp.path());
     let tars = common::layer_tars(&u.layout);
@@ -278,7 +278,7 @@ fn zstd_plain_and_docker_save_give_the_same_layers() {
 
 #[test]
 fn images_sharing_a_base_unpack_it_once() {
-    need_umoci!();
+    need_umoci!("images_sharing_a_base_unpack_it_once");
     let tmp = tempfile::tempdir().unwrap();
     let mut a = Umoci::init(&tmp.path().join("a"), tmp.path(), "a");
     a.layer(|r| {

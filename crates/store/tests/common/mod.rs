@@ -10,19 +10,12 @@ use std::process::Command;
 
 use strata_store::digest::Sha256;
 
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Skip the test (with a message) when umoci is missing.
+/// The test named `$test` builds images with umoci, as root (owners, devices, a host overlay
+/// mount as the oracle): the harness's skip policy decides whether it runs.
 #[macro_export]
 macro_rules! need_umoci {
-    () => {
-        if !common::have("umoci") {
-            eprintln!("SKIP: umoci not installed (run scripts/install-deps.sh)");
+    ($test:expr) => {
+        if !strata_harness::needs($test, true, &["umoci"]) {
             return;
         }
     };

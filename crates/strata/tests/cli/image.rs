@@ -1,40 +1,25 @@
 //! `strata image import/ls/inspect/rm`, `strata rootfs create/rm`, `strata gc` and
 //! `strata serve --rootfs` through the binary.
 
-#[path = "../../store/tests/common/mod.rs"]
+#[path = "../../../store/tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Comp, RawTar};
+use strata_harness::session::{DaemonProcess, ServeProcess};
+use strata_harness::Run;
 
-fn strata(args: &[&str], store: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(args)
-        .arg("--store")
-        .arg(store)
-        .output()
-        .unwrap()
+/// `strata ARGS… --store STORE`.
+fn strata(args: &[&str], store: &Path) -> Run {
+    let mut a: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    a.extend(["--store".as_ref(), store.as_os_str()]);
+    crate::strata().run(a)
 }
 
-/// A child process killed if the test panics before it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+fn text(r: &Run) -> String {
+    r.text()
 }
 
 #[test]
@@ -49,18 +34,14 @@ fn image_rootfs_serve_gc_round_trip() {
     common::oci_layout(&good, &[tar], Comp::Gzip, "good:1");
 
     let o = strata(&["image", "import", good.to_str().unwrap()], &st);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.ok(), "{}", text(&o));
     assert!(text(&o).contains("imported good:1"), "{}", text(&o));
 
     let o = strata(&["image", "ls"], &st);
-    assert!(
-        o.status.success() && text(&o).contains("good:1"),
-        "{}",
-        text(&o)
-    );
+    assert!(o.ok() && text(&o).contains("good:1"), "{}", text(&o));
     let o = strata(&["image", "inspect", "good:1", "--json"], &st);
-    assert!(o.status.success(), "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(o.ok(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     let layer = Path::new(v["layers"][0]["path"].as_str().unwrap()).to_owned();
     assert!(layer.join("bin/hello").is_file());
     assert!(v["layers"][0]["diff_id"]
@@ -78,7 +59,7 @@ fn image_rootfs_serve_gc_round_trip() {
         "bad",
     );
     let o = strata(&["image", "import", bad.to_str().unwrap()], &st);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.code(), Some(1), "{}", text(&o));
     assert!(
         text(&o).contains("\"../../evil\"") && text(&o).contains("'..'"),
         "{}",
@@ -91,27 +72,30 @@ fn image_rootfs_serve_gc_round_trip() {
         &["rootfs", "create", "--image", "good:1", "--id", "c1"],
         &st,
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.ok(), "{}", text(&o));
     let sock = tmp.path().join("c1.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["serve", "--rootfs", "c1", "--socket"])
-        .arg(&sock)
-        .arg("--store")
-        .arg(&st)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !sock.exists() && t.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(sock.exists(), "serve --rootfs did not listen");
+    let serve_args = ["serve", "--rootfs", "c1", "--socket"].map(std::ffi::OsString::from);
+    let mut argv = vec![crate::strata().path().as_os_str().to_owned()];
+    argv.extend(serve_args);
+    argv.extend([sock.clone().into(), "--store".into(), st.clone().into()]);
+    let mut serve = ServeProcess::spawn_argv(
+        &argv,
+        std::slice::from_ref(&sock),
+        None,
+        &tmp.path().join("serve.log"),
+    )
+    .unwrap_or_else(|e| panic!("serve --rootfs: {e}"));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(serve.pid() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(child.wait().unwrap().success());
+    let st_serve = serve.wait_exit(Duration::from_secs(20));
+    assert!(
+        st_serve.is_some_and(|s| s.success()),
+        "{}",
+        serve.log_text()
+    );
 
     let o = strata(
         &[
@@ -123,42 +107,29 @@ fn image_rootfs_serve_gc_round_trip() {
         ],
         &st,
     );
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("nope"), "{}", text(&o));
 
     // The same rootfs as a session of `strata daemon`, which resolves store ids itself.
     let run = tmp.path().join("run");
     std::fs::create_dir_all(&run).unwrap();
     let api = run.join("api.sock");
-    let mut daemon = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(["daemon", "--api"])
-            .arg(&api)
-            .arg("--store")
-            .arg(&st)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let t = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&api).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "strata daemon did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = DaemonProcess::spawn(
+        crate::strata().path(),
+        &api,
+        &["--store".as_ref(), st.as_os_str()],
+        None,
+        &tmp.path().join("daemon.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let client = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_strata"))
-            .args(args)
-            .arg("--api")
-            .arg(&api)
-            .output()
-            .unwrap()
+        let mut a: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        a.extend(["--api".as_ref(), api.as_os_str()]);
+        crate::strata().run(a)
     };
     let csock = run.join("c1.sock");
     let o = client(&["rootfs", "start", "c1", "--socket", csock.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.ok(), "{}", text(&o));
     assert!(
         text(&o).contains("listening") && text(&o).contains("layers=1"),
         "{}",
@@ -172,36 +143,29 @@ fn image_rootfs_serve_gc_round_trip() {
         "--socket",
         run.join("n.sock").to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert_eq!(o.code(), Some(3), "{}", text(&o));
     assert!(
         text(&o).contains("nope") && text(&o).contains("rootfs create"),
         "{}",
         text(&o)
     );
     let o = client(&["rootfs", "status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["sessions"][0]["id"], "c1", "{v}");
     let o = client(&["rootfs", "stop", "c1"]);
-    assert!(
-        o.status.success() && text(&o).contains("ended"),
-        "{}",
-        text(&o)
-    );
+    assert!(o.ok() && text(&o).contains("ended"), "{}", text(&o));
     assert!(!csock.exists());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(daemon.0.wait().unwrap().success());
+    let log = daemon.log_text();
+    let (clean, _) = daemon.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(clean, "strata daemon did not exit 0 on SIGTERM:\n{log}");
     assert!(!api.exists());
 
     // rm image: the layer stays while c1 uses it; after rootfs rm, gc removes it.
-    assert!(strata(&["image", "rm", "good:1"], &st).status.success());
+    assert!(strata(&["image", "rm", "good:1"], &st).ok());
     let o = strata(&["gc"], &st);
     assert!(text(&o).contains("0 layers removed"), "{}", text(&o));
     assert!(layer.is_dir());
-    assert!(strata(&["rootfs", "rm", "c1"], &st).status.success());
+    assert!(strata(&["rootfs", "rm", "c1"], &st).ok());
     let o = strata(&["gc"], &st);
     assert!(text(&o).contains("1 layers removed"), "{}", text(&o));
     assert!(!layer.exists());

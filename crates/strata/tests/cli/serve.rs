@@ -1,13 +1,11 @@
 //! `strata serve` as an operator meets it: refused configurations exit 2 and create nothing,
 //! a live socket is not stolen, SIGTERM stops the daemon and removes its socket.
 
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn strata() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_strata"))
-}
+use strata_harness::session::ServeProcess;
 
 fn dirs(root: &Path) {
     for d in ["l0", "l1", "c/upper", "c/work"] {
@@ -15,17 +13,15 @@ fn dirs(root: &Path) {
     }
 }
 
-fn serve(root: &Path, lowers: &[&str], upper: &str, work: &str, sock: &str) -> Command {
-    let mut c = strata();
-    c.arg("serve").arg("--socket").arg(root.join(sock));
+/// `serve --socket ROOT/SOCK --lower ROOT/L… --upper ROOT/UPPER --work ROOT/WORK`.
+fn serve(root: &Path, lowers: &[&str], upper: &str, work: &str, sock: &str) -> Vec<OsString> {
+    let mut a: Vec<OsString> = vec!["serve".into(), "--socket".into(), root.join(sock).into()];
     for l in lowers {
-        c.arg("--lower").arg(root.join(l));
+        a.extend(["--lower".into(), root.join(l).into()]);
     }
-    c.arg("--upper")
-        .arg(root.join(upper))
-        .arg("--work")
-        .arg(root.join(work));
-    c
+    a.extend(["--upper".into(), root.join(upper).into()]);
+    a.extend(["--work".into(), root.join(work).into()]);
+    a
 }
 
 fn listing(root: &Path) -> Vec<String> {
@@ -63,13 +59,9 @@ fn refused_configurations_exit_2_and_create_nothing() {
     ];
     let before = listing(r);
     for (lowers, upper, work, says) in cases {
-        let out = serve(r, lowers, upper, work, "s.sock").output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{lowers:?} {upper} {work}: {err}"
-        );
+        let out = crate::strata().run(serve(r, lowers, upper, work, "s.sock"));
+        let err = &out.stderr;
+        assert_eq!(out.code(), Some(2), "{lowers:?} {upper} {work}: {err}");
         assert!(
             err.contains(says),
             "{lowers:?} {upper} {work}: message {err:?} lacks {says:?}"
@@ -78,56 +70,32 @@ fn refused_configurations_exit_2_and_create_nothing() {
     }
 }
 
-fn wait_for(path: &Path) {
-    let t0 = Instant::now();
-    while !path.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "{path:?} never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[test]
 fn socket_in_use_is_refused_and_sigterm_stops_cleanly() {
     let t = tempfile::tempdir().unwrap();
     let r = t.path();
     dirs(r);
-    let mut first = serve(r, &["l0", "l1"], "c/upper", "c/work", "s.sock")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&r.join("s.sock"));
+    let mut argv = vec![crate::strata().path().as_os_str().to_owned()];
+    argv.extend(serve(r, &["l0", "l1"], "c/upper", "c/work", "s.sock"));
+    let log = t.path().join("first.log");
+    let mut first = ServeProcess::spawn_argv(&argv, &[r.join("s.sock")], None, &log)
+        .unwrap_or_else(|e| panic!("{e}"));
 
-    let second = serve(r, &["l0"], "c/upper", "c/work", "s.sock")
-        .output()
-        .unwrap();
-    assert_eq!(second.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&second.stderr).contains("in use"));
+    let second = crate::strata().run(serve(r, &["l0"], "c/upper", "c/work", "s.sock"));
+    assert_eq!(second.code(), Some(2));
+    assert!(second.stderr.contains("in use"), "{}", second.stderr);
 
     // The refused second daemon did not disturb the first (it did not connect): still there.
     std::thread::sleep(Duration::from_millis(100));
-    assert!(
-        first.try_wait().unwrap().is_none(),
-        "first daemon was disturbed"
-    );
+    assert!(first.try_wait().is_none(), "first daemon was disturbed");
     assert!(r.join("s.sock").exists());
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::unistd::Pid::from_raw(first.pid() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = first.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "serve did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = first
+        .wait_exit(Duration::from_secs(10))
+        .expect("serve stops on SIGTERM");
     assert!(status.success(), "exit status {status}");
     assert!(!r.join("s.sock").exists(), "socket left behind");
     assert!(!r.join("s.sock.lock").exists(), "lock file left behind");
@@ -135,7 +103,8 @@ fn socket_in_use_is_refused_and_sigterm_stops_cleanly() {
 
 #[test]
 fn print_sandbox_names_the_denied_syscalls() {
-    let out = strata()
+    let out = crate::strata()
+        .cmd()
         .args([
             "serve",
             "--print-sandbox",

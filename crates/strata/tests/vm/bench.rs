@@ -2,17 +2,13 @@
 //! every strategy and phase with the requested sample count, and the directory is left empty.
 //! Timings are never asserted.
 
-use std::process::Command;
-
-fn strata() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_strata"))
-}
-
 #[test]
 fn json_report_has_every_strategy_and_phase_and_dir_is_left_empty() {
+    let _machine = crate::alone();
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("bench");
-    let out = strata()
+    let out = crate::strata()
+        .cmd()
         .args(["bench", "create", "--dir"])
         .arg(&dir)
         .args(["--n", "20", "--json"])
@@ -57,8 +53,10 @@ fn json_report_has_every_strategy_and_phase_and_dir_is_left_empty() {
 
 #[test]
 fn table_for_one_strategy_and_refusals() {
+    let _machine = crate::alone();
     let t = tempfile::tempdir().unwrap();
-    let out = strata()
+    let out = crate::strata()
+        .cmd()
         .args(["bench", "create", "--dir"])
         .arg(t.path())
         .args(["--n", "3", "--strategy", "tmpfs-mount"])
@@ -78,7 +76,8 @@ fn table_for_one_strategy_and_refusals() {
     assert!(lines[3].starts_with("tmpfs-mount: ") && lines[3].contains("starts/s"));
     assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0);
 
-    let bad = strata()
+    let bad = crate::strata()
+        .cmd()
         .args(["bench", "create", "--dir"])
         .arg(t.path())
         .args(["--n", "3", "--strategy", "fuse"])
@@ -89,7 +88,8 @@ fn table_for_one_strategy_and_refusals() {
 
     // A leftover of an earlier run is not touched, and the error says what to do.
     std::fs::create_dir(t.path().join("upper_0")).unwrap();
-    let clash = strata()
+    let clash = crate::strata()
+        .cmd()
         .args(["bench", "create", "--dir"])
         .arg(t.path())
         .args(["--n", "3", "--strategy", "strata"])

@@ -4,14 +4,14 @@
 //! Setup (a) needs virtiofsd (`scripts/bench-guest` installs it); without it the bench skips
 //! (a) and says so, and so does this test.
 
-use std::process::Command;
-
 #[test]
 fn short_guest_bench_on_the_tiny_rootfs() {
+    let _machine = crate::alone();
     let t = tempfile::tempdir().unwrap();
     let json = t.path().join("bench.json");
     let svg = t.path().join("bench.svg");
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+    let out = crate::strata()
+        .cmd()
         .args(["bench", "guest", "--rootfs", "tiny", "--runs", "1"])
         .args(["--small", "50", "--seq-mib", "4", "--timeout", "300"])
         .arg("--workdir")

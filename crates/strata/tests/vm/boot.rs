@@ -1,37 +1,24 @@
-//! Smoke test: boot the Debian 6.1 cloud kernel with a busybox-only initramfs under qemu.
+//! Smoke tests of strata-vm: boot the Debian 6.1 and 6.12 cloud kernels with a busybox-only
+//! initramfs under qemu, load the guest modules, and kill qemu on timeout and drop.
 //!
-//! Needs qemu-system-x86_64, busybox-static and apt access (first run downloads the kernel into
-//! `$STRATA_CACHE` or /var/cache/strata); skips with a message when qemu or busybox is missing.
-//! Set `STRATA_VM_CONSOLE=1` to watch the console.
+//! Needs qemu-system-x86_64, busybox-static and apt access (the first run downloads the kernel
+//! into `$STRATA_CACHE` or /var/cache/strata). Set `STRATA_VM_CONSOLE=1` to watch the console.
 
 use std::time::Duration;
 
 use strata_harness::fixture;
 use strata_vm::{qemu, GuestKernel, Initramfs, KernelChoice, VmConfig};
 
-/// qemu and a static busybox, or `None` after printing why the test is skipped.
-fn prerequisites() -> Option<std::path::PathBuf> {
-    if qemu::find_in_path(qemu::QEMU).is_none() {
-        eprintln!(
-            "SKIP: {} not installed; run scripts/install-deps.sh",
-            qemu::QEMU
-        );
-        return None;
-    }
-    match fixture::static_busybox() {
-        Ok(b) => Some(b),
-        Err(e) => {
-            eprintln!("SKIP: {e}");
-            None
-        }
-    }
+/// qemu and a static busybox (a failure when either is missing).
+fn prerequisites() -> std::path::PathBuf {
+    strata_harness::require(&[qemu::QEMU]);
+    fixture::static_busybox().unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
 fn boots_debian_6_1_busybox_initramfs() {
-    let Some(busybox) = prerequisites() else {
-        return;
-    };
+    let _machine = crate::shared();
+    let busybox = prerequisites();
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("guest kernel {} ({:?})", kernel.release, kernel.vmlinuz);
 
@@ -72,9 +59,7 @@ fn boots_debian_6_1_busybox_initramfs() {
 /// Boot `choice` with the guest modules and a raw disk; check the modules load in
 /// [`GUEST_MODULES`](strata_vm::GUEST_MODULES) order and provide virtio-blk, virtiofs and overlay.
 fn modules_load(choice: KernelChoice) {
-    let Some(busybox) = prerequisites() else {
-        return;
-    };
+    let busybox = prerequisites();
     let kernel = GuestKernel::fetch(choice).unwrap_or_else(|e| panic!("{e}"));
     let modules = kernel
         .modules(strata_vm::GUEST_MODULES)
@@ -130,20 +115,21 @@ fn modules_load(choice: KernelChoice) {
 
 #[test]
 fn debian_6_1_guest_modules_load() {
+    let _machine = crate::shared();
     modules_load(KernelChoice::Debian6_1);
 }
 
 #[test]
 fn debian_6_12_guest_modules_load() {
+    let _machine = crate::shared();
     modules_load(KernelChoice::Debian6_12);
 }
 
 /// A hung guest is killed at the timeout, and dropping a running VM kills qemu: no orphans.
 #[test]
 fn timeout_and_drop_kill_qemu() {
-    let Some(busybox) = prerequisites() else {
-        return;
-    };
+    let _machine = crate::shared();
+    let busybox = prerequisites();
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.cpio");

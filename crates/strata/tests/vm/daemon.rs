@@ -7,8 +7,6 @@
 //!
 //! Needs root, qemu-system-x86_64, strace and busybox-static: `scripts/install-deps.sh`.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use strata_harness::fixture;
@@ -27,30 +25,11 @@ test "$(cat /who)" = "$1"
 echo "vm $1: rootfs ok"
 "#;
 
-fn strata_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_strata"))
-}
-
-fn strata(args: &[&str]) -> (bool, String) {
-    let out = Command::new(strata_bin()).args(args).output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn one_daemon_serves_two_vms_without_mounts_or_processes() {
-    for tool in ["qemu-system-x86_64", "busybox", "strace"] {
-        assert!(
-            strata_vm::qemu::find_in_path(tool).is_some(),
-            "{tool} missing: run scripts/install-deps.sh"
-        );
-    }
+    let _machine = crate::alone();
+    strata_harness::require(&["qemu-system-x86_64", "busybox", "strace"]);
+    let strata = crate::strata();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let base = root.join("layers/base");
@@ -65,16 +44,16 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
     }
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).expect("guest kernel");
     let initrd = root.join("initrd.cpio");
-    strata_vm::initramfs::guest_initramfs(&strata_bin(), &kernel, &initrd).unwrap();
+    strata_vm::initramfs::guest_initramfs(strata.path(), &kernel, &initrd).unwrap();
 
     let mounts_before = host_mount_count();
     let api = root.join("run/api.sock");
     std::fs::create_dir_all(root.join("run")).unwrap();
     let strace = root.join("daemon.strace");
     let daemon = DaemonProcess::spawn(
-        &strata_bin(),
+        strata.path(),
         &api,
-        &[root.to_owned()],
+        &["--allow".as_ref(), root.as_os_str()],
         Some(&strace),
         &root.join("daemon.log"),
     )
@@ -89,8 +68,8 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
         if id == "vm2" {
             extra = vec!["--lower-socket", layers.to_str().unwrap()];
         }
-        let (ok, text) = strata(
-            &[
+        let r = strata.run(
+            [
                 "rootfs",
                 "start",
                 id,
@@ -111,11 +90,11 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
             .chain(extra)
             .collect::<Vec<_>>(),
         );
-        assert!(ok, "rootfs start {id}: {text}");
-        assert!(text.contains("listening"), "{text}");
+        assert!(r.ok(), "rootfs start {id}: {}", r.text());
+        assert!(r.text().contains("listening"), "{}", r.text());
     }
-    let (ok, status) = strata(&["rootfs", "status", "--api", api_s]);
-    assert!(ok && status.lines().count() == 2, "{status}");
+    let status = strata.ok(["rootfs", "status", "--api", api_s]);
+    assert!(status.lines().count() == 2, "{status}");
 
     // If a guest hangs, what each daemon thread waits on, taken while it hangs (the VMs time
     // out at 120 s, when every session ends); read only if a guest fails.
@@ -173,8 +152,9 @@ fn one_daemon_serves_two_vms_without_mounts_or_processes() {
     // Both VMMs hung up: their sessions are over, the daemon lives on.
     let t0 = std::time::Instant::now();
     loop {
-        let (ok, s) = strata(&["rootfs", "status", "--api", api_s]);
-        if ok && s.contains("no sessions") {
+        let r = strata.run(["rootfs", "status", "--api", api_s]);
+        let s = r.text();
+        if r.ok() && s.contains("no sessions") {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(20), "sessions left: {s}");

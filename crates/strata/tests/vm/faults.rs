@@ -11,13 +11,14 @@
 //! Guest side: `guest/faults.sh`. Needs root, qemu-system-x86_64, busybox-static, util-linux
 //! `unshare`: `scripts/install-deps.sh`.
 
-mod support;
-
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{describe, diff, md5, snapshot, Env};
+use strata_harness::env::{assert_guest_script_passed, Env};
+use strata_harness::fixture::write;
+use strata_harness::session::describe;
+use strata_harness::snapshot::{diff, md5, snapshot};
 
 const FAULTS_SH: &str = include_str!("guest/faults.sh");
 
@@ -64,7 +65,8 @@ fn wait_for_lines(
 
 #[test]
 fn daemon_killed_during_fsyncs_loses_nothing_fsynced_and_restarts() {
-    let env = Env::new(&[("faults.sh", FAULTS_SH)]);
+    let _machine = crate::shared();
+    let env = Env::new(&crate::strata(), &[("faults.sh", FAULTS_SH)]);
     let mut daemon = env.serve(&[], &[]);
     let (lines, rx, sink) = console_sink();
     let mut vm = env
@@ -122,7 +124,7 @@ fn daemon_killed_during_fsyncs_loses_nothing_fsynced_and_restarts() {
         .run()
         .expect("qemu runs");
     eprintln!("---- second guest ----\n{}\n---- end ----", out.console);
-    let st = daemon.wait(Duration::from_secs(30));
+    let st = daemon.wait_exit(Duration::from_secs(30));
     assert!(!out.timed_out, "second VM timed out");
     assert!(
         out.console.contains("strata: rootfs ready"),
@@ -149,7 +151,8 @@ fn daemon_killed_during_fsyncs_loses_nothing_fsynced_and_restarts() {
 
 #[test]
 fn vmm_killed_mid_request_daemon_exits_cleanly() {
-    let env = Env::new(&[("faults.sh", FAULTS_SH)]);
+    let _machine = crate::shared();
+    let env = Env::new(&crate::strata(), &[("faults.sh", FAULTS_SH)]);
     // Everything in the test dir but upper/work and what the daemon owns (log, socket, lock).
     let log = env.root().join("serve.log");
     let lock = env.socket.with_extension("sock.lock");
@@ -174,7 +177,7 @@ fn vmm_killed_mid_request_daemon_exits_cleanly() {
     std::thread::sleep(Duration::from_secs(3));
     vm.kill();
     let t0 = Instant::now();
-    let st = daemon.wait(Duration::from_secs(20));
+    let st = daemon.wait_exit(Duration::from_secs(20));
     let log = daemon.log_text();
     eprintln!("serve log:\n{log}");
     let st = st.unwrap_or_else(|| panic!("strata serve still running 20 s after the VMM died"));
@@ -203,11 +206,12 @@ fn vmm_killed_mid_request_daemon_exits_cleanly() {
 
 #[test]
 fn full_upper_filesystem_is_enospc_in_the_guest_and_recovers() {
-    assert!(support::have("unshare"), "util-linux unshare missing");
-    let env = Env::new(&[("faults.sh", FAULTS_SH)]);
+    let _machine = crate::shared();
+    strata_harness::require(&["unshare"]);
+    let env = Env::new(&crate::strata(), &[("faults.sh", FAULTS_SH)]);
     // A 1 MiB lower file, for a copy-up that cannot fit.
     let lower1m: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
-    support::write(&env.bottom.join("data/lower1m"), &lower1m);
+    write(&env.bottom.join("data/lower1m"), &lower1m);
     // upper and work on a 16 MiB tmpfs that only the daemon's private mount namespace has.
     // A `sleep` in that namespace keeps it (and the tmpfs) for the checks after the session.
     let small = env.root().join("small");
@@ -253,9 +257,9 @@ fn full_upper_filesystem_is_enospc_in_the_guest_and_recovers() {
         .run()
         .expect("qemu runs");
     eprintln!("---- guest ----\n{}\n---- end ----", out.console);
-    let st = daemon.wait(Duration::from_secs(30));
+    let st = daemon.wait_exit(Duration::from_secs(30));
     eprintln!("serve log:\n{}", daemon.log_text());
-    support::assert_guest_script_passed(&out, "summary:", "the guest script");
+    assert_guest_script_passed(&out, "summary:", "the guest script");
     assert!(
         st.is_some_and(|s| s.success()),
         "daemon did not exit 0: {:?}",

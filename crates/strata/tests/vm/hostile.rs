@@ -7,29 +7,31 @@
 //! cleanly and the daemon keeps serving; afterwards the host checks that the layers and a host
 //! file the guest aimed at are unchanged, and that the daemon logged the refusals and exited 0.
 //!
-//! (`vm_rootfs` runs the first hostile script, `guest/hostile.sh`, with the default limits.)
-
-mod support;
+//! (The `rootfs` module runs the first hostile script, `guest/hostile.sh`, with the default limits.)
 
 use std::time::Duration;
 
-use support::{describe, diff, snapshot, Env};
+use strata_harness::env::{assert_guest_script_passed, Env};
+use strata_harness::fixture::write;
+use strata_harness::session::describe;
+use strata_harness::snapshot::{diff, snapshot};
 
 const HOSTILE2_SH: &str = include_str!("guest/hostile2.sh");
 
 #[test]
 fn hostile_guest_hits_limits_and_races_and_the_daemon_keeps_serving() {
-    let env = Env::new(&[("hostile2.sh", HOSTILE2_SH)]);
+    let _machine = crate::shared();
+    let env = Env::new(&crate::strata(), &[("hostile2.sh", HOSTILE2_SH)]);
     let secret = env.root().join("outside/secret");
-    support::write(&secret, "HOST-SECRET\n");
-    support::write(
+    write(&secret, "HOST-SECRET\n");
+    write(
         &env.top.join("host_secret_path"),
         secret.display().to_string(),
     );
     let data = env.bottom.join("data");
-    support::write(&data.join("base.txt"), "base\n");
+    write(&data.join("base.txt"), "base\n");
     for i in 0..1500 {
-        support::write(
+        write(
             &env.bottom.join("many").join(format!("f{i}")),
             format!("{i}\n"),
         );
@@ -58,11 +60,11 @@ fn hostile_guest_hits_limits_and_races_and_the_daemon_keeps_serving() {
         "---- guest ----\n{}\n---- end ({:?}) ----",
         out.console, out.elapsed
     );
-    let st = daemon.wait(Duration::from_secs(30));
+    let st = daemon.wait_exit(Duration::from_secs(30));
     let log = daemon.log_text();
     eprintln!("serve log:\n{log}");
 
-    support::assert_guest_script_passed(&out, "ok - the daemon still serves writes", "hostile2.sh");
+    assert_guest_script_passed(&out, "ok - the daemon still serves writes", "hostile2.sh");
     for what in ["1000 nodes", "64 handles"] {
         assert!(
             log.contains(&format!(

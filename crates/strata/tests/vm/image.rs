@@ -6,10 +6,11 @@
 //!
 //! Needs root, umoci, qemu-system-x86_64 and busybox-static: `scripts/install-deps.sh`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use strata_harness::fixture::write;
 use strata_harness::session::{ServeProcess, ServeSpec};
 use strata_vm::kernel::{GuestKernel, KernelChoice};
 use strata_vm::qemu::VmConfig;
@@ -28,47 +29,16 @@ echo written-in-vm > /data/new
 echo "image: all checks passed"
 "#;
 
-fn strata(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "strata {args:?}: {text}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn umoci(args: &[&str]) {
     let st = Command::new("umoci").args(args).status().unwrap();
     assert!(st.success(), "umoci {args:?}");
 }
 
-fn write(path: &Path, data: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, data).unwrap();
-}
-
 #[test]
 fn umoci_image_boots_from_the_store() {
-    if !have("umoci") {
-        eprintln!("SKIP: umoci not installed (run scripts/install-deps.sh)");
-        return;
-    }
-    for tool in ["qemu-system-x86_64", "busybox"] {
-        assert!(have(tool), "{tool} missing: run scripts/install-deps.sh");
-    }
+    let _machine = crate::shared();
+    strata_harness::require(&["umoci", "qemu-system-x86_64", "busybox"]);
+    let strata = crate::strata();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let layout = root.join("layout");
@@ -98,8 +68,8 @@ fn umoci_image_boots_from_the_store() {
 
     let store = root.join("store");
     let st = store.to_str().unwrap();
-    strata(&["image", "import", layout.to_str().unwrap(), "--store", st]);
-    let rec: serde_json::Value = serde_json::from_str(&strata(&[
+    strata.ok(["image", "import", layout.to_str().unwrap(), "--store", st]);
+    let rec: serde_json::Value = serde_json::from_str(&strata.ok([
         "rootfs", "create", "--image", "app", "--id", "vm1", "--store", st,
     ]))
     .unwrap();
@@ -110,13 +80,8 @@ fn umoci_image_boots_from_the_store() {
 
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).expect("guest kernel");
     let initrd = root.join("initrd.cpio");
-    strata_vm::initramfs::guest_initramfs(
-        Path::new(env!("CARGO_BIN_EXE_strata")),
-        &kernel,
-        &initrd,
-    )
-    .unwrap();
-    // What `strata serve --rootfs vm1 --store STORE` serves (tests/cli_image.rs checks that
+    strata_vm::initramfs::guest_initramfs(strata.path(), &kernel, &initrd).unwrap();
+    // What `strata serve --rootfs vm1 --store STORE` serves (the CLI tests' `image` module checks that
     // resolution); spawned with the dirs so the lab's process helper can wait for readiness.
     let spec = ServeSpec {
         lowers,
@@ -127,13 +92,8 @@ fn umoci_image_boots_from_the_store() {
         // The image has no xattrs but overlayfs' own: its layers come from the layer device.
         lower: Some((root.join("layers.sock"), "strata-lower".into())),
     };
-    let serve = ServeProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_strata")),
-        &spec,
-        None,
-        &root.join("serve.log"),
-    )
-    .expect("strata serve starts");
+    let serve = ServeProcess::spawn(strata.path(), &spec, None, &root.join("serve.log"))
+        .expect("strata serve starts");
     let vm = VmConfig {
         cmdline: "strata.tag=strata strata.cmd=\"/bin/sh /check.sh\"".into(),
         virtiofs: spec.devices(),

@@ -3,17 +3,17 @@
 //! (table, JSON, SVG) exist. The 6.12 kernel is given by path (`--kernel DIR`), as a user
 //! brings their own kernel.
 
-use std::process::Command;
-
 #[test]
 fn short_lab_runs_on_6_1_and_6_12() {
+    let _machine = crate::alone();
     let t = tempfile::tempdir().unwrap();
     let json = t.path().join("lab.json");
     let k612 = strata_vm::kernel::GuestKernel::fetch(strata_vm::kernel::KernelChoice::Debian6_12)
         .expect("6.12 kernel")
         .dir;
     let svg = t.path().join("lab.svg");
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+    let out = crate::strata()
+        .cmd()
         .args([
             "lab",
             "--kernel",

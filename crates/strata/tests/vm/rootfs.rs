@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use strata_harness::fixture;
+use strata_harness::fixture::{self, write};
 use strata_harness::session::{host_mount_count, ServeProcess, ServeSpec};
 use strata_vm::kernel::{GuestKernel, KernelChoice};
 use strata_vm::qemu::VmConfig;
@@ -23,15 +23,6 @@ use strata_vm::qemu::VmConfig;
 const ROOTFS_SH: &str = include_str!("guest/rootfs.sh");
 const HOSTILE_SH: &str = include_str!("guest/hostile.sh");
 const MANIFEST_SH: &str = include_str!("guest/manifest.sh");
-
-fn strata_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_strata"))
-}
-
-fn write(path: &Path, data: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, data).unwrap();
-}
 
 /// Two layers in the kernel overlayfs on-disk format, covering what the guest script checks.
 fn build_layers(root: &Path) -> (PathBuf, PathBuf) {
@@ -68,7 +59,7 @@ fn build_layers(root: &Path) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     // The strata binary inside the container, for the xattr and mmap probes.
-    std::fs::copy(strata_bin(), bottom.join("bin/strata")).unwrap();
+    std::fs::copy(crate::strata().path(), bottom.join("bin/strata")).unwrap();
 
     let t = top.join("data");
     write(&t.join("top.txt"), "top\n");
@@ -94,20 +85,10 @@ fn manifest_lines(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
 #[test]
 fn guest_rootfs_over_virtio_fs_matches_host_overlay() {
-    for tool in ["qemu-system-x86_64", "strace", "busybox"] {
-        assert!(have(tool), "{tool} missing: run scripts/install-deps.sh");
-    }
+    let _machine = crate::shared();
+    strata_harness::require(&["qemu-system-x86_64", "strace", "busybox"]);
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let (top, bottom) = build_layers(root);
@@ -118,7 +99,7 @@ fn guest_rootfs_over_virtio_fs_matches_host_overlay() {
 
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).expect("guest kernel");
     let initrd = root.join("initrd.cpio");
-    strata_vm::initramfs::guest_initramfs(&strata_bin(), &kernel, &initrd).unwrap();
+    strata_vm::initramfs::guest_initramfs(crate::strata().path(), &kernel, &initrd).unwrap();
 
     let spec = ServeSpec {
         lowers: vec![top.clone(), bottom.clone()],
@@ -133,7 +114,7 @@ fn guest_rootfs_over_virtio_fs_matches_host_overlay() {
     let mounts_before = host_mount_count();
     let strace_log = root.join("serve.strace");
     let serve = ServeProcess::spawn(
-        &strata_bin(),
+        crate::strata().path(),
         &spec,
         Some(&strace_log),
         &root.join("serve.log"),

@@ -3,23 +3,10 @@
 //! FUSE requests, none fails, and after the sessions end the daemon is back to its idle fds.
 //! Memory numbers are printed, never asserted (they are benchmarks).
 
-use std::process::Command;
-
-fn strata(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn sessions_come_and_go_without_leaving_fds() {
-    let (ok, out, err) = strata(&[
+    let _machine = crate::alone();
+    let r = crate::strata().run([
         "bench",
         "sessions",
         "--sessions",
@@ -28,7 +15,8 @@ fn sessions_come_and_go_without_leaving_fds() {
         "10",
         "--json",
     ]);
-    assert!(ok, "{out}{err}");
+    let (out, err) = (r.stdout.as_str(), r.stderr.as_str());
+    assert!(r.ok(), "{out}{err}");
     let v: Vec<serde_json::Value> = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v.len(), 4, "idle, 1, 10, after: {out}");
     let fds = |i: usize| v[i]["fds"].as_u64().unwrap();
@@ -43,7 +31,8 @@ fn sessions_come_and_go_without_leaving_fds() {
 
 #[test]
 fn short_soak_has_no_errors() {
-    let (ok, out, err) = strata(&[
+    let _machine = crate::alone();
+    let r = crate::strata().run([
         "bench",
         "soak",
         "--sessions",
@@ -53,7 +42,8 @@ fn short_soak_has_no_errors() {
         "--interval-ms",
         "500",
     ]);
-    assert!(ok, "{out}{err}");
+    let (out, err) = (r.stdout.as_str(), r.stderr.as_str());
+    assert!(r.ok(), "{out}{err}");
     assert!(out.contains(", 0 errors"), "{out}");
     eprintln!("{out}");
 }

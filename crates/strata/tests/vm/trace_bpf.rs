@@ -3,14 +3,13 @@
 //! loads and attaches (nothing `missing`), a tight tmpfs mount loop shows up in the mount
 //! rows, and the tracer's overhead on that loop is measured (printed, not asserted).
 //!
-//! Skips when qemu or busybox is missing (scripts/install-deps.sh installs them).
+//! Needs qemu and busybox-static (scripts/install-deps.sh installs them).
 
 use std::time::Duration;
 
 use strata_harness::fixture;
 use strata_vm::{qemu, Contents, GuestKernel, Initramfs, KernelChoice, VmConfig};
 
-const STRATA: &str = env!("CARGO_BIN_EXE_strata");
 /// Mount+umount pairs per loop.
 const N: usize = 300;
 /// Rounds of (without the tracer, with it): 1 in CI (each round attaches and detaches every
@@ -68,21 +67,10 @@ fn stats(bench: &serde_json::Value) -> (f64, f64) {
 
 #[test]
 fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
+    let _machine = crate::alone();
     let n_rounds = rounds_wanted();
-    if qemu::find_in_path(qemu::QEMU).is_none() {
-        eprintln!(
-            "SKIP: {} not installed; run scripts/install-deps.sh",
-            qemu::QEMU
-        );
-        return;
-    }
-    let busybox = match fixture::static_busybox() {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("SKIP: {e}");
-            return;
-        }
-    };
+    strata_harness::require(&[qemu::QEMU]);
+    let busybox = fixture::static_busybox().unwrap_or_else(|e| panic!("{e}"));
     let kernel = GuestKernel::fetch(KernelChoice::Debian6_1).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
     let initrd = dir.path().join("initrd.cpio");
@@ -137,7 +125,11 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
     );
     let mut cpio = Initramfs::new();
     cpio.file("bin/busybox", 0o755, busybox.as_path())
-        .file("bin/strata", 0o755, Contents::StrippedElf(STRATA.into()))
+        .file(
+            "bin/strata",
+            0o755,
+            Contents::StrippedElf(crate::strata().path().into()),
+        )
         .char_dev("dev/console", 0o600, 5, 1)
         .dir("proc", 0o755)
         .dir("sys", 0o755)

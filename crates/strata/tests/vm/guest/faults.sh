@@ -1,5 +1,5 @@
 # Runs inside the VM as the container command (the guest's overlay over virtio-fs), for the
-# fault tests in vm_faults.rs. `sh /faults.sh MODE`; prints TAP-like lines and markers the host
+# fault tests in faults.rs. `sh /faults.sh MODE`; prints TAP-like lines and markers the host
 # acts on.
 D=/data
 pass=0

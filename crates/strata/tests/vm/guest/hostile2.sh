@@ -1,4 +1,4 @@
-# Runs inside the VM (vm_hostile.rs) against the raw virtio-fs tree, with `strata serve
+# Runs inside the VM (hostile.rs) against the raw virtio-fs tree, with `strata serve
 # --max-nodes 1000 --max-handles 64`: races between rename and open with a symlink to a host
 # path, renames and links into layers, device nodes an image ships, xattr namespaces, and
 # exhausting the daemon's nodes and handles. Each attempt must fail cleanly and the daemon keep
