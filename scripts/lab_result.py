@@ -1,4 +1,4 @@
-"""Write the lab result block into docs/lab.md from a `strata lab --json` file."""
+"""Write the lab result block into docs/lab.md from a `strata lab --output` file."""
 import json
 import re
 import sys

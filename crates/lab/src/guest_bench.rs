@@ -49,7 +49,19 @@ pub const SEPARATE_LAYERS_ENV: &str = "STRATA_SERVE_SEPARATE_LAYERS";
 pub const VIRTIOFSD: &str = "virtiofsd";
 
 /// One way of giving the guest its rootfs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Setup {
     /// (a) virtiofsd sharing a host overlay mount.
@@ -93,20 +105,20 @@ impl Setup {
     }
 }
 
-impl std::str::FromStr for Setup {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Setup::EVERY
-            .into_iter()
-            .find(|x| x.name() == s)
-            .ok_or_else(|| {
-                format!("unknown setup {s:?}: use virtiofsd, strata, erofs or strata-layers")
-            })
-    }
-}
-
 /// One timed workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// Read every regular file of the rootfs to the end.
@@ -288,7 +300,7 @@ pub fn result_line(w: Workload, r: &IoResult) -> String {
 // Host side.
 
 /// Which rootfs to measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RootfsKind {
     /// Three layers unpacked from Debian 12 packages (thousands of files), cached.
@@ -1324,6 +1336,18 @@ fn write(p: &Path, data: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn setup_and_workload_names_are_the_command_line_names() {
+        use clap::ValueEnum;
+        for s in super::Setup::EVERY {
+            assert_eq!(super::Setup::from_str(s.name(), false), Ok(s));
+        }
+        for w in super::Workload::ALL {
+            assert_eq!(super::Workload::from_str(w.name(), false), Ok(w));
+            assert_eq!(w.name().parse::<super::Workload>(), Ok(w));
+        }
+    }
+
     use super::*;
 
     #[test]

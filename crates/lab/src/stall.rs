@@ -26,7 +26,7 @@ use strata_vm::VmError;
 const LAB_SH: &str = include_str!("lab_guest/lab.sh");
 
 /// What pressure the guest is put under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
     /// Millions of negative dentries on ext4, reclaimed with `drop_caches=2` in cycles.
@@ -35,20 +35,6 @@ pub enum Scenario {
     Pagecache,
     /// Eight cgroups with a 48 MiB `memory.max`, each filling it with dentries and page cache.
     Memcg,
-}
-
-impl std::str::FromStr for Scenario {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "dentries" => Ok(Scenario::Dentries),
-            "pagecache" => Ok(Scenario::Pagecache),
-            "memcg" => Ok(Scenario::Memcg),
-            other => Err(format!(
-                "unknown scenario {other:?}: use dentries, pagecache or memcg"
-            )),
-        }
-    }
 }
 
 impl Scenario {

@@ -1,4 +1,4 @@
-//! The trace report: what `strata trace` prints and writes with `--json FILE`.
+//! The trace report: what `strata trace` prints, and writes as JSON with `--json`/`--output`.
 //!
 //! ```json
 //! {"kernel": {"shrinker_lock": "rwsem", ...}, "summary": {...},

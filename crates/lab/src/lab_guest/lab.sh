@@ -92,7 +92,7 @@ snap pressure-start
 # CPU and above the pressure generator, so that it keeps up with trace_pipe.
 TRACE_PID=""
 if strata trace --check --json | grep -q '"shrinker_lock":"rwsem"'; then
-  strata trace --min-wait 10 --naive --json /lab/trace.json > /lab/trace.txt 2>&1 &
+  strata trace --min-wait 10 --naive --output /lab/trace.json > /lab/trace.txt 2>&1 &
   TRACE_PID=$!
   renice -5 -p $TRACE_PID > /dev/null
   # Pressure only once the probes are attached (loading BPF programs takes seconds under TCG).

@@ -2,7 +2,6 @@
 //! workloads) and `strata bench guest-io` (inside that guest: one timed workload).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use strata_lab::guest_bench::{
@@ -10,23 +9,26 @@ use strata_lab::guest_bench::{
 };
 use strata_vm::kernel::KernelChoice;
 
+use crate::args::{json_pretty, OutputArgs};
+use crate::error::{Error, Kind, Result};
+
 #[derive(clap::Args)]
-pub struct BenchGuestArgs {
+pub struct Args {
     /// Guest kernel: 6.1 or 6.12.
     #[arg(long, value_parser = str::parse::<KernelChoice>, default_value = "6.1")]
     kernel: KernelChoice,
-    /// virtiofsd (a), strata (b) or erofs (c); repeat to pick several (default: all three).
-    #[arg(long = "setup", value_parser = str::parse::<Setup>)]
+    /// A setup to run; repeat to pick several (default: virtiofsd, strata and erofs).
+    #[arg(long = "setup", value_enum)]
     setups: Vec<Setup>,
-    /// read, walk, create, write or seqread; repeat to pick several (default: all).
-    #[arg(long = "workload", value_parser = str::parse::<Workload>)]
+    /// A workload to time; repeat to pick several (default: all).
+    #[arg(long = "workload", value_enum)]
     workloads: Vec<Workload>,
     /// Boots per setup (interleaved); the table shows medians.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
     /// The rootfs: debian (3 layers from Debian 12 packages, cached) or tiny (busybox, for
     /// smoke tests).
-    #[arg(long, default_value = "debian", value_parser = parse_rootfs)]
+    #[arg(long, value_enum, default_value_t = RootfsKind::Debian)]
     rootfs: RootfsKind,
     /// Files created by the create workload.
     #[arg(long, default_value_t = 5000)]
@@ -40,9 +42,10 @@ pub struct BenchGuestArgs {
     /// Also boot (b) once per workload to count the FUSE requests each one makes.
     #[arg(long)]
     opstats: bool,
-    /// Write the full result as JSON.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    /// `--json`: the full result as JSON on stdout instead of the tables; `--output FILE`: also
+    /// written to FILE.
+    #[command(flatten)]
+    out: OutputArgs,
     /// Draw the ratios to (a) as an SVG bar chart.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -52,22 +55,14 @@ pub struct BenchGuestArgs {
     /// Working directory (default: a temp dir, removed afterwards).
     #[arg(long)]
     workdir: Option<PathBuf>,
-    /// Do not boot anything: re-print (and re-draw with --plot) a result saved with --json.
+    /// Do not boot anything: re-print (and re-draw with --plot) a result saved with --output.
     #[arg(long)]
     from_json: Option<PathBuf>,
 }
 
-fn parse_rootfs(s: &str) -> Result<RootfsKind, String> {
-    match s {
-        "debian" => Ok(RootfsKind::Debian),
-        "tiny" => Ok(RootfsKind::Tiny),
-        o => Err(format!("unknown rootfs {o:?}: use debian or tiny")),
-    }
-}
-
 #[derive(clap::Args)]
 pub struct GuestIoArgs {
-    #[arg(value_parser = str::parse::<Workload>)]
+    #[arg(value_enum)]
     workload: Workload,
     /// The mounted rootfs.
     dir: PathBuf,
@@ -78,56 +73,31 @@ pub struct GuestIoArgs {
 }
 
 /// Inside the bench guest: run one workload, print its `@result` line.
-pub fn guest_io(a: GuestIoArgs) -> ExitCode {
-    match guest_bench::guest_io(a.workload, &a.dir, a.small, a.seq_mib) {
-        Ok(r) => {
-            println!("{}", guest_bench::result_line(a.workload, &r));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!(
-                "strata bench guest-io {} {}: {e}",
-                a.workload.name(),
-                a.dir.display()
-            );
-            ExitCode::FAILURE
-        }
-    }
+pub fn guest_io(a: GuestIoArgs) -> Result {
+    let r = guest_bench::guest_io(a.workload, &a.dir, a.small, a.seq_mib)
+        .map_err(|e| Error::failed(format!("{} {}: {e}", a.workload.name(), a.dir.display())))?;
+    println!("{}", guest_bench::result_line(a.workload, &r));
+    Ok(())
 }
 
-pub fn bench_guest(a: BenchGuestArgs) -> ExitCode {
+pub fn run(a: Args) -> Result {
     if let Some(p) = &a.from_json {
-        let report: GuestBenchReport = match std::fs::read(p)
+        let report: GuestBenchReport = std::fs::read(p)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("strata bench guest: cannot load {}: {e}", p.display());
-                return ExitCode::FAILURE;
-            }
-        };
+            .map_err(|e| Error::failed(format!("cannot load {}: {e}", p.display())))?;
         return finish(&a, &report);
     }
-    // SIGINT/SIGTERM set the flag: the running VM is killed, and everything below is cleaned
-    // up on the way out (host overlay unmounted, virtiofsd/strata serve stopped, workdir
-    // removed). A second signal exits at once.
     // strata serve (setup (b)) prints its FUSE request counts when the guest unmounts. Set
     // while this process is still single-threaded; the serve processes inherit it.
     std::env::set_var(guest_bench::OPSTATS_ENV, "1");
-    let stop = match strata_lab::bench::stop_on_signals() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("strata bench guest: cannot handle signals: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // SIGINT/SIGTERM set the flag: the running VM is killed, and everything below is cleaned
+    // up on the way out (host overlay unmounted, virtiofsd/strata serve stopped, workdir
+    // removed). A second signal exits at once.
+    let stop = strata_lab::bench::stop_on_signals()
+        .map_err(|e| Error::failed(format!("cannot handle signals: {e}")))?;
     let mut tmp = None;
-    let Some((strata, workdir)) =
-        crate::binary_and_workdir("bench-guest", a.workdir.clone(), &mut tmp)
-    else {
-        return ExitCode::FAILURE;
-    };
+    let (strata, workdir) = super::binary_and_workdir("bench-guest", a.workdir.clone(), &mut tmp)?;
     let cfg = GuestBenchConfig {
         kernel: a.kernel,
         setups: if a.setups.is_empty() {
@@ -162,37 +132,31 @@ pub fn bench_guest(a: BenchGuestArgs) -> ExitCode {
     drop(tmp);
     match result {
         Ok(report) => finish(&a, &report),
-        Err(e) => {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                eprintln!("strata bench guest: interrupted; cleaned up");
-                return ExitCode::from(130);
-            }
-            eprintln!("strata bench guest: {e}");
-            ExitCode::FAILURE
+        Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
+            Err(Error::new(Kind::Interrupted, "interrupted; cleaned up"))
         }
+        Err(e) => Err(Error::failed(e)),
     }
 }
 
-fn finish(a: &BenchGuestArgs, report: &GuestBenchReport) -> ExitCode {
-    print!("{}", guest_bench::table(report));
-    print!("{}", guest_bench::opstats_table(report));
-    if let (Some(p), None) = (&a.json, &a.from_json) {
-        let v = serde_json::to_vec_pretty(report).unwrap_or_default();
-        if let Err(e) = std::fs::write(p, v) {
-            eprintln!("strata bench guest: cannot write {}: {e}", p.display());
-            return ExitCode::FAILURE;
-        }
+fn finish(a: &Args, report: &GuestBenchReport) -> Result {
+    if a.out.json {
+        println!("{}", json_pretty(report)?);
+    } else {
+        print!("{}", guest_bench::table(report));
+        print!("{}", guest_bench::opstats_table(report));
+    }
+    if a.from_json.is_none() {
+        a.out.write(report)?;
     }
     if let Some(p) = &a.plot {
-        if let Err(e) = guest_bench::ratio_svg(report, p) {
-            eprintln!("strata bench guest: cannot draw {}: {e}", p.display());
-            return ExitCode::FAILURE;
-        }
+        guest_bench::ratio_svg(report, p)
+            .map_err(|e| Error::failed(format!("cannot draw {}: {e}", p.display())))?;
         eprintln!("bench guest: wrote {}", p.display());
     }
     if report.errors.is_empty() {
-        ExitCode::SUCCESS
+        Ok(())
     } else {
-        ExitCode::FAILURE
+        Err(Error::failed(report.errors.join("; ")))
     }
 }

@@ -2,20 +2,22 @@
 //! `strata daemon`, driven by vhost-user frontends (no VMs booted; see strata_lab::soak).
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
 use strata_lab::soak;
+
+use crate::args::{json_line, json_pretty, JsonArg, OutputArgs};
+use crate::error::{Error, Result};
 
 #[derive(Args)]
 pub struct SessionsArgs {
     /// Connected session counts to measure at (repeatable; default 1, 10, 100).
     #[arg(long = "sessions")]
     counts: Vec<usize>,
-    /// Print JSON (one sample per count, then one after every session ended).
-    #[arg(long)]
-    json: bool,
+    /// Print the samples as JSON (one per count, then one after every session ended).
+    #[command(flatten)]
+    json: JsonArg,
 }
 
 #[derive(Args)]
@@ -32,39 +34,31 @@ pub struct SoakArgs {
     /// Pause of each session between rounds of I/O, in milliseconds (0: as fast as it goes).
     #[arg(long, default_value_t = 0)]
     pause_ms: u64,
-    /// Write every sample and the summary as JSON here.
-    #[arg(long)]
-    json: Option<PathBuf>,
+    /// `--json`: every sample and the summary as JSON on stdout instead of the summary;
+    /// `--output FILE`: also written to FILE.
+    #[command(flatten)]
+    out: OutputArgs,
     /// Draw RSS and open fds over time as an SVG here.
     #[arg(long)]
     plot: Option<PathBuf>,
 }
 
-fn me() -> Option<PathBuf> {
-    std::env::current_exe().ok()
+fn me() -> Result<PathBuf> {
+    std::env::current_exe()
+        .map_err(|e| Error::failed(format!("cannot find my own binary (/proc/self/exe): {e}")))
 }
 
-pub fn sessions(a: SessionsArgs) -> ExitCode {
+pub fn sessions(a: SessionsArgs) -> Result {
     let counts = if a.counts.is_empty() {
         vec![1, 10, 100]
     } else {
         a.counts
     };
-    let Some(bin) = me() else {
-        eprintln!("strata bench sessions: cannot find its own binary (/proc/self/exe)");
-        return ExitCode::FAILURE;
-    };
-    let r = soak::sessions(&bin, &counts, &mut |line| eprintln!("{line}"));
-    let samples = match r {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("strata bench sessions: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if a.json {
-        println!("{}", serde_json::to_string(&samples).unwrap_or_default());
-        return ExitCode::SUCCESS;
+    let samples =
+        soak::sessions(&me()?, &counts, &mut |line| eprintln!("{line}")).map_err(Error::failed)?;
+    if a.json.json {
+        println!("{}", json_line(&samples)?);
+        return Ok(());
     }
     println!(
         "{:>9} {:>10} {:>10} {:>11} {:>8} {:>6}",
@@ -98,16 +92,12 @@ pub fn sessions(a: SessionsArgs) -> ExitCode {
             );
         }
     }
-    ExitCode::SUCCESS
+    Ok(())
 }
 
-pub fn soak(a: SoakArgs) -> ExitCode {
-    let Some(bin) = me() else {
-        eprintln!("strata bench soak: cannot find its own binary (/proc/self/exe)");
-        return ExitCode::FAILURE;
-    };
-    let r = soak::soak(
-        &bin,
+pub fn soak(a: SoakArgs) -> Result {
+    let report = soak::soak(
+        &me()?,
         a.sessions.max(1),
         Duration::from_secs(a.seconds),
         Duration::from_millis(a.interval_ms.max(50)),
@@ -118,30 +108,23 @@ pub fn soak(a: SoakArgs) -> ExitCode {
                 s.t_s, s.rss_kib, s.anon_kib, s.fds, s.threads, reqs
             )
         },
-    );
-    let report = match r {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("strata bench soak: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("{}", report.summary());
-    if let Some(p) = &a.json {
-        if let Err(e) = std::fs::write(p, serde_json::to_vec(&report).unwrap_or_default()) {
-            eprintln!("strata bench soak: cannot write {}: {e}", p.display());
-            return ExitCode::FAILURE;
-        }
+    )
+    .map_err(Error::failed)?;
+    if a.out.json {
+        println!("{}", json_pretty(&report)?);
+    } else {
+        println!("{}", report.summary());
     }
+    a.out.write(&report)?;
     if let Some(p) = &a.plot {
-        if let Err(e) = soak::soak_svg(&report, p) {
-            eprintln!("strata bench soak: cannot draw {}: {e}", p.display());
-            return ExitCode::FAILURE;
-        }
+        soak::soak_svg(&report, p)
+            .map_err(|e| Error::failed(format!("cannot draw {}: {e}", p.display())))?;
     }
     if report.errors > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+        return Err(Error::failed(format!(
+            "{} errors in {} FUSE requests",
+            report.errors, report.requests
+        )));
     }
+    Ok(())
 }

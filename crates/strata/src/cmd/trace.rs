@@ -3,19 +3,22 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use strata_trace::check;
 
+use crate::args::{json_line, OutputArgs};
+use crate::error::{Error, Result};
+
 #[derive(clap::Args)]
-pub struct TraceArgs {
+pub struct Args {
     /// Only say whether memory reclaim holds the lock mounts take on this kernel: `rwsem`
     /// (exposed, Linux < 6.7) or `lockless` (6.7+ or a backport), from kallsyms and BTF.
     #[arg(long)]
     check: bool,
-    /// Machine-readable output: one JSON object, to stdout or to FILE.
-    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
-    json: Option<PathBuf>,
+    /// `--json`: the verdict or the report as one line of JSON on stdout; `--output FILE`:
+    /// also written to FILE.
+    #[command(flatten)]
+    out: OutputArgs,
     /// Symbol listing to read instead of /proc/kallsyms (e.g. another kernel's System.map).
     #[arg(long, value_name = "FILE")]
     kallsyms: Option<PathBuf>,
@@ -45,57 +48,54 @@ enum Producer {
     Tracefs,
 }
 
-pub fn trace(a: TraceArgs) -> ExitCode {
+pub fn run(a: Args) -> Result {
     let c = check::check(a.kallsyms.as_deref(), a.btf.as_deref());
     if !a.check {
-        return run(&a, c);
+        return trace(&a, c);
     }
-    if let Err(e) = output(&a, &c) {
-        eprintln!("strata trace: {e}");
-        return ExitCode::FAILURE;
-    }
+    output(&a.out, &c, || check::render(&c))?;
     match c.shrinker_lock {
-        strata_trace::ShrinkerLock::Unknown => ExitCode::FAILURE,
-        _ => ExitCode::SUCCESS,
+        strata_trace::ShrinkerLock::Unknown => Err(Error::failed(
+            "no verdict: neither kallsyms nor BTF says which shrinker lock this kernel has",
+        )),
+        _ => Ok(()),
     }
 }
 
-fn output(a: &TraceArgs, c: &strata_trace::KernelCheck) -> std::io::Result<()> {
-    match a.json.as_deref() {
-        None => std::io::stdout().write_all(check::render(c).as_bytes()),
-        Some(p) => {
-            // One line: the lab greps it out of a serial console.
-            let json = serde_json::to_string(c).map_err(std::io::Error::other)? + "\n";
-            if p.as_os_str() == "-" {
-                std::io::stdout().write_all(json.as_bytes())
-            } else {
-                std::fs::write(p, json)
-            }
-        }
+/// Print `v` as one JSON line (`--json`) or in its human form, and write it to `--output`.
+fn output<T: serde::Serialize>(out: &OutputArgs, v: &T, human: impl FnOnce() -> String) -> Result {
+    let json = json_line(v)? + "\n";
+    if out.json {
+        std::io::stdout()
+            .write_all(json.as_bytes())
+            .map_err(Error::failed)?;
+    } else {
+        std::io::stdout()
+            .write_all(human().as_bytes())
+            .map_err(Error::failed)?;
     }
+    if let Some(p) = &out.output {
+        std::fs::write(p, json).map_err(Error::io("cannot write", p))?;
+    }
+    Ok(())
 }
 
-fn run(a: &TraceArgs, c: strata_trace::KernelCheck) -> ExitCode {
+fn trace(a: &Args, c: strata_trace::KernelCheck) -> Result {
     if !c.root {
-        eprintln!(
-            "strata trace: tracing needs root (BPF programs, tracefs); run it with sudo. \
-             --check works without"
-        );
-        return ExitCode::from(2);
+        return Err(Error::refused(
+            "tracing needs root (BPF programs, tracefs); run it with sudo. --check works without",
+        ));
     }
     if c.shrinker_lock == strata_trace::ShrinkerLock::Lockless {
-        eprintln!(
-            "strata trace: this kernel's shrinkers are lockless: mounts do not wait for reclaim \
-             (see strata trace --check); nothing to trace"
-        );
-        return ExitCode::from(2);
+        return Err(Error::refused(
+            "this kernel's shrinkers are lockless: mounts do not wait for reclaim (see strata \
+             trace --check); nothing to trace",
+        ));
     }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            eprintln!("strata trace: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::failed(format!("cannot install signal handlers: {e}")))?;
     }
     let duration = a.duration.map(std::time::Duration::from_secs_f64);
     let bpf = |c| {
@@ -130,33 +130,10 @@ fn run(a: &TraceArgs, c: strata_trace::KernelCheck) -> ExitCode {
             }),
         },
     };
-    let mut r = match res {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("strata trace: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let mut r = res.map_err(Error::failed)?;
     if a.naive && r.naive.is_none() && r.source != "ebpf" {
         r.missing
             .push("--naive: only the eBPF producer records the naive script's events".into());
     }
-    let res = match a.json.as_deref() {
-        None => std::io::stdout().write_all(strata_trace::render::render(&r).as_bytes()),
-        Some(p) => serde_json::to_string(&r)
-            .map_err(std::io::Error::other)
-            .and_then(|j| {
-                if p.as_os_str() == "-" {
-                    std::io::stdout().write_all((j + "\n").as_bytes())
-                } else {
-                    std::fs::write(p, j + "\n")?;
-                    std::io::stdout().write_all(strata_trace::render::render(&r).as_bytes())
-                }
-            }),
-    };
-    if let Err(e) = res {
-        eprintln!("strata trace: {e}");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    output(&a.out, &r, || strata_trace::render::render(&r))
 }

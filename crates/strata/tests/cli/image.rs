@@ -107,8 +107,17 @@ fn image_rootfs_serve_gc_round_trip() {
         ],
         &st,
     );
-    assert_eq!(o.code(), Some(2), "{}", text(&o));
+    // Not found: exit 3, as for images and daemon sessions; an existing id: 4.
+    assert_eq!(o.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("nope"), "{}", text(&o));
+    let o = strata(&["image", "inspect", "nope"], &st);
+    assert_eq!(o.code(), Some(3), "{}", text(&o));
+    let o = strata(
+        &["rootfs", "create", "--image", "good:1", "--id", "c1"],
+        &st,
+    );
+    assert_eq!(o.code(), Some(4), "{}", text(&o));
+    assert!(text(&o).contains("already exists"), "{}", text(&o));
 
     // The same rootfs as a session of `strata daemon`, which resolves store ids itself.
     let run = tmp.path().join("run");

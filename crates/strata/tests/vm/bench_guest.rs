@@ -16,7 +16,7 @@ fn short_guest_bench_on_the_tiny_rootfs() {
         .args(["--small", "50", "--seq-mib", "4", "--timeout", "300"])
         .arg("--workdir")
         .arg(t.path().join("work"))
-        .arg("--json")
+        .arg("--output")
         .arg(&json)
         .arg("--plot")
         .arg(&svg)

@@ -70,7 +70,7 @@ fn umoci_image_boots_from_the_store() {
     let st = store.to_str().unwrap();
     strata.ok(["image", "import", layout.to_str().unwrap(), "--store", st]);
     let rec: serde_json::Value = serde_json::from_str(&strata.ok([
-        "rootfs", "create", "--image", "app", "--id", "vm1", "--store", st,
+        "rootfs", "create", "--image", "app", "--id", "vm1", "--json", "--store", st,
     ]))
     .unwrap();
     let path = |v: &serde_json::Value| PathBuf::from(v.as_str().unwrap());

@@ -27,7 +27,7 @@ fn short_lab_runs_on_6_1_and_6_12() {
         ])
         .args(["--cycles", "1", "--timeout", "600", "--workdir"])
         .arg(t.path().join("work"))
-        .arg("--json")
+        .arg("--output")
         .arg(&json)
         .arg("--plot")
         .arg(&svg)

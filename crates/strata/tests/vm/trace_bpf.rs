@@ -101,7 +101,7 @@ fn bpf_producer_in_the_6_1_guest_and_its_overhead() {
     for r in 0..n_rounds {
         init += &format!(
             "{bench} --dir /tmp/off{r} > /tmp/off{r}.json\n\
-             strata trace --producer bpf --json /tmp/trace{r}.json > /tmp/trace.txt 2> /tmp/trace.err &\n\
+             strata trace --producer bpf --output /tmp/trace{r}.json > /tmp/trace.txt 2> /tmp/trace.err &\n\
              T=$!\n\
              i=0; while ! $B grep -q 'tracing with' /tmp/trace.err && [ $i -lt 1200 ]; do $B sleep 0.1; i=$((i + 1)); done\n\
              {bench} --dir /tmp/on{r} > /tmp/on{r}.json\n\

@@ -1,0 +1,100 @@
+//! Arguments several commands share, declared once and flattened where they are used.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// `--store DIR`: the layer store (image, rootfs, gc, serve --rootfs, daemon).
+#[derive(Args, Debug, Clone)]
+pub struct StoreArg {
+    /// The store directory.
+    #[arg(long, env = "STRATA_STORE", default_value = strata_store::DEFAULT_STORE)]
+    pub store: PathBuf,
+}
+
+/// `--api SOCK`: the API socket of `strata daemon`.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArg {
+    /// The API socket of `strata daemon`.
+    #[arg(long, default_value = strata_serve::api::DEFAULT_API_SOCKET)]
+    pub api: PathBuf,
+}
+
+/// The per-session limits of `strata serve` and of each `strata daemon` session.
+#[derive(Args, Debug, Clone)]
+pub struct LimitsArgs {
+    /// Most host inodes a guest may hold looked up at once (per session); past it, ENFILE.
+    #[arg(long, default_value_t = strata_serve::Limits::DEFAULT.max_nodes)]
+    pub max_nodes: usize,
+    /// Most files and directories a guest may hold open at once (per session); past it, ENFILE.
+    #[arg(long, default_value_t = strata_serve::Limits::DEFAULT.max_handles)]
+    pub max_handles: usize,
+}
+
+impl LimitsArgs {
+    pub fn limits(&self) -> strata_serve::Limits {
+        strata_serve::Limits {
+            max_nodes: self.max_nodes,
+            max_handles: self.max_handles,
+        }
+    }
+}
+
+/// `--print-sandbox` of `strata serve` and `strata daemon`.
+#[derive(Args, Debug, Clone)]
+pub struct SandboxArgs {
+    /// Print the sandbox that would be in force (capabilities, Landlock, seccomp), and exit.
+    #[arg(long)]
+    pub print_sandbox: bool,
+}
+
+impl SandboxArgs {
+    /// With `--print-sandbox`: print it; whether the command is done.
+    pub fn printed(&self) -> bool {
+        if self.print_sandbox {
+            println!("{}", strata_serve::sandbox::describe());
+        }
+        self.print_sandbox
+    }
+}
+
+/// `--json`: the result as JSON on stdout instead of the human form.
+#[derive(Args, Debug, Clone)]
+pub struct JsonArg {
+    /// Print the result as JSON on stdout instead of the human form.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--json` and `--output FILE`, for commands whose full result is large.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Print the result as JSON on stdout instead of the human form.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the full result as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    /// Write `v` as (pretty) JSON to `--output`, if given.
+    #[cfg(feature = "lab")]
+    pub fn write(&self, v: &impl serde::Serialize) -> crate::error::Result {
+        let Some(p) = &self.output else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec_pretty(v).map_err(crate::error::Error::failed)?;
+        std::fs::write(p, bytes).map_err(crate::error::Error::io("cannot write", p))
+    }
+}
+
+/// `v` as one line of JSON (scripts and the lab grep single lines out of consoles).
+pub fn json_line(v: &impl serde::Serialize) -> crate::error::Result<String> {
+    serde_json::to_string(v).map_err(crate::error::Error::failed)
+}
+
+/// `v` as pretty JSON.
+pub fn json_pretty(v: &impl serde::Serialize) -> crate::error::Result<String> {
+    serde_json::to_string_pretty(v).map_err(crate::error::Error::failed)
+}

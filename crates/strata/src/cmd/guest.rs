@@ -1,0 +1,74 @@
+//! `strata guest`: inside the VM. `init` is PID 1 of the initramfs (also when the binary runs as
+//! `/init`); `mount` assembles the rootfs for guests with their own init; `probe` runs the file
+//! operations the tests' busybox guests have no tool for.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::error::{Error, Result};
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// PID 1 of the initramfs: modules, virtio-fs, overlay, switch root, run `strata.cmd=`.
+    Init,
+    /// Mount the tag and assemble the overlay at --target (for guests with their own init).
+    Mount {
+        #[arg(long, default_value = strata_plan::DEFAULT_TAG)]
+        tag: String,
+        #[arg(long)]
+        target: PathBuf,
+    },
+    /// File-operation probes for tests inside a busybox-only VM.
+    #[command(subcommand, hide = true)]
+    Probe(ProbeCmd),
+}
+
+#[derive(Subcommand)]
+pub enum ProbeCmd {
+    XattrSet {
+        path: String,
+        name: String,
+        value: String,
+    },
+    XattrGet {
+        path: String,
+        name: String,
+    },
+    MmapWrite {
+        path: String,
+        offset: usize,
+        data: String,
+    },
+}
+
+impl Cmd {
+    /// `guest VERB`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cmd::Init => "guest init",
+            Cmd::Mount { .. } => "guest mount",
+            Cmd::Probe(_) => "guest probe",
+        }
+    }
+}
+
+pub fn run(cmd: Cmd) -> Result {
+    match cmd {
+        Cmd::Init => strata_guest::init(),
+        Cmd::Mount { tag, target } => {
+            strata_guest::mount(&strata_guest::MountArgs { tag, target }).map_err(Error::failed)
+        }
+        Cmd::Probe(p) => {
+            use strata_guest::probe::Probe;
+            let p = match p {
+                ProbeCmd::XattrSet { path, name, value } => Probe::XattrSet { path, name, value },
+                ProbeCmd::XattrGet { path, name } => Probe::XattrGet { path, name },
+                ProbeCmd::MmapWrite { path, offset, data } => {
+                    Probe::MmapWrite { path, offset, data }
+                }
+            };
+            strata_guest::probe::run(&p).map_err(Error::failed)
+        }
+    }
+}
