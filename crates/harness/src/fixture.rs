@@ -129,8 +129,7 @@ mod tests {
 
     #[test]
     fn busybox_rootfs_works() {
-        if static_busybox().is_err() {
-            eprintln!("SKIP: busybox-static not installed (run scripts/install-deps.sh)");
+        if !crate::needs("busybox_rootfs_works", false, &["busybox"]) {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -170,8 +169,7 @@ mod tests {
 
     #[test]
     fn whiteout_and_opaque() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIP: whiteouts and trusted xattrs need root");
+        if !crate::needs("whiteout_and_opaque", true, &[]) {
             return;
         }
         let d = tempfile::tempdir().unwrap();

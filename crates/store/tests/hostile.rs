@@ -45,6 +45,9 @@ fn refused(tar: Vec<u8>, needles: &[&str]) -> StoreError {
 
 #[test]
 fn dotdot_and_absolute_paths() {
+    if !strata_harness::needs("dotdot_and_absolute_paths", true, &[]) {
+        return;
+    }
     refused(
         RawTar::default().file("../evil", b"x").finish(),
         &["\"../evil\"", "'..'"],
@@ -64,6 +67,9 @@ fn dotdot_and_absolute_paths() {
 
 #[test]
 fn writes_through_symlinks() {
+    if !strata_harness::needs("writes_through_symlinks", true, &[]) {
+        return;
+    }
     let outside = tempfile::tempdir().unwrap();
     let o = outside.path().display().to_string();
     let e = refused(
@@ -106,6 +112,9 @@ fn writes_through_symlinks() {
 
 #[test]
 fn hard_links_outside_the_layer() {
+    if !strata_harness::needs("hard_links_outside_the_layer", true, &[]) {
+        return;
+    }
     refused(
         RawTar::default().hardlink("h", "../../etc/passwd").finish(),
         &["\"h\"", "hard link", "../../etc/passwd"],
@@ -133,6 +142,9 @@ fn hard_links_outside_the_layer() {
 
 #[test]
 fn whiteouts_for_dot_and_dotdot() {
+    if !strata_harness::needs("whiteouts_for_dot_and_dotdot", true, &[]) {
+        return;
+    }
     refused(
         RawTar::default().dir("a/").file("a/.wh...", b"").finish(),
         &["a/.wh...", "whiteout"],
@@ -149,6 +161,9 @@ fn whiteouts_for_dot_and_dotdot() {
 
 #[test]
 fn duplicate_entries() {
+    if !strata_harness::needs("duplicate_entries", true, &[]) {
+        return;
+    }
     refused(
         RawTar::default().file("a", b"1").file("a", b"2").finish(),
         &["\"a\"", "duplicate"],
@@ -176,6 +191,9 @@ fn duplicate_entries() {
 
 #[test]
 fn decompression_bomb() {
+    if !strata_harness::needs("decompression_bomb", true, &[]) {
+        return;
+    }
     let zeros = vec![0u8; 64 << 20];
     let tar = RawTar::default().file("zeros", &zeros).finish();
     let opts = ImportOptions {
@@ -193,6 +211,9 @@ fn decompression_bomb() {
 
 #[test]
 fn reserved_xattrs() {
+    if !strata_harness::needs("reserved_xattrs", true, &[]) {
+        return;
+    }
     refused(
         RawTar::default()
             .dir("d/")
@@ -205,6 +226,9 @@ fn reserved_xattrs() {
 
 #[test]
 fn digest_mismatch_and_truncation() {
+    if !strata_harness::needs("digest_mismatch_and_truncation", true, &[]) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let s = store(tmp.path());
     let before = common::listing(s.root());
@@ -269,6 +293,9 @@ fn digest_mismatch_and_truncation() {
 
 #[test]
 fn truncated_tar_with_matching_digests() {
+    if !strata_harness::needs("truncated_tar_with_matching_digests", true, &[]) {
+        return;
+    }
     // The tar itself ends inside a file's data; digests describe the truncated bytes.
     let full = RawTar::default()
         .file("a", b"a")
@@ -280,6 +307,9 @@ fn truncated_tar_with_matching_digests() {
 
 #[test]
 fn failed_second_layer_leaves_no_first_layer() {
+    if !strata_harness::needs("failed_second_layer_leaves_no_first_layer", true, &[]) {
+        return;
+    }
     let good = RawTar::default().file("fine", b"fine").finish();
     let bad = RawTar::default().file("../evil", b"x").finish();
     refused_with(
@@ -295,6 +325,9 @@ fn failed_second_layer_leaves_no_first_layer() {
 /// the store as it was. `STRATA_MUTATIONS=N` runs more.
 #[test]
 fn mutated_tars_never_panic_or_escape() {
+    if !strata_harness::needs("mutated_tars_never_panic_or_escape", true, &[]) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let s = store(tmp.path());
     let outside = tmp.path().join("outside");

@@ -16,6 +16,9 @@ fn named(n: &str) -> ImportOptions {
 
 #[test]
 fn ls_inspect_rm_rootfs_gc() {
+    if !strata_harness::needs("ls_inspect_rm_rootfs_gc", true, &[]) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let s = Store::open(tmp.path().join("store")).unwrap();
     let base = RawTar::default()
@@ -103,6 +106,9 @@ fn gc_removes_leftovers_of_a_crashed_import() {
 
 #[test]
 fn concurrent_imports_of_the_same_layers() {
+    if !strata_harness::needs("concurrent_imports_of_the_same_layers", true, &[]) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let s = Store::open(tmp.path().join("store")).unwrap();
     let mut t = RawTar::default().dir("d/");

@@ -289,6 +289,13 @@ fn device_nodes_cannot_be_made_or_opened() {
 /// file is still opened (and truncated when asked), not re-owned.
 #[test]
 fn create_over_an_existing_fifo_or_whiteout_does_not_open_it() {
+    if !strata_harness::needs(
+        "create_over_an_existing_fifo_or_whiteout_does_not_open_it",
+        true,
+        &[],
+    ) {
+        return;
+    }
     let s = sandbox();
     let ctx = Context::default();
     let upper = s.walk("upper").unwrap();
@@ -336,6 +343,9 @@ fn create_over_an_existing_fifo_or_whiteout_does_not_open_it() {
 
 #[test]
 fn created_files_belong_to_the_caller() {
+    if !strata_harness::needs("created_files_belong_to_the_caller", true, &[]) {
+        return;
+    }
     let s = sandbox();
     let ctx = Context {
         uid: 1234,
@@ -363,6 +373,9 @@ fn created_files_belong_to_the_caller() {
 
 #[test]
 fn xattr_namespaces() {
+    if !strata_harness::needs("xattr_namespaces", true, &[]) {
+        return;
+    }
     let s = sandbox();
     let ctx = Context::default();
     let upper = s.walk("upper").unwrap();
@@ -622,8 +635,7 @@ fn list(fs: &StrataFs, dir: u64, plus: bool) -> Vec<String> {
 
 #[test]
 fn merged_lower_applies_whiteouts_and_opaque_dirs() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP: whiteouts and trusted xattrs need root");
+    if !strata_harness::needs("merged_lower_applies_whiteouts_and_opaque_dirs", true, &[]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,9 @@ fn text(r: &Run) -> String {
 
 #[test]
 fn image_rootfs_serve_gc_round_trip() {
+    if !strata_harness::needs("image_rootfs_serve_gc_round_trip", true, &[]) {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let st = tmp.path().join("store");
     let good = tmp.path().join("good");

@@ -72,6 +72,13 @@ fn refused_configurations_exit_2_and_create_nothing() {
 
 #[test]
 fn socket_in_use_is_refused_and_sigterm_stops_cleanly() {
+    if !strata_harness::needs(
+        "socket_in_use_is_refused_and_sigterm_stops_cleanly",
+        true,
+        &[],
+    ) {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let r = t.path();
     dirs(r);
