@@ -450,13 +450,8 @@ impl<'a> Extractor<'a> {
     }
 
     fn directory<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, at: At<'_>) -> Result<()> {
-        let At {
-            path,
-            parent,
-            name,
-            key,
-        } = at;
-        self.claim(path, key.clone(), Kind::Dir)?;
+        let (path, parent, name) = (at.path, at.parent, at.name);
+        self.claim(path, at.key.clone(), Kind::Dir)?;
         let meta = self.meta(entry, path)?;
         let dir = self.dir_fd(path, parent, true)?;
         match stat::mkdirat(Some(dir), name, Mode::from_bits_truncate(0o700)) {
@@ -469,17 +464,12 @@ impl<'a> Extractor<'a> {
             Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(self.rule(path, EntryRule::Duplicate)),
             Err(e) => return Err(self.eio(path, "cannot open directory")(e)),
         };
-        self.apply_fd(path, fd, &meta, Some(key))
+        self.apply_fd(path, fd, &meta, Some(at.key))
     }
 
     fn regular<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, at: At<'_>) -> Result<()> {
-        let At {
-            path,
-            parent,
-            name,
-            key,
-        } = at;
-        self.claim(path, key, Kind::Linkable)?;
+        let (path, parent, name) = (at.path, at.parent, at.name);
+        self.claim(path, at.key, Kind::Linkable)?;
         let meta = self.meta(entry, path)?;
         let expected = entry.size();
         let dir = self.dir_fd(path, parent, true)?;
@@ -499,13 +489,8 @@ impl<'a> Extractor<'a> {
     }
 
     fn symlink<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, at: At<'_>) -> Result<()> {
-        let At {
-            path,
-            parent,
-            name,
-            key,
-        } = at;
-        self.claim(path, key, Kind::Linkable)?;
+        let (path, parent, name) = (at.path, at.parent, at.name);
+        self.claim(path, at.key, Kind::Linkable)?;
         let meta = self.meta(entry, path)?;
         let target = entry
             .link_name_bytes()
@@ -525,12 +510,7 @@ impl<'a> Extractor<'a> {
     /// A hard link: only to a file (not a directory, whiteout or marker) extracted earlier in
     /// this layer.
     fn hard_link<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, at: At<'_>) -> Result<()> {
-        let At {
-            path,
-            parent,
-            name,
-            key,
-        } = at;
+        let (path, parent, name) = (at.path, at.parent, at.name);
         let target = entry
             .link_name_bytes()
             .map(|t| t.into_owned())
@@ -550,7 +530,7 @@ impl<'a> Extractor<'a> {
         if self.seen.get(&join(&tcomps)) != Some(&Kind::Linkable) {
             return Err(outside());
         }
-        self.claim(path, key, Kind::Linkable)?;
+        self.claim(path, at.key, Kind::Linkable)?;
         let tdir = self.dir_fd(path, tparent, false)?;
         // Keep the target's directory open while the cache moves to ours.
         let tdir = sys::openat(
@@ -581,13 +561,8 @@ impl<'a> Extractor<'a> {
         at: At<'_>,
         kind: tar::EntryType,
     ) -> Result<()> {
-        let At {
-            path,
-            parent,
-            name,
-            key,
-        } = at;
-        self.claim(path, key, Kind::Linkable)?;
+        let (path, parent, name) = (at.path, at.parent, at.name);
+        self.claim(path, at.key, Kind::Linkable)?;
         let meta = self.meta(entry, path)?;
         let h = entry.header();
         let major = h.device_major().ok().flatten().unwrap_or(0);

@@ -89,6 +89,15 @@ impl OutputArgs {
     }
 }
 
+/// A result written earlier with `--output` (for `--from-json FILE`).
+#[cfg(feature = "lab")]
+pub fn load_json<T: serde::de::DeserializeOwned>(p: &std::path::Path) -> crate::error::Result<T> {
+    std::fs::read(p)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| crate::error::Error::failed(format!("cannot load {}: {e}", p.display())))
+}
+
 /// `v` as one line of JSON (scripts and the lab grep single lines out of consoles).
 pub fn json_line(v: &impl serde::Serialize) -> crate::error::Result<String> {
     serde_json::to_string(v).map_err(crate::error::Error::failed)

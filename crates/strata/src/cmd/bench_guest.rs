@@ -9,7 +9,7 @@ use strata_lab::guest_bench::{
 };
 use strata_vm::kernel::KernelChoice;
 
-use crate::args::{json_pretty, OutputArgs};
+use crate::args::{json_pretty, load_json, OutputArgs};
 use crate::error::{Error, Kind, Result};
 
 #[derive(clap::Args)]
@@ -82,10 +82,7 @@ pub fn guest_io(a: GuestIoArgs) -> Result {
 
 pub fn run(a: Args) -> Result {
     if let Some(p) = &a.from_json {
-        let report: GuestBenchReport = std::fs::read(p)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| Error::failed(format!("cannot load {}: {e}", p.display())))?;
+        let report: GuestBenchReport = load_json(p)?;
         return finish(&a, &report);
     }
     // strata serve (setup (b)) prints its FUSE request counts when the guest unmounts. Set

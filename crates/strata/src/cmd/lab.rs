@@ -6,7 +6,7 @@ use std::time::Duration;
 use strata_lab::stall::{self, LabConfig, LabReport, Scenario};
 use strata_vm::kernel::KernelSpec;
 
-use crate::args::{json_pretty, OutputArgs};
+use crate::args::{json_pretty, load_json, OutputArgs};
 use crate::error::{Error, Result};
 
 #[derive(clap::Args)]
@@ -81,10 +81,7 @@ pub fn guest(cmd: GuestCmd) -> Result {
 
 pub fn run(a: Args) -> Result {
     if let Some(p) = &a.from_json {
-        let report: LabReport = std::fs::read(p)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| Error::failed(format!("cannot load {}: {e}", p.display())))?;
+        let report: LabReport = load_json(p)?;
         return finish(&a, report);
     }
     let mut tmp = None;
