@@ -140,11 +140,25 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         check_static(&p).unwrap();
-        // It runs: list this test by name (the harness needs no symbols for that).
-        let out = std::process::Command::new(&p)
-            .args(["--list", "a_stripped_binary_still_runs"])
-            .output()
-            .unwrap();
+        // It runs: list this test by name (the harness needs no symbols for that). Another test
+        // thread that forks while our write fd is open gives its child a copy of that fd until
+        // the child execs: exec of the new file fails with ETXTBSY meanwhile, so retry.
+        let run = || {
+            std::process::Command::new(&p)
+                .args(["--list", "a_stripped_binary_still_runs"])
+                .output()
+        };
+        let mut out = run();
+        for _ in 0..100 {
+            match &out {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    out = run();
+                }
+                _ => break,
+            }
+        }
+        let out = out.unwrap();
         assert!(out.status.success(), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("a_stripped_binary_still_runs"));
         let not_elf = d.path().join("script");
