@@ -7,7 +7,7 @@
 //! - [`fixture`] builds rootfs layers (busybox, whiteouts, opaque dirs).
 //! - [`session`] runs `strata serve` and `strata daemon` as child processes (optionally under
 //!   `strace -f`), waits until they listen, and reads what they did.
-//! - [`env`] is a two-layer busybox rootfs, its `strata serve` and a Debian guest booted on it.
+//! - [`env`](mod@env) is a two-layer busybox rootfs, its `strata serve` and a Debian guest booted on it.
 //! - [`snapshot`] records a tree's metadata and contents, to show nothing changed.
 
 pub mod env;
