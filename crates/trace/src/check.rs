@@ -161,50 +161,123 @@ pub struct Inputs {
     pub btf: Result<BtfFacts, String>,
 }
 
-/// Read the sources (defaults: [`KALLSYMS`], [`VMLINUX_BTF`]).
-pub fn gather(kallsyms: Option<&Path>, btf: Option<&Path>) -> Inputs {
-    let given = kallsyms.is_some() || btf.is_some();
-    let kpath = kallsyms.unwrap_or(Path::new(KALLSYMS));
-    let bpath = btf.unwrap_or(Path::new(VMLINUX_BTF));
-    let kallsyms = std::fs::read_to_string(kpath)
-        .map_err(|e| format!("{}: {e}", kpath.display()))
-        .and_then(|text| {
-            let k = Kallsyms::scan(&text, WANTED);
-            if k.lines == 0 {
-                Err(format!(
-                    "{} is empty (CONFIG_KALLSYMS off?)",
-                    kpath.display()
-                ))
-            } else {
-                Ok(k)
-            }
-        });
-    let btf = std::fs::read(bpath)
-        .map_err(|e| format!("{}: {e}", bpath.display()))
-        .and_then(|bytes| {
-            Btf::parse(&bytes)
-                .map(|b| BtfFacts::from_btf(&b))
-                .map_err(|e| format!("{}: {e}", bpath.display()))
-        });
+/// An explicit input (`--kallsyms`, `--btf`) that cannot be used: no verdict is drawn from it,
+/// and none from the running kernel's sources in its place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// Core kernel text symbols every symbol table has: a listing without any of them is not one
+/// (Debian ships a one-line stub `System.map`; the real one is in `linux-image-…-dbg`).
+const CORE_TEXT: &[&str] = &["_stext", "_text", "_sinittext", "start_kernel"];
+
+fn read_kallsyms(path: &Path) -> Result<Kallsyms, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut wanted: Vec<&str> = WANTED.to_vec();
+    wanted.extend_from_slice(CORE_TEXT);
+    let k = Kallsyms::scan(&text, &wanted);
+    if k.lines == 0 {
+        return Err(format!(
+            "{} is empty (CONFIG_KALLSYMS off?)",
+            path.display()
+        ));
+    }
+    if !CORE_TEXT.iter().any(|n| k.has(n)) {
+        return Err(format!(
+            "{}: no kernel symbols in {} lines (not a symbol table: Debian's System.map is a \
+             stub, the real one is in the linux-image-…-dbg package; or use /proc/kallsyms of \
+             the running kernel)",
+            path.display(),
+            k.lines
+        ));
+    }
+    Ok(k)
+}
+
+fn read_btf(path: &Path) -> Result<BtfFacts, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let btf = Btf::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if btf.is_empty() {
+        return Err(format!("{}: BTF without types", path.display()));
+    }
+    let facts = BtfFacts::from_btf(&btf);
+    if facts.shrinker_members.is_none() && facts.funcs.is_empty() {
+        return Err(format!(
+            "{}: no struct shrinker and none of the shrinker functions: not a kernel's BTF \
+             (a module's split BTF?)",
+            path.display()
+        ));
+    }
+    Ok(facts)
+}
+
+/// Read the sources. With neither `kallsyms` nor `btf` given: the running kernel's
+/// ([`KALLSYMS`], [`VMLINUX_BTF`]), each of which may be unusable (a note, not an error).
+/// With either given: only the given files, which must be readable and hold symbols — the
+/// running kernel's sources are never mixed in — and, when both are given, must agree on
+/// which shrinker functions the kernel has (one kernel's files).
+pub fn gather(kallsyms: Option<&Path>, btf: Option<&Path>) -> Result<Inputs, InputError> {
     let running = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_string())
         .unwrap_or_default();
-    Inputs {
+    let root = nix::unistd::geteuid().is_root();
+    if kallsyms.is_none() && btf.is_none() {
+        return Ok(Inputs {
+            release: running,
+            root,
+            kallsyms: read_kallsyms(Path::new(KALLSYMS)),
+            btf: read_btf(Path::new(VMLINUX_BTF)),
+        });
+    }
+    let not_given = |what: &str| format!("{what} not given (only the given files are read)");
+    let k = match kallsyms {
+        Some(p) => Ok(read_kallsyms(p).map_err(InputError)?),
+        None => Err(not_given("--kallsyms")),
+    };
+    let b = match btf {
+        Some(p) => Ok(read_btf(p).map_err(InputError)?),
+        None => Err(not_given("--btf")),
+    };
+    if let (Ok(k), Ok(b)) = (&k, &b) {
+        same_kernel(k, b).map_err(InputError)?;
+    }
+    Ok(Inputs {
         // Files of another kernel: the running kernel's release would mislead.
-        release: if given {
-            format!("(given files; running kernel {running})")
-        } else {
-            running
-        },
-        root: nix::unistd::geteuid().is_root(),
-        kallsyms,
-        btf,
+        release: format!("(given files; running kernel {running})"),
+        root,
+        kallsyms: k,
+        btf: b,
+    })
+}
+
+/// A symbol table and a BTF of one kernel list the same shrinker API functions.
+fn same_kernel(k: &Kallsyms, b: &BtfFacts) -> Result<(), String> {
+    let differ: Vec<String> = NEW_API
+        .iter()
+        .chain(OLD_API)
+        .filter(|n| k.has(n) != b.funcs.contains(**n))
+        .map(|n| {
+            let (yes, no) = if k.has(n) {
+                ("kallsyms", "BTF")
+            } else {
+                ("BTF", "kallsyms")
+            };
+            format!("{n} (in {yes}, not in {no})")
+        })
+        .collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "--kallsyms and --btf are not from the same kernel: {}",
+            differ.join(", ")
+        ))
     }
 }
 
-/// Check this kernel.
-pub fn check(kallsyms: Option<&Path>, btf: Option<&Path>) -> KernelCheck {
-    decide(&gather(kallsyms, btf))
+/// Check this kernel, or the kernel the given files belong to.
+pub fn check(kallsyms: Option<&Path>, btf: Option<&Path>) -> Result<KernelCheck, InputError> {
+    gather(kallsyms, btf).map(|i| decide(&i))
 }
 
 fn list(names: &[&str]) -> String {
@@ -738,6 +811,124 @@ ffffffff82b5f8a0 d shrinker_mutex
         assert!(text.starts_with("shrinker lock: rwsem"), "{text}");
         assert!(text.contains("what to do:"));
         assert!(text.contains("→ rwsem"));
+    }
+
+    /// The files `--check` is given, written to a temp dir.
+    fn files(
+        k: Option<&str>,
+        b: Option<Vec<u8>>,
+    ) -> (
+        tempfile::TempDir,
+        Option<std::path::PathBuf>,
+        Option<std::path::PathBuf>,
+    ) {
+        let d = tempfile::tempdir().unwrap();
+        let kp = k.map(|t| {
+            let p = d.path().join("System.map");
+            std::fs::write(&p, t).unwrap();
+            p
+        });
+        let bp = b.map(|bytes| {
+            let p = d.path().join("vmlinux.btf");
+            std::fs::write(&p, bytes).unwrap();
+            p
+        });
+        (d, kp, bp)
+    }
+
+    fn btf_612() -> Vec<u8> {
+        let mut b = crate::btf::build::Builder::new();
+        b.strukt("shrinker", M612)
+            .func("shrinker_alloc")
+            .func("shrinker_register")
+            .func("shrinker_free")
+            .func("shrinker_free_rcu_cb");
+        b.bytes()
+    }
+
+    fn btf_61() -> Vec<u8> {
+        let mut b = crate::btf::build::Builder::new();
+        b.strukt("shrinker", M61);
+        for f in OLD_API {
+            b.func(f);
+        }
+        b.bytes()
+    }
+
+    const STUB: &str =
+        "ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n";
+
+    fn with_stext(k: &str) -> String {
+        format!("ffffffff81000000 T _stext\n{k}")
+    }
+
+    #[test]
+    fn a_stub_system_map_is_an_error_not_a_verdict() {
+        // Alone, or with BTF: the running kernel's BTF is never used in its place.
+        let (_d, k, _) = files(Some(STUB), None);
+        let e = check(k.as_deref(), None).unwrap_err();
+        assert!(
+            e.0.contains("no kernel symbols") && e.0.contains("-dbg"),
+            "{e}"
+        );
+        let (_d, k, b) = files(Some(STUB), Some(btf_612()));
+        assert!(check(k.as_deref(), b.as_deref()).is_err());
+    }
+
+    #[test]
+    fn unreadable_or_empty_explicit_inputs_are_errors() {
+        let missing = std::path::Path::new("/nonexistent/System.map");
+        assert!(check(Some(missing), None)
+            .unwrap_err()
+            .0
+            .contains("/nonexistent"));
+        let (_d, k, b) = files(Some(""), Some(b"not btf".to_vec()));
+        assert!(check(k.as_deref(), None).unwrap_err().0.contains("empty"));
+        assert!(check(None, b.as_deref()).is_err());
+        // A BTF without anything about shrinkers (a module's) says nothing about the kernel.
+        let (_d, _, b) = files(None, Some(crate::btf::build::Builder::new().bytes()));
+        assert!(check(None, b.as_deref()).is_err());
+    }
+
+    #[test]
+    fn given_files_decide_alone() {
+        // --kallsyms of a 6.1 kernel, on whatever kernel runs here: rwsem, and the running
+        // kernel's BTF is not read.
+        let (_d, k, _) = files(Some(&with_stext(K61)), None);
+        let c = check(k.as_deref(), None).unwrap();
+        assert_eq!(c.shrinker_lock, ShrinkerLock::Rwsem);
+        assert!(c.release.starts_with("(given files"), "{}", c.release);
+        assert!(
+            c.evidence.iter().all(|e| e.source == Source::Kallsyms),
+            "{c:?}"
+        );
+        assert!(
+            c.notes.iter().any(|n| n.contains("--btf not given")),
+            "{:?}",
+            c.notes
+        );
+        // --btf alone.
+        let (_d, _, b) = files(None, Some(btf_612()));
+        let c = check(None, b.as_deref()).unwrap();
+        assert_eq!(c.shrinker_lock, ShrinkerLock::Lockless);
+        assert!(c.evidence.iter().all(|e| e.source == Source::Btf), "{c:?}");
+        // Both, of one kernel.
+        let (_d, k, b) = files(Some(&with_stext(K61)), Some(btf_61()));
+        assert_eq!(
+            check(k.as_deref(), b.as_deref()).unwrap().shrinker_lock,
+            ShrinkerLock::Rwsem
+        );
+    }
+
+    #[test]
+    fn files_of_two_kernels_are_refused() {
+        let (_d, k, b) = files(Some(&with_stext(K61)), Some(btf_612()));
+        let e = check(k.as_deref(), b.as_deref()).unwrap_err();
+        assert!(e.0.contains("not from the same kernel"), "{e}");
+        assert!(
+            e.0.contains("shrinker_alloc (in BTF, not in kallsyms)"),
+            "{e}"
+        );
     }
 
     #[test]
