@@ -16,8 +16,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::report::{
-    Bucket, Holder, MountOp, MountRecord, MountStats, Phase, Role, ShrinkerTime, Summary,
-    TopHolder, TopShrinker, Wait,
+    Bucket, Holder, MountOp, MountRecord, MountStats, MountTotal, Phase, Role, ShrinkerTime,
+    Summary, TopHolder, TopShrinker, Wait,
 };
 
 /// One kernel event, as the tracer sees it.
@@ -107,6 +107,46 @@ pub enum Kind {
         fstype: String,
         phase_ns: [u64; 3],
     },
+    /// Default mode: a writer's whole wait, sent when it ended (the event's time): when it
+    /// began, its kernel stack, the mount it waited in and the writer that held the lock when
+    /// it began (`None`: readers held it).
+    Wait {
+        lock: u64,
+        start_ns: u64,
+        pid: u32,
+        comm: String,
+        stack: Vec<String>,
+        in_mount: Option<(MountOp, String)>,
+        owner: Option<Owner>,
+    },
+    /// Default mode: a reader's whole hold (one `shrink_slab()` that got the lock while a
+    /// writer waited), ending at the event's time, and the CPU time the task got during it.
+    Hold {
+        lock: u64,
+        start_ns: u64,
+        pid: u32,
+        comm: String,
+        on_cpu_ns: u64,
+    },
+    /// Default mode: one shrinker callback that ran while a writer waited.
+    ShrinkCall {
+        start_ns: u64,
+        shrinker: String,
+        to_scan: i64,
+        freed: i64,
+        pid: u32,
+        comm: String,
+    },
+    /// Default mode: a mount that took at least `--min-wait`, ending at the event's time.
+    Mount {
+        op: MountOp,
+        fstype: String,
+        start_ns: u64,
+        ret: i64,
+        lock_wait_ns: u64,
+        pid: u32,
+        comm: String,
+    },
     /// What the naive bpftrace script sees (only with `--naive`; the analyzer ignores it, see
     /// [`crate::naive`]): any `down_read_trylock(lock)`, successful or not…
     NaiveTry {
@@ -119,6 +159,24 @@ pub enum Kind {
     },
 }
 
+/// The writer that held the lock when a wait began (from the lock's owner field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    pub tid: u32,
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// Totals the default mode keeps in the kernel: every traced mount and writer wait, not only
+/// the ones sent as records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Per op: calls, nanoseconds, nanoseconds waiting for the lock.
+    pub mounts: Vec<(MountOp, u64, u64, u64)>,
+    pub waits: u64,
+    pub wait_ns: u64,
+}
+
 #[derive(Debug, Clone)]
 struct Hold {
     tid: u32,
@@ -129,6 +187,26 @@ struct Hold {
     end: Option<u64>,
     /// Inferred from a shrinker call, not from the lock itself.
     approx: bool,
+    /// CPU time the task got during the whole hold, when known without scheduler events.
+    on_cpu_ns: Option<u64>,
+    /// Neither on/off-CPU events nor a runtime counter: CPU time unknown.
+    cpu_unknown: bool,
+}
+
+impl Hold {
+    fn new(tid: u32, pid: u32, comm: String, role: Role, start: u64) -> Hold {
+        Hold {
+            tid,
+            pid,
+            comm,
+            role,
+            start,
+            end: None,
+            approx: false,
+            on_cpu_ns: None,
+            cpu_unknown: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +227,17 @@ struct OpenWait {
     comm: String,
     stack: Vec<String>,
     start: u64,
+}
+
+/// A wait that ended, attributed once every hold that overlapped it can have arrived.
+#[derive(Debug, Clone)]
+struct EndedWait {
+    tid: u32,
+    w: OpenWait,
+    end: u64,
+    in_mount: Option<String>,
+    /// Writers that held the lock during it, where their releases are not traced.
+    writers: Vec<Hold>,
 }
 
 #[derive(Debug, Clone)]
@@ -186,7 +275,11 @@ pub struct Analyzer {
     /// Off-CPU intervals per task: (start, end).
     off: Vec<(u32, u64, Option<u64>)>,
     waits_open: HashMap<u32, OpenWait>,
+    waits_ended: Vec<EndedWait>,
+    /// Where writers' releases are not traced: when each writer that waited got the lock.
+    acquisitions: Vec<(u32, u64)>,
     mounts_open: HashMap<u32, OpenMount>,
+    totals: Option<Totals>,
     groups: BTreeMap<(MountOp, String), Group>,
     slowest: Vec<MountRecord>,
     waits: Vec<Wait>,
@@ -196,6 +289,14 @@ pub struct Analyzer {
 }
 
 const KEEP_SLOWEST: usize = 10;
+
+/// A wait is attributed this long after it ended (in trace time): holds are sent when they
+/// end, and the default mode sends a reader's hold when its shrink_slab() returns, shortly
+/// after the release that let the writer in.
+const SETTLE_NS: u64 = 2_000_000_000;
+/// Holds, shrinker calls and off-CPU intervals are kept this long after they ended: a
+/// default-mode wait arrives when it ends, after the holds it waited for.
+const KEEP_NS: u64 = 5_000_000_000;
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
@@ -216,7 +317,10 @@ impl Analyzer {
             shrinks: Vec::new(),
             off: Vec::new(),
             waits_open: HashMap::new(),
+            waits_ended: Vec::new(),
+            acquisitions: Vec::new(),
             mounts_open: HashMap::new(),
+            totals: None,
             groups: BTreeMap::new(),
             slowest: Vec::new(),
             waits: Vec::new(),
@@ -243,6 +347,12 @@ impl Analyzer {
         self
     }
 
+    /// Mount and wait totals counted by the producer (default mode): the summary uses them
+    /// instead of the mounts and waits seen as events.
+    pub fn set_totals(&mut self, t: Totals) {
+        self.totals = Some(t);
+    }
+
     /// Set the trace's time zero (otherwise: the first event).
     pub fn start_at(&mut self, ts_ns: u64) {
         self.t0 = Some(ts_ns);
@@ -267,26 +377,12 @@ impl Analyzer {
         match e.kind {
             Kind::ReadAcquired { lock, pid, comm } if lock == self.lock => {
                 self.tasks.insert(tid, (pid, comm.clone()));
-                self.holds.push(Hold {
-                    tid,
-                    pid,
-                    comm,
-                    role: Role::Reader,
-                    start: ts,
-                    end: None,
-                    approx: false,
-                });
+                self.holds.push(Hold::new(tid, pid, comm, Role::Reader, ts));
             }
             Kind::ReadReleased { lock } if lock == self.lock => {
                 self.close_hold(tid, Role::Reader, ts)
             }
-            Kind::ReadFailed { lock } if lock == self.lock => {
-                if let Some(i) = self.holds.iter().rposition(|h| {
-                    h.tid == tid && h.role == Role::Reader && h.end.is_none() && !h.approx
-                }) {
-                    self.holds.remove(i);
-                }
-            }
+            Kind::ReadFailed { lock } if lock == self.lock => self.withdraw_hold(tid),
             Kind::WriteWait {
                 lock,
                 pid,
@@ -294,15 +390,13 @@ impl Analyzer {
                 stack,
             } if lock == self.lock => {
                 self.tasks.insert(tid, (pid, comm.clone()));
-                self.waits_open.insert(
-                    tid,
-                    OpenWait {
-                        pid,
-                        comm,
-                        stack,
-                        start: ts,
-                    },
-                );
+                let w = OpenWait {
+                    pid,
+                    comm,
+                    stack,
+                    start: ts,
+                };
+                self.waits_open.insert(tid, w);
             }
             Kind::WriteAcquired { lock } if lock == self.lock => self.end_wait(tid, ts),
             Kind::WriteReleased { lock } if lock == self.lock => {
@@ -313,48 +407,8 @@ impl Analyzer {
                 to_scan,
                 pid,
                 comm,
-            } => {
-                self.tasks.insert(tid, (pid, comm.clone()));
-                let opened_hold = self.holds_from_shrinkers
-                    && !self
-                        .holds
-                        .iter()
-                        .any(|h| h.tid == tid && h.role == Role::Reader && h.end.is_none());
-                if opened_hold {
-                    self.holds.push(Hold {
-                        tid,
-                        pid,
-                        comm,
-                        role: Role::Reader,
-                        start: ts,
-                        end: None,
-                        approx: true,
-                    });
-                }
-                self.shrinks.push(Shrink {
-                    tid,
-                    name: shrinker,
-                    to_scan,
-                    freed: 0,
-                    start: ts,
-                    end: None,
-                    opened_hold,
-                });
-            }
-            Kind::ShrinkEnd { freed } => {
-                if let Some(s) = self
-                    .shrinks
-                    .iter_mut()
-                    .rev()
-                    .find(|s| s.tid == tid && s.end.is_none())
-                {
-                    s.end = Some(ts);
-                    s.freed = freed;
-                    if s.opened_hold {
-                        self.close_hold(tid, Role::Reader, ts);
-                    }
-                }
-            }
+            } => self.shrink_start(tid, ts, shrinker, to_scan, (pid, comm)),
+            Kind::ShrinkEnd { freed } => self.shrink_end(tid, ts, freed),
             Kind::OffCpu => self.off.push((tid, ts, None)),
             Kind::OnCpu => {
                 if let Some(o) = self
@@ -373,19 +427,8 @@ impl Analyzer {
                 comm,
             } => {
                 self.tasks.insert(tid, (pid, comm.clone()));
-                self.mounts_open.insert(
-                    tid,
-                    OpenMount {
-                        op,
-                        fstype,
-                        pid,
-                        comm,
-                        start: ts,
-                        phase_open: Vec::new(),
-                        phase_ns: HashMap::new(),
-                        lock_wait_ns: 0,
-                    },
-                );
+                self.mounts_open
+                    .insert(tid, OpenMount::new(op, fstype, pid, comm, ts));
             }
             Kind::PhaseStart { phase } => {
                 if let Some(m) = self.mounts_open.get_mut(&tid) {
@@ -394,13 +437,7 @@ impl Analyzer {
             }
             Kind::PhaseEnd { phase } => {
                 if let Some(m) = self.mounts_open.get_mut(&tid) {
-                    if let Some(i) = m.phase_open.iter().rposition(|p| p.0 == phase) {
-                        let (_, start) = m.phase_open.remove(i);
-                        // Only outermost phases count, so that phases never overlap.
-                        if m.phase_open.is_empty() {
-                            *m.phase_ns.entry(phase).or_default() += ts.saturating_sub(start);
-                        }
-                    }
+                    m.phase_end(phase, ts);
                 }
             }
             Kind::MountFstype { fstype } => {
@@ -415,28 +452,131 @@ impl Analyzer {
                 phase_ns,
             } => {
                 if let Some(m) = self.mounts_open.get_mut(&tid) {
-                    if !fstype.is_empty() {
-                        m.fstype = fstype;
-                    }
-                    let phases = [
-                        Phase::AllocSuper,
-                        Phase::ShrinkerRegister,
-                        Phase::ShrinkerUnregister,
-                    ];
-                    for (p, ns) in phases.into_iter().zip(phase_ns) {
-                        if ns > 0 {
-                            *m.phase_ns.entry(p).or_default() += ns;
-                        }
-                    }
+                    m.add_phases(fstype, phase_ns);
                 }
                 self.end_mount(tid, ts, ret)
             }
-            // Events on other locks.
+            Kind::Wait {
+                lock,
+                start_ns,
+                pid,
+                comm,
+                stack,
+                in_mount,
+                owner,
+            } if lock == self.lock => {
+                self.tasks.insert(tid, (pid, comm.clone()));
+                let w = OpenWait {
+                    pid,
+                    comm,
+                    stack,
+                    start: start_ns,
+                };
+                let in_mount = in_mount.map(|(op, fstype)| mount_name(op, &fstype));
+                let writers = self.writer_sequence(tid, owner, start_ns, ts);
+                self.wait_ended(tid, w, ts, in_mount, writers);
+            }
+            Kind::Hold {
+                lock,
+                start_ns,
+                pid,
+                comm,
+                on_cpu_ns,
+            } if lock == self.lock => {
+                self.tasks.insert(tid, (pid, comm.clone()));
+                let mut h = Hold::new(tid, pid, comm, Role::Reader, start_ns);
+                h.end = Some(ts);
+                h.on_cpu_ns = Some(on_cpu_ns);
+                self.holds.push(h);
+            }
+            Kind::ShrinkCall {
+                start_ns,
+                shrinker,
+                to_scan,
+                freed,
+                pid,
+                comm,
+            } => {
+                self.shrink_start(tid, start_ns, shrinker, to_scan, (pid, comm));
+                self.shrink_end(tid, ts, freed);
+            }
+            Kind::Mount {
+                op,
+                fstype,
+                start_ns,
+                ret,
+                lock_wait_ns,
+                pid,
+                comm,
+            } => {
+                let mut m = OpenMount::new(op, fstype, pid, comm, start_ns);
+                m.lock_wait_ns = lock_wait_ns;
+                self.record_mount(m, ts, ret);
+            }
+            // Events on other locks, and what only the naive report reads.
             _ => {}
         }
         self.events += 1;
+        self.settle(self.last_ts.saturating_sub(SETTLE_NS));
         if self.events & 4095 == 0 {
             self.prune();
+        }
+    }
+
+    /// tracefs: the `down_read_trylock` announced by the task's last open hold failed.
+    fn withdraw_hold(&mut self, tid: u32) {
+        if let Some(i) = self
+            .holds
+            .iter()
+            .rposition(|h| h.tid == tid && h.role == Role::Reader && h.end.is_none() && !h.approx)
+        {
+            self.holds.remove(i);
+        }
+    }
+
+    fn shrink_start(
+        &mut self,
+        tid: u32,
+        ts: u64,
+        name: String,
+        to_scan: i64,
+        (pid, comm): (u32, String),
+    ) {
+        self.tasks.insert(tid, (pid, comm.clone()));
+        let opened_hold = self.holds_from_shrinkers
+            && !self
+                .holds
+                .iter()
+                .any(|h| h.tid == tid && h.role == Role::Reader && h.end.is_none());
+        if opened_hold {
+            let mut h = Hold::new(tid, pid, comm, Role::Reader, ts);
+            h.approx = true;
+            self.holds.push(h);
+        }
+        self.shrinks.push(Shrink {
+            tid,
+            name,
+            to_scan,
+            freed: 0,
+            start: ts,
+            end: None,
+            opened_hold,
+        });
+    }
+
+    fn shrink_end(&mut self, tid: u32, ts: u64, freed: i64) {
+        let Some(s) = self
+            .shrinks
+            .iter_mut()
+            .rev()
+            .find(|s| s.tid == tid && s.end.is_none())
+        else {
+            return;
+        };
+        s.end = Some(ts);
+        s.freed = freed;
+        if s.opened_hold {
+            self.close_hold(tid, Role::Reader, ts);
         }
     }
 
@@ -452,55 +592,126 @@ impl Analyzer {
         // A release without an acquire (the hold began before the trace): nothing to close.
     }
 
-    fn end_wait(&mut self, tid: u32, ts: u64) {
-        let (pid, comm) = self.task(tid);
-        // The writer holds the lock from now on (a holder for later waiters).
-        if self.writer_releases {
-            self.holds.push(Hold {
-                tid,
-                pid,
-                comm,
-                role: Role::Writer,
-                start: ts,
-                end: None,
-                approx: false,
-            });
+    /// Writers that held the lock during `waiter`'s wait [start, end] where writers' releases
+    /// are not traced (default mode): the owner when it began until the next writer known to
+    /// have waited got the lock, each such writer until the next one, the last until `end`.
+    fn writer_sequence(
+        &self,
+        waiter: u32,
+        owner: Option<Owner>,
+        start: u64,
+        end: u64,
+    ) -> Vec<Hold> {
+        let mut seq: Vec<Hold> = Vec::new();
+        if let Some(o) = owner {
+            seq.push(Hold::new(o.tid, o.pid, o.comm, Role::Writer, start));
         }
+        for &(tid, at) in &self.acquisitions {
+            if tid == waiter || at <= start || at >= end {
+                continue;
+            }
+            let (pid, comm) = self.task(tid);
+            seq.push(Hold::new(tid, pid, comm, Role::Writer, at));
+        }
+        seq.sort_by_key(|h| h.start);
+        let ends: Vec<u64> = seq.iter().skip(1).map(|h| h.start).chain([end]).collect();
+        for (h, e) in seq.iter_mut().zip(ends) {
+            h.end = Some(e);
+            h.cpu_unknown = true;
+        }
+        seq
+    }
+
+    /// Detail mode and tracefs: a writer got the lock it waited for.
+    fn end_wait(&mut self, tid: u32, ts: u64) {
         let Some(w) = self.waits_open.remove(&tid) else {
+            self.writer_acquired(tid, ts);
             return;
         };
         let d = ts.saturating_sub(w.start);
+        let in_mount = self.mounts_open.get_mut(&tid).map(|m| {
+            m.lock_wait_ns += d;
+            mount_name(m.op, &m.fstype)
+        });
+        let writers = if self.writer_releases {
+            Vec::new()
+        } else {
+            self.writer_sequence(tid, None, w.start, ts)
+        };
+        self.wait_ended(tid, w, ts, in_mount, writers);
+    }
+
+    /// A writer's wait ended at `ts`: counted now, attributed once holds that overlapped it
+    /// can have arrived ([`SETTLE_NS`]).
+    /// `writers`: holders for writing during it, where releases are not traced.
+    fn wait_ended(
+        &mut self,
+        tid: u32,
+        w: OpenWait,
+        ts: u64,
+        in_mount: Option<String>,
+        writers: Vec<Hold>,
+    ) {
+        let d = ts.saturating_sub(w.start);
         self.all_waits += 1;
         self.all_wait_ns += d;
-        let mut in_mount = None;
-        if let Some(m) = self.mounts_open.get_mut(&tid) {
-            m.lock_wait_ns += d;
-            in_mount = Some(format!("{} {}", m.fstype, m.op.name()));
+        self.writer_acquired(tid, ts);
+        if d >= self.min_wait_ns {
+            self.waits_ended.push(EndedWait {
+                tid,
+                w,
+                end: ts,
+                in_mount,
+                writers,
+            });
         }
-        if d < self.min_wait_ns {
+    }
+
+    /// `tid` holds the lock for writing from `ts` on: a holder for later waiters until its
+    /// release, or where releases are not traced, a point in the sequence of writers.
+    fn writer_acquired(&mut self, tid: u32, ts: u64) {
+        if self.writer_releases {
+            let (pid, comm) = self.task(tid);
+            self.holds.push(Hold::new(tid, pid, comm, Role::Writer, ts));
+        } else {
+            self.acquisitions.push((tid, ts));
+        }
+    }
+
+    /// Attribute the ended waits whose end is at or before `upto`.
+    fn settle(&mut self, upto: u64) {
+        if !self.waits_ended.iter().any(|w| w.end <= upto) {
             return;
         }
-        let (holders, attributed) = self.holders(tid, w.start, ts);
-        self.waits.push(Wait {
-            waiter_comm: w.comm,
-            waiter_pid: w.pid,
-            waiter_tid: tid,
-            t_s: self.t_s(w.start),
-            wait_ms: ms(d),
-            in_mount,
-            stack: w.stack,
-            attributed_ms: ms(attributed),
-            holders,
-        });
+        let (ready, later): (Vec<EndedWait>, Vec<EndedWait>) =
+            std::mem::take(&mut self.waits_ended)
+                .into_iter()
+                .partition(|w| w.end <= upto);
+        self.waits_ended = later;
+        for e in ready {
+            let (holders, attributed) = self.holders(e.tid, e.w.start, e.end, &e.writers);
+            self.waits.push(Wait {
+                waiter_comm: e.w.comm,
+                waiter_pid: e.w.pid,
+                waiter_tid: e.tid,
+                t_s: self.t_s(e.w.start),
+                wait_ms: ms(e.end.saturating_sub(e.w.start)),
+                in_mount: e.in_mount,
+                stack: e.w.stack,
+                attributed_ms: ms(attributed),
+                holders,
+            });
+        }
     }
 
     /// Holders of the lock during [ws, we] other than `waiter`, and the covered time.
-    fn holders(&self, waiter: u32, ws: u64, we: u64) -> (Vec<Holder>, u64) {
+    /// `writers`: the writer sequence of that wait, where writers' releases are not traced.
+    fn holders(&self, waiter: u32, ws: u64, we: u64, writers: &[Hold]) -> (Vec<Holder>, u64) {
         let mut by_task: BTreeMap<(u32, Role), Holder> = BTreeMap::new();
         let mut spans = Vec::new();
         let mut shrink_by_task: HashMap<(u32, Role), BTreeMap<String, ShrinkerTime>> =
             HashMap::new();
-        for h in &self.holds {
+        for h in self.holds.iter().chain(writers) {
             if h.tid == waiter {
                 continue;
             }
@@ -509,41 +720,17 @@ impl Analyzer {
                 continue;
             }
             spans.push((os, oe));
-            let off = self.overlap_off(h.tid, os, oe);
-            let e = by_task.entry((h.tid, h.role)).or_insert_with(|| Holder {
-                comm: h.comm.clone(),
-                pid: h.pid,
-                tid: h.tid,
-                role: h.role,
-                hold_ms: 0.0,
-                on_cpu_ms: 0.0,
-                off_cpu_ms: 0.0,
-                shrinker: None,
-                shrinkers: Vec::new(),
-                approximate: false,
-            });
+            let (on, off) = self.cpu_split(h, os, oe);
+            let e = by_task
+                .entry((h.tid, h.role))
+                .or_insert_with(|| Holder::new(h.tid, h.pid, &h.comm, h.role));
             e.approximate |= h.approx;
+            e.cpu_unknown |= h.cpu_unknown;
             e.hold_ms += ms(oe - os);
             e.off_cpu_ms += ms(off);
-            e.on_cpu_ms += ms(oe - os - off);
+            e.on_cpu_ms += ms(on);
             let per = shrink_by_task.entry((h.tid, h.role)).or_default();
-            for s in self.shrinks.iter().filter(|s| s.tid == h.tid) {
-                let (ss, se) = (s.start.max(os), s.end.unwrap_or(oe).min(oe));
-                if se <= ss {
-                    continue;
-                }
-                let t = per.entry(s.name.clone()).or_insert_with(|| ShrinkerTime {
-                    name: s.name.clone(),
-                    calls: 0,
-                    ms: 0.0,
-                    to_scan: 0,
-                    freed: 0,
-                });
-                t.calls += 1;
-                t.ms += ms(se - ss);
-                t.to_scan += s.to_scan;
-                t.freed += s.freed;
-            }
+            self.shrinker_time(h.tid, os, oe, per);
         }
         let mut holders: Vec<Holder> = by_task
             .into_iter()
@@ -563,6 +750,48 @@ impl Analyzer {
         (holders, union_len(&mut spans))
     }
 
+    /// On- and off-CPU nanoseconds of hold `h` within [s, e]: from the runtime counter over
+    /// the whole hold (scaled to the overlap) where the producer sent it, else from on/off-CPU
+    /// events (none: all on-CPU; `cpu_unknown` holds: zero).
+    fn cpu_split(&self, h: &Hold, s: u64, e: u64) -> (u64, u64) {
+        let len = e - s;
+        if h.cpu_unknown {
+            return (0, 0);
+        }
+        match (h.on_cpu_ns, h.end) {
+            (Some(on), Some(end)) if end > h.start => {
+                let share = (on as f64 / (end - h.start) as f64).min(1.0);
+                let on = (share * len as f64) as u64;
+                (on, len - on)
+            }
+            _ => {
+                let off = self.overlap_off(h.tid, s, e).min(len);
+                (len - off, off)
+            }
+        }
+    }
+
+    /// Shrinker callbacks `tid` ran within [s, e], added to `per`.
+    fn shrinker_time(&self, tid: u32, s: u64, e: u64, per: &mut BTreeMap<String, ShrinkerTime>) {
+        for c in self.shrinks.iter().filter(|c| c.tid == tid) {
+            let (cs, ce) = (c.start.max(s), c.end.unwrap_or(e).min(e));
+            if ce <= cs {
+                continue;
+            }
+            let t = per.entry(c.name.clone()).or_insert_with(|| ShrinkerTime {
+                name: c.name.clone(),
+                calls: 0,
+                ms: 0.0,
+                to_scan: 0,
+                freed: 0,
+            });
+            t.calls += 1;
+            t.ms += ms(ce - cs);
+            t.to_scan += c.to_scan;
+            t.freed += c.freed;
+        }
+    }
+
     /// Off-CPU time of `tid` inside [s, e].
     fn overlap_off(&self, tid: u32, s: u64, e: u64) -> u64 {
         self.off
@@ -576,19 +805,18 @@ impl Analyzer {
     }
 
     fn end_mount(&mut self, tid: u32, ts: u64, ret: i64) {
-        let Some(m) = self.mounts_open.remove(&tid) else {
-            return;
-        };
-        let total = ts.saturating_sub(m.start);
-        let m = OpenMount {
+        if let Some(m) = self.mounts_open.remove(&tid) {
+            self.record_mount(m, ts, ret);
+        }
+    }
+
+    /// A mount that ended at `end`: into its (op, type) group and the slowest list.
+    fn record_mount(&mut self, mut m: OpenMount, end: u64, ret: i64) {
+        let total = end.saturating_sub(m.start);
+        if m.fstype.is_empty() {
             // An umount that ended no superblock (or the type was not observable).
-            fstype: if m.fstype.is_empty() {
-                "?".into()
-            } else {
-                m.fstype
-            },
-            ..m
-        };
+            m.fstype = "?".into();
+        }
         let g = self.groups.entry((m.op, m.fstype.clone())).or_default();
         g.durations_ns.push(total);
         if ret < 0 {
@@ -622,87 +850,56 @@ impl Analyzer {
         }
     }
 
-    /// Drop what no future wait can overlap.
+    /// Drop what no future wait can overlap: everything that ended before the oldest open or
+    /// unattributed wait began, and at least [`KEEP_NS`] ago.
     fn prune(&mut self) {
         let horizon = self
             .waits_open
             .values()
             .map(|w| w.start)
+            .chain(self.waits_ended.iter().map(|w| w.w.start))
             .min()
-            .unwrap_or(self.last_ts);
-        self.holds
-            .retain(|h| !matches!(h.end, Some(e) if e < horizon));
-        self.shrinks
-            .retain(|s| !matches!(s.end, Some(e) if e < horizon));
-        self.off.retain(|o| !matches!(o.2, Some(e) if e < horizon));
+            .unwrap_or(u64::MAX)
+            .min(self.last_ts.saturating_sub(KEEP_NS));
+        let old = |end: Option<u64>| matches!(end, Some(e) if e < horizon);
+        self.holds.retain(|h| !old(h.end));
+        self.shrinks.retain(|s| !old(s.end));
+        self.off.retain(|o| !old(o.2));
+        self.acquisitions.retain(|a| a.1 >= horizon);
     }
 
-    /// The analysis so far: summary, per-group mount stats, slowest mounts, listed waits.
-    pub fn finish(&self) -> (Summary, Vec<MountStats>, Vec<MountRecord>, Vec<Wait>) {
+    /// The analysis: every wait attributed, mounts per (op, type), the slowest mounts.
+    pub fn finish(mut self) -> Analysis {
+        self.settle(u64::MAX);
         let mut mounts = Vec::new();
         let (mut n, mut total_ns, mut wait_ns) = (0u64, 0u64, 0u64);
         for ((op, fstype), g) in &self.groups {
-            let mut d = g.durations_ns.clone();
-            d.sort_unstable();
-            let sum: u64 = d.iter().sum();
-            n += d.len() as u64;
-            total_ns += sum;
+            let stats = g.stats(*op, fstype);
+            n += stats.n;
+            total_ns += g.durations_ns.iter().sum::<u64>();
             wait_ns += g.lock_wait_ns;
-            let phase = |p| g.phase_ns.get(&p).copied().unwrap_or(0);
-            let phases = phase(Phase::AllocSuper)
-                + phase(Phase::ShrinkerRegister)
-                + phase(Phase::ShrinkerUnregister);
-            mounts.push(MountStats {
-                op: *op,
-                fstype: fstype.clone(),
-                n: d.len() as u64,
-                failed: g.failed,
-                total_ms: ms(sum),
-                p50_ms: ms(nearest_rank(&d, 0.50)),
-                p99_ms: ms(nearest_rank(&d, 0.99)),
-                max_ms: ms(d.last().copied().unwrap_or(0)),
-                hist: histogram(&d),
-                alloc_super_ms: ms(phase(Phase::AllocSuper)),
-                shrinker_register_ms: ms(phase(Phase::ShrinkerRegister)),
-                shrinker_unregister_ms: ms(phase(Phase::ShrinkerUnregister)),
-                rest_ms: ms(sum.saturating_sub(phases)),
-                lock_wait_ms: ms(g.lock_wait_ns),
-            });
+            mounts.push(stats);
         }
-        let mut waits = self.waits.clone();
-        waits.sort_by(|a, b| b.wait_ms.total_cmp(&a.wait_ms));
-        let mut holders: BTreeMap<String, TopHolder> = BTreeMap::new();
-        let mut shrinkers: BTreeMap<String, TopShrinker> = BTreeMap::new();
-        for w in &waits {
-            for h in &w.holders {
-                let t = holders.entry(h.comm.clone()).or_insert_with(|| TopHolder {
-                    comm: h.comm.clone(),
-                    waits: 0,
-                    hold_ms: 0.0,
+        let mut mount_totals = Vec::new();
+        let (mut all_waits, mut all_wait_ns) = (self.all_waits, self.all_wait_ns);
+        if let Some(t) = &self.totals {
+            (n, total_ns, wait_ns) = (0, 0, 0);
+            for &(op, calls, ns, w) in &t.mounts {
+                n += calls;
+                total_ns += ns;
+                wait_ns += w;
+                mount_totals.push(MountTotal {
+                    op,
+                    n: calls,
+                    total_ms: ms(ns),
+                    lock_wait_ms: ms(w),
                 });
-                t.waits += 1;
-                t.hold_ms += h.hold_ms;
-                for s in &h.shrinkers {
-                    let t = shrinkers
-                        .entry(s.name.clone())
-                        .or_insert_with(|| TopShrinker {
-                            name: s.name.clone(),
-                            calls: 0,
-                            ms: 0.0,
-                            freed: 0,
-                        });
-                    t.calls += s.calls;
-                    t.ms += s.ms;
-                    t.freed += s.freed;
-                }
             }
+            (all_waits, all_wait_ns) = (t.waits, t.wait_ns);
         }
-        let mut top_holders: Vec<TopHolder> = holders.into_values().collect();
-        top_holders.sort_by(|a, b| b.hold_ms.total_cmp(&a.hold_ms));
-        top_holders.truncate(5);
-        let mut top_shrinkers: Vec<TopShrinker> = shrinkers.into_values().collect();
-        top_shrinkers.sort_by(|a, b| b.ms.total_cmp(&a.ms));
-        top_shrinkers.truncate(5);
+        let mut waits = std::mem::take(&mut self.waits);
+        waits.sort_by(|a, b| b.wait_ms.total_cmp(&a.wait_ms));
+        let (top_holders, top_shrinkers) = tops(&waits);
         let summary = Summary {
             mounts: n,
             mount_ms: ms(total_ns),
@@ -712,15 +909,145 @@ impl Analyzer {
             } else {
                 wait_ns as f64 / total_ns as f64
             },
-            all_waits: self.all_waits,
-            all_wait_ms: ms(self.all_wait_ns),
+            all_waits,
+            all_wait_ms: ms(all_wait_ns),
             waits: waits.len() as u64,
             wait_ms: waits.iter().map(|w| w.wait_ms).sum::<f64>() + 0.0,
             attributed_ms: waits.iter().map(|w| w.attributed_ms).sum::<f64>() + 0.0,
             top_holders,
             top_shrinkers,
         };
-        (summary, mounts, self.slowest.clone(), waits)
+        Analysis {
+            summary,
+            mounts,
+            mount_totals,
+            slowest_mounts: std::mem::take(&mut self.slowest),
+            waits,
+        }
+    }
+}
+
+/// What [`Analyzer::finish`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Analysis {
+    pub summary: Summary,
+    /// Per (op, fstype): in default mode only the mounts sent as records (at least
+    /// `--min-wait` long).
+    pub mounts: Vec<MountStats>,
+    /// Default mode: every traced mount, per op.
+    pub mount_totals: Vec<MountTotal>,
+    pub slowest_mounts: Vec<MountRecord>,
+    pub waits: Vec<Wait>,
+}
+
+/// The holders and shrinkers that held the listed waits up longest.
+fn tops(waits: &[Wait]) -> (Vec<TopHolder>, Vec<TopShrinker>) {
+    let mut holders: BTreeMap<String, TopHolder> = BTreeMap::new();
+    let mut shrinkers: BTreeMap<String, TopShrinker> = BTreeMap::new();
+    for h in waits.iter().flat_map(|w| &w.holders) {
+        let t = holders.entry(h.comm.clone()).or_insert_with(|| TopHolder {
+            comm: h.comm.clone(),
+            waits: 0,
+            hold_ms: 0.0,
+        });
+        t.waits += 1;
+        t.hold_ms += h.hold_ms;
+        for s in &h.shrinkers {
+            let t = shrinkers
+                .entry(s.name.clone())
+                .or_insert_with(|| TopShrinker {
+                    name: s.name.clone(),
+                    calls: 0,
+                    ms: 0.0,
+                    freed: 0,
+                });
+            t.calls += s.calls;
+            t.ms += s.ms;
+            t.freed += s.freed;
+        }
+    }
+    let mut top_holders: Vec<TopHolder> = holders.into_values().collect();
+    top_holders.sort_by(|a, b| b.hold_ms.total_cmp(&a.hold_ms));
+    top_holders.truncate(5);
+    let mut top_shrinkers: Vec<TopShrinker> = shrinkers.into_values().collect();
+    top_shrinkers.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    top_shrinkers.truncate(5);
+    (top_holders, top_shrinkers)
+}
+
+/// `overlay mount`, `tmpfs umount`…
+fn mount_name(op: MountOp, fstype: &str) -> String {
+    let fstype = if fstype.is_empty() { "?" } else { fstype };
+    format!("{fstype} {}", op.name())
+}
+
+impl OpenMount {
+    fn new(op: MountOp, fstype: String, pid: u32, comm: String, start: u64) -> OpenMount {
+        OpenMount {
+            op,
+            fstype,
+            pid,
+            comm,
+            start,
+            phase_open: Vec::new(),
+            phase_ns: HashMap::new(),
+            lock_wait_ns: 0,
+        }
+    }
+
+    /// Only outermost phases count, so that phases never overlap.
+    fn phase_end(&mut self, phase: Phase, ts: u64) {
+        if let Some(i) = self.phase_open.iter().rposition(|p| p.0 == phase) {
+            let (_, start) = self.phase_open.remove(i);
+            if self.phase_open.is_empty() {
+                *self.phase_ns.entry(phase).or_default() += ts.saturating_sub(start);
+            }
+        }
+    }
+
+    /// The phases and type the eBPF producer sends with a mount's end.
+    fn add_phases(&mut self, fstype: String, phase_ns: [u64; 3]) {
+        if !fstype.is_empty() {
+            self.fstype = fstype;
+        }
+        let phases = [
+            Phase::AllocSuper,
+            Phase::ShrinkerRegister,
+            Phase::ShrinkerUnregister,
+        ];
+        for (p, ns) in phases.into_iter().zip(phase_ns) {
+            if ns > 0 {
+                *self.phase_ns.entry(p).or_default() += ns;
+            }
+        }
+    }
+}
+
+impl Group {
+    fn stats(&self, op: MountOp, fstype: &str) -> MountStats {
+        let mut d = self.durations_ns.clone();
+        d.sort_unstable();
+        let sum: u64 = d.iter().sum();
+        let phase = |p| self.phase_ns.get(&p).copied().unwrap_or(0);
+        let phases = phase(Phase::AllocSuper)
+            + phase(Phase::ShrinkerRegister)
+            + phase(Phase::ShrinkerUnregister);
+        MountStats {
+            op,
+            fstype: fstype.to_string(),
+            n: d.len() as u64,
+            failed: self.failed,
+            total_ms: ms(sum),
+            p50_ms: ms(nearest_rank(&d, 0.50)),
+            p99_ms: ms(nearest_rank(&d, 0.99)),
+            max_ms: ms(d.last().copied().unwrap_or(0)),
+            hist: histogram(&d),
+            alloc_super_ms: ms(phase(Phase::AllocSuper)),
+            shrinker_register_ms: ms(phase(Phase::ShrinkerRegister)),
+            shrinker_unregister_ms: ms(phase(Phase::ShrinkerUnregister)),
+            rest_ms: ms(sum.saturating_sub(phases)),
+            lock_wait_ms: ms(self.lock_wait_ns),
+        }
     }
 }
 
@@ -944,7 +1271,8 @@ pub(crate) mod tests {
         for e in events {
             a.push(e);
         }
-        a.finish()
+        let a = a.finish();
+        (a.summary, a.mounts, a.slowest_mounts, a.waits)
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -1087,8 +1415,9 @@ pub(crate) mod tests {
     fn short_waits_are_counted_not_listed_and_memory_is_pruned() {
         let mut a = Analyzer::new(LOCK, 10.0);
         let e = |ts_ns: u64, tid: u32, kind: Kind| Event { ts_ns, tid, kind };
+        // 20 s of trace: what ended more than KEEP_NS (5 s) ago is dropped.
         for i in 0..10_000u64 {
-            let t = i * 100_000;
+            let t = i * 2_000_000;
             a.push(e(t, 1, read(LOCK, "kswapd0", 1)));
             a.push(e(
                 t + 10_000,
@@ -1122,7 +1451,8 @@ pub(crate) mod tests {
             "{}",
             a.holds.len()
         );
-        let (s, _, _, waits) = a.finish();
+        let f = a.finish();
+        let (s, waits) = (f.summary, f.waits);
         assert_eq!((s.all_waits, s.waits, waits.len()), (100, 0, 0));
         assert!(close(s.all_wait_ms, 1.0), "{}", s.all_wait_ms);
     }
@@ -1167,8 +1497,8 @@ pub(crate) mod tests {
             approx.push(e);
         }
         // Without the inference nobody held the lock as far as the events say.
-        assert_eq!(exact.finish().3[0].holders.len(), 0);
-        let (_, _, _, waits) = approx.finish();
+        assert_eq!(exact.finish().waits[0].holders.len(), 0);
+        let waits = approx.finish().waits;
         let w = &waits[0];
         assert!(close(w.wait_ms, 791.0));
         let h = &w.holders[0];
@@ -1179,6 +1509,154 @@ pub(crate) mod tests {
         assert!(close(w.attributed_ms, 790.0));
         let v = serde_json::to_value(h).unwrap();
         assert_eq!(v["approximate"], true);
+    }
+
+    /// The stall of [`stall_events`] as the default mode reports it: whole intervals sent
+    /// when they end, only what overlapped the wait, the reader's hold arriving after the
+    /// wait it held up, totals counted in the kernel.
+    pub fn default_mode_stall() -> Analyzer {
+        let mut a = Analyzer::new(LOCK, 10.0).no_writer_releases();
+        a.start_at(0);
+        let call = |t_ms: f64, start_ms: f64, name: &str, to_scan, freed| {
+            ev(
+                t_ms,
+                45,
+                Kind::ShrinkCall {
+                    start_ns: (start_ms * MS as f64) as u64,
+                    shrinker: name.into(),
+                    to_scan,
+                    freed,
+                    pid: 45,
+                    comm: "kswapd0".into(),
+                },
+            )
+        };
+        let events = vec![
+            call(1490.0, 160.0, "super_cache_scan", 2_500_000, 2_400_000),
+            ev(
+                1501.0,
+                311,
+                Kind::Wait {
+                    lock: LOCK,
+                    start_ns: 200 * MS,
+                    pid: 311,
+                    comm: "strata".into(),
+                    stack: vec!["down_write".into(), "prealloc_shrinker".into()],
+                    in_mount: Some((MountOp::Mount, "overlay".into())),
+                    owner: None,
+                },
+            ),
+            // shrink_slab() returns after up_read and cond_resched: after the writer got in.
+            ev(
+                1501.5,
+                45,
+                Kind::Hold {
+                    lock: LOCK,
+                    start_ns: 100 * MS,
+                    pid: 45,
+                    comm: "kswapd0".into(),
+                    on_cpu_ns: 1_401_500_000 / 2,
+                },
+            ),
+            ev(
+                1510.0,
+                311,
+                Kind::Mount {
+                    op: MountOp::Mount,
+                    fstype: "overlay".into(),
+                    start_ns: 190 * MS,
+                    ret: 0,
+                    lock_wait_ns: 1301 * MS,
+                    pid: 311,
+                    comm: "strata".into(),
+                },
+            ),
+        ];
+        for e in events {
+            a.push(e);
+        }
+        a.set_totals(Totals {
+            mounts: vec![
+                (MountOp::Mount, 2, 1325 * MS, 1301 * MS),
+                (MountOp::Umount, 1, MS, 0),
+            ],
+            waits: 3,
+            wait_ns: 1302 * MS,
+        });
+        a
+    }
+
+    #[test]
+    fn default_mode_attributes_the_stall_from_whole_intervals() {
+        let f = default_mode_stall().finish();
+        assert_eq!(f.waits.len(), 1, "{:#?}", f.waits);
+        let w = &f.waits[0];
+        assert!(close(w.wait_ms, 1301.0), "{}", w.wait_ms);
+        assert_eq!(w.in_mount.as_deref(), Some("overlay mount"));
+        assert_eq!(w.holders.len(), 1, "{:#?}", w.holders);
+        let h = &w.holders[0];
+        assert_eq!(
+            (h.comm.as_str(), h.role, h.cpu_unknown),
+            ("kswapd0", Role::Reader, false)
+        );
+        assert!(close(h.hold_ms, 1301.0), "{}", h.hold_ms);
+        // Half the hold on CPU (its runtime counter), scaled to the overlap.
+        assert!((h.on_cpu_ms - 650.5).abs() < 0.01, "{}", h.on_cpu_ms);
+        assert_eq!(h.shrinker.as_deref(), Some("super_cache_scan"));
+        assert_eq!(
+            (h.shrinkers[0].to_scan, h.shrinkers[0].freed),
+            (2_500_000, 2_400_000)
+        );
+        assert!(close(w.attributed_ms, 1301.0));
+        // The summary counts every mount and wait, from the kernel's totals.
+        assert_eq!((f.summary.mounts, f.summary.all_waits), (3, 3));
+        assert!(close(f.summary.mount_lock_wait_ms, 1301.0));
+        assert_eq!(f.mount_totals.len(), 2);
+        assert_eq!(f.slowest_mounts[0].fstype, "overlay");
+        assert!(close(f.slowest_mounts[0].total_ms, 1320.0));
+        assert!(close(f.slowest_mounts[0].lock_wait_ms, 1301.0));
+        // Only the recorded mount is in the per-type rows.
+        assert_eq!(f.mounts.len(), 1);
+    }
+
+    #[test]
+    fn default_mode_writers_hold_in_turn() {
+        // mount B (tid 2) waits 5..30 ms behind writer A (tid 1, the owner); mount C (tid 3)
+        // waits 10..50 behind A, then B.
+        let mut a = Analyzer::new(LOCK, 1.0).no_writer_releases();
+        let wait = |end: f64, tid: u32, start: u64, owner: Option<u32>| {
+            ev(
+                end,
+                tid,
+                Kind::Wait {
+                    lock: LOCK,
+                    start_ns: start * MS,
+                    pid: tid,
+                    comm: format!("m{tid}"),
+                    stack: vec![],
+                    in_mount: None,
+                    owner: owner.map(|o| Owner {
+                        tid: o,
+                        pid: o,
+                        comm: format!("m{o}"),
+                    }),
+                },
+            )
+        };
+        a.push(wait(30.0, 2, 5, Some(1)));
+        a.push(wait(50.0, 3, 10, Some(1)));
+        let f = a.finish();
+        let c = f.waits.iter().find(|w| w.waiter_comm == "m3").unwrap();
+        let held: Vec<(&str, f64, bool)> = c
+            .holders
+            .iter()
+            .map(|h| (h.comm.as_str(), h.hold_ms, h.cpu_unknown))
+            .collect();
+        assert_eq!(held, [("m1", 20.0, true), ("m2", 20.0, true)]);
+        assert!(close(c.attributed_ms, 40.0));
+        let b = f.waits.iter().find(|w| w.waiter_comm == "m2").unwrap();
+        assert_eq!(b.holders.len(), 1);
+        assert!(close(b.holders[0].hold_ms, 25.0));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use crate::check::ShrinkerLock;
-use crate::report::{Report, Role};
+use crate::report::{Holder, Mode, Report, Role, VmstatSample};
 
 /// How many waits are shown in detail (all are in the JSON).
 const SHOW_WAITS: usize = 10;
@@ -35,8 +35,21 @@ fn count(n: u64) -> String {
     }
 }
 
+/// The whole report: header, summary, mounts, waits (and the naive script's answer).
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
+    header(&mut s, r);
+    summary(&mut s, r);
+    mounts(&mut s, r);
+    waits(&mut s, r);
+    if let Some(n) = &r.naive {
+        render_naive(&mut s, n);
+    }
+    s
+}
+
+/// What was traced, how, and what could not be.
+fn header(s: &mut String, r: &Report) {
     let lock = match r.kernel.shrinker_lock {
         ShrinkerLock::Rwsem => "shrinker_rwsem (exposed: mounts wait behind reclaim)",
         ShrinkerLock::Lockless => "lockless (mounts do not wait for reclaim)",
@@ -49,18 +62,28 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "events from {}; waits listed from {} ms",
-        r.source, r.min_wait_ms
+        "events from {} ({} mode); waits listed from {} ms",
+        r.source,
+        r.mode.name(),
+        r.min_wait_ms
     );
     for m in &r.missing {
         let _ = writeln!(s, "missing: {m}");
     }
+}
 
+/// Share of mount time spent waiting, the slowest mount, waits, top holders and shrinkers.
+fn summary(s: &mut String, r: &Report) {
     let sm = &r.summary;
     let _ = writeln!(s, "\nSummary");
+    // The default mode times the calls that create superblocks, not umount2.
+    let what = match r.mode {
+        Mode::Default => "mounts",
+        Mode::Detail => "mounts+umounts",
+    };
     let _ = writeln!(
         s,
-        "  mounts+umounts: {}, {} in total; {} ({}) of it waiting for the shrinker lock",
+        "  {what}: {}, {} in total; {} ({}) of it waiting for the shrinker lock",
         sm.mounts,
         dur(sm.mount_ms),
         dur(sm.mount_lock_wait_ms),
@@ -106,50 +129,98 @@ pub fn render(r: &Report) -> String {
             .collect();
         let _ = writeln!(s, "  top shrinkers: {}", list.join(", "));
     }
+}
 
-    if !r.mounts.is_empty() {
-        let _ = writeln!(s, "\nMounts (ms)");
+/// Mounts per operation and filesystem type, with where their time went.
+fn mounts(s: &mut String, r: &Report) {
+    match r.mode {
+        Mode::Default => mounts_default(s, r),
+        Mode::Detail => mounts_detail(s, r),
+    }
+}
+
+/// Default mode: every mount counted, the ones of at least `--min-wait` per type (no phases).
+fn mounts_default(s: &mut String, r: &Report) {
+    let totals: Vec<_> = r.mount_totals.iter().filter(|t| t.n > 0).collect();
+    if !totals.is_empty() {
+        let _ = writeln!(s, "\nMounts traced (umount2 is not timed in this mode)");
+    }
+    for t in totals {
         let _ = writeln!(
             s,
-            "  {:<20} {:>6} {:>8} {:>8} {:>9} {:>11} {:>9} {:>10} {:>9}",
-            "op fstype",
-            "n",
-            "p50",
-            "p99",
-            "max",
-            "alloc_super",
-            "register",
-            "unregister",
-            "lock wait"
+            "  {:<9} {:>7} in {}, {} ({}) waiting for the lock",
+            t.op.name(),
+            t.n,
+            dur(t.total_ms),
+            dur(t.lock_wait_ms),
+            pct(t.lock_wait_ms, t.total_ms)
         );
-        for m in &r.mounts {
-            let _ = writeln!(
-                s,
-                "  {:<20} {:>6} {:>8.2} {:>8.2} {:>9.2} {:>11} {:>9} {:>10} {:>9}",
-                format!("{} {}", m.op.name(), m.fstype),
-                m.n,
-                m.p50_ms,
-                m.p99_ms,
-                m.max_ms,
-                pct(m.alloc_super_ms, m.total_ms),
-                pct(m.shrinker_register_ms, m.total_ms),
-                pct(m.shrinker_unregister_ms, m.total_ms),
-                pct(m.lock_wait_ms, m.total_ms),
-            );
+    }
+    if r.mounts.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\nMounts of ≥ {} ms (ms)", r.min_wait_ms);
+    let _ = writeln!(
+        s,
+        "  {:<20} {:>6} {:>8} {:>8} {:>9} {:>9}",
+        "op fstype", "n", "p50", "p99", "max", "lock wait"
+    );
+    for m in &r.mounts {
+        let _ = writeln!(
+            s,
+            "  {:<20} {:>6} {:>8.2} {:>8.2} {:>9.2} {:>9}",
+            format!("{} {}", m.op.name(), m.fstype),
+            m.n,
+            m.p50_ms,
+            m.p99_ms,
+            m.max_ms,
+            pct(m.lock_wait_ms, m.total_ms),
+        );
+    }
+}
+
+/// Detail mode: every mount and umount per type, with its phases.
+fn mounts_detail(s: &mut String, r: &Report) {
+    if r.mounts.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\nMounts (ms)");
+    let _ = writeln!(
+        s,
+        "  {:<20} {:>6} {:>8} {:>8} {:>9} {:>11} {:>9} {:>10} {:>9}",
+        "op fstype", "n", "p50", "p99", "max", "alloc_super", "register", "unregister", "lock wait"
+    );
+    for m in &r.mounts {
+        let _ = writeln!(
+            s,
+            "  {:<20} {:>6} {:>8.2} {:>8.2} {:>9.2} {:>11} {:>9} {:>10} {:>9}",
+            format!("{} {}", m.op.name(), m.fstype),
+            m.n,
+            m.p50_ms,
+            m.p99_ms,
+            m.max_ms,
+            pct(m.alloc_super_ms, m.total_ms),
+            pct(m.shrinker_register_ms, m.total_ms),
+            pct(m.shrinker_unregister_ms, m.total_ms),
+            pct(m.lock_wait_ms, m.total_ms),
+        );
+    }
+}
+
+/// The slowest waits, each with its holders, the reclaim that second and the waiter's stack.
+fn waits(s: &mut String, r: &Report) {
+    if r.waits.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nWaits for the shrinker lock (slowest first{})",
+        if r.waits.len() > SHOW_WAITS {
+            format!(", {SHOW_WAITS} of {}", r.waits.len())
+        } else {
+            String::new()
         }
-    }
-
-    if !r.waits.is_empty() {
-        let _ = writeln!(
-            s,
-            "\nWaits for the shrinker lock (slowest first{})",
-            if r.waits.len() > SHOW_WAITS {
-                format!(", {SHOW_WAITS} of {}", r.waits.len())
-            } else {
-                String::new()
-            }
-        );
-    }
+    );
     for w in r.waits.iter().take(SHOW_WAITS) {
         let _ = writeln!(
             s,
@@ -165,38 +236,7 @@ pub fn render(r: &Report) -> String {
             pct(w.attributed_ms, w.wait_ms)
         );
         for h in &w.holders {
-            let role = match (h.role, h.approximate) {
-                (Role::Reader, false) => "reader",
-                (Role::Reader, true) => "reader, inferred from its shrinker calls: at least",
-                (Role::Writer, _) => "writer",
-            };
-            let mut line = format!(
-                "             {} (pid {}, {role}) held {} (on-CPU {}, off {})",
-                h.comm,
-                h.pid,
-                dur(h.hold_ms),
-                dur(h.on_cpu_ms),
-                dur(h.off_cpu_ms)
-            );
-            if !h.shrinkers.is_empty() {
-                let list: Vec<String> = h
-                    .shrinkers
-                    .iter()
-                    .take(3)
-                    .map(|t| {
-                        format!(
-                            "{} {} ({} calls, {} to scan, {} freed)",
-                            t.name,
-                            dur(t.ms),
-                            t.calls,
-                            count(t.to_scan.max(0) as u64),
-                            count(t.freed.max(0) as u64)
-                        )
-                    })
-                    .collect();
-                line += &format!(": {}", list.join(", "));
-            }
-            let _ = writeln!(s, "{line}");
+            let _ = writeln!(s, "{}", holder_line(h));
         }
         if w.holders.is_empty() {
             let _ = writeln!(
@@ -204,28 +244,65 @@ pub fn render(r: &Report) -> String {
                 "             no holder seen (held since before the trace started?)"
             );
         }
-        if let Some(v) = r.vmstat_at(w.t_s) {
-            let psi = v
-                .psi_some_avg10
-                .map(|p| format!(", PSI some avg10 {p:.1} %"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                s,
-                "             reclaim that second: pgscan kswapd {} direct {}, slabs_scanned {}, allocstall {}{psi}",
-                count(v.pgscan_kswapd),
-                count(v.pgscan_direct),
-                count(v.slabs_scanned),
-                v.allocstall
-            );
+        if let Some(line) = r.vmstat_at(w.t_s).map(reclaim_line) {
+            let _ = writeln!(s, "{line}");
         }
         if !w.stack.is_empty() {
             let _ = writeln!(s, "             stack: {}", w.stack.join(" ← "));
         }
     }
-    if let Some(n) = &r.naive {
-        render_naive(&mut s, n);
+}
+
+/// One holder of a wait: who, how, how long, on which shrinkers.
+fn holder_line(h: &Holder) -> String {
+    let role = match (h.role, h.approximate) {
+        (Role::Reader, false) => "reader",
+        (Role::Reader, true) => "reader, inferred from its shrinker calls: at least",
+        (Role::Writer, _) => "writer",
+    };
+    let mut line = format!(
+        "             {} (pid {}, {role}) held {}",
+        h.comm,
+        h.pid,
+        dur(h.hold_ms)
+    );
+    if !h.cpu_unknown {
+        line += &format!(" (on-CPU {}, off {})", dur(h.on_cpu_ms), dur(h.off_cpu_ms));
     }
-    s
+    if !h.shrinkers.is_empty() {
+        let list: Vec<String> = h
+            .shrinkers
+            .iter()
+            .take(3)
+            .map(|t| {
+                format!(
+                    "{} {} ({} calls, {} to scan, {} freed)",
+                    t.name,
+                    dur(t.ms),
+                    t.calls,
+                    count(t.to_scan.max(0) as u64),
+                    count(t.freed.max(0) as u64)
+                )
+            })
+            .collect();
+        line += &format!(": {}", list.join(", "));
+    }
+    line
+}
+
+/// The reclaim counters of the second a wait began.
+fn reclaim_line(v: &VmstatSample) -> String {
+    let psi = v
+        .psi_some_avg10
+        .map(|p| format!(", PSI some avg10 {p:.1} %"))
+        .unwrap_or_default();
+    format!(
+        "             reclaim that second: pgscan kswapd {} direct {}, slabs_scanned {}, allocstall {}{psi}",
+        count(v.pgscan_kswapd),
+        count(v.pgscan_direct),
+        count(v.slabs_scanned),
+        v.allocstall
+    )
 }
 
 /// The naive script's answer, next to strata's.
@@ -300,7 +377,15 @@ mod tests {
                 ..Default::default()
             },
         ];
-        Report::assemble(kernel, "synthetic", 2.0, 10.0, vec![], a.finish(), vmstat)
+        let ctx = crate::report::Context {
+            kernel,
+            source: "synthetic",
+            mode: crate::report::Mode::Detail,
+            duration_s: 2.0,
+            min_wait_ms: 10.0,
+            missing: vec![],
+        };
+        Report::assemble(ctx, a.finish(), vmstat)
     }
 
     #[test]
@@ -340,6 +425,37 @@ mod tests {
         assert!(
             text.contains("stack: down_write ← prealloc_shrinker ← alloc_super"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_default_mode_reads_the_same_and_says_what_it_counted() {
+        let kernel = report().kernel;
+        let ctx = crate::report::Context {
+            kernel,
+            source: "synthetic",
+            mode: Mode::Default,
+            duration_s: 2.0,
+            min_wait_ms: 10.0,
+            missing: vec![],
+        };
+        let f = crate::analyze::tests::default_mode_stall().finish();
+        let text = render(&Report::assemble(ctx, f, vec![]));
+        for want in [
+            "events from synthetic (default mode)",
+            "  mounts: 3, 1.33 s in total; 1.30 s (98.1 %) of it waiting",
+            "slowest: overlay mount by strata (pid 311) at 0.2 s: 1.32 s, 1.30 s (98.6 %) lock wait",
+            "Mounts traced (umount2 is not timed in this mode)",
+            "Mounts of ≥ 10 ms (ms)",
+            "strata (pid 311) waited 1.30 s in overlay mount; holders cover 100.0 %",
+            "kswapd0 (pid 45, reader) held 1.30 s (on-CPU 650.5 ms, off 650.5 ms): super_cache_scan",
+            "stack: down_write ← prealloc_shrinker",
+        ] {
+            assert!(text.contains(want), "{want:?} not in:\n{text}");
+        }
+        assert!(
+            !text.contains("alloc_super"),
+            "no phases in the default mode:\n{text}"
         );
     }
 

@@ -20,14 +20,22 @@ pub struct Report {
     pub kernel: KernelCheck,
     /// Where the events came from: `ebpf`, `tracefs` or `synthetic`.
     pub source: String,
+    /// `default` (cheap enough to leave on: only what overlaps a writer's wait is recorded)
+    /// or `detail` (every lock event, every mount).
+    #[serde(default)]
+    pub mode: Mode,
     pub duration_s: f64,
     /// Waits shorter than this are counted in the summary but not listed.
     pub min_wait_ms: f64,
     /// What this kernel or tracer could not observe (e.g. a missing tracepoint).
     pub missing: Vec<String>,
     pub summary: Summary,
-    /// Per operation (`mount`, `umount`) and filesystem type.
+    /// Per operation (`mount`, `umount`) and filesystem type. In the default mode only the
+    /// mounts that took at least `min_wait_ms` (the others are in `mount_totals`).
     pub mounts: Vec<MountStats>,
+    /// Default mode: every traced mount, per operation (counted in the kernel).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount_totals: Vec<MountTotal>,
     /// The slowest mounts and umounts, slowest first.
     pub slowest_mounts: Vec<MountRecord>,
     /// Writer waits on `shrinker_rwsem` of at least `min_wait_ms`, slowest first.
@@ -37,6 +45,38 @@ pub struct Report {
     /// What the usual bpftrace script would have reported (`--naive`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub naive: Option<crate::naive::NaiveReport>,
+}
+
+/// What the tracer recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Bounded by the events that matter: writer waits on the lock, the reader holds and
+    /// shrinker calls that overlapped them, mounts at least `min_wait_ms` long; the rest is
+    /// counted in the kernel.
+    #[default]
+    Default,
+    /// Every lock event, context switch of a holder and mount (`--detail`, `--naive`, and
+    /// the tracefs producer).
+    Detail,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Default => "default",
+            Mode::Detail => "detail",
+        }
+    }
+}
+
+/// Every traced mount of one operation (default mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MountTotal {
+    pub op: MountOp,
+    pub n: u64,
+    pub total_ms: f64,
+    pub lock_wait_ms: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -201,6 +241,27 @@ pub struct Holder {
     /// `hold_ms` is then a lower bound.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approximate: bool,
+    /// On/off-CPU time not observed (a writer in the default mode): both are 0.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cpu_unknown: bool,
+}
+
+impl Holder {
+    pub fn new(tid: u32, pid: u32, comm: &str, role: Role) -> Holder {
+        Holder {
+            comm: comm.to_string(),
+            pid,
+            tid,
+            role,
+            hold_ms: 0.0,
+            on_cpu_ms: 0.0,
+            off_cpu_ms: 0.0,
+            shrinker: None,
+            shrinkers: Vec::new(),
+            approximate: false,
+            cpu_unknown: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,6 +299,16 @@ pub struct VmstatSample {
     pub psi_full_us: Option<u64>,
 }
 
+/// How a report was made: everything but the analysis and the reclaim counters.
+pub struct Context {
+    pub kernel: KernelCheck,
+    pub source: &'static str,
+    pub mode: Mode,
+    pub duration_s: f64,
+    pub min_wait_ms: f64,
+    pub missing: Vec<String>,
+}
+
 impl Report {
     /// The sample whose interval contains `t_s`.
     pub fn vmstat_at(&self, t_s: f64) -> Option<&VmstatSample> {
@@ -250,25 +321,22 @@ impl Report {
 impl Report {
     /// A report from an analysis ([`crate::analyze::Analyzer::finish`]) and its context.
     pub fn assemble(
-        kernel: KernelCheck,
-        source: &str,
-        duration_s: f64,
-        min_wait_ms: f64,
-        missing: Vec<String>,
-        analysis: (Summary, Vec<MountStats>, Vec<MountRecord>, Vec<Wait>),
+        ctx: Context,
+        analysis: crate::analyze::Analysis,
         vmstat: Vec<VmstatSample>,
     ) -> Report {
-        let (summary, mounts, slowest_mounts, waits) = analysis;
         Report {
-            kernel,
-            source: source.to_string(),
-            duration_s,
-            min_wait_ms,
-            missing,
-            summary,
-            mounts,
-            slowest_mounts,
-            waits,
+            kernel: ctx.kernel,
+            source: ctx.source.to_string(),
+            mode: ctx.mode,
+            duration_s: ctx.duration_s,
+            min_wait_ms: ctx.min_wait_ms,
+            missing: ctx.missing,
+            summary: analysis.summary,
+            mounts: analysis.mounts,
+            mount_totals: analysis.mount_totals,
+            slowest_mounts: analysis.slowest_mounts,
+            waits: analysis.waits,
             vmstat,
             naive: None,
         }

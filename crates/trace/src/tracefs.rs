@@ -640,12 +640,16 @@ pub fn run(
             parser.lost
         ));
     }
-    Ok(crate::report::Report::assemble(
+    let ctx = crate::report::Context {
         kernel,
-        "tracefs",
-        start.elapsed().as_secs_f64(),
+        source: "tracefs",
+        mode: crate::report::Mode::Detail,
+        duration_s: start.elapsed().as_secs_f64(),
         min_wait_ms,
         missing,
+    };
+    Ok(crate::report::Report::assemble(
+        ctx,
         analyzer.finish(),
         std::mem::take(&mut sampler.samples),
     ))
@@ -734,7 +738,7 @@ mod tests {
         for e in ev {
             a.push(e);
         }
-        let (_, _, _, waits) = a.finish();
+        let waits = a.finish().waits;
         assert_eq!(waits.len(), 1);
         assert_eq!(waits[0].holders[0].comm, "kswapd0");
         assert_eq!(
@@ -757,7 +761,7 @@ mod tests {
         for e in feed(&t) {
             a.push(e);
         }
-        let (_, _, _, waits) = a.finish();
+        let waits = a.finish().waits;
         assert_eq!(waits.len(), 1);
         assert!(waits[0].holders.is_empty(), "{:?}", waits[0].holders);
     }
@@ -773,7 +777,8 @@ mod tests {
         for e in feed(t) {
             a.push(e);
         }
-        let (summary, mounts, _, _) = a.finish();
+        let f = a.finish();
+        let (summary, mounts) = (f.summary, f.mounts);
         assert_eq!(summary.mounts, 1);
         assert_eq!(mounts[0].fstype, "overlay");
         assert!((mounts[0].alloc_super_ms - 800.0).abs() < 1.0);

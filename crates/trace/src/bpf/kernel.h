@@ -39,11 +39,20 @@ enum bpf_map_type {
 	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_LRU_HASH = 9,
 	BPF_MAP_TYPE_RINGBUF = 27,
+	BPF_MAP_TYPE_TASK_STORAGE = 29,
 };
 
 enum {
 	BPF_ANY = 0,
 	BPF_NOEXIST = 1,
+};
+
+enum {
+	BPF_F_NO_PREALLOC = 1,
+};
+
+enum {
+	BPF_LOCAL_STORAGE_GET_F_CREATE = 1,
 };
 
 enum {
@@ -67,16 +76,49 @@ struct pt_regs {
 	unsigned long bp;
 };
 
-struct callback_head;
+typedef unsigned int gfp_t;
+
+typedef struct {
+	s64 counter;
+} atomic_long_t;
+
+struct callback_head {
+	struct callback_head *next;
+	void (*func)(struct callback_head *head);
+};
+
+struct sched_entity {
+	u64 sum_exec_runtime;
+};
+
+struct file;
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
 
 struct task_struct {
 	int pid;
 	int tgid;
 	char comm[16];
 	struct callback_head *task_works;
+	struct sched_entity se;
+	struct files_struct *files;
 };
 
-struct rw_semaphore;
+/* count: bit 0 is RWSEM_WRITER_LOCKED; owner: the writer's task_struct, or the last reader's
+ * with bit 0 (RWSEM_READER_OWNED) set; bits 0-1 are flags. */
+struct rw_semaphore {
+	atomic_long_t count;
+	atomic_long_t owner;
+};
+
+struct mem_cgroup;
 
 struct shrinker {
 	void *count_objects;
@@ -91,6 +133,14 @@ struct file_system_type {
 
 struct super_block {
 	struct file_system_type *s_type;
+};
+
+struct fs_context {
+	struct file_system_type *fs_type;
+};
+
+struct file {
+	void *private_data;
 };
 
 #pragma clang attribute pop

@@ -2,19 +2,27 @@
 /*
  * strata trace: who holds shrinker_rwsem while a mount waits for it.
  *
- * Every program sends small records (struct event) to one ring buffer; user space
- * (src/bpf.rs) turns them into analyzer events. Records never wake the reader
- * (BPF_RB_NO_WAKEUP): a wakeup per record cost a context switch per mount; user space drains
- * the buffer every 50 ms instead. Filtering happens here: only the lock whose
- * address user space sets in `target_lock`, only tasks that hold it or run a shrinker for
- * scheduler events, only mount-family syscalls.
+ * Programs send records (records.h) to one ring buffer; user space (src/bpf.rs) turns them
+ * into analyzer events. Records never wake the reader (BPF_RB_NO_WAKEUP): a wakeup per record
+ * cost a context switch per mount; user space drains the buffer every 50 ms instead.
  *
- * Programs come in groups that user space loads or leaves out per kernel (see bpf.rs):
- * fentry/fexit on the lock functions where the kernel allows it (exact reader holds), else
- * lock:contention_* tracepoints for the writer waits and shrinker calls standing in for
- * reader holds.
+ * Two sets of programs, loaded per mode (bpf/groups.rs):
+ *
+ * - Default mode: cheap enough to leave on. No program on a global hot path (no rwsem
+ *   release, context switch or syscall in general): writer waits from the lock's contention
+ *   (lock:contention_begin/end, or the rwsem write slowpath), reader holds from the
+ *   boundaries of shrink_slab() (the only reclaim path that takes the lock: trylock at its
+ *   start, up_read at its end), the holding writer from the lock's owner field, CPU time from
+ *   the holder's runtime counter, and the mount-family syscalls. State stays in maps; a record
+ *   is sent only for a wait of at least `min_wait_ns` (with its stack), for holds and shrinker
+ *   calls that overlapped a writer's wait, and for mounts that took at least `min_wait_ns`.
+ *   Everything else is summed in `totals`.
+ * - Detail mode (--detail): a record per lock event, from fexit/fentry on the rwsem functions
+ *   themselves (every rwsem release in the kernel pays), on/off CPU from sched_switch, and
+ *   every mount with its phases.
  */
 #include "kernel.h"
+#include "records.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
@@ -25,52 +33,28 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile u64 target_lock = 0;
 /* Also emit what the naive bpftrace script sees (any trylock, the next up_read of any lock). */
 const volatile bool naive = false;
+/* Default mode: waits and mounts shorter than this are only counted. */
+const volatile u64 min_wait_ns = 10000000;
 
-enum kind {
-	K_READ_ACQ = 1,
-	K_READ_REL = 2,
-	K_WRITE_WAIT = 3,
-	K_WRITE_ACQ = 4,
-	K_WRITE_REL = 5,
-	K_SHRINK_START = 6,
-	K_SHRINK_END = 7,
-	K_OFF_CPU = 8,
-	K_ON_CPU = 9,
-	K_MOUNT_START = 10,
-	/* 11-14: a mount's type, phases and end, each its own record before K_MOUNT_DONE */
-	K_NAIVE_TRY = 15,
-	K_NAIVE_UP = 16,
-	K_CONTENTION_END = 17,
-	K_MOUNT_DONE = 18,
-};
-
-enum op { OP_MOUNT = 0, OP_UMOUNT = 1, OP_FSCONFIG = 2 };
-enum phase { PH_ALLOC_SUPER = 0, PH_REGISTER = 1, PH_UNREGISTER = 2 };
-
-#define MAX_FRAMES 32
-
-struct event {
-	u64 ts;
-	u32 tid;
-	u32 pid;
-	u32 kind;
-	s32 small; /* op, phase, trylock result */
-	u64 a;     /* lock address, shrinker callback address */
-	s64 b;     /* objects to scan, objects freed, syscall return */
-	char comm[16];
-	char str[32]; /* filesystem type */
-};
-
-struct stack_event {
-	struct event e;
-	s64 nbytes; /* bytes of ips filled by bpf_get_stack, or its error */
-	u64 ips[MAX_FRAMES];
-};
+/* One instance of each record type, never used: they put the types in the object's BTF, from
+ * which libbpf-cargo generates their Rust definitions. */
+struct event _event = {};
+struct stack_event _stack_event = {};
+struct mount_done _mount_done = {};
+struct wait_rec _wait_rec = {};
+struct hold_rec _hold_rec = {};
+struct call_rec _call_rec = {};
+struct mount_rec _mount_rec = {};
+enum op _op = OP_MOUNT;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
+
+/* ================================ common ================================ */
+
+enum phase { PH_ALLOC_SUPER = 0, PH_REGISTER = 1, PH_UNREGISTER = 2 };
 
 /* Tasks whose on/off-CPU time matters: they hold the lock or run a shrinker. */
 struct {
@@ -79,8 +63,6 @@ struct {
 	__type(key, u32);
 	__type(value, u32);
 } interest SEC(".maps");
-
-#define N_PHASES 3
 
 /* A traced mount in flight. Its phases and the type of the superblock an umount ends are
  * kept here and sent with its end, in one record (records, not probes, are most of the
@@ -95,11 +77,6 @@ struct mstate {
 	u32 ph_cur;    /* the outermost open phase */
 	u64 ph_ns[N_PHASES];
 	char fstype[32];
-};
-
-struct mount_done {
-	struct event e; /* str: the superblock type an umount ended, if any */
-	u64 ph_ns[N_PHASES];
 };
 
 /* Tasks inside a traced mount, umount or fsconfig(CREATE). */
@@ -216,6 +193,8 @@ static __always_inline u32 cur_tid(void)
 {
 	return (u32)bpf_get_current_pid_tgid();
 }
+
+/* ============================== detail mode ============================== */
 
 /* ---- group "reader": exact reader holds (successful trylocks, release by address) ---- */
 
@@ -684,3 +663,428 @@ SEC("fentry/shrinker_free")
 int BPF_PROG(fentry_shr_free) { return phase(true, PH_UNREGISTER); }
 SEC("fexit/shrinker_free")
 int BPF_PROG(fexit_shr_free) { return phase(false, PH_UNREGISTER); }
+
+/* ============================= default mode ============================= */
+
+/* Writers waiting for the lock now, and waits begun so far: a hold or a shrinker call
+ * overlapped a wait if one was waiting at its start or end, or one began in between. */
+u64 writers_waiting = 0;
+u64 wait_seq = 0;
+
+/* Per CPU, summed by user space at the end: no atomic on the per-mount path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct totals);
+} totals SEC(".maps");
+
+static __always_inline struct totals *my_totals(void)
+{
+	u32 zero = 0;
+	return bpf_map_lookup_elem(&totals, &zero);
+}
+
+#define RWSEM_WRITER_LOCKED 1UL
+#define RWSEM_READER_OWNED 1UL
+#define RWSEM_OWNER_FLAGS 3UL
+
+/* A writer waiting for the lock. */
+struct wstate {
+	u64 start;
+	u32 owner_tid;
+	u32 owner_pid;
+	char owner_comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, u32);
+	__type(value, struct wstate);
+} waiting SEC(".maps");
+
+/* Per-task state lives in task storage: no hashing on the per-mount path, and it goes away
+ * with the task. Fresh storage is zeroed: `active` 0 means nothing in flight. */
+
+/* A task inside shrink_slab(), and the shrinker callback it runs. */
+struct hstate {
+	u32 active;
+	u32 depth;       /* nested shrink_slab() calls (reclaim from inside a shrinker) */
+	u64 start;
+	u64 runtime;     /* the task's sum_exec_runtime at start */
+	u64 seq;         /* wait_seq at start */
+	u32 calls;       /* shrinker callbacks run: the trylock succeeded */
+	u32 overlapped;  /* a writer was waiting at start */
+	u32 in_call;
+	u32 call_overlapped;
+	u64 call_start;
+	u64 call_fn;
+	s64 call_scan;
+	u64 call_seq;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct hstate);
+} holding SEC(".maps");
+
+/* A superblock-creating mount(2) or fsconfig(CREATE) in flight. */
+struct lstate {
+	u32 active;
+	u32 op;
+	s32 fd;    /* fsconfig: the fs_context's fd */
+	u32 pad;
+	u64 start;
+	u64 wait_ns;
+	u64 regs;  /* the syscall's user pt_regs: mount(2)'s type argument */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct lstate);
+} lean_mnt SEC(".maps");
+
+static __always_inline struct lstate *mount_state(bool create)
+{
+	return bpf_task_storage_get(&lean_mnt, bpf_get_current_task_btf(), 0,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+static __always_inline struct hstate *hold_state(bool create)
+{
+	return bpf_task_storage_get(&holding, bpf_get_current_task_btf(), 0,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+static __always_inline bool overlapping(u64 seq, u32 was_waiting)
+{
+	return was_waiting || writers_waiting > 0 || wait_seq != seq;
+}
+
+static __always_inline u64 current_runtime(void)
+{
+	return bpf_get_current_task_btf()->se.sum_exec_runtime;
+}
+
+#define NR_UMOUNT2 166
+
+/* The filesystem type of a traced mount, into `out` (empty if unknown). Only when a record
+ * is sent: probe reads from the pointers kept. */
+static __always_inline void lean_fstype(struct lstate *st, char *out, u32 len)
+{
+	out[0] = 0;
+	/* Plain copies first: a CO-RE read must not relocate the fields of our own struct. */
+	struct pt_regs *regs = (struct pt_regs *)st->regs;
+	s32 fd = st->fd;
+	if (st->op == OP_MOUNT && regs) {
+		const char *type = (const char *)BPF_CORE_READ(regs, dx);
+		bpf_probe_read_user_str(out, len, type);
+	} else if (st->op == OP_FSCONFIG && fd >= 0) {
+		struct task_struct *t = bpf_get_current_task_btf();
+		struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+		struct file **fds = BPF_CORE_READ(fdt, fd);
+		struct file *f = 0;
+		if ((u32)fd >= BPF_CORE_READ(fdt, max_fds))
+			return;
+		bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+		struct fs_context *fc = BPF_CORE_READ(f, private_data);
+		const char *name = BPF_CORE_READ(fc, fs_type, name);
+		bpf_probe_read_kernel_str(out, len, name);
+	}
+}
+
+/* A mount ended at `end`: counted, and sent if it took at least min_wait_ns. */
+static __always_inline void lean_mount_end(struct lstate *st, u64 end, s64 ret)
+{
+	u32 op = st->op;
+	u64 d = end - st->start;
+	struct totals *t = my_totals();
+	st->active = 0;
+	if (t && op < 3) {
+		t->mounts[op]++;
+		t->mount_ns[op] += d;
+		t->mount_wait_ns[op] += st->wait_ns;
+	}
+	if (d < min_wait_ns)
+		return;
+	struct mount_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		__sync_fetch_and_add(&dropped, 1);
+		return;
+	}
+	fill(&r->e, K_MOUNT);
+	r->e.ts = end;
+	r->e.small = op;
+	r->e.b = ret;
+	lean_fstype(st, r->e.str, sizeof(r->e.str));
+	r->start = st->start;
+	r->wait_ns = st->wait_ns;
+	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+}
+
+/* ---- group "waits": a writer's wait for the lock, from contention_begin/end (5.19+) ---- */
+
+static __always_inline void wait_begin(void *lock)
+{
+	if ((u64)lock != target_lock)
+		return;
+	u32 tid = cur_tid();
+	struct wstate w = { .start = bpf_ktime_get_ns() };
+	struct rw_semaphore *sem = lock;
+	long count = BPF_CORE_READ(sem, count.counter);
+	unsigned long owner = BPF_CORE_READ(sem, owner.counter);
+	if ((count & RWSEM_WRITER_LOCKED) && !(owner & RWSEM_READER_OWNED)) {
+		struct task_struct *t = (struct task_struct *)(owner & ~RWSEM_OWNER_FLAGS);
+		w.owner_tid = BPF_CORE_READ(t, pid);
+		w.owner_pid = BPF_CORE_READ(t, tgid);
+		BPF_CORE_READ_STR_INTO(&w.owner_comm, t, comm);
+	}
+	bpf_map_update_elem(&waiting, &tid, &w, BPF_ANY);
+	__sync_fetch_and_add(&writers_waiting, 1);
+	__sync_fetch_and_add(&wait_seq, 1);
+}
+
+static __always_inline void wait_end(void *ctx, void *lock)
+{
+	if ((u64)lock != target_lock)
+		return;
+	u32 tid = cur_tid();
+	struct wstate *w = bpf_map_lookup_elem(&waiting, &tid);
+	if (!w)
+		return; /* a reader's contention, or a wait begun before the trace */
+	u64 now = bpf_ktime_get_ns();
+	u64 d = now - w->start;
+	__sync_fetch_and_add(&writers_waiting, -1);
+	struct totals *t = my_totals();
+	if (t) {
+		t->waits++;
+		t->wait_ns += d;
+	}
+	struct lstate *st = mount_state(false);
+	if (st && !st->active)
+		st = 0;
+	if (st)
+		st->wait_ns += d;
+	if (d >= min_wait_ns) {
+		struct wait_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+		if (r) {
+			fill(&r->e, K_WAIT);
+			r->e.ts = now;
+			r->e.a = (u64)lock;
+			r->e.small = OP_NONE;
+			if (st) {
+				r->e.small = st->op;
+				lean_fstype(st, r->e.str, sizeof(r->e.str));
+			} else {
+				/* umount2 is not traced (no probe on its path): its mount's teardown runs
+				 * as task work on the way out, the syscall number still in the task's
+				 * registers. */
+				struct pt_regs *u =
+					(struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+				if (u && BPF_CORE_READ(u, orig_ax) == NR_UMOUNT2)
+					r->e.small = OP_UMOUNT;
+			}
+			r->start = w->start;
+			r->owner_tid = w->owner_tid;
+			r->owner_pid = w->owner_pid;
+			__builtin_memcpy(r->owner_comm, w->owner_comm, sizeof(r->owner_comm));
+			/* Still inside the slow path: the same frames as when the wait began. */
+			r->nbytes = bpf_get_stack(ctx, r->ips, sizeof(r->ips), 0);
+			bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+		} else {
+			__sync_fetch_and_add(&dropped, 1);
+		}
+	}
+	bpf_map_delete_elem(&waiting, &tid);
+}
+
+SEC("tp_btf/contention_begin")
+int BPF_PROG(tp_wait_begin, void *lock, unsigned int flags)
+{
+	if (flags & LCB_F_WRITE)
+		wait_begin(lock);
+	return 0;
+}
+
+SEC("tp_btf/contention_end")
+int BPF_PROG(tp_wait_end, void *lock, int ret)
+{
+	wait_end(ctx, lock);
+	return 0;
+}
+
+/* ---- group "waits_slowpath": the same where the contention tracepoints are missing (< 5.19):
+ * the rwsem write slow path, entered only when the lock is not free ---- */
+
+SEC("fentry/rwsem_down_write_slowpath")
+int BPF_PROG(fentry_wait_slowpath, struct rw_semaphore *sem, int state)
+{
+	wait_begin(sem);
+	return 0;
+}
+
+SEC("fexit/rwsem_down_write_slowpath")
+int BPF_PROG(fexit_wait_slowpath, struct rw_semaphore *sem, int state, struct rw_semaphore *ret)
+{
+	wait_end(ctx, sem);
+	return 0;
+}
+
+/* ---- group "holds": readers, from shrink_slab(): it takes the lock with down_read_trylock
+ * at its start and releases it before returning; with a writer waiting, a call that got the
+ * lock returns > 0 (it bails out after its current shrinker with at least 1) or ran a
+ * shrinker, one whose trylock failed returns 0 at once ---- */
+
+SEC("fentry/shrink_slab")
+int BPF_PROG(fentry_shrink_slab)
+{
+	struct hstate *h = hold_state(true);
+	if (!h)
+		return 0;
+	if (h->active) {
+		h->depth++;
+		return 0;
+	}
+	h->active = 1;
+	h->depth = 0;
+	h->start = bpf_ktime_get_ns();
+	h->runtime = current_runtime();
+	h->seq = wait_seq;
+	h->calls = 0;
+	h->overlapped = writers_waiting > 0;
+	h->in_call = 0;
+	return 0;
+}
+
+SEC("fexit/shrink_slab")
+int BPF_PROG(fexit_shrink_slab, gfp_t gfp, int nid, struct mem_cgroup *memcg, int priority,
+	     unsigned long ret)
+{
+	struct hstate *h = hold_state(false);
+	if (!h || !h->active)
+		return 0;
+	if (h->depth) {
+		h->depth--;
+		return 0;
+	}
+	h->active = 0;
+	if ((ret == 0 && h->calls == 0) || !overlapping(h->seq, h->overlapped))
+		return 0;
+	struct hold_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		__sync_fetch_and_add(&dropped, 1);
+		return 0;
+	}
+	fill(&r->e, K_HOLD);
+	r->e.a = target_lock;
+	r->start = h->start;
+	r->on_cpu_ns = current_runtime() - h->runtime;
+	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+SEC("tp_btf/mm_shrink_slab_start")
+int BPF_PROG(tp_call_start, struct shrinker *shr, struct shrink_control *sc,
+	     long nr_objects_to_shrink, unsigned long cache_items, unsigned long long delta,
+	     unsigned long total_scan)
+{
+	struct hstate *h = hold_state(false);
+	if (!h || !h->active)
+		return 0;
+	h->calls++;
+	h->in_call = 1;
+	h->call_start = bpf_ktime_get_ns();
+	h->call_fn = (u64)shr->scan_objects;
+	h->call_scan = total_scan;
+	h->call_seq = wait_seq;
+	h->call_overlapped = writers_waiting > 0;
+	return 0;
+}
+
+SEC("tp_btf/mm_shrink_slab_end")
+int BPF_PROG(tp_call_end, struct shrinker *shr, int nid, int shrinker_retval)
+{
+	struct hstate *h = hold_state(false);
+	if (!h || !h->active || !h->in_call)
+		return 0;
+	h->in_call = 0;
+	if (!overlapping(h->call_seq, h->call_overlapped))
+		return 0;
+	struct call_rec *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		__sync_fetch_and_add(&dropped, 1);
+		return 0;
+	}
+	fill(&r->e, K_SHRINK_CALL);
+	r->e.a = h->call_fn;
+	r->e.b = shrinker_retval;
+	r->start = h->call_start;
+	r->to_scan = h->call_scan;
+	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+/* ---- group "mounts": fentry/fexit on mount(2) and fsconfig(CREATE), the calls that create
+ * superblocks (umount2 is not probed: its waits are told by the syscall number), state in task
+ * storage; a record only for those that took at least min_wait_ns ---- */
+
+static __always_inline void lean_start(u32 op, struct pt_regs *regs, s32 fd)
+{
+	struct lstate *st = mount_state(true);
+	if (!st)
+		return;
+	st->active = 1;
+	st->op = op;
+	st->fd = fd;
+	st->start = bpf_ktime_get_ns();
+	st->wait_ns = 0;
+	st->regs = (u64)regs;
+}
+
+static __always_inline void lean_exit(s64 ret)
+{
+	struct lstate *st = mount_state(false);
+	if (st && st->active)
+		lean_mount_end(st, bpf_ktime_get_ns(), ret);
+}
+
+SEC("fentry/__x64_sys_mount")
+int BPF_PROG(fentry_lean_mount, struct pt_regs *regs)
+{
+	unsigned long flags = regs->r10;
+	if ((flags & 0xffff0000) == 0xC0ED0000)
+		flags &= 0xffff;
+	if (!regs->dx || (flags & MS_NO_SB))
+		return 0;
+	lean_start(OP_MOUNT, regs, -1);
+	return 0;
+}
+
+SEC("fexit/__x64_sys_mount")
+int BPF_PROG(fexit_lean_mount, struct pt_regs *regs, long ret)
+{
+	lean_exit(ret);
+	return 0;
+}
+
+SEC("fentry/__x64_sys_fsconfig")
+int BPF_PROG(fentry_lean_fsconfig, struct pt_regs *regs)
+{
+	unsigned int cmd = regs->si;
+	if (cmd != FSCONFIG_CMD_CREATE && cmd != FSCONFIG_CMD_CREATE_EXCL)
+		return 0;
+	lean_start(OP_FSCONFIG, regs, (s32)regs->di);
+	return 0;
+}
+
+SEC("fexit/__x64_sys_fsconfig")
+int BPF_PROG(fexit_lean_fsconfig, struct pt_regs *regs, long ret)
+{
+	lean_exit(ret);
+	return 0;
+}
