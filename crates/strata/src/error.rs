@@ -22,6 +22,9 @@ pub enum Kind {
     Exists,
     /// Something failed while running (I/O, a refused image, a VM, the daemon).
     Failed,
+    /// `strata trace --check --exit-code` on an exposed kernel: its reclaim holds
+    /// `shrinker_rwsem`, which every superblock-creating mount takes for writing.
+    Exposed,
     /// Stopped by SIGINT or SIGTERM, after cleaning up (the lab's long runs; the daemons stop
     /// cleanly on a signal instead).
     #[cfg_attr(not(feature = "lab"), allow(dead_code))]
@@ -29,14 +32,15 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The exit code: 2 refused (as clap's usage errors), 3 not found, 4 exists, 1 failed, 130
-    /// interrupted.
+    /// The exit code: 2 refused (as clap's usage errors), 3 not found, 4 exists, 1 failed, 5
+    /// exposed, 130 interrupted.
     pub fn exit_code(self) -> u8 {
         match self {
             Kind::Failed => 1,
             Kind::Refused => 2,
             Kind::NotFound => 3,
             Kind::Exists => 4,
+            Kind::Exposed => 5,
             Kind::Interrupted => 130,
         }
     }
@@ -135,6 +139,7 @@ mod tests {
             Kind::NotFound,
             Kind::Exists,
             Kind::Failed,
+            Kind::Exposed,
             Kind::Interrupted,
         ];
         let codes: std::collections::BTreeSet<u8> = kinds.iter().map(|k| k.exit_code()).collect();

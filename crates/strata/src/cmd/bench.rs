@@ -26,6 +26,9 @@ pub enum Cmd {
     /// Inside the `bench guest` VM: run one timed workload.
     #[command(hide = true)]
     GuestIo(super::bench_guest::GuestIoArgs),
+    /// Inside the trace overhead benchmark's VM: the page-fault loop (JSON on stdout).
+    #[command(hide = true)]
+    PageFaults(PageFaultsArgs),
 }
 
 impl Cmd {
@@ -37,6 +40,7 @@ impl Cmd {
             Cmd::Soak(_) => "bench soak",
             Cmd::Guest(_) => "bench guest",
             Cmd::GuestIo(_) => "bench guest-io",
+            Cmd::PageFaults(_) => "bench page-faults",
         }
     }
 }
@@ -48,7 +52,26 @@ pub fn run(cmd: Cmd) -> Result {
         Cmd::Soak(a) => super::bench_soak::soak(a),
         Cmd::Guest(a) => super::bench_guest::run(a),
         Cmd::GuestIo(a) => super::bench_guest::guest_io(a),
+        Cmd::PageFaults(a) => page_faults(a),
     }
+}
+
+/// `strata bench page-faults`: the page-fault loop of the trace overhead benchmark
+/// (scripts/bench-trace-overhead).
+#[derive(clap::Args)]
+pub struct PageFaultsArgs {
+    /// Iterations of: map MIB fresh anonymous memory, touch every page, unmap.
+    #[arg(long, default_value_t = 200)]
+    n: u32,
+    /// Size of each mapping.
+    #[arg(long, default_value_t = 8)]
+    mib: usize,
+}
+
+fn page_faults(a: PageFaultsArgs) -> Result {
+    let r = strata_trace::workload::page_faults(a.n, a.mib).map_err(Error::failed)?;
+    println!("{}", crate::args::json_line(&r)?);
+    Ok(())
 }
 
 #[derive(clap::Args)]
