@@ -242,6 +242,23 @@ fn write(path: &Path, data: &str) -> Result<()> {
     std::fs::write(path, data).map_err(VmError::io("cannot write", path))
 }
 
+/// Extra flags for the guest's `strata trace` (`STRATA_LAB_TRACE`, e.g. `--naive` for the
+/// naive bpftrace comparison or `--detail`): flags and numbers only.
+fn trace_args() -> Result<String> {
+    let a = std::env::var("STRATA_LAB_TRACE").unwrap_or_default();
+    if a.chars()
+        .all(|c| c.is_ascii_alphanumeric() || " -.".contains(c))
+    {
+        Ok(a)
+    } else {
+        Err(VmError::Command {
+            command: format!("STRATA_LAB_TRACE={a:?}"),
+            detail: "it may hold only flags and numbers (letters, digits, ' ', '-', '.')".into(),
+            hint: "e.g. STRATA_LAB_TRACE=--naive",
+        })
+    }
+}
+
 /// Run the lab on one kernel. `progress` gets one short line per step.
 pub fn run_kernel(
     strata: &Path,
@@ -267,6 +284,7 @@ pub fn run_kernel(
     std::fs::copy(strata, layer.join("bin/strata"))
         .map_err(VmError::io("cannot copy strata into", &layer))?;
     write(&layer.join("lab.sh"), LAB_SH)?;
+    write(&layer.join("lab-trace-args"), &trace_args()?)?;
     let (upper, work) = (dir.join("ctr/upper"), dir.join("ctr/work"));
     for d in [&upper, &work] {
         std::fs::create_dir_all(d).map_err(VmError::io("cannot create directory", d))?;

@@ -88,11 +88,15 @@ renice 19 -p $$ > /dev/null
 strata lab-guest dentries /mnt/disk/neg "$COUNT"
 echo "@phase measuring under pressure ($CYCLES reclaim cycles)"
 snap pressure-start
-# The tracer (rwsem kernels: it refuses lockless ones) runs through the pressure phase, on every
-# CPU and above the pressure generator, so that it keeps up with trace_pipe.
+# The tracer (rwsem kernels: --check --exit-code says 5) runs through the pressure phase, above
+# the pressure generator, in its default mode; /lab-trace-args adds flags (strata lab passes
+# STRATA_LAB_TRACE, e.g. "--naive" for the naive bpftrace comparison, "--detail").
 TRACE_PID=""
-if strata trace --check --json | grep -q '"shrinker_lock":"rwsem"'; then
-  strata trace --min-wait 10 --naive --output /lab/trace.json > /lab/trace.txt 2>&1 &
+TRACE_ARGS=$(cat /lab-trace-args 2>/dev/null)
+strata trace --check --exit-code > /dev/null
+if [ $? -eq 5 ]; then
+  # shellcheck disable=SC2086
+  strata trace --min-wait 10 $TRACE_ARGS --output /lab/trace.json > /lab/trace.txt 2>&1 &
   TRACE_PID=$!
   renice -5 -p $TRACE_PID > /dev/null
   # Pressure only once the probes are attached (loading BPF programs takes seconds under TCG).
