@@ -1,7 +1,7 @@
 //! `strata trace --check` inside the two Debian guest kernels (booted under qemu from a busybox
-//! initramfs, the static `strata` binary copied in): `rwsem` on 6.1, `lockless` on 6.12,
-//! decided by the lock variable in kallsyms (both have KALLSYMS_ALL). On the host: the CLI
-//! tests' `trace` module.
+//! initramfs, the static `strata` binary copied in): `rwsem` on 6.1 (and `--exit-code` 5),
+//! `lockless` on 6.12 (0), decided by the lock variable in kallsyms (both have KALLSYMS_ALL).
+//! On the host: the CLI tests' `trace` module.
 
 use std::time::Duration;
 
@@ -41,6 +41,7 @@ fn guest_check(choice: KernelChoice) -> serde_json::Value {
                $B mount -t proc proc /proc\n\
                $B mount -t sysfs sys /sys\n\
                $B echo \"@check $(/bin/strata trace --check --json)\"\n\
+               /bin/strata trace --check --exit-code > /dev/null; $B echo \"@exit-code $?\"\n\
                $B echo \"strata: command exited with status $?\"\n\
                $B poweroff -f\n"[..],
         );
@@ -54,8 +55,17 @@ fn guest_check(choice: KernelChoice) -> serde_json::Value {
         .lines()
         .find_map(|l| l.find("@check ").map(|i| &l[i + 7..]))
         .unwrap_or_else(|| panic!("no @check line; console:\n{}", out.console));
-    let v = check_json(line.trim().as_bytes());
+    let mut v = check_json(line.trim().as_bytes());
     assert_eq!(v["release"], kernel.release.as_str());
+    let code = out
+        .console
+        .lines()
+        .find_map(|l| {
+            l.find("@exit-code ")
+                .map(|i| l[i + 11..].trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no @exit-code line; console:\n{}", out.console));
+    v["exit_code"] = code.parse::<i64>().unwrap().into();
     v
 }
 
@@ -74,6 +84,10 @@ fn debian_6_1_guest_is_rwsem() {
     let v = guest_check(KernelChoice::Debian6_1);
     assert_eq!(v["shrinker_lock"], "rwsem", "{v}");
     assert!(decided_by_lock_symbol(&v), "{v}");
+    assert_eq!(
+        v["exit_code"], 5,
+        "--check --exit-code on an exposed kernel"
+    );
     // Root in the guest: the tracer gets the lock's address.
     assert!(
         v["shrinker_rwsem_addr"]
@@ -91,5 +105,9 @@ fn debian_6_12_guest_is_lockless() {
     let v = guest_check(KernelChoice::Debian6_12);
     assert_eq!(v["shrinker_lock"], "lockless", "{v}");
     assert!(decided_by_lock_symbol(&v), "{v}");
+    assert_eq!(
+        v["exit_code"], 0,
+        "--check --exit-code on a lockless kernel"
+    );
     assert!(v.get("shrinker_rwsem_addr").is_none(), "{v}");
 }
