@@ -704,8 +704,8 @@ struct {
 	__type(value, struct wstate);
 } waiting SEC(".maps");
 
-/* Per-task state lives in task storage: no hashing on the per-mount path, and it goes away
- * with the task. Fresh storage is zeroed: `active` 0 means nothing in flight. */
+/* Per-task state (fresh state is zeroed: `active` 0 means nothing in flight). A shrink_slab()
+ * call's lives in task storage: created on the reclaim path only, gone with the task. */
 
 /* A task inside shrink_slab(), and the shrinker callback it runs. */
 struct hstate {
@@ -742,17 +742,25 @@ struct lstate {
 	u64 regs;  /* the syscall's user pt_regs: mount(2)'s type argument */
 };
 
+/* Keyed by thread id and never deleted from: after a thread's first mount, the per-mount path
+ * is two lookups, which the verifier inlines (no helper call). LRU: threads that are gone make
+ * room. */
 struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, u32);
 	__type(value, struct lstate);
 } lean_mnt SEC(".maps");
 
 static __always_inline struct lstate *mount_state(bool create)
 {
-	return bpf_task_storage_get(&lean_mnt, bpf_get_current_task_btf(), 0,
-				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+	u32 tid = cur_tid();
+	struct lstate *st = bpf_map_lookup_elem(&lean_mnt, &tid);
+	if (st || !create)
+		return st;
+	struct lstate fresh = {};
+	bpf_map_update_elem(&lean_mnt, &tid, &fresh, BPF_NOEXIST);
+	return bpf_map_lookup_elem(&lean_mnt, &tid);
 }
 
 static __always_inline struct hstate *hold_state(bool create)
