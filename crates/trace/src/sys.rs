@@ -63,9 +63,13 @@ pub(crate) fn record<T: Record>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// Map `len` fresh anonymous bytes, write one byte per page (one page fault each), unmap.
-pub(crate) fn touch_fresh_mapping(len: std::num::NonZeroUsize, page: usize) -> nix::Result<()> {
-    use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
+/// Map `len` fresh anonymous bytes (private, read-write, not yet faulted in, in base pages:
+/// no transparent huge pages, so that each page is its own fault), let `op` use them, unmap.
+pub(crate) fn with_fresh_mapping(
+    len: std::num::NonZeroUsize,
+    op: impl FnOnce(&mut [u8]),
+) -> nix::Result<()> {
+    use nix::sys::mman::{madvise, mmap_anonymous, munmap, MapFlags, MmapAdvise, ProtFlags};
     // SAFETY: a new private anonymous mapping; nothing else refers to this memory.
     let ptr = unsafe {
         mmap_anonymous(
@@ -75,14 +79,13 @@ pub(crate) fn touch_fresh_mapping(len: std::num::NonZeroUsize, page: usize) -> n
             MapFlags::MAP_PRIVATE,
         )
     }?;
+    // SAFETY: advice on the whole mapping just made; it changes no contents. A kernel without
+    // THP refuses it (EINVAL): then every page is a base page anyway.
+    let _ = unsafe { madvise(ptr, len.get(), MmapAdvise::MADV_NOHUGEPAGE) };
     // SAFETY: the mapping is `len` bytes, readable and writable, until the munmap below; the
     // slice does not outlive this function.
     let bytes = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr().cast::<u8>(), len.get()) };
-    for b in bytes.iter_mut().step_by(page.max(1)) {
-        // A volatile-free write is enough: the page fault happens on the first touch.
-        *b = 1;
-    }
-    std::hint::black_box(&bytes);
+    op(bytes);
     // SAFETY: unmapping what we mapped; `bytes` is no longer used.
     unsafe { munmap(ptr, len.get()) }
 }
