@@ -975,10 +975,13 @@ fn tops(waits: &[Wait]) -> (Vec<TopHolder>, Vec<TopShrinker>) {
     (top_holders, top_shrinkers)
 }
 
-/// `overlay mount`, `tmpfs umount`…
+/// `overlay mount`, `tmpfs umount`, `umount` (type unknown)…
 fn mount_name(op: MountOp, fstype: &str) -> String {
-    let fstype = if fstype.is_empty() { "?" } else { fstype };
-    format!("{fstype} {}", op.name())
+    if fstype.is_empty() {
+        op.name().to_string()
+    } else {
+        format!("{fstype} {}", op.name())
+    }
 }
 
 impl OpenMount {

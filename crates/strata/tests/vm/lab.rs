@@ -2,6 +2,12 @@
 //! assertions — only that every kernel, phase and strategy produced numbers and the outputs
 //! (table, JSON, SVG) exist. The 6.12 kernel is given by path (`--kernel DIR`), as a user
 //! brings their own kernel.
+//!
+//! On 6.1 it also pins `strata trace`'s attribution end to end, in its default mode: the
+//! reclaim cycle's `drop_caches` walks 200 k negative dentries in one `super_cache_scan` call
+//! holding `shrinker_rwsem` (hundreds of ms under TCG) while the benches mount every 20 ms, so
+//! mounts and umounts wait; the longest wait must be attributed to a reader running
+//! `super_cache_scan`.
 
 #[test]
 fn short_lab_runs_on_6_1_and_6_12() {
@@ -23,7 +29,7 @@ fn short_lab_runs_on_6_1_and_6_12() {
             "--n",
             "10",
             "--dentries",
-            "20000",
+            "200000",
         ])
         .args(["--cycles", "1", "--timeout", "600", "--workdir"])
         .arg(t.path().join("work"))
@@ -64,7 +70,40 @@ fn short_lab_runs_on_6_1_and_6_12() {
         }
         assert!(run["errors"].as_array().unwrap().is_empty(), "{run}");
     }
+    let console = std::fs::read_to_string(t.path().join("work/6.1/console.log")).unwrap();
+    check_trace(&console);
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.contains("<svg") && svg.contains("overlay-mount"));
     assert!(stdout.contains("kernel 6.12"));
+}
+
+/// The 6.1 guest's trace (`@trace` line): default mode, every group attached, and the longest
+/// wait held up by a reader in `super_cache_scan` during a mount.
+fn check_trace(console: &str) {
+    let line = console
+        .lines()
+        .find_map(|l| l.find("@trace ").map(|i| &l[i + 7..]))
+        .unwrap_or_else(|| panic!("no @trace line in the 6.1 console:\n{console}"));
+    let t: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let report: Vec<&str> = console
+        .lines()
+        .filter_map(|l| l.find("@trace-report ").map(|i| &l[i + 14..]))
+        .collect();
+    let report = report.join("\n");
+    assert_eq!(t["source"], "ebpf", "{report}");
+    assert_eq!(t["mode"], "default", "{report}");
+    assert!(t["missing"].as_array().unwrap().is_empty(), "{report}");
+    // The longest wait: in a mount (alloc_super) or an umount's teardown (unregister_shrinker).
+    let w = &t["waits"][0];
+    assert!(
+        w["in_mount"].as_str().is_some_and(|m| m.ends_with("mount")),
+        "{report}"
+    );
+    let h = &w["holders"][0];
+    assert_eq!(h["role"], "reader", "{report}");
+    assert_eq!(h["shrinker"], "super_cache_scan", "{report}");
+    assert!(
+        w["attributed_ms"].as_f64().unwrap() > 0.5 * w["wait_ms"].as_f64().unwrap(),
+        "{report}"
+    );
 }
