@@ -24,6 +24,7 @@ pub(crate) mod skel {
 ///
 /// Implement only for `#[repr(C)]` types made of integers, integer newtypes (C enums) and
 /// arrays of them: every bit pattern of `size_of::<Self>()` bytes must be a valid value.
+#[cfg(feature = "bpf")]
 pub(crate) unsafe trait Record: Copy {}
 
 #[cfg(feature = "bpf")]
@@ -54,6 +55,7 @@ mod records {
 }
 
 /// The record at the start of `bytes`, if they are long enough to hold one.
+#[cfg(feature = "bpf")]
 pub(crate) fn record<T: Record>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < std::mem::size_of::<T>() {
         return None;
@@ -91,7 +93,7 @@ pub(crate) fn with_fresh_mapping(
 }
 
 /// The bytes of `r` into `out` (tests build ring buffer records with it).
-#[cfg(test)]
+#[cfg(all(test, feature = "bpf"))]
 pub(crate) fn write_record<T: Record>(r: &T, out: &mut [u8]) {
     let n = std::mem::size_of::<T>().min(out.len());
     // SAFETY: reads n ≤ size_of::<T>() bytes of a valid `T` (a plain C struct: no padding
