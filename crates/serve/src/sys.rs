@@ -83,9 +83,14 @@ pub fn create_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: u32) -> io:
 }
 
 /// Re-open the inode behind an `O_PATH` fd with real access flags.
+///
+/// The inode is already resolved (without following), so the flags that only steer path
+/// resolution or creation are dropped: `O_NOFOLLOW` in particular would make the open of the
+/// `/proc/self/fd/N` magic link itself fail with `ELOOP` (apt, dpkg and useradd open with it).
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
     let p = proc_fd_path(fd);
-    let flags = (flags | libc::O_CLOEXEC) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY);
+    let flags = (flags | libc::O_CLOEXEC)
+        & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
     // SAFETY: `p` is a valid C string; the magic link resolves to the inode `fd` refers to.
     let fd = cvt(unsafe { libc::open(p.as_ptr(), flags) })?;
     Ok(file(fd))
