@@ -1,9 +1,11 @@
 //! One module per verb, each `run` returning [`crate::error::Result`].
 
+pub mod completion;
 pub mod daemon;
 pub mod gc;
 pub mod guest;
 pub mod image;
+pub mod man;
 pub mod rootfs;
 pub mod serve;
 pub mod trace;

@@ -4,11 +4,13 @@
 //!
 //! - [`serve`]: refused configurations, a socket in use, SIGTERM, `--print-sandbox`;
 //! - [`image`]: `strata image`, `rootfs`, `gc`, `serve --rootfs` and `strata daemon` sessions;
-//! - [`trace`]: `strata trace --check` and tracing on this host.
+//! - [`trace`]: `strata trace --check` and tracing on this host;
+//! - [`ops`]: completion scripts, man pages, log formats.
 //!
 //! The VM tests (`tests/vm`) are built only with `--features strata/vm-tests` (scripts/test).
 
 mod image;
+mod ops;
 mod serve;
 mod trace;
 

@@ -1,0 +1,98 @@
+//! What an operator wires `strata` into: shell completion and man pages generated from the real
+//! flags, and log lines a collector can read (plain text without escape codes off a terminal,
+//! or one JSON object per line).
+
+use std::time::Duration;
+
+use strata_harness::session::ServeProcess;
+
+#[test]
+fn completion_scripts_name_the_verbs() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = crate::strata().ok(["completion", shell]);
+        for verb in ["serve", "daemon", "image", "rootfs", "trace"] {
+            assert!(out.contains(verb), "{shell} completion lacks {verb}");
+        }
+    }
+    let bad = crate::strata().run(["completion", "tcsh"]);
+    assert_eq!(bad.code(), Some(2), "{}", bad.stderr);
+}
+
+#[test]
+fn man_pages_cover_every_verb() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("man1");
+    crate::strata().ok(["man", "--dir", dir.to_str().unwrap()]);
+    for page in [
+        "strata.1",
+        "strata-serve.1",
+        "strata-image-import.1",
+        "strata-rootfs-start.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page} is not roff"
+        );
+    }
+    // Hidden verbs (the lab's guest helpers) get no page.
+    assert!(!dir.join("strata-lab-guest.1").exists());
+}
+
+/// `serve` started with `--log-format json`, then `text`, writing to a file: every line is a
+/// JSON object with a level and a message, or plain text without ANSI escapes.
+#[test]
+fn logs_to_a_file_are_plain_or_json() {
+    if !strata_harness::needs("logs_to_a_file_are_plain_or_json", true, &[]) {
+        return;
+    }
+    for format in ["json", "text"] {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for d in ["l0", "c/upper", "c/work"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        let argv: Vec<std::ffi::OsString> = vec![
+            crate::strata().path().into(),
+            "--log-format".into(),
+            format.into(),
+            "serve".into(),
+            "--socket".into(),
+            r.join("s.sock").into(),
+            "--lower".into(),
+            r.join("l0").into(),
+            "--upper".into(),
+            r.join("c/upper").into(),
+            "--work".into(),
+            r.join("c/work").into(),
+        ];
+        let log = r.join("serve.log");
+        let mut p = ServeProcess::spawn_argv(&argv, &[r.join("s.sock")], None, &log)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        p.wait_exit(Duration::from_secs(10))
+            .expect("serve stops on SIGTERM");
+        let text = p.log_text();
+        assert!(text.contains("ready in"), "{text}");
+        assert!(
+            !text.contains('\x1b'),
+            "escape codes in a log file:\n{text}"
+        );
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if format == "json" {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(
+                    v["level"].is_string() && v["fields"]["message"].is_string(),
+                    "{line}"
+                );
+            } else {
+                assert!(!line.starts_with('{'), "{line}");
+            }
+        }
+    }
+}
