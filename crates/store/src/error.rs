@@ -119,6 +119,8 @@ pub enum StoreError {
     RootfsNotFound(String),
     #[error("container rootfs {0:?} already exists (remove it with `strata rootfs rm {0}`)")]
     RootfsExists(String),
+    #[error("container rootfs {id:?} is being served by pid {pid}: stop that server or session first (or `strata rootfs rm --force`, which leaves the running guest on deleted directories)")]
+    RootfsInUse { id: String, pid: u32 },
     #[error("container id {0:?} is not valid (1-128 of [A-Za-z0-9_.-], starting with a letter or digit)")]
     BadId(String),
     #[error(

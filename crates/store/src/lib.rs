@@ -4,7 +4,7 @@
 //! ```text
 //! STORE/layers/sha256/<diff_id hex>/   one unpacked layer (whiteouts = char 0:0, opaque dirs)
 //! STORE/images/<escaped name>.json     image record: name, digests, layers bottom-first
-//! STORE/containers/<id>/{upper,work,rootfs.json}
+//! STORE/containers/<id>/{upper,work,rootfs.json}   upper flock'ed while served (held.rs)
 //! STORE/tmp/                           imports in progress (removed on failure, by gc)
 //! STORE/lock                           flock: imports share it, gc takes it exclusively
 //! ```
@@ -13,6 +13,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod held;
 pub mod source;
 mod store;
 #[allow(unsafe_code)]

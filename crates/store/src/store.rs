@@ -795,10 +795,26 @@ impl Store {
         read_json(&p)
     }
 
-    /// Remove a container rootfs (upper, work and record).
-    pub fn remove_rootfs(&self, id: &str) -> Result<()> {
+    /// The pid serving container `id`'s rootfs (holding its upper's lock), if any.
+    pub fn rootfs_holder(&self, id: &str) -> Result<Option<u32>> {
+        let rec = self.rootfs(id)?;
+        crate::held::holder(&rec.upper)
+            .map_err(StoreError::io("cannot check who serves", &rec.upper))
+    }
+
+    /// Remove a container rootfs (upper, work and record). Refused while a server or daemon
+    /// session serves it, unless `force`.
+    pub fn remove_rootfs(&self, id: &str, force: bool) -> Result<()> {
         let _lock = self.lock(false)?;
         self.rootfs(id)?;
+        if !force {
+            if let Some(pid) = self.rootfs_holder(id)? {
+                return Err(StoreError::RootfsInUse {
+                    id: id.to_string(),
+                    pid,
+                });
+            }
+        }
         let src = self.container_path(id);
         let doomed = tempfile::Builder::new()
             .prefix("rm-")

@@ -78,7 +78,7 @@ fn ls_inspect_rm_rootfs_gc() {
     assert!(g.layers_removed.is_empty(), "{g:?}");
     assert!(r.lowers.iter().all(|l| l.is_dir()));
     // rm c1: a's top layer goes, the shared base stays (image y).
-    s.remove_rootfs("c1").unwrap();
+    s.remove_rootfs("c1", false).unwrap();
     assert!(matches!(s.rootfs("c1"), Err(StoreError::RootfsNotFound(_))));
     let g = s.gc().unwrap();
     assert_eq!(g.layers_removed, vec![ia.layers[1].diff_id.clone()]);

@@ -253,6 +253,10 @@ pub struct StrataFs {
     layers: Vec<OwnedFd>,
     upper: OwnedFd,
     work: OwnedFd,
+    /// The upper directory opened and flock'ed exclusively while this tree serves it (the
+    /// device with the upper only): one rootfs, one VM. The kernel drops the lock when the
+    /// tree is dropped or the process dies.
+    _upper_lock: Option<File>,
     /// `plan.json`, decided on first use ([`StrataFs::plan_bytes`]).
     plan: std::sync::OnceLock<Vec<u8>>,
     plan_spec: PlanSpec,
@@ -286,6 +290,25 @@ pub(crate) fn check_name(name: &CStr) -> io::Result<()> {
 fn lock_poisoned() -> io::Error {
     // A panic elsewhere poisoned a lock; refuse the request rather than panic again.
     err(libc::EIO)
+}
+
+/// Take the exclusive lock on the upper directory (`flock`, on a directory fd re-opened from
+/// the held anchor, so no symlink swap can point it elsewhere): a second server or daemon
+/// session on the same upper is refused before anything else happens.
+fn claim_upper(path: &std::path::Path, upper: BorrowedFd<'_>) -> Result<File, crate::ServeError> {
+    let failed = |source| crate::ServeError::Open {
+        role: "upper",
+        path: path.to_owned(),
+        source,
+    };
+    let f = sys::reopen(upper, libc::O_RDONLY | libc::O_DIRECTORY).map_err(failed)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(crate::ConfigError::RootfsInUse(path.to_owned()).into())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
+    }
 }
 
 impl StrataFs {
@@ -343,11 +366,17 @@ impl StrataFs {
             Ok(_) => {}
             Err(e) => tracing::warn!("cannot read the open-files limit: {e}"),
         }
+        let upper = open("upper", &cfg.upper)?;
+        let upper_lock = match role {
+            Role::Tree { .. } => Some(claim_upper(&cfg.upper, upper.as_fd())?),
+            Role::Layers => None,
+        };
         Ok(StrataFs {
             role,
             layers,
-            upper: open("upper", &cfg.upper)?,
+            upper,
             work: open("work", &cfg.work)?,
+            _upper_lock: upper_lock,
             plan: std::sync::OnceLock::new(),
             plan_spec,
             cache,

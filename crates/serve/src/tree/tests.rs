@@ -204,28 +204,56 @@ fn layer_device_serves_the_layers_only_and_no_xattrs() {
 }
 
 #[test]
+fn a_second_tree_on_a_served_upper_is_refused() {
+    let s = sandbox();
+    let second = StrataFs::new(
+        &config(s.dir.path(), Limits::default()),
+        CachePolicy::default(),
+    );
+    assert!(
+        matches!(
+            second,
+            Err(crate::ServeError::Config(crate::ConfigError::RootfsInUse(
+                _
+            )))
+        ),
+        "a second tree on the same upper was not refused"
+    );
+    drop(s.fs);
+    StrataFs::new(
+        &config(s.dir.path(), Limits::default()),
+        CachePolicy::default(),
+    )
+    .unwrap();
+}
+
+#[test]
 fn plan_names_the_layer_device_only_when_no_layer_has_xattrs() {
     let plan = |fs: &StrataFs| strata_plan::MountPlan::from_json(fs.plan_bytes()).unwrap();
-    let s = sandbox();
-    let tree = |s: &Sandbox| {
-        StrataFs::with_role(
-            &config(s.dir.path(), Limits::default()),
+    // The tree with a layer device replaces the sandbox's own tree: one upper, one server.
+    let tree = |s: Sandbox| {
+        let dir = s.dir;
+        drop(s.fs);
+        let fs = StrataFs::with_role(
+            &config(dir.path(), Limits::default()),
             CachePolicy::default(),
             Role::Tree {
                 lower_tag: Some("strata-lower".into()),
             },
         )
-        .unwrap()
+        .unwrap();
+        (dir, fs)
     };
+    let s = sandbox();
     assert_eq!(plan(&s.fs).lower_tag, None);
-    let p = plan(&tree(&s));
+    let p = plan(&tree(s).1);
     assert_eq!(p.lower_tag.as_deref(), Some("strata-lower"));
     assert_eq!(p.lowers, ["lower"]);
     // A file capability (here: any readable xattr) in a layer keeps the layers on the tree.
     // (A fresh sandbox: each layer directory is listed once per process.)
     let s2 = sandbox();
     crate::sys::xattr::set_path(&s2.path("l1/etc/base"), c"user.cap", b"x").unwrap();
-    assert_eq!(plan(&tree(&s2)).lower_tag, None);
+    assert_eq!(plan(&tree(s2).1).lower_tag, None);
 }
 
 #[test]

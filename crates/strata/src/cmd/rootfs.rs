@@ -25,9 +25,20 @@ pub enum Cmd {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Remove a container's rootfs (upper, work, record).
+    /// Remove a container's rootfs (upper, work, record); refused while it is served.
     Rm {
         id: String,
+        /// Remove it even while a server or daemon session serves it (its guest is left on
+        /// deleted directories).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// The container rootfs in the store: image, upper size, and who serves it.
+    Ls {
+        #[command(flatten)]
+        json: JsonArg,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -81,6 +92,7 @@ impl Cmd {
         match self {
             Cmd::Create { .. } => "rootfs create",
             Cmd::Rm { .. } => "rootfs rm",
+            Cmd::Ls { .. } => "rootfs ls",
             Cmd::Start { .. } => "rootfs start",
             Cmd::Stop { .. } => "rootfs stop",
             Cmd::Status { .. } => "rootfs status",
@@ -104,11 +116,12 @@ pub fn run(cmd: Cmd) -> Result {
             }
             Ok(())
         }
-        Cmd::Rm { id, store } => {
-            Store::open(&store.store)?.remove_rootfs(&id)?;
+        Cmd::Rm { id, force, store } => {
+            Store::open(&store.store)?.remove_rootfs(&id, force)?;
             println!("removed {id}");
             Ok(())
         }
+        Cmd::Ls { json, store } => list(&store.store, json.json),
         Cmd::Start {
             id,
             socket,
@@ -206,6 +219,78 @@ fn call(api: &ApiArg, req: &Request, json: bool) -> Result {
     }
 }
 
+/// One line of `rootfs ls`.
+#[derive(serde::Serialize)]
+struct Listed {
+    id: String,
+    image: String,
+    /// Bytes of regular files in the upper (what the container wrote).
+    upper_bytes: u64,
+    /// `idle`, or `served` (by `pid`).
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+}
+
+fn list(store: &Path, json: bool) -> Result {
+    let mut out = Vec::new();
+    // A host without a store has no rootfs; listing creates nothing.
+    let records = match Store::open_existing(store) {
+        Ok(s) => Some((s.rootfs_list()?, s)),
+        Err(StoreError::RootfsNotFound(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    for (r, store) in records
+        .iter()
+        .flat_map(|(list, s)| list.iter().cloned().map(move |r| (r, s)))
+    {
+        let pid = store.rootfs_holder(&r.id)?;
+        out.push(Listed {
+            upper_bytes: tree_bytes(&r.upper),
+            state: if pid.is_some() { "served" } else { "idle" },
+            id: r.id,
+            image: r.image,
+            pid,
+        });
+    }
+    if json {
+        println!("{}", json_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{:<24} {:<32} {:>12}  STATE", "ID", "IMAGE", "UPPER");
+    for l in &out {
+        let state = match l.pid {
+            Some(pid) => format!("served by pid {pid}"),
+            None => "idle".to_string(),
+        };
+        println!(
+            "{:<24} {:<32} {:>12}  {state}",
+            l.id, l.image, l.upper_bytes
+        );
+    }
+    Ok(())
+}
+
+/// Total size of the regular files under `dir` (not following symlinks; unreadable parts
+/// count as 0: this is a listing, not an audit).
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => todo.push(e.path()),
+                Ok(m) if m.is_file() => total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,7 +358,7 @@ mod tests {
         assert!(std::fs::read(lowers[0].join("hello")).unwrap() == b"hi");
         let e = dirs(store.root(), "nope").unwrap_err();
         assert_eq!(e.kind, crate::error::Kind::NotFound, "{e}");
-        store.remove_rootfs("c1").unwrap();
+        store.remove_rootfs("c1", false).unwrap();
         assert!(!store.root().join("containers/c1").exists());
         // The image still holds the layer; after rm + gc it is gone.
         assert!(store.gc().unwrap().layers_removed.is_empty());

@@ -182,3 +182,127 @@ fn image_rootfs_serve_gc_round_trip() {
     assert!(text(&o).contains("1 layers removed"), "{}", text(&o));
     assert!(!layer.exists());
 }
+
+/// One rootfs, one VM: while `serve` or a daemon session serves a rootfs, a second `serve`, a
+/// session in any daemon and `rootfs rm` are refused (exit 2) and `rootfs ls` names the pid;
+/// the lock goes with the server.
+#[test]
+fn a_served_rootfs_is_exclusive() {
+    if !strata_harness::needs("a_served_rootfs_is_exclusive", true, &[]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("store");
+    let img = tmp.path().join("img");
+    let tar = RawTar::default().file("hello", b"hi").finish();
+    common::oci_layout(&img, &[tar], Comp::Gzip, "img:1");
+    assert!(strata(&["image", "import", img.to_str().unwrap()], &st).ok());
+    let o = strata(&["rootfs", "create", "--image", "img:1", "--id", "c1"], &st);
+    assert!(o.ok(), "{}", text(&o));
+    let o = strata(&["rootfs", "ls", "--json"], &st);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v[0]["state"], "idle", "{v}");
+
+    let serve_argv = |sock: &Path| -> Vec<std::ffi::OsString> {
+        vec![
+            crate::strata().path().into(),
+            "serve".into(),
+            "--rootfs".into(),
+            "c1".into(),
+            "--socket".into(),
+            sock.into(),
+            "--store".into(),
+            st.clone().into(),
+        ]
+    };
+    let s1 = tmp.path().join("s1.sock");
+    let mut first = ServeProcess::spawn_argv(
+        &serve_argv(&s1),
+        std::slice::from_ref(&s1),
+        None,
+        &tmp.path().join("s1.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pid = first.pid();
+
+    // serve + serve.
+    let s2 = tmp.path().join("s2.sock");
+    let o = strata(
+        &["serve", "--rootfs", "c1", "--socket", s2.to_str().unwrap()],
+        &st,
+    );
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("already being served"), "{}", text(&o));
+    assert!(!s2.exists(), "the refused server left its socket");
+    // ls names the holder; rm is refused, the rootfs untouched.
+    let o = strata(&["rootfs", "ls", "--json"], &st);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(
+        (v[0]["state"].as_str(), v[0]["pid"].as_u64()),
+        (Some("served"), Some(pid as u64)),
+        "{v}"
+    );
+    let o = strata(&["rootfs", "rm", "c1"], &st);
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains(&format!("pid {pid}")), "{}", text(&o));
+    assert!(st.join("containers/c1/upper").is_dir());
+
+    // serve + daemon.
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let daemon = |name: &str| {
+        let api = run.join(format!("{name}.sock"));
+        let d = DaemonProcess::spawn(
+            crate::strata().path(),
+            &api,
+            &["--store".as_ref(), st.as_os_str()],
+            None,
+            &tmp.path().join(format!("{name}.log")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        (d, api)
+    };
+    let start = |api: &Path, sock: &str| {
+        crate::strata().run([
+            "rootfs".as_ref(),
+            "start".as_ref(),
+            "c1".as_ref(),
+            "--socket".as_ref(),
+            run.join(sock).as_os_str(),
+            "--api".as_ref(),
+            api.as_os_str(),
+        ])
+    };
+    let (d1, api1) = daemon("d1");
+    let o = start(&api1, "c1-a.sock");
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("already being served"), "{}", text(&o));
+
+    // The lock goes with the server: then daemon + serve and daemon + daemon are refused.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(first
+        .wait_exit(Duration::from_secs(20))
+        .is_some_and(|s| s.success()));
+    let o = start(&api1, "c1-a.sock");
+    assert!(o.ok(), "{}", text(&o));
+    let o = strata(
+        &["serve", "--rootfs", "c1", "--socket", s2.to_str().unwrap()],
+        &st,
+    );
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
+    let (d2, api2) = daemon("d2");
+    let o = start(&api2, "c1-b.sock");
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("already being served"), "{}", text(&o));
+    for d in [d1, d2] {
+        let (clean, _) = d.stop().unwrap_or_else(|e| panic!("{e}"));
+        assert!(clean);
+    }
+    // Nobody serves it any more: rm works.
+    let o = strata(&["rootfs", "rm", "c1"], &st);
+    assert!(o.ok(), "{}", text(&o));
+}
