@@ -113,8 +113,13 @@ pub enum StoreError {
     Unsupported(String),
     #[error("image {0:?} not found in the store (see `strata image ls`)")]
     ImageNotFound(String),
-    #[error("image name {0:?} is not valid (1-255 printable characters, no whitespace)")]
+    #[error("image name {0:?} is not valid (a reference such as debian, debian:bookworm or registry.example/team/app:1)")]
     BadName(String),
+    #[error("{reference:?} names more than one image ({names:?}): give more digits or a name")]
+    Ambiguous {
+        reference: String,
+        names: Vec<String>,
+    },
     #[error("container rootfs {0:?} not found in the store")]
     RootfsNotFound(String),
     #[error("container rootfs {0:?} already exists (remove it with `strata rootfs rm {0}`)")]

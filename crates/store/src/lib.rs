@@ -14,6 +14,7 @@
 pub mod digest;
 pub mod error;
 pub mod held;
+pub mod reference;
 pub mod source;
 mod store;
 #[allow(unsafe_code)]

@@ -255,8 +255,13 @@ pub fn resolve(src: &Source, want: Option<&str>) -> Result<ImageSpec> {
     }
 }
 
+/// Whether a name found in the source is the one asked for: the same, the same tag, or the
+/// same reference once both are normalised (`debian` picks `docker.io/library/debian:latest`).
 fn matches_name(name: &str, want: &str) -> bool {
-    name == want || name.rsplit_once(':').is_some_and(|(_, tag)| tag == want)
+    let norm = crate::reference::normalize;
+    name == want
+        || name.rsplit_once(':').is_some_and(|(_, tag)| tag == want)
+        || norm(name).is_ok_and(|n| norm(want).is_ok_and(|w| n == w))
 }
 
 /// An OCI image layout: the manifest `want` names (or the only one), for this host's platform

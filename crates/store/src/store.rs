@@ -63,8 +63,11 @@ pub struct RootfsRecord {
 /// How to import.
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
-    /// Name to record (default: the name in the source, else the digest).
+    /// Name to record, normalised (default: the name in the source, else the digest).
     pub name: Option<String>,
+    /// The image to take from a source that holds several (its ref name or tag); default:
+    /// `name`, else the only one.
+    pub select: Option<String>,
     /// Limit on unpacked bytes for this import.
     pub max_unpacked: u64,
     /// Show a progress bar on stderr (callers pass `stderr().is_terminal()`).
@@ -78,6 +81,7 @@ impl Default for ImportOptions {
     fn default() -> Self {
         ImportOptions {
             name: None,
+            select: None,
             max_unpacked: DEFAULT_MAX_UNPACKED,
             progress: false,
             durable: true,
@@ -212,10 +216,15 @@ impl<R: BufRead> Read for Decoder<R> {
     }
 }
 
-/// The name an import records: the one asked for, else the source's, else its digest.
+/// The name an import records: the one asked for, else the source's (both normalised:
+/// `debian` is stored as `docker.io/library/debian:latest`), else its digest.
 fn image_name(opts: &ImportOptions, spec: &source::ImageSpec) -> Result<String> {
     let name = match (&opts.name, &spec.name) {
-        (Some(n), _) | (None, Some(n)) => n.clone(),
+        (Some(n), _) => crate::reference::normalize(n)
+            .map_err(|why| StoreError::BadName(format!("{n}: {why}")))?,
+        // A name inside the image that is no reference (umoci records a bare tag such as
+        // "latest") is kept as it is rather than refusing the image.
+        (None, Some(n)) => crate::reference::normalize(n).unwrap_or_else(|_| n.clone()),
         (None, None) => spec
             .manifest_digest
             .as_ref()
@@ -443,7 +452,7 @@ impl Store {
     pub fn import(&self, src: &Path, opts: &ImportOptions) -> Result<ImportReport> {
         let _lock = self.lock(false)?;
         let source = Source::open(src)?;
-        let spec = source::resolve(&source, opts.name.as_deref())?;
+        let spec = source::resolve(&source, opts.select.as_deref().or(opts.name.as_deref()))?;
         let name = image_name(opts, &spec)?;
         let work = tempfile::Builder::new()
             .prefix("import-")
@@ -647,20 +656,51 @@ impl Store {
         Ok(out)
     }
 
-    /// An image by name or manifest/config digest.
+    /// An image by name (as stored, or normalised: `debian` finds
+    /// `docker.io/library/debian:latest`), by manifest or config digest, or by a unique prefix
+    /// of at least 4 hex digits of its config digest (the IMAGE ID `image ls` shows).
     pub fn image(&self, reference: &str) -> Result<ImageRecord> {
-        if valid_name(reference) {
-            let p = self.image_path(reference);
-            if p.is_file() {
-                return read_json(&p);
+        let normalized = crate::reference::normalize(reference).ok();
+        for name in std::iter::once(reference).chain(normalized.as_deref()) {
+            if valid_name(name) {
+                let p = self.image_path(name);
+                if p.is_file() {
+                    return read_json(&p);
+                }
             }
         }
-        self.images()?
-            .into_iter()
-            .find(|i| {
-                i.manifest_digest.as_deref() == Some(reference) || i.config_digest == reference
-            })
-            .ok_or_else(|| StoreError::ImageNotFound(reference.to_string()))
+        let all = self.images()?;
+        if let Some(i) = all.iter().find(|i| {
+            i.manifest_digest.as_deref() == Some(reference) || i.config_digest == reference
+        }) {
+            return Ok(i.clone());
+        }
+        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if hex.len() >= 4 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            let id = |i: &ImageRecord| {
+                i.config_digest
+                    .strip_prefix("sha256:")
+                    .is_some_and(|h| h.starts_with(hex))
+            };
+            let mut hits = all.iter().filter(|i| id(i));
+            if let Some(first) = hits.next() {
+                // Several names for one image are one image; several images are ambiguous.
+                let others: Vec<&str> = hits
+                    .filter(|i| i.config_digest != first.config_digest)
+                    .map(|i| i.name.as_str())
+                    .collect();
+                if !others.is_empty() {
+                    return Err(StoreError::Ambiguous {
+                        reference: reference.to_string(),
+                        names: std::iter::once(first.name.clone())
+                            .chain(others.iter().map(|s| s.to_string()))
+                            .collect(),
+                    });
+                }
+                return Ok(first.clone());
+            }
+        }
+        Err(StoreError::ImageNotFound(reference.to_string()))
     }
 
     /// Forget an image (its layers stay until `gc`).

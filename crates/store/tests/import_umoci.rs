@@ -120,7 +120,7 @@ fn umoci_image_matches_overlay_of_imported_layers() {
     let u = build_image(tmp.path());
     let store = Store::open(tmp.path().join("store")).unwrap();
     let rep = store.import(&u.layout, &ImportOptions::default()).unwrap();
-    assert_eq!(rep.image.name, "t");
+    assert_eq!(rep.image.name, "docker.io/library/t:latest");
     assert_eq!(rep.image.layers.len(), 4);
     assert_eq!((rep.unpacked, rep.reused), (4, 0));
 
@@ -270,7 +270,7 @@ fn zstd_plain_and_docker_save_give_the_same_layers() {
         .arg("."));
     let s3 = Store::open(tmp.path().join("store-docker")).unwrap();
     let r = s3.import(&save, &ImportOptions::default()).unwrap();
-    assert_eq!(r.image.name, "example/app:1");
+    assert_eq!(r.image.name, "docker.io/example/app:1");
     assert_eq!(r.image.manifest_digest, None);
     let m = Overlay::mount(&lowers(&s3, "example/app:1"), &tmp.path().join("md"));
     assert_same_tree(&m.0, &want);

@@ -97,7 +97,7 @@ impl From<StoreError> for Error {
         let kind = match &e {
             StoreError::ImageNotFound(_) | StoreError::RootfsNotFound(_) => Kind::NotFound,
             StoreError::RootfsExists(_) => Kind::Exists,
-            StoreError::RootfsInUse { .. } => Kind::Refused,
+            StoreError::RootfsInUse { .. } | StoreError::Ambiguous { .. } => Kind::Refused,
             StoreError::BadName(_) | StoreError::BadId(_) | StoreError::BadSource { .. } => {
                 Kind::Refused
             }

@@ -16,10 +16,14 @@ pub enum Cmd {
     Import {
         /// The image: directory or tar file.
         src: PathBuf,
-        /// Name to record (default: the name in the source, else its digest); picks the image
-        /// when the source holds several.
+        /// Name to record, normalised as docker does (`debian` is stored as
+        /// `docker.io/library/debian:latest`); default: the name in the source, else its
+        /// digest. Also picks the image when the source holds several, unless --ref is given.
         #[arg(long)]
         name: Option<String>,
+        /// The image to take from a source that holds several (its name or tag).
+        #[arg(long = "ref")]
+        select: Option<String>,
         /// Limit on bytes unpacked by this import (decompression bombs).
         #[arg(long, default_value_t = DEFAULT_MAX_UNPACKED)]
         max_unpacked: u64,
@@ -68,9 +72,20 @@ pub fn run(cmd: Cmd) -> Result {
         Cmd::Import {
             src,
             name,
+            select,
             max_unpacked,
             store,
-        } => import(&src, name, max_unpacked, &store),
+        } => import(
+            &src,
+            ImportOptions {
+                name,
+                select,
+                max_unpacked,
+                progress: std::io::stderr().is_terminal(),
+                durable: true,
+            },
+            &store,
+        ),
         Cmd::Ls { json, store } => ls(json.json, &store),
         Cmd::Inspect {
             reference,
@@ -85,14 +100,8 @@ pub fn run(cmd: Cmd) -> Result {
     }
 }
 
-fn import(src: &std::path::Path, name: Option<String>, max_unpacked: u64, s: &StoreArg) -> Result {
+fn import(src: &std::path::Path, opts: ImportOptions, s: &StoreArg) -> Result {
     let t = Instant::now();
-    let opts = ImportOptions {
-        name,
-        max_unpacked,
-        progress: std::io::stderr().is_terminal(),
-        durable: true,
-    };
     let r = Store::open(&s.store)?.import(src, &opts)?;
     println!(
         "imported {} ({} layers: {} unpacked, {} already in the store; {} files, {:.1} MiB in {:.2} s)",
@@ -113,12 +122,24 @@ fn ls(json: bool, s: &StoreArg) -> Result {
         println!("{}", json_pretty(&images)?);
         return Ok(());
     }
-    println!("{:<40} {:>6}  DIGEST", "NAME", "LAYERS");
+    // IMAGE ID is the config digest's first 12 hex digits, as docker shows it (`image
+    // inspect`, `rootfs create --image` and `rm` accept any unique prefix of 4 or more).
+    println!(
+        "{:<48} {:<12}  {:>6}  MANIFEST",
+        "NAME", "IMAGE ID", "LAYERS"
+    );
     for i in images {
-        let d = i.manifest_digest.as_deref().unwrap_or(&i.config_digest);
-        println!("{:<40} {:>6}  {}", i.name, i.layers.len(), d);
+        let id = short(&i.config_digest);
+        let m = i.manifest_digest.as_deref().map_or("-", short);
+        println!("{:<48} {:<12}  {:>6}  {m}", i.name, id, i.layers.len());
     }
     Ok(())
+}
+
+/// The first 12 hex digits of a `sha256:` digest.
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    hex.get(..12).unwrap_or(hex)
 }
 
 fn inspect(reference: &str, json: bool, s: &StoreArg) -> Result {

@@ -38,7 +38,34 @@ fn image_rootfs_serve_gc_round_trip() {
 
     let o = strata(&["image", "import", good.to_str().unwrap()], &st);
     assert!(o.ok(), "{}", text(&o));
-    assert!(text(&o).contains("imported good:1"), "{}", text(&o));
+    // Stored under the normalised reference; found by the short one, the full one and the
+    // IMAGE ID (a config digest prefix).
+    assert!(
+        text(&o).contains("imported docker.io/library/good:1"),
+        "{}",
+        text(&o)
+    );
+    for r in ["good:1", "docker.io/library/good:1", "library/good:1"] {
+        let o = strata(&["image", "inspect", r, "--json"], &st);
+        assert!(o.ok(), "{r}: {}", text(&o));
+    }
+    let o = strata(&["image", "inspect", "good:1", "--json"], &st);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let id = &v["config_digest"].as_str().unwrap()["sha256:".len()..][..8];
+    assert!(strata(&["image", "inspect", id], &st).ok());
+    let o = strata(&["image", "inspect", "good"], &st);
+    assert_eq!(o.code(), Some(3), "good is good:latest: {}", text(&o));
+    let o = strata(
+        &[
+            "image",
+            "import",
+            good.to_str().unwrap(),
+            "--name",
+            "Bad Name",
+        ],
+        &st,
+    );
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
 
     let o = strata(&["image", "ls"], &st);
     assert!(o.ok() && text(&o).contains("good:1"), "{}", text(&o));
