@@ -57,15 +57,39 @@ impl Source {
             reason,
         };
         let file = File::open(src).map_err(StoreError::io("cannot open image source", src))?;
+        let file_len = meta.len();
         let mut ar = tar::Archive::new(file);
         let mut entries = HashMap::new();
         let mut links: Vec<(String, String)> = Vec::new();
-        for e in ar
-            .entries_with_seek()
-            .map_err(|e| bad(format!("not a tar archive: {e}")))?
-        {
-            let e = e.map_err(|e| bad(format!("not a valid tar archive: {e}")))?;
+        // The tar crate's messages quote the header bytes it could not parse: never pass them
+        // on (a binary file would print binary, a text file its content).
+        let mut last = String::new();
+        let not_tar = |last: &str| {
+            bad(if last.is_empty() {
+                "not a tar archive: an OCI image layout directory, an OCI archive (tar) or a \
+                 `docker save` tar was expected"
+                    .to_string()
+            } else {
+                format!(
+                    "{} tar archive: the header after entry {last:?} cannot be read",
+                    if file_len % 512 == 0 {
+                        "corrupt"
+                    } else {
+                        "truncated (its size is not a multiple of 512 bytes) or corrupt"
+                    }
+                )
+            })
+        };
+        for e in ar.entries_with_seek().map_err(|_| not_tar(""))? {
+            let e = e.map_err(|_| not_tar(&last))?;
             let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            if e.raw_file_position().saturating_add(e.size()) > file_len {
+                return Err(bad(format!(
+                    "truncated: entry {name:?} ends {} bytes past the end of the file (copy                      the archive again)",
+                    e.raw_file_position().saturating_add(e.size()) - file_len
+                )));
+            }
+            last.clone_from(&name);
             let Some(name) = normalize(&name) else {
                 continue;
             };

@@ -222,8 +222,10 @@ fn image_name(opts: &ImportOptions, spec: &source::ImageSpec) -> Result<String> 
     let name = match (&opts.name, &spec.name) {
         (Some(n), _) => crate::reference::normalize(n)
             .map_err(|why| StoreError::BadName(format!("{n}: {why}")))?,
-        // A name inside the image that is no reference (umoci records a bare tag such as
-        // "latest") is kept as it is rather than refusing the image.
+        // An OCI ref.name without a repository is a bare tag (umoci and skopeo write
+        // "latest" for `layout:latest`): kept as it is, as is a name that is no reference,
+        // rather than inventing `docker.io/library/latest` or refusing the image.
+        (None, Some(n)) if !n.contains(['/', ':']) => n.clone(),
         (None, Some(n)) => crate::reference::normalize(n).unwrap_or_else(|_| n.clone()),
         (None, None) => spec
             .manifest_digest

@@ -333,3 +333,33 @@ fn a_served_rootfs_is_exclusive() {
     let o = strata(&["rootfs", "rm", "c1"], &st);
     assert!(o.ok(), "{}", text(&o));
 }
+
+/// Bad sources get messages that say what is wrong, never the file's own bytes: a text file,
+/// a truncated OCI archive.
+#[test]
+fn bad_sources_are_named_not_echoed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("store");
+    let text_file = tmp.path().join("passwd");
+    std::fs::write(
+        &text_file,
+        "root:x:0:0:secret-content:/root:/bin/bash\n".repeat(20),
+    )
+    .unwrap();
+    let o = strata(&["image", "import", text_file.to_str().unwrap()], &st);
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not a tar archive"), "{}", text(&o));
+    assert!(!text(&o).contains("secret-content"), "{}", text(&o));
+
+    let layout = tmp.path().join("layout");
+    let tar = RawTar::default().file("hello", &[7u8; 4096]).finish();
+    common::oci_layout(&layout, &[tar], Comp::Gzip, "t:1");
+    let mut b = ::tar::Builder::new(Vec::new());
+    b.append_dir_all(".", &layout).unwrap();
+    let full = b.into_inner().unwrap();
+    let cut = tmp.path().join("cut.tar");
+    std::fs::write(&cut, &full[..full.len() / 2 + 100]).unwrap();
+    let o = strata(&["image", "import", cut.to_str().unwrap()], &st);
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("truncated"), "{}", text(&o));
+}
