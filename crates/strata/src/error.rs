@@ -1,7 +1,12 @@
 //! The CLI's one error type and the exit codes it maps to (docs/cli.md).
 //!
 //! Every command returns `Result<(), Error>`; `main` prints `strata VERB: MESSAGE` on stderr and
-//! exits with [`Kind::exit_code`]. Usage errors never get here: clap prints them and exits 2.
+//! exits with [`Kind::exit_code`]. Usage errors never get here: clap prints them and `main`
+//! exits with [`USAGE`].
+
+/// Exit code of a usage error (a flag or argument clap refuses): 64, `EX_USAGE` of sysexits.h,
+/// apart from a configuration refused after parsing (2).
+pub const USAGE: u8 = 64;
 
 use std::fmt;
 use std::path::Path;

@@ -19,7 +19,10 @@ mod error;
 #[command(
     name = "strata",
     version,
-    about = "Container rootfs for micro-VMs, without host mounts"
+    about = "Container rootfs for micro-VMs, without host mounts",
+    after_help = "Exit codes: 0 success, 1 failed while running, 2 refused (a configuration \
+                  that cannot work; nothing was done), 3 not found, 4 already exists, 5 `trace \
+                  --check --exit-code`: kernel exposed, 64 usage error, 130 interrupted."
 )]
 struct Cli {
     /// More logging (-v debug, -vv trace); STRATA_LOG (a tracing filter) overrides it.
@@ -175,7 +178,19 @@ fn main() -> ExitCode {
     if strata_guest::running_as_init() {
         strata_guest::init();
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print and succeed; a usage error has its own exit code (64,
+            // EX_USAGE), apart from a refused configuration (2).
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(error::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     init_logging(cli.verbose, cli.cmd.quiet_level(), cli.log_format);
     let verb = cli.cmd.name();
     match cli.cmd.run() {

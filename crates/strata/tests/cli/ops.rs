@@ -14,8 +14,13 @@ fn completion_scripts_name_the_verbs() {
             assert!(out.contains(verb), "{shell} completion lacks {verb}");
         }
     }
+    // A usage error: exit 64, apart from a refused configuration (2).
     let bad = crate::strata().run(["completion", "tcsh"]);
-    assert_eq!(bad.code(), Some(2), "{}", bad.stderr);
+    assert_eq!(bad.code(), Some(64), "{}", bad.stderr);
+    let help = crate::strata().run(["--help"]);
+    assert_eq!(help.code(), Some(0));
+    assert!(help.stdout.contains("64 usage error"), "{}", help.stdout);
+    assert_eq!(crate::strata().run(["image", "--bogus"]).code(), Some(64));
 }
 
 #[test]

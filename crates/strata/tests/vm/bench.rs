@@ -83,7 +83,7 @@ fn table_for_one_strategy_and_refusals() {
         .args(["--n", "3", "--strategy", "fuse"])
         .output()
         .unwrap();
-    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(bad.status.code(), Some(64), "a usage error");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("overlay-mount"));
 
     // A leftover of an earlier run is not touched, and the error says what to do.
