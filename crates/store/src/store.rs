@@ -388,6 +388,25 @@ impl Store {
         Ok(Store { root })
     }
 
+    /// The store at `root` if there is one, else `None`: for read-only commands (`image ls`,
+    /// `image inspect`, `rootfs ls`), which create nothing on a host without a store.
+    pub fn find(root: impl Into<PathBuf>) -> Result<Option<Store>> {
+        let root = root.into();
+        match std::fs::symlink_metadata(root.join("images")) {
+            Ok(m) if m.is_dir() => Ok(Some(Store { root })),
+            Ok(_) => Err(StoreError::BadRecord {
+                path: root.join("images"),
+                reason: "not a directory".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Io {
+                what: "cannot open the store",
+                path: root,
+                source: e,
+            }),
+        }
+    }
+
     /// Open an existing store without creating or changing anything (for readers such as
     /// `strata serve --rootfs` and the daemon's rootfs lookups, which may run confined).
     pub fn open_existing(root: impl Into<PathBuf>) -> Result<Store> {

@@ -117,7 +117,11 @@ fn import(src: &std::path::Path, opts: ImportOptions, s: &StoreArg) -> Result {
 }
 
 fn ls(json: bool, s: &StoreArg) -> Result {
-    let images = Store::open(&s.store)?.images()?;
+    // Listing creates nothing: a host without a store has no images.
+    let images = match Store::find(&s.store)? {
+        Some(store) => store.images()?,
+        None => Vec::new(),
+    };
     if json {
         println!("{}", json_pretty(&images)?);
         return Ok(());
@@ -143,7 +147,9 @@ fn short(digest: &str) -> &str {
 }
 
 fn inspect(reference: &str, json: bool, s: &StoreArg) -> Result {
-    let i = Store::open(&s.store)?.image(reference)?;
+    let i = Store::find(&s.store)?
+        .ok_or_else(|| strata_store::StoreError::ImageNotFound(reference.to_string()))?
+        .image(reference)?;
     if json {
         println!("{}", json_pretty(&i)?);
         return Ok(());

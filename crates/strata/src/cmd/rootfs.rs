@@ -235,10 +235,9 @@ struct Listed {
 fn list(store: &Path, json: bool) -> Result {
     let mut out = Vec::new();
     // A host without a store has no rootfs; listing creates nothing.
-    let records = match Store::open_existing(store) {
-        Ok(s) => Some((s.rootfs_list()?, s)),
-        Err(StoreError::RootfsNotFound(_)) => None,
-        Err(e) => return Err(e.into()),
+    let records = match Store::find(store)? {
+        Some(s) => Some((s.rootfs_list()?, s)),
+        None => None,
     };
     for (r, store) in records
         .iter()

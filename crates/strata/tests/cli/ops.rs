@@ -101,3 +101,23 @@ fn logs_to_a_file_are_plain_or_json() {
         }
     }
 }
+
+/// Read-only commands on a host without a store create nothing.
+#[test]
+fn reading_an_absent_store_creates_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let st = t.path().join("store");
+    let s = st.to_str().unwrap();
+    let o = crate::strata().run(["image", "ls", "--store", s]);
+    assert!(o.ok(), "{}", o.stderr);
+    let o = crate::strata().run(["rootfs", "ls", "--json", "--store", s]);
+    assert!(
+        o.ok() && o.stdout.trim() == "[]",
+        "{} {}",
+        o.stdout,
+        o.stderr
+    );
+    let o = crate::strata().run(["image", "inspect", "debian", "--store", s]);
+    assert_eq!(o.code(), Some(3), "{}", o.stderr);
+    assert!(!st.exists(), "a read-only command created the store");
+}
