@@ -3,14 +3,19 @@
 //!
 //! Every path is created relative to a directory fd opened component by component with
 //! `O_NOFOLLOW | O_DIRECTORY`, so a symlink from the archive is never followed: an entry
-//! written "through" one is refused. Nothing is ever replaced or removed: a path that already
-//! exists is a duplicate (unless it is a directory created implicitly for a child, and the
-//! entry is that directory).
+//! written "through" one is refused.
+//!
+//! A path that appears twice in one layer is resolved as tar, containerd and `umoci unpack`
+//! do: the last entry wins (the earlier one is removed with `unlinkat` relative to its parent's
+//! fd, a directory depth-first the same way, never through a symlink); a directory entry for an
+//! existing directory only updates its metadata. A whiteout applies to the *lower* layers only
+//! (OCI image spec), so `.wh.x` beside an `x` in the same layer keeps `x`, and if `x` is a
+//! directory it becomes opaque (its lower contents were deleted).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +35,17 @@ use crate::sys;
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// What [`Extractor::claim`] decided for an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Create it (the path is free).
+    Create,
+    /// Nothing to create.
+    Skip,
+    /// A whiteout for a directory of this layer: the directory becomes opaque.
+    OpaqueDir,
+}
 
 /// What a path in the layer is, as far as later entries care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +92,8 @@ pub struct Extractor<'a> {
     root: OwnedFd,
     seen: HashMap<Vec<u8>, Kind>,
     implicit: HashSet<Vec<u8>>,
+    /// Directories that replaced a whiteout of the same layer: opaque once created.
+    opaque: HashSet<Vec<u8>>,
     dir_times: Vec<(Vec<u8>, TimeSpec)>,
     cache: Vec<(Vec<u8>, OwnedFd)>,
     budget: &'a Budget,
@@ -146,6 +164,7 @@ impl<'a> Extractor<'a> {
             root,
             seen: HashMap::new(),
             implicit: HashSet::new(),
+            opaque: HashSet::new(),
             dir_times: Vec::new(),
             cache: Vec::new(),
             budget,
@@ -263,7 +282,13 @@ impl<'a> Extractor<'a> {
                     }
                     _ => {
                         if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                            if name.starts_with("trusted.overlay.") {
+                            // overlayfs' own metadata (trusted.*, or user.* under
+                            // `userxattr`) comes from whiteouts and markers, never from an
+                            // image: a redirect or metacopy xattr would steer the guest's
+                            // overlay.
+                            if name.starts_with("trusted.overlay.")
+                                || name.starts_with("user.overlay.")
+                            {
                                 return Err(self.rule(
                                     path,
                                     EntryRule::ReservedXattr {
@@ -313,14 +338,61 @@ impl<'a> Extractor<'a> {
         }
     }
 
-    fn claim(&mut self, path: &[u8], key: Vec<u8>, kind: Kind) -> Result<()> {
-        if self.seen.contains_key(&key) {
-            if kind == Kind::Dir && self.implicit.remove(&key) {
-                return Ok(());
+    /// Claim `key` for an entry of `kind`, making room if the layer had it already (the
+    /// last entry wins; see the module docs). `Claim::Skip`: nothing to create.
+    fn claim(&mut self, path: &[u8], key: Vec<u8>, kind: Kind) -> Result<Claim> {
+        let Some(old) = self.seen.get(&key).copied() else {
+            self.seen.insert(key, kind);
+            return Ok(Claim::Create);
+        };
+        match (old, kind) {
+            // A directory entry for a directory: its metadata applies.
+            (Kind::Dir, Kind::Dir) => {
+                self.implicit.remove(&key);
+                Ok(Claim::Create)
             }
-            return Err(self.rule(path, EntryRule::Duplicate));
+            // A second whiteout or opaque marker changes nothing.
+            (Kind::Whiteout, Kind::Whiteout) | (Kind::Marker, Kind::Marker) => Ok(Claim::Skip),
+            // A whiteout after the entry it names: the entry stays; a directory's lower
+            // contents are hidden.
+            (Kind::Dir, Kind::Whiteout) => Ok(Claim::OpaqueDir),
+            (Kind::Linkable, Kind::Whiteout) => Ok(Claim::Skip),
+            (old, kind) => {
+                self.remove_entry(path, &key, old)?;
+                if old == Kind::Whiteout && kind == Kind::Dir {
+                    self.opaque.insert(key.clone());
+                }
+                self.seen.insert(key, kind);
+                Ok(Claim::Create)
+            }
         }
-        self.seen.insert(key, kind);
+    }
+
+    /// Remove what an earlier entry of this layer created at `key` (and forget everything
+    /// under it), relative to the parent directory's fd, never following a symlink.
+    fn remove_entry(&mut self, path: &[u8], key: &[u8], old: Kind) -> Result<()> {
+        let comps: Vec<&[u8]> = key.split(|b| *b == b'/').collect();
+        let Some((name, parent)) = comps.split_last() else {
+            return Err(self.rule(path, EntryRule::BadName));
+        };
+        let dir = self.dir_fd(path, parent, false)?;
+        if old == Kind::Dir {
+            remove_tree(dir, name).map_err(self.eio(path, "cannot replace directory"))?;
+        } else {
+            unistd::unlinkat(Some(dir), *name, unistd::UnlinkatFlags::NoRemoveDir)
+                .map_err(self.eio(path, "cannot replace earlier entry"))?;
+        }
+        let mut prefix = key.to_vec();
+        prefix.push(b'/');
+        self.seen.retain(|k, _| !k.starts_with(&prefix));
+        self.implicit
+            .retain(|k| k.as_slice() != key && !k.starts_with(&prefix));
+        self.opaque
+            .retain(|k| k.as_slice() != key && !k.starts_with(&prefix));
+        self.dir_times
+            .retain(|(k, _)| k.as_slice() != key && !k.starts_with(&prefix));
+        // The cached open directories may include the removed one.
+        self.cache.clear();
         Ok(())
     }
 
@@ -395,9 +467,16 @@ impl<'a> Extractor<'a> {
         comps: &[&[u8]],
     ) -> Result<()> {
         self.meta(entry, path)?;
-        self.claim(path, join(comps), Kind::Marker)?;
+        if self.claim(path, join(comps), Kind::Marker)? == Claim::Skip {
+            return Ok(());
+        }
         let parent = &comps[..comps.len().saturating_sub(1)];
-        let dir = self.dir_fd(path, parent, true)?;
+        self.set_opaque(path, parent)
+    }
+
+    /// Mark directory `comps` opaque (`trusted.overlay.opaque=y`).
+    fn set_opaque(&mut self, path: &[u8], comps: &[&[u8]]) -> Result<()> {
+        let dir = self.dir_fd(path, comps, true)?;
         let f = File::from(
             sys::openat(
                 dir,
@@ -437,7 +516,15 @@ impl<'a> Extractor<'a> {
             key.push(b'/');
         }
         key.extend_from_slice(target);
-        self.claim(path, key, Kind::Whiteout)?;
+        match self.claim(path, key, Kind::Whiteout)? {
+            Claim::Create => {}
+            Claim::Skip => return Ok(()),
+            Claim::OpaqueDir => {
+                let mut comps = parent.to_vec();
+                comps.push(target);
+                return self.set_opaque(path, &comps);
+            }
+        }
         let dir = self.dir_fd(path, parent, true)?;
         match stat::mknodat(Some(dir), target, SFlag::S_IFCHR, Mode::empty(), 0) {
             Ok(()) => Ok(()),
@@ -464,7 +551,13 @@ impl<'a> Extractor<'a> {
             Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(self.rule(path, EntryRule::Duplicate)),
             Err(e) => return Err(self.eio(path, "cannot open directory")(e)),
         };
-        self.apply_fd(path, fd, &meta, Some(at.key))
+        let opaque = self.opaque.remove(&at.key);
+        self.apply_fd(path, fd, &meta, Some(at.key))?;
+        if opaque {
+            let comps: Vec<&[u8]> = parent.iter().copied().chain([name]).collect();
+            self.set_opaque(path, &comps)?;
+        }
+        Ok(())
     }
 
     fn regular<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, at: At<'_>) -> Result<()> {
@@ -731,6 +824,41 @@ impl<'a> Extractor<'a> {
 
 fn raw_of(f: &File) -> RawFd {
     f.as_raw_fd()
+}
+
+/// Remove directory `name` in `dir` and everything in it, depth-first, each step relative to
+/// an fd opened with `O_NOFOLLOW` (a symlink inside is unlinked, never followed). Only for
+/// what this layer's own earlier entries created, so the depth is bounded by the archive's
+/// path lengths.
+fn remove_tree(dir: RawFd, name: &[u8]) -> nix::Result<()> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+    let fd = sys::openat(dir, name, flags, Mode::empty())?;
+    let mut children: Vec<(Vec<u8>, bool)> = Vec::new();
+    {
+        let mut d =
+            nix::dir::Dir::from_fd(fd.try_clone().map_err(|_| Errno::EMFILE)?.into_raw_fd())?;
+        for e in d.iter() {
+            let e = e?;
+            let n = e.file_name().to_bytes();
+            if n == b"." || n == b".." {
+                continue;
+            }
+            let is_dir = matches!(e.file_type(), Some(nix::dir::Type::Directory));
+            children.push((n.to_vec(), is_dir));
+        }
+    }
+    for (n, is_dir) in children {
+        if is_dir {
+            remove_tree(fd.as_raw_fd(), &n)?;
+        } else {
+            unistd::unlinkat(
+                Some(fd.as_raw_fd()),
+                n.as_slice(),
+                unistd::UnlinkatFlags::NoRemoveDir,
+            )?;
+        }
+    }
+    unistd::unlinkat(Some(dir), name, unistd::UnlinkatFlags::RemoveDir)
 }
 
 #[cfg(test)]

@@ -325,3 +325,65 @@ fn images_sharing_a_base_unpack_it_once() {
         3
     );
 }
+
+/// OCI conformance: a layer that names a path twice, or a path and its whiteout, is valid
+/// (tools emit both when a path changes type). The last entry wins, a whiteout hides only the
+/// lower layers (a directory beside its own whiteout is opaque), a hard link keeps the content
+/// it was made to; imported layers under a host overlay equal `umoci unpack`.
+#[test]
+fn same_layer_duplicates_and_whiteouts_match_umoci() {
+    need_umoci!("same_layer_duplicates_and_whiteouts_match_umoci");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut u = Umoci::init(&tmp.path().join("layout"), tmp.path(), "dup");
+    u.layer(|r| {
+        write(r, "x", "base x\n", 0o644);
+        write(r, "y", "base y\n", 0o644);
+        write(r, "d/old", "old\n", 0o644);
+        write(r, "keep/k", "k\n", 0o644);
+    });
+    let outside = tempfile::tempdir().unwrap();
+    let t = common::RawTar::default()
+        .file("a", b"first\n")
+        .file("a", b"second\n")
+        .file(".wh.x", b"")
+        .file("x", b"new x\n")
+        .file(".wh.d", b"")
+        .dir("d/")
+        .file("d/new", b"new\n")
+        .file("y", b"layer y\n")
+        .file(".wh.y", b"")
+        .symlink("p", &outside.path().display().to_string())
+        .dir("p/")
+        .file("p/inside", b"inside\n")
+        .file("h", b"linked\n")
+        .hardlink("hl", "h")
+        .file("h", b"replaced\n")
+        .dir("e/")
+        .dir("e/")
+        .file("e/f", b"f\n")
+        .file("keep", b"file over dir\n")
+        .finish();
+    u.raw_layer(&t);
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    store.import(&u.layout, &ImportOptions::default()).unwrap();
+    let want = u.unpack(&tmp.path().join("oracle"));
+    let m = Overlay::mount(&lowers(&store, "dup"), &tmp.path().join("merged"));
+    assert_same_tree(&m.0, &want);
+    let read = |p: &str| fs::read_to_string(m.0.join(p)).unwrap();
+    assert_eq!(read("a"), "second\n");
+    assert_eq!(read("x"), "new x\n");
+    assert_eq!(read("y"), "layer y\n");
+    assert_eq!(read("hl"), "linked\n");
+    assert_eq!(read("h"), "replaced\n");
+    assert_eq!(read("keep"), "file over dir\n");
+    assert!(
+        fs::symlink_metadata(m.0.join("d/old")).is_err(),
+        "d is not opaque"
+    );
+    assert!(m.0.join("p").is_dir() && !m.0.join("p").is_symlink());
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "wrote outside"
+    );
+}
