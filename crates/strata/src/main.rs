@@ -9,10 +9,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod args;
 mod cmd;
+mod config;
 mod error;
 
 #[derive(Parser)]
@@ -178,7 +179,14 @@ fn main() -> ExitCode {
     if strata_guest::running_as_init() {
         strata_guest::init();
     }
-    let cli = match Cli::try_parse() {
+    let command = match config::apply_file(Cli::command()) {
+        Ok(c) => c,
+        Err(e) => return e.report("config"),
+    };
+    let parsed = command
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // --help and --version print and succeed; a usage error has its own exit code (64,

@@ -121,3 +121,58 @@ fn reading_an_absent_store_creates_nothing() {
     assert_eq!(o.code(), Some(3), "{}", o.stderr);
     assert!(!st.exists(), "a read-only command created the store");
 }
+
+/// The configuration file sets flag defaults; a typo in it is refused (exit 2) naming the file.
+#[test]
+fn the_configuration_file_sets_defaults() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("config.toml");
+    let st = t.path().join("store");
+    std::fs::write(&cfg, format!("store = {:?}\n", st.display().to_string())).unwrap();
+    let run = |args: &[&str]| {
+        let out = crate::strata()
+            .cmd()
+            .env("STRATA_CONFIG", &cfg)
+            .env_remove("STRATA_STORE")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // `image import` of a bad source fails after opening the configured store.
+    let (code, err) = run(&["image", "import", "/nonexistent"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        st.join("images").is_dir(),
+        "the configured store was not used: {err}"
+    );
+    std::fs::write(&cfg, "[daemon]\nmax_node = 1\n").unwrap();
+    let (code, err) = run(&["image", "ls"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("config.toml") && err.contains("max-node"),
+        "{err}"
+    );
+}
+
+/// The example configuration the installer ships is accepted by this binary.
+#[test]
+fn the_shipped_configuration_is_valid() {
+    let cfg = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/config.toml");
+    let t = tempfile::tempdir().unwrap();
+    let out = crate::strata()
+        .cmd()
+        .env("STRATA_CONFIG", &cfg)
+        .env("STRATA_STORE", t.path())
+        .args(["rootfs", "ls", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
