@@ -72,17 +72,25 @@ fn first_hit(
 
 /// [`first_layer_xattr`], each layer directory listed once per process: layers are immutable
 /// (a store's are content-addressed), and `strata daemon` starts many sessions on the same
-/// ones. Keyed by the layer directory's device and inode.
+/// ones. Keyed by the layer directory's path, device, inode and change time: a layer removed
+/// by `gc` and another unpacked later may get the same inode number, and must be listed again.
 pub fn first_layer_xattr_cached(
     lowers: &[PathBuf],
     merged: bool,
 ) -> std::io::Result<Option<(PathBuf, String)>> {
-    type Key = (u64, u64, bool);
+    type Key = (PathBuf, u64, u64, i64, i64, bool);
     type Seen = std::collections::HashMap<Key, Option<(PathBuf, String)>>;
     static SEEN: std::sync::Mutex<Option<Seen>> = std::sync::Mutex::new(None);
     first_hit(lowers, merged, |l, skip_overlay| {
         let m = std::fs::metadata(l)?;
-        let key = (m.dev(), m.ino(), skip_overlay);
+        let key = (
+            l.to_path_buf(),
+            m.dev(),
+            m.ino(),
+            m.ctime(),
+            m.ctime_nsec(),
+            skip_overlay,
+        );
         let known = SEEN
             .lock()
             .map(|g| g.as_ref().and_then(|c| c.get(&key).cloned()))
