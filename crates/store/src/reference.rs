@@ -97,6 +97,57 @@ pub fn familiar(normalized: &str) -> &str {
         .unwrap_or(normalized)
 }
 
+/// An image source as skopeo spells it: `oci:DIR[:REF]`, `oci-archive:FILE[:REF]`,
+/// `docker-archive:FILE[:REF]`, or a plain path (directory or tar, told apart by content).
+/// `REF` picks an image in a source that holds several. `-` (standard input) is the caller's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transport {
+    pub path: std::path::PathBuf,
+    pub select: Option<String>,
+    /// The transport's name, when one was given.
+    pub kind: Option<&'static str>,
+}
+
+/// Parse `SRC` as a transport reference (see [`Transport`]).
+pub fn transport(src: &str) -> Result<Transport, String> {
+    for kind in ["oci", "oci-archive", "docker-archive"] {
+        if let Some(rest) = src.strip_prefix(kind).and_then(|r| r.strip_prefix(':')) {
+            // As skopeo: the path ends at the first ':' (a docker reference has its own).
+            let (path, select) = match rest.split_once(':') {
+                Some((p, r)) if !r.is_empty() => (p, Some(r.to_string())),
+                Some((p, _)) => (p, None),
+                None => (rest, None),
+            };
+            if path.is_empty() {
+                return Err(format!("{kind}: needs a path ({kind}:PATH[:REF])"));
+            }
+            return Ok(Transport {
+                path: path.into(),
+                select,
+                kind: Some(kind),
+            });
+        }
+    }
+    if let Some((t, _)) = src.split_once(':') {
+        if !t.contains('/')
+            && !t.is_empty()
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !std::path::Path::new(src).exists()
+        {
+            return Err(format!(
+                "transport {t:?} is not supported: use oci:DIR[:REF], oci-archive:FILE[:REF], \
+                 docker-archive:FILE[:REF], a path, or - for standard input (pull with skopeo \
+                 copy first)"
+            ));
+        }
+    }
+    Ok(Transport {
+        path: src.into(),
+        select: None,
+        kind: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +178,23 @@ mod tests {
         assert_eq!(familiar(&deb), "debian:latest");
         assert_eq!(familiar(&app), "ux/app:1");
         assert_eq!(familiar("ghcr.io/a:1"), "ghcr.io/a:1");
+    }
+
+    #[test]
+    fn transports_as_skopeo_spells_them() {
+        let t = |s: &str| transport(s).unwrap();
+        assert_eq!(t("oci:/srv/img:v1").path, std::path::Path::new("/srv/img"));
+        assert_eq!(t("oci:/srv/img:v1").select.as_deref(), Some("v1"));
+        assert_eq!(t("oci:/srv/img").select, None);
+        assert_eq!(t("oci-archive:a.tar").kind, Some("oci-archive"));
+        let d = t("docker-archive:/x/s.tar:ux/app:1");
+        assert_eq!(
+            (d.path.to_str(), d.select.as_deref()),
+            (Some("/x/s.tar"), Some("ux/app:1"))
+        );
+        assert_eq!(t("./plain.tar").kind, None);
+        assert!(transport("docker://debian").is_err());
+        assert!(transport("oci:").is_err());
     }
 
     #[test]

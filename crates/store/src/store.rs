@@ -662,6 +662,22 @@ impl Store {
         })
     }
 
+    /// Import an image archive (OCI archive or docker save tar) read from `r` (standard
+    /// input): spooled to a file in the store's `tmp/` (the archive is read by offset), removed
+    /// afterwards.
+    pub fn import_stream(&self, r: &mut impl Read, opts: &ImportOptions) -> Result<ImportReport> {
+        let mut spool = tempfile::Builder::new()
+            .prefix("stdin-")
+            .suffix(".tar")
+            .tempfile_in(self.tmp())
+            .map_err(StoreError::io("cannot create temp file in", self.tmp()))?;
+        std::io::copy(r, spool.as_file_mut()).map_err(StoreError::io(
+            "cannot read the archive from standard input into",
+            spool.path(),
+        ))?;
+        self.import(spool.path(), opts)
+    }
+
     /// Every image, sorted by name.
     pub fn images(&self) -> Result<Vec<ImageRecord>> {
         let dir = self.root.join("images");

@@ -1,21 +1,21 @@
 //! `strata image import|ls|inspect|rm`: OCI images in the layer store.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Subcommand;
 use strata_store::{ImportOptions, Store, DEFAULT_MAX_UNPACKED};
 
 use crate::args::{json_pretty, JsonArg, StoreArg};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Import an OCI image layout (directory), an OCI archive tar or a `docker save` tar.
     Import {
-        /// The image: directory or tar file.
-        src: PathBuf,
+        /// The image: `oci:DIR[:REF]`, `oci-archive:FILE[:REF]`, `docker-archive:FILE[:REF]`
+        /// (as skopeo spells them), a directory or tar path, or `-` for an archive on stdin.
+        src: String,
         /// Name to record, normalised as docker does (`debian` is stored as
         /// `docker.io/library/debian:latest`); default: the name in the source, else its
         /// digest. Also picks the image when the source holds several, unless --ref is given.
@@ -100,9 +100,38 @@ pub fn run(cmd: Cmd) -> Result {
     }
 }
 
-fn import(src: &std::path::Path, opts: ImportOptions, s: &StoreArg) -> Result {
+fn import(src: &str, mut opts: ImportOptions, s: &StoreArg) -> Result {
     let t = Instant::now();
-    let r = Store::open(&s.store)?.import(src, &opts)?;
+    let r = if src == "-" {
+        Store::open(&s.store)?.import_stream(&mut std::io::stdin().lock(), &opts)?
+    } else {
+        let tr = strata_store::reference::transport(src).map_err(Error::refused)?;
+        match (tr.kind, tr.path.is_dir()) {
+            (Some("oci"), false) => {
+                return Err(Error::refused(format!(
+                    "oci:{} is not a directory (an OCI archive is oci-archive:FILE)",
+                    tr.path.display()
+                )))
+            }
+            (Some(k @ ("oci-archive" | "docker-archive")), true) => {
+                return Err(Error::refused(format!(
+                    "{k}:{} is a directory (an OCI layout directory is oci:DIR)",
+                    tr.path.display()
+                )))
+            }
+            _ => {}
+        }
+        match (&opts.select, tr.select) {
+            (Some(a), Some(b)) if *a != b => {
+                return Err(Error::refused(format!(
+                    "--ref {a} and the reference {b} in {src} disagree: give one"
+                )))
+            }
+            (None, Some(b)) => opts.select = Some(b),
+            _ => {}
+        }
+        Store::open(&s.store)?.import(&tr.path, &opts)?
+    };
     println!(
         "imported {} ({} layers: {} unpacked, {} already in the store; {} files, {:.1} MiB in {:.2} s)",
         r.image.name,

@@ -363,3 +363,60 @@ fn bad_sources_are_named_not_echoed() {
     assert_eq!(o.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("truncated"), "{}", text(&o));
 }
+
+/// Sources as skopeo spells them (`oci:DIR:REF`, `oci-archive:FILE`), and `-` for an archive
+/// on standard input; a transport that does not match the path is refused before anything.
+#[test]
+fn transports_and_stdin() {
+    if !strata_harness::needs("transports_and_stdin", true, &[]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("store");
+    let layout = tmp.path().join("layout");
+    common::oci_layout(
+        &layout,
+        &[RawTar::default().file("f", b"x").finish()],
+        Comp::Gzip,
+        "app:2",
+    );
+    let src = format!("oci:{}:app:2", layout.display());
+    let o = strata(&["image", "import", &src, "--name", "ex/app:2"], &st);
+    assert!(o.ok(), "{}", text(&o));
+    assert!(text(&o).contains("docker.io/ex/app:2"), "{}", text(&o));
+    let o = strata(
+        &[
+            "image",
+            "import",
+            &format!("oci-archive:{}", layout.display()),
+        ],
+        &st,
+    );
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("oci:DIR"), "{}", text(&o));
+    let o = strata(&["image", "import", "docker://debian"], &st);
+    assert_eq!(o.code(), Some(2), "{}", text(&o));
+
+    let mut b = ::tar::Builder::new(Vec::new());
+    b.append_dir_all(".", &layout).unwrap();
+    let archive = b.into_inner().unwrap();
+    let mut child = crate::strata()
+        .cmd()
+        .args(["image", "import", "-", "--name", "piped", "--store"])
+        .arg(&st)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &archive).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(strata(&["image", "inspect", "piped"], &st).ok());
+    // The spool file is gone.
+    assert_eq!(std::fs::read_dir(st.join("tmp")).unwrap().count(), 0);
+}
