@@ -741,9 +741,27 @@ impl Store {
     }
 
     /// Forget an image (its layers stay until `gc`).
+    /// By digest or IMAGE ID, only when a single name has it: removing one of several names
+    /// at random would be a surprise, so that is refused with the names (remove by name).
     pub fn remove_image(&self, reference: &str) -> Result<ImageRecord> {
         let _lock = self.lock(false)?;
         let img = self.image(reference)?;
+        let by_name = img.name == reference
+            || crate::reference::normalize(reference).is_ok_and(|n| n == img.name);
+        if !by_name {
+            let names: Vec<String> = self
+                .images()?
+                .into_iter()
+                .filter(|i| i.config_digest == img.config_digest)
+                .map(|i| i.name)
+                .collect();
+            if names.len() > 1 {
+                return Err(StoreError::Ambiguous {
+                    reference: reference.to_string(),
+                    names,
+                });
+            }
+        }
         let p = self.image_path(&img.name);
         fs::remove_file(&p).map_err(StoreError::io("cannot remove", &p))?;
         Ok(img)

@@ -47,6 +47,11 @@ fn ls_inspect_rm_rootfs_gc() {
     assert_eq!(names, ["reg.example/app:a", "y"]);
     // The short reference finds the normalised name.
     assert_eq!(s.image("y").unwrap(), b.image);
+    // A second name for the same image: rm by digest would have to pick one, so it refuses.
+    let b2 = s.import(&tmp.path().join("b"), &named("y2")).unwrap();
+    let e = s.remove_image(&b2.image.config_digest).unwrap_err();
+    assert!(matches!(e, StoreError::Ambiguous { .. }), "{e}");
+    s.remove_image("y2").unwrap();
     let ia = s.image("reg.example/app:a").unwrap();
     assert_eq!(ia, a.image);
     // Also by manifest digest.
