@@ -25,6 +25,8 @@ pub enum EntryRule {
     Truncated { expected: u64, got: u64 },
     /// The entry's path is not valid (NUL byte, empty name).
     BadName,
+    /// A PAX sparse file whose headers or map do not hold together.
+    BadSparse(String),
 }
 
 impl std::fmt::Display for EntryRule {
@@ -41,7 +43,7 @@ impl std::fmt::Display for EntryRule {
                 "hard links must point to a file extracted earlier in the same layer (target {target:?})"
             ),
             EntryRule::BadWhiteout => write!(f, "whiteouts for '.', '..' or an empty name are not allowed"),
-            EntryRule::Duplicate => write!(f, "the same path may appear only once in a layer (duplicate entry)"),
+            EntryRule::Duplicate => write!(f, "a path named again in the layer could not replace the earlier entry (duplicate entry)"),
             EntryRule::ReservedXattr { name } => {
                 write!(f, "xattr {name:?} is reserved for overlayfs and may not come from an image")
             }
@@ -52,6 +54,7 @@ impl std::fmt::Display for EntryRule {
                 write!(f, "entry data is truncated ({got} of {expected} bytes)")
             }
             EntryRule::BadName => write!(f, "entry name is empty or not a valid file name"),
+            EntryRule::BadSparse(why) => write!(f, "sparse file: {why}"),
         }
     }
 }

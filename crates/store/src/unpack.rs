@@ -36,6 +36,17 @@ pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
+/// A PAX sparse file's real name and size (its data map is at the start of its data).
+#[derive(Debug, Clone)]
+struct Sparse {
+    name: Vec<u8>,
+    realsize: u64,
+}
+
+fn errno_of(e: &io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
 /// What [`Extractor::claim`] decided for an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Claim {
@@ -94,6 +105,8 @@ pub struct Extractor<'a> {
     implicit: HashSet<Vec<u8>>,
     /// Directories that replaced a whiteout of the same layer: opaque once created.
     opaque: HashSet<Vec<u8>>,
+    /// The sparse headers of the entry being extracted, for [`Extractor::regular`].
+    sparse: Option<Sparse>,
     dir_times: Vec<(Vec<u8>, TimeSpec)>,
     cache: Vec<(Vec<u8>, OwnedFd)>,
     budget: &'a Budget,
@@ -165,6 +178,7 @@ impl<'a> Extractor<'a> {
             seen: HashMap::new(),
             implicit: HashSet::new(),
             opaque: HashSet::new(),
+            sparse: None,
             dir_times: Vec::new(),
             cache: Vec::new(),
             budget,
@@ -316,7 +330,12 @@ impl<'a> Extractor<'a> {
         let entries = archive.entries().map_err(|e| self.tar_err(e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| self.tar_err(e))?;
-            let path = entry.path_bytes().into_owned();
+            let raw = entry.path_bytes().into_owned();
+            self.last = lossy(&raw);
+            // A PAX sparse file (GNU tar `--sparse --format=pax`) is stored under a made-up
+            // name with its real name, size and data map in the PAX header and data.
+            self.sparse = self.pax_sparse(&mut entry, &raw)?;
+            let path = self.sparse.as_ref().map_or(raw, |s| s.name.clone());
             self.last = lossy(&path);
             self.entry(&mut entry, &path)?;
         }
@@ -573,9 +592,13 @@ impl<'a> Extractor<'a> {
             Err(e) => return Err(self.eio(path, "cannot create file")(e)),
         };
         let mut file = File::from(fd);
-        let got = self.copy(entry, &mut file, path)?;
-        if got != expected {
-            return Err(self.rule(path, EntryRule::Truncated { expected, got }));
+        if let Some(sparse) = self.sparse.take() {
+            self.sparse_data(entry, &mut file, path, &sparse)?;
+        } else {
+            let got = self.copy(entry, &mut file, path)?;
+            if got != expected {
+                return Err(self.rule(path, EntryRule::Truncated { expected, got }));
+            }
         }
         self.budget.files.fetch_add(1, Ordering::Relaxed);
         self.apply_fd(path, OwnedFd::from(file), &meta, None)
@@ -678,6 +701,131 @@ impl<'a> Extractor<'a> {
         }
         self.budget.files.fetch_add(1, Ordering::Relaxed);
         self.apply_at(path, dir, name, &meta, true)
+    }
+
+    /// The PAX sparse headers of `entry`, if it is a sparse file in PAX format 1.0 (the one
+    /// GNU tar writes); the older 0.x PAX forms are refused by name.
+    fn pax_sparse<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        raw: &[u8],
+    ) -> Result<Option<Sparse>> {
+        let Ok(Some(pax)) = entry.pax_extensions() else {
+            return Ok(None);
+        };
+        let (mut major, mut name, mut realsize, mut old) = (None, None, None, false);
+        for ext in pax.flatten() {
+            let Ok(key) = ext.key() else { continue };
+            let val = ext.value_bytes();
+            match key {
+                "GNU.sparse.major" => major = Some(val.to_vec()),
+                "GNU.sparse.name" => name = Some(val.to_vec()),
+                "GNU.sparse.realsize" => {
+                    realsize = std::str::from_utf8(val)
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                }
+                "GNU.sparse.map" | "GNU.sparse.offset" | "GNU.sparse.size" => old = true,
+                _ => {}
+            }
+        }
+        let bad = |why: &str| self.rule(raw, EntryRule::BadSparse(why.to_string()));
+        match (major.as_deref(), old) {
+            (None, false) => Ok(None),
+            (Some(b"1"), _) => {
+                let name = name.ok_or_else(|| bad("GNU.sparse.name is missing"))?;
+                let realsize = realsize.ok_or_else(|| bad("GNU.sparse.realsize is missing"))?;
+                if realsize > self.budget.limit {
+                    return Err(StoreError::TooLarge {
+                        layer: self.layer.to_string(),
+                        entry: lossy(&name),
+                        limit: self.budget.limit,
+                    });
+                }
+                Ok(Some(Sparse { name, realsize }))
+            }
+            _ => Err(bad(
+                "PAX sparse format 0.x is not supported (re-create the layer with GNU tar's \
+                 default --sparse-version=1.0, or without --sparse)",
+            )),
+        }
+    }
+
+    /// Write a PAX 1.0 sparse file: the map (decimal lines: count, then offset and size pairs,
+    /// padded to 512 bytes), then each data run at its offset; holes stay holes.
+    fn sparse_data<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        file: &mut File,
+        path: &[u8],
+        sparse: &Sparse,
+    ) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let bad = |why: String| self.rule(path, EntryRule::BadSparse(why));
+        let stored = entry.size();
+        let mut consumed = 0u64;
+        let mut line = || -> Result<u64> {
+            let mut digits = Vec::new();
+            loop {
+                let mut b = [0u8; 1];
+                entry
+                    .read_exact(&mut b)
+                    .map_err(|_| bad("the sparse map ends early".into()))?;
+                consumed += 1;
+                match b[0] {
+                    b'\n' => break,
+                    d @ b'0'..=b'9' if digits.len() < 20 => digits.push(d),
+                    _ => return Err(bad("the sparse map is not decimal lines".into())),
+                }
+            }
+            std::str::from_utf8(&digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| bad("the sparse map has an empty number".into()))
+        };
+        let count = line()?;
+        if count > 1 << 20 {
+            return Err(bad(format!("{count} data runs (at most {})", 1 << 20)));
+        }
+        let mut runs = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            runs.push((line()?, line()?));
+        }
+        let pad = (512 - consumed % 512) % 512;
+        io::copy(&mut (&mut *entry).take(pad), &mut io::sink())
+            .map_err(|_| bad("the sparse map ends early".into()))?;
+        consumed += pad;
+        let mut end = 0u64;
+        let mut data = 0u64;
+        for &(off, len) in &runs {
+            if off < end || off.checked_add(len).is_none_or(|e| e > sparse.realsize) {
+                return Err(bad(format!(
+                    "data run at {off} (+{len}) overlaps another or ends past the real size {}",
+                    sparse.realsize
+                )));
+            }
+            end = off + len;
+            data += len;
+        }
+        if consumed + data != stored {
+            return Err(self.rule(
+                path,
+                EntryRule::Truncated {
+                    expected: consumed + data,
+                    got: stored,
+                },
+            ));
+        }
+        for (off, len) in runs {
+            file.seek(SeekFrom::Start(off))
+                .map_err(|e| self.eio(path, "cannot seek in sparse file")(errno_of(&e)))?;
+            let got = self.copy(&mut (&mut *entry).take(len), file, path)?;
+            if got != len {
+                return Err(self.rule(path, EntryRule::Truncated { expected: len, got }));
+            }
+        }
+        file.set_len(sparse.realsize)
+            .map_err(|e| self.eio(path, "cannot size sparse file")(errno_of(&e)))
     }
 
     fn copy<R: Read>(&self, entry: &mut R, file: &mut File, path: &[u8]) -> Result<u64> {

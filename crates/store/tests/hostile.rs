@@ -369,3 +369,34 @@ fn mutated_tars_never_panic_or_escape() {
     assert_eq!(top, ["good", "outside", "store"]);
     eprintln!("{ok} of {n} mutated layers imported");
 }
+
+/// PAX sparse files: a real size past the import limit (a sparse "bomb") and a map whose runs
+/// overlap are refused; nothing is written.
+#[test]
+fn hostile_sparse_files() {
+    if !strata_harness::needs("hostile_sparse_files", true, &[]) {
+        return;
+    }
+    let sparse = |realsize: &str, map: &[u8]| {
+        let mut data = map.to_vec();
+        data.resize(512, 0);
+        data.extend_from_slice(b"abcdabcd");
+        RawTar::default()
+            .pax(&[
+                ("GNU.sparse.major", b"1"),
+                ("GNU.sparse.minor", b"0"),
+                ("GNU.sparse.name", b"big.img"),
+                ("GNU.sparse.realsize", realsize.as_bytes()),
+            ])
+            .file("GNUSparseFile.1/big.img", &data)
+            .finish()
+    };
+    refused(
+        sparse("1152921504606846976", b"1\n0\n8\n"),
+        &["big.img", "limit"],
+    );
+    refused(
+        sparse("100", b"2\n0\n8\n4\n0\n"),
+        &["big.img", "sparse file", "overlaps"],
+    );
+}
