@@ -8,6 +8,8 @@
 //! - [`boot`]: strata-vm itself (kernels, initramfs, qemu) on busybox guests;
 //! - [`rootfs`]: the overlay semantics end to end, against a host overlay as oracle, and zero
 //!   host mounts; [`hostile`]: a hostile guest against tight session limits;
+//! - [`semantics`]: file semantics ordinary software relies on (O_NOFOLLOW, umask, set-id
+//!   creates, device nodes, open flags);
 //! - [`faults`]: the daemon or the VMM killed, a full upper filesystem;
 //! - [`image`]: an umoci image imported into the store and booted;
 //! - [`daemon`]: one `strata daemon` serving two guests;
@@ -23,6 +25,7 @@ mod hostile;
 mod image;
 mod lab;
 mod rootfs;
+mod semantics;
 mod sessions;
 mod trace;
 mod trace_bpf;
