@@ -10,9 +10,13 @@ use fuse_backend_rs::api::filesystem::{Context, Entry, ZeroCopyReader, ZeroCopyW
 use super::{check_name, err, Area, Handle, Node, StrataFs, PLAN};
 use crate::sys;
 
-/// Open flags the guest may pass through to the host open.
-fn host_flags(flags: u32) -> i32 {
-    (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_PATH)
+/// Open flags the guest may pass through to the host open. Not `O_DIRECT` (as virtiofsd
+/// without `--allow-direct-io`): the guest's own page cache and FUSE's direct I/O path already
+/// give the guest its O_DIRECT semantics, and a host `O_DIRECT` fd refuses the unaligned
+/// buffers and offsets FUSE requests may carry (EINVAL on read/write).
+pub(crate) fn host_flags(flags: u32) -> i32 {
+    (flags as i32)
+        & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_PATH | libc::O_DIRECT)
 }
 
 fn wants_write(flags: i32) -> bool {

@@ -825,6 +825,15 @@ fn merged_lower_applies_whiteouts_and_opaque_dirs() {
     assert_eq!(errno(s.fs.do_unlink(etc, &c("top"), 0)), libc::EROFS);
 }
 
+/// Flags that only steer the guest's side never reach the host open.
+#[test]
+fn host_flags_drop_creation_and_direct_io() {
+    let f = super::file::host_flags(
+        (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_DIRECT | libc::O_APPEND) as u32,
+    );
+    assert_eq!(f, libc::O_RDWR | libc::O_APPEND);
+}
+
 /// The guest's kernel masks the mode with the guest's umask and sends the umask too; the
 /// daemon's own umask (022 here, as inherited from a shell) must not mask it again.
 #[test]

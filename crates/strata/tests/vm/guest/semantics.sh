@@ -59,10 +59,16 @@ check "O_SYNC and O_DSYNC writes" sh -c "[ \"\$($P wronly,sync $D/upper.txt)\" =
 info "O_DIRECT write of an upper file" "$($P wronly,direct $D/upper.txt)"
 info "O_TMPFILE in the container" "$($P rdwr,tmpfile $D 600)"
 
-# Hard links: a second name of an upper file, the first name removed.
-echo h > $D/hl1 && ln $D/hl1 $D/hl2 && rm $D/hl1
-info "stat the second name after unlinking the first" "$(stat -c %h $D/hl2 2>&1)"
-info "cat the second name after unlinking the first" "$(cat $D/hl2 2>&1)"
+# Hard links: a second name of an upper file, the first name removed (pjdfstest link/00).
+mkdir $D/hl
+echo h > $D/hl/a && ln $D/hl/a $D/hl/b && stat -c %h $D/hl/b > /dev/null && rm $D/hl/a
+info "hard link, first name unlinked: stat the second at once" "$(stat -c %h $D/hl/b 2>&1)"
+sleep 2
+info "hard link, first name unlinked: stat the second 2 s later" "$(stat -c %h $D/hl/b 2>&1)"
+echo h > $D/hl/c && ln $D/hl/c $D/hl/d && sleep 2 && stat -c %h $D/hl/d > /dev/null && sleep 2 && rm $D/hl/c && sleep 2
+info "hard link, 2 s between steps: stat the second" "$(stat -c %h $D/hl/d 2>&1)"
+info "hard link, 2 s between steps: cat the second" "$(cat $D/hl/d 2>&1)"
+info "hard link, 2 s between steps: ls" "$(ls $D/hl 2>&1 | tr '\n' ' ')"
 info "lower layers" "$(grep -o 'lowerdir=[^,]*' /proc/mounts | head -n1)"
 sync
 echo "summary: $pass passed, $fail failed"
