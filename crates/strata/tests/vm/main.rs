@@ -8,6 +8,7 @@
 //! - [`boot`]: strata-vm itself (kernels, initramfs, qemu) on busybox guests;
 //! - [`rootfs`]: the overlay semantics end to end, against a host overlay as oracle, and zero
 //!   host mounts; [`hostile`]: a hostile guest against tight session limits;
+//! - [`conformance`]: pjdfstest on strata, failures only where the Kata-style setup fails too;
 //! - [`semantics`]: file semantics ordinary software relies on (O_NOFOLLOW, umask, set-id
 //!   creates, device nodes, open flags);
 //! - [`faults`]: the daemon or the VMM killed, a full upper filesystem;
@@ -19,6 +20,7 @@
 mod bench;
 mod bench_guest;
 mod boot;
+mod conformance;
 mod daemon;
 mod faults;
 mod hostile;
