@@ -69,7 +69,8 @@ def main():
         only = sorted(
             n for n, r in runs[s][0].items() if r == "FAILED" and base.get(n) != "FAILED"
         )
-        print(f"\nfailing on {LABELS[s]} only ({len(only)}):")
+        title = "only" if "virtiofsd" in runs else "(no (a) run to compare)"
+        print(f"\nfailing on {LABELS[s]} {title} ({len(only)}):")
         for n in only:
             print(f"  {n}: {runs[s][1].get(n, '?')}")
     if "virtiofsd" in runs:

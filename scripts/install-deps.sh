@@ -9,6 +9,7 @@
 #   cpio, xz-utils   initramfs inspection and .ko.xz kernel modules (6.12 kernels)
 #   strace           debugging the daemon
 #   umoci            unpacking OCI images into layers
+#   debootstrap      the Debian image of the workloads VM test (built once, cached)
 #   e2fsprogs        mkfs.ext4 for the lab's scratch disk
 #   erofs-utils      mkfs.erofs for setup (c) of `strata bench guest`
 #   clang            compiles strata trace's BPF programs (CO-RE C) at build time
@@ -18,7 +19,7 @@
 #                    static strata binary (.cargo/config.toml: LIBBPF_SYS_LIBRARY_PATH)
 set -euo pipefail
 
-PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs erofs-utils)
+PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs erofs-utils debootstrap)
 PACKAGES+=(clang libelf-dev zlib1g-dev pkg-config)
 
 SUDO=()

@@ -13,6 +13,7 @@
 //!   creates, device nodes, open flags);
 //! - [`faults`]: the daemon or the VMM killed, a full upper filesystem;
 //! - [`image`]: an umoci image imported into the store and booted;
+//! - [`workloads`]: apt, dpkg, useradd, Python and tar on a Debian image, against the oracle;
 //! - [`daemon`]: one `strata daemon` serving two guests;
 //! - [`trace`], [`trace_bpf`]: `strata trace` inside 6.1 and 6.12 guests;
 //! - [`bench`], [`sessions`], [`bench_guest`], [`lab`]: short runs of the lab's commands.
@@ -31,6 +32,7 @@ mod semantics;
 mod sessions;
 mod trace;
 mod trace_bpf;
+mod workloads;
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
