@@ -4,7 +4,7 @@
 //! files and symlinks with O_NOFOLLOW (plain and `openat`; apt, dpkg, useradd and Python's
 //! tempfile do), creates under umasks, creates set-id files as a guest user, lists `.`/`..` of
 //! an image-only directory, makes device nodes and copies up an image's one, and passes the
-//! other open flags through. Afterwards the host checks owners, modes and the device node in the
+//! other open flags through, and writes past 4 GiB. Afterwards the host checks owners, modes and the device node in the
 //! upper dir.
 //!
 //! Needs root, qemu-system-x86_64 and busybox-static: `scripts/install-deps.sh`.
@@ -88,6 +88,14 @@ fn run(layer_device: bool) {
         (libc::S_IFCHR, 0o600, nix::sys::stat::makedev(1, 3))
     );
     assert_eq!(meta("myloop").mode() & libc::S_IFMT, libc::S_IFBLK);
+    // Sparse on the host too: 5001 MiB long, about 1 MiB allocated.
+    let sparse = meta("sparse");
+    assert_eq!(sparse.len(), 5001 << 20);
+    assert!(
+        sparse.blocks() * 512 < 64 << 20,
+        "{} blocks",
+        sparse.blocks()
+    );
 }
 
 #[test]

@@ -59,6 +59,9 @@ check "O_SYNC and O_DSYNC writes" sh -c "[ \"\$($P wronly,sync $D/upper.txt)\" =
 info "O_DIRECT write of an upper file" "$($P wronly,direct $D/upper.txt)"
 info "O_TMPFILE in the container" "$($P rdwr,tmpfile $D 600)"
 
+# A sparse file past 4 GiB: 1 MiB written at a 5000 MiB offset, read back.
+check "write and read past 4 GiB (sparse)" sh -c "dd if=/dev/urandom of=/tmp/blk bs=1M count=1 2>/dev/null && dd if=/tmp/blk of=$D/sparse bs=1M seek=5000 count=1 conv=notrunc 2>/dev/null && [ \"\$(stat -c %s $D/sparse)\" = 5243928576 ] && sync && echo 3 > /proc/sys/vm/drop_caches && [ \"\$(tail -c 1048576 $D/sparse | md5sum)\" = \"\$(md5sum < /tmp/blk)\" ]"
+
 # Hard links: a second name of an upper file, the first name removed (pjdfstest link/00).
 mkdir $D/hl
 echo h > $D/hl/a && ln $D/hl/a $D/hl/b && stat -c %h $D/hl/b > /dev/null && rm $D/hl/a
