@@ -363,6 +363,17 @@ impl StrataFs {
             merged,
         };
         let limits = cfg.limits;
+        if limits.device_nodes
+            && matches!(role, Role::Tree { .. })
+            && crate::config::reachable_by_others(&cfg.upper)
+        {
+            tracing::warn!(
+                "other host users can reach the upper dir {} (o+x on every parent): device \
+                 nodes the guest makes there would be host device nodes they could open; make a \
+                 parent 0700 (the store does) or pass --no-device-nodes",
+                cfg.upper.display()
+            );
+        }
         let needed = limits.fds_needed(layers.len()) + 64;
         match sys::raise_fd_limit(needed) {
             Ok(have) if have >= needed => {}
