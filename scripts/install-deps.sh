@@ -9,15 +9,17 @@
 #   cpio, xz-utils   initramfs inspection and .ko.xz kernel modules (6.12 kernels)
 #   strace           debugging the daemon
 #   umoci            unpacking OCI images into layers
+#   debootstrap      the Debian image of the workloads VM test (built once, cached)
 #   e2fsprogs        mkfs.ext4 for the lab's scratch disk
 #   erofs-utils      mkfs.erofs for setup (c) of `strata bench guest`
 #   clang            compiles strata trace's BPF programs (CO-RE C) at build time
+#   pjdfstest        (cargo install, not apt) the POSIX suite of the conformance VM test
 #   libelf-dev, zlib1g-dev, pkg-config
 #                    static libelf.a and libz.a that the vendored libbpf links into the
 #                    static strata binary (.cargo/config.toml: LIBBPF_SYS_LIBRARY_PATH)
 set -euo pipefail
 
-PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs erofs-utils)
+PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs erofs-utils debootstrap)
 PACKAGES+=(clang libelf-dev zlib1g-dev pkg-config)
 
 SUDO=()
@@ -30,6 +32,15 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
 fi
 
+# pjdfstest (the VM tests' conformance suite, BSD-2): a cargo install, only when missing.
+install_pjdfstest() {
+    if command -v pjdfstest >/dev/null 2>&1 || [ -x "${HOME:-/root}/.cargo/bin/pjdfstest" ]; then
+        return
+    fi
+    echo "install-deps: cargo install pjdfstest (a few minutes)"
+    "${SUDO[@]}" cargo install pjdfstest --locked --root /usr/local
+}
+
 missing=()
 for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -39,6 +50,7 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
     echo "install-deps: all present (${PACKAGES[*]})"
+    install_pjdfstest
     exit 0
 fi
 
@@ -47,3 +59,4 @@ export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -q
 "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 echo "install-deps: installed ${missing[*]}"
+install_pjdfstest

@@ -20,6 +20,19 @@ pub enum Probe {
         offset: usize,
         data: String,
     },
+    /// `open(2)` (or `openat(2)` relative to an `O_PATH` fd on `at`) with the given flags and
+    /// mode, optionally as another uid:gid and under another umask; prints `ok MODE` (the new
+    /// fd's permission bits, octal) or the errno's name (`ELOOP`). Exit status 0 either way.
+    Open {
+        path: String,
+        /// Comma-separated: rdonly, wronly, rdwr, creat, excl, trunc, append, nofollow,
+        /// directory, noatime, direct, sync, dsync, tmpfile, path.
+        flags: String,
+        mode: u32,
+        at: Option<String>,
+        as_user: Option<(u32, u32)>,
+        umask: Option<u32>,
+    },
 }
 
 /// Run a probe; errors are returned as text for the caller to print.
@@ -38,7 +51,88 @@ pub fn run(p: &Probe) -> Result<(), String> {
         Probe::MmapWrite { path, offset, data } => {
             mmap_write(Path::new(path), *offset, data.as_bytes())
         }
+        Probe::Open {
+            path,
+            flags,
+            mode,
+            at,
+            as_user,
+            umask,
+        } => {
+            println!(
+                "{}",
+                open(path, flags, *mode, at.as_deref(), *as_user, *umask)?
+            );
+            Ok(())
+        }
     }
+}
+
+/// The `open` probe's flag names.
+fn open_flags(names: &str) -> Result<nix::fcntl::OFlag, String> {
+    use nix::fcntl::OFlag;
+    let mut f = OFlag::empty();
+    for n in names.split(',').filter(|n| !n.is_empty()) {
+        f |= match n {
+            "rdonly" => OFlag::O_RDONLY,
+            "wronly" => OFlag::O_WRONLY,
+            "rdwr" => OFlag::O_RDWR,
+            "creat" => OFlag::O_CREAT,
+            "excl" => OFlag::O_EXCL,
+            "trunc" => OFlag::O_TRUNC,
+            "append" => OFlag::O_APPEND,
+            "nofollow" => OFlag::O_NOFOLLOW,
+            "directory" => OFlag::O_DIRECTORY,
+            "noatime" => OFlag::O_NOATIME,
+            "direct" => OFlag::O_DIRECT,
+            "sync" => OFlag::O_SYNC,
+            "dsync" => OFlag::O_DSYNC,
+            "tmpfile" => OFlag::O_TMPFILE,
+            "path" => OFlag::O_PATH,
+            other => return Err(format!("unknown open flag {other:?}")),
+        };
+    }
+    Ok(f)
+}
+
+fn open(
+    path: &str,
+    flags: &str,
+    mode: u32,
+    at: Option<&str>,
+    as_user: Option<(u32, u32)>,
+    umask: Option<u32>,
+) -> Result<String, String> {
+    use nix::fcntl::{open, openat, OFlag};
+    use nix::sys::stat::{fstat, Mode};
+    let flags = open_flags(flags)? | OFlag::O_CLOEXEC;
+    let dir = match at {
+        Some(d) => Some(
+            open(d, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
+                .map_err(|e| format!("open {d}: {e}"))?,
+        ),
+        None => None,
+    };
+    if let Some(m) = umask {
+        nix::sys::stat::umask(Mode::from_bits_truncate(m));
+    }
+    if let Some((uid, gid)) = as_user {
+        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        nix::unistd::setgid(gid.into()).map_err(|e| format!("setgid {gid}: {e}"))?;
+        nix::unistd::setuid(uid.into()).map_err(|e| format!("setuid {uid}: {e}"))?;
+    }
+    let mode = Mode::from_bits_truncate(mode);
+    let r = match dir {
+        Some(d) => openat(Some(d), path, flags, mode),
+        None => open(path, flags, mode),
+    };
+    Ok(match r {
+        Ok(fd) => match fstat(fd) {
+            Ok(st) => format!("ok {:o}", st.st_mode & 0o7777),
+            Err(e) => format!("ok ({e:?} on fstat)"),
+        },
+        Err(e) => format!("{e:?}"),
+    })
 }
 
 fn mmap_write(path: &Path, offset: usize, data: &[u8]) -> Result<(), String> {

@@ -96,6 +96,67 @@ fn replace_symlink(target: &str, link: &Path) -> Result<()> {
     symlink(target, link).map_err(VmError::io("cannot create symlink", link))
 }
 
+/// A Debian bookworm `debootstrap --variant=minbase` tree with the extra packages `include`,
+/// built once per machine and kept under the strata cache (`$STRATA_CACHE` or
+/// /var/cache/strata, `debootstrap/bookworm-minbase[+PKG…]`), under an exclusive `flock` so
+/// concurrent tests and CI jobs build it once. The mirror is the first `URIs:` of the host's
+/// apt sources (else deb.debian.org). Needs root, debootstrap and the network the first time.
+pub fn debootstrap_bookworm(include: &[&str]) -> Result<PathBuf> {
+    use nix::fcntl::{Flock, FlockArg};
+    let mut key = String::from("bookworm-minbase");
+    for p in include {
+        key.push('+');
+        key.push_str(p);
+    }
+    let cache = strata_vm::kernel::cache_dir().join("debootstrap");
+    fs::create_dir_all(&cache).map_err(VmError::io("cannot create", &cache))?;
+    let dir = cache.join(&key);
+    let done = cache.join(format!("{key}.complete"));
+    if done.is_file() {
+        return Ok(dir);
+    }
+    let lock_path = cache.join(".lock");
+    let lock_file = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(VmError::io("cannot open lock file", &lock_path))?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive).map_err(|(_, e)| VmError::Io {
+        what: "cannot lock",
+        path: lock_path.clone(),
+        source: e.into(),
+    })?;
+    if done.is_file() {
+        return Ok(dir);
+    }
+    let tmp = cache.join(format!("{key}.tmp"));
+    let _ = fs::remove_dir_all(&tmp);
+    let _ = fs::remove_dir_all(&dir);
+    let mirror = fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("URIs:").map(|u| u.trim().to_string()))
+        })
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "http://deb.debian.org/debian".into());
+    let mut cmd = Command::new("debootstrap");
+    cmd.arg("--variant=minbase");
+    if !include.is_empty() {
+        cmd.arg(format!("--include={}", include.join(",")));
+    }
+    cmd.arg("bookworm").arg(&tmp).arg(&mirror);
+    strata_vm::cmd::run(
+        &mut cmd,
+        "debootstrap",
+        "debootstrap failed: install it (scripts/install-deps.sh) and check the network/mirror",
+    )?;
+    fs::rename(&tmp, &dir).map_err(VmError::io("cannot publish", &dir))?;
+    fs::write(&done, key.as_bytes()).map_err(VmError::io("cannot write", &done))?;
+    Ok(dir)
+}
+
 /// Write `data` to `path`, creating its parent directories; panics on failure (for tests).
 pub fn write(path: &Path, data: impl AsRef<[u8]>) {
     if let Some(parent) = path.parent() {

@@ -445,7 +445,8 @@ pub struct ServeOutcome {
     pub mount_syscalls: Option<Vec<String>>,
 }
 
-/// The mount-family syscalls recorded in an `strace -f -e trace=...` log.
+/// The mount-family syscalls recorded in an `strace -f -e trace=...` log. `unshare(CLONE_FS)`
+/// alone is not one: it makes no namespace (a worker thread takes its own umask with it).
 pub fn count_mount_syscalls(log: &Path) -> Result<Vec<String>, VmError> {
     let text = std::fs::read_to_string(log).map_err(VmError::io("cannot read", log))?;
     Ok(text
@@ -453,9 +454,10 @@ pub fn count_mount_syscalls(log: &Path) -> Result<Vec<String>, VmError> {
         .filter(|l| {
             // "<pid> name(args) = ret": a syscall line, not a signal or exit notice.
             let call = l.split_once(' ').map(|(_, r)| r).unwrap_or(l).trim_start();
-            MOUNT_SYSCALLS
-                .iter()
-                .any(|s| call.starts_with(&format!("{s}(")))
+            !call.starts_with("unshare(CLONE_FS)")
+                && MOUNT_SYSCALLS
+                    .iter()
+                    .any(|s| call.starts_with(&format!("{s}(")))
         })
         .map(str::to_owned)
         .collect())
@@ -504,9 +506,11 @@ mod tests {
             "123 mount(\"none\", \"/x\", \"tmpfs\", 0, NULL) = -1 EPERM (Operation not permitted)\n\
              124 +++ exited with 0 +++\n\
              125 unshare(CLONE_NEWNS) = -1 EPERM\n\
-             126 mountain(1) = 0\n",
+             126 mountain(1) = 0\n\
+             127 unshare(CLONE_FS)                 = 0\n\
+             128 unshare(CLONE_FS|CLONE_NEWNS) = -1 EPERM\n",
         )
         .unwrap();
-        assert_eq!(count_mount_syscalls(&p).unwrap().len(), 2);
+        assert_eq!(count_mount_syscalls(&p).unwrap().len(), 3);
     }
 }

@@ -131,6 +131,10 @@ pub enum Workload {
     Write,
     /// Read that file back (after dropping caches); needs `write` first in the same boot.
     Seqread,
+    /// Not timed I/O: the pjdfstest conformance suite, as root, chrooted into the rootfs, in a
+    /// new directory on it (`--rootfs conformance`; `scripts/conformance` reads its `@pjd`
+    /// lines). Never part of the default workloads.
+    Pjdfstest,
 }
 
 impl Workload {
@@ -148,6 +152,7 @@ impl Workload {
             Workload::Create => "create",
             Workload::Write => "write",
             Workload::Seqread => "seqread",
+            Workload::Pjdfstest => "pjdfstest",
         }
     }
 }
@@ -157,9 +162,12 @@ impl std::str::FromStr for Workload {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         Workload::ALL
             .into_iter()
+            .chain([Workload::Pjdfstest])
             .find(|x| x.name() == s)
             .ok_or_else(|| {
-                format!("unknown workload {s:?}: use read, walk, create, write or seqread")
+                format!(
+                    "unknown workload {s:?}: use read, walk, create, write, seqread or pjdfstest"
+                )
             })
     }
 }
@@ -251,12 +259,74 @@ pub fn guest_io(w: Workload, root: &Path, small: u64, seq_mib: u64) -> std::io::
             }
             (bytes >> 20, bytes)
         }
+        Workload::Pjdfstest => (pjdfstest(root)?, 0),
     };
     Ok(IoResult {
         seconds: t0.elapsed().as_secs_f64(),
         count,
         bytes,
     })
+}
+
+/// Where the conformance rootfs keeps pjdfstest's configuration, and the optional test filter
+/// (one pattern per line: a CI subset).
+pub const PJDFSTEST_CONF: &str = "etc/pjdfstest.toml";
+pub const PJDFSTEST_FILTER: &str = "etc/pjdfstest.filter";
+
+/// Guest side of [`Workload::Pjdfstest`]: run the suite chrooted into `root` (with its /proc),
+/// in a fresh directory on the rootfs, and print one `@pjd NAME ok|FAILED|skipped` line per
+/// test case (plus `@pjd-why NAME TEXT` with a failure's first line). Returns the case count.
+fn pjdfstest(root: &Path) -> std::io::Result<u64> {
+    let proc = root.join("proc");
+    let mounted = nix::mount::mount(
+        Some("proc"),
+        &proc,
+        Some("proc"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .is_ok();
+    let dir = root.join("pjdfstest-run");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let filter = std::fs::read_to_string(root.join(PJDFSTEST_FILTER)).unwrap_or_default();
+    let out = std::process::Command::new("chroot")
+        .arg(root)
+        .args(["/bin/pjdfstest", "-c"])
+        .arg(format!("/{PJDFSTEST_CONF}"))
+        .args(["-p", "/pjdfstest-run"])
+        .args(filter.split_whitespace())
+        .output();
+    if mounted {
+        let _ = nix::mount::umount(&proc);
+    }
+    let out = out?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let mut n = 0u64;
+    let mut last_failed: Option<String> = None;
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        match (f.next(), f.next(), f.next()) {
+            (Some(name), Some(r @ ("ok" | "FAILED" | "skipped")), None) if name.contains("::") => {
+                println!("@pjd {name} {r}");
+                n += 1;
+                last_failed = (r == "FAILED").then(|| name.to_string());
+            }
+            _ => {
+                if let Some(name) = last_failed.take() {
+                    println!("@pjd-why {name} {}", line.trim());
+                }
+            }
+        }
+    }
+    if n == 0 {
+        return Err(std::io::Error::other(format!(
+            "pjdfstest ran no test ({}):\n{text}",
+            out.status
+        )));
+    }
+    Ok(n)
 }
 
 /// Depth-first walk below `dir` (not following symlinks, not crossing into [`SCRATCH_DIR`] at
@@ -307,6 +377,9 @@ pub enum RootfsKind {
     Debian,
     /// Two tiny layers (busybox and a few files): the CI smoke test.
     Tiny,
+    /// The tiny layers plus pjdfstest (`$PJDFSTEST`, else on `$PATH` or in ~/.cargo/bin) with
+    /// the glibc it links, its users and its configuration: for the `pjdfstest` workload.
+    Conformance,
 }
 
 /// One `strata bench guest` run.
@@ -412,7 +485,83 @@ pub fn rootfs_layers(kind: RootfsKind, workdir: &Path) -> Result<Vec<PathBuf>> {
             Ok(vec![top, base])
         }
         RootfsKind::Debian => debian_layers(),
+        RootfsKind::Conformance => {
+            let layers = rootfs_layers(RootfsKind::Tiny, workdir)?;
+            add_pjdfstest(&layers[1])?;
+            Ok(layers)
+        }
     }
+}
+
+/// The pjdfstest binary on this host: `$PJDFSTEST`, else `pjdfstest` on `$PATH`, else
+/// `~/.cargo/bin/pjdfstest` (`cargo install pjdfstest`).
+pub fn pjdfstest_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("PJDFSTEST") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(p) = strata_vm::qemu::find_in_path("pjdfstest") {
+        return Ok(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let p = home.join(".cargo/bin/pjdfstest");
+    if p.is_file() {
+        return Ok(p);
+    }
+    Err(VmError::MissingTool {
+        tool: "pjdfstest (cargo install pjdfstest; or set PJDFSTEST)",
+    })
+}
+
+/// Put pjdfstest into the layer `base`: the binary, every library `ldd` lists for it (it links
+/// glibc dynamically), the users and groups it switches to, and its configuration.
+fn add_pjdfstest(base: &Path) -> Result<()> {
+    let bin = pjdfstest_binary()?;
+    let copy = |from: &Path, to: &Path| -> Result<()> {
+        if let Some(d) = to.parent() {
+            mkdir(d)?;
+        }
+        std::fs::copy(from, to).map_err(VmError::io("cannot copy to", to))?;
+        Ok(())
+    };
+    copy(&bin, &base.join("bin/pjdfstest"))?;
+    let ldd = strata_vm::cmd::run(Command::new("ldd").arg(&bin), "ldd", "install libc-bin")?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux… (0x…)"
+        let Some(lib) = line.split_whitespace().find(|w| w.starts_with('/')) else {
+            continue;
+        };
+        let lib = Path::new(lib);
+        if let Ok(rel) = lib.strip_prefix("/") {
+            copy(lib, &base.join(rel))?;
+        }
+    }
+    let append = |rel: &str, text: &str| -> Result<()> {
+        let p = base.join(rel);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .map_err(VmError::io("cannot open", &p))?;
+        f.write_all(text.as_bytes())
+            .map_err(VmError::io("cannot write", &p))
+    };
+    append(
+        "etc/passwd",
+        "nobody:x:65534:65534:nobody:/:/bin/false\ntests:x:1001:1001:tests:/:/bin/false\n",
+    )?;
+    append("etc/group", "nobody:x:65534:\ntests:x:1001:tests\n")?;
+    // naptime above the host's timestamp granularity (a jiffy): the timestamp tests compare
+    // times taken naptime apart.
+    write(
+        &base.join(PJDFSTEST_CONF),
+        "[features]\nposix_fallocate = {}\n\n[settings]\nnaptime = 0.05\nallow_remount = false\n\n\
+         [dummy_auth]\nentries = [[\"nobody\", \"nobody\"], [\"tests\", \"tests\"]]\n",
+    )?;
+    if let Some(f) = std::env::var_os("STRATA_PJDFSTEST_FILTER") {
+        write(&base.join(PJDFSTEST_FILTER), f.to_string_lossy().as_ref())?;
+    }
+    Ok(())
 }
 
 /// Debian 12 packages per layer, bottom layer last (overlayfs lowerdir order).
@@ -1004,7 +1153,7 @@ pub fn run(
                 .and_then(Path::parent)
                 .map(|p| p.join("erofs"))
                 .unwrap_or_else(|| cfg.workdir.join("erofs")),
-            RootfsKind::Tiny => cfg.workdir.join("erofs"),
+            RootfsKind::Tiny | RootfsKind::Conformance => cfg.workdir.join("erofs"),
         };
         erofs_images(&layers, &dir)?
     } else {
@@ -1117,6 +1266,9 @@ pub fn canonical(ws: &[Workload]) -> Vec<Workload> {
         .collect();
     if v.contains(&Workload::Seqread) && !v.contains(&Workload::Write) {
         v.insert(v.len() - 1, Workload::Write);
+    }
+    if ws.contains(&Workload::Pjdfstest) {
+        v.push(Workload::Pjdfstest);
     }
     v
 }

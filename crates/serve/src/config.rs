@@ -129,6 +129,17 @@ fn layer_xattr(layer: &Path, skip_overlay: bool) -> std::io::Result<Option<(Path
     Ok(None)
 }
 
+/// Whether a host user other than the owner could reach `dir`: every directory from `/` down to
+/// it lets others search it (`o+x`). Device nodes the guest makes in an upper dir others can
+/// reach would be host device nodes those users could open; the store's container dirs are 0700.
+pub fn reachable_by_others(dir: &Path) -> bool {
+    dir.ancestors().all(|d| {
+        std::fs::metadata(d)
+            .map(|m| m.mode() & 0o001 != 0)
+            .unwrap_or(false)
+    })
+}
+
 /// A configuration that passed every check, with canonical paths.
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -240,6 +251,31 @@ mod tests {
             limits: Limits::default(),
             lower_device: None,
         }
+    }
+
+    #[test]
+    fn reachable_by_others_needs_search_on_every_parent() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let up = d.path().join("ctr/upper");
+        std::fs::create_dir_all(&up).unwrap();
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        // A 0700 parent: nobody else gets in, whatever is below.
+        mode(d.path(), 0o700);
+        mode(&d.path().join("ctr"), 0o755);
+        mode(&up, 0o755);
+        assert!(!reachable_by_others(&up));
+        mode(d.path(), 0o755);
+        // Only if every parent up to / lets others search (the temp dir's parent usually does).
+        let parents_open = d
+            .path()
+            .ancestors()
+            .all(|a| std::fs::metadata(a).unwrap().mode() & 0o001 != 0);
+        assert_eq!(reachable_by_others(&up), parents_open);
+        mode(&d.path().join("ctr"), 0o700);
+        assert!(!reachable_by_others(&up));
     }
 
     fn tree() -> tempfile::TempDir {

@@ -1123,6 +1123,7 @@ pub fn limits_for(seed: u64) -> crate::tree::Limits {
         crate::tree::Limits {
             max_nodes: 6,
             max_handles: 1,
+            ..crate::tree::Limits::DEFAULT
         }
     } else {
         crate::tree::Limits::default()

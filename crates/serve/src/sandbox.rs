@@ -152,6 +152,12 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_flock,
         SYS_faccessat,
         SYS_faccessat2,
+        // creates as the guest's caller, without the daemon's umask (sys::FsCreds,
+        // sys::clear_thread_umask; unshare is allowed with CLONE_FS only, see allow_list_filter)
+        SYS_setfsuid,
+        SYS_setfsgid,
+        SYS_umask,
+        SYS_unshare,
         // memory (guest memory arrives as memfds and is mmapped)
         SYS_mmap,
         SYS_munmap,
@@ -223,10 +229,20 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
 /// (the daemon uses ENOSYS, so that libraries fall back where they can; tests use a trap to
 /// find a missing entry loudly).
 pub fn allow_list_filter(otherwise: SeccompAction) -> Result<BpfProgram, ServeError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
         .into_iter()
         .map(|(_, nr)| (nr, Vec::new()))
         .collect();
+    // unshare only to give a worker thread its own umask (CLONE_FS): no namespace of any kind.
+    let fs_only = SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::Eq,
+        libc::CLONE_FS as u64,
+    )
+    .map_err(|e| ServeError::Seccomp(e.to_string()))?])
+    .map_err(|e| ServeError::Seccomp(e.to_string()))?;
+    rules.insert(libc::SYS_unshare, vec![fs_only]);
     let f = SeccompFilter::new(rules, otherwise, SeccompAction::Allow, arch())
         .map_err(|e| ServeError::Seccomp(e.to_string()))?;
     f.try_into()
@@ -268,7 +284,18 @@ pub const KEPT_CAPS: &[(Capability, &str)] = &[
         "chmod/utimes/xattrs on files the daemon does not own",
     ),
     (Capability::CAP_FSETID, "keep set-id bits the guest sets"),
-    (Capability::CAP_MKNOD, "overlayfs whiteouts (char 0:0)"),
+    (
+        Capability::CAP_MKNOD,
+        "overlayfs whiteouts (char 0:0), the guest's device nodes in its upper",
+    ),
+    (
+        Capability::CAP_SETGID,
+        "setfsgid: a new file gets the guest caller's group as it is created",
+    ),
+    (
+        Capability::CAP_SETUID,
+        "setfsuid: a new file gets the guest caller's owner (and set-id bits) as it is created",
+    ),
     (
         Capability::CAP_SETFCAP,
         "security.capability xattrs copied up by the guest",
@@ -355,6 +382,17 @@ pub fn confine(c: &Confinement) -> Result<ConfineReport, ServeError> {
         tracing::warn!("confining with {threads} threads alive: only this one is confined");
     }
     let landlock = restrict_files(c)?;
+    // Before the capabilities go (it needs CAP_SETPCAP): creates switch the fsuid to the guest
+    // caller's and must keep CAP_DAC_OVERRIDE & co. while they do (sys::FsCreds).
+    let switch = [Capability::CAP_SETUID, Capability::CAP_SETGID]
+        .iter()
+        .all(|c| caps::has_cap(None, CapSet::Permitted, *c).unwrap_or(false));
+    if let Err(e) = crate::sys::keep_caps_across_fsuid(switch) {
+        tracing::warn!(
+            "cannot set SECBIT_NO_SETUID_FIXUP ({e}): new files are created as root, then \
+             chowned to the guest's user"
+        );
+    }
     let caps_kept = drop_caps()?;
     Ok(ConfineReport {
         caps_kept,

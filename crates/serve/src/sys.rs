@@ -352,6 +352,109 @@ pub fn landlock_abi() -> i64 {
     }
 }
 
+/// Give the calling thread a umask of 0, once per thread: the guest's kernel already applied the
+/// guest process's umask to every mode it sends (FUSE_CREATE/MKDIR/MKNOD carry it separately and
+/// the tree masks with it), so the daemon's own inherited umask (typically 022) must not mask
+/// the mode a second time (`creat(f, 0777)` under umask 0 in the guest gave 0755).
+///
+/// `unshare(CLONE_FS)` first: the umask lives in the fs_struct that threads share, and the
+/// daemon's other threads (the ones that bind the vhost-user and API sockets) keep their umask,
+/// so no socket is ever created world-connectable.
+pub fn clear_thread_umask() -> io::Result<()> {
+    thread_local! {
+        static CLEARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if CLEARED.with(std::cell::Cell::get) {
+        return Ok(());
+    }
+    // SAFETY: unshare(CLONE_FS) gives this thread a private copy of its root, cwd and umask;
+    // it touches no memory of ours and is allowed in a multi-threaded process.
+    cvt(unsafe { libc::unshare(libc::CLONE_FS) })?;
+    // SAFETY: umask(2) cannot fail and only changes this thread's (now private) umask.
+    unsafe { libc::umask(0) };
+    CLEARED.with(|c| c.set(true));
+    Ok(())
+}
+
+/// Whether [`as_fs_creds`] may switch the filesystem uid/gid: set once by the sandbox when the
+/// securebit that keeps capabilities across fsuid changes is in force and CAP_SETUID/SETGID are
+/// kept. Without it (a daemon that is not confined, or not root) creates run as the daemon and
+/// the tree chowns afterwards.
+static FS_CREDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether creates run with the guest caller's fsuid/fsgid ([`as_fs_creds`]).
+pub fn fs_creds_enabled() -> bool {
+    FS_CREDS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Set `SECBIT_NO_SETUID_FIXUP` (locked) on the calling thread, and every thread it creates
+/// later: switching the fsuid away from 0 then keeps the file capabilities (CAP_DAC_OVERRIDE,
+/// CAP_FOWNER, CAP_MKNOD, …) effective, so a create as the guest's user still works in
+/// directories only root may write to (overlayfs' work dir). Needs CAP_SETPCAP (call before the
+/// capabilities are dropped). `switch`: whether [`as_fs_creds`] may then switch.
+pub fn keep_caps_across_fsuid(switch: bool) -> io::Result<()> {
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    // SAFETY: PR_GET_SECUREBITS takes no pointer and returns the bits.
+    let bits = cvt(unsafe { libc::prctl(libc::PR_GET_SECUREBITS) })? as libc::c_ulong;
+    let want = bits | SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED;
+    if bits != want {
+        // SAFETY: PR_SET_SECUREBITS with an integer argument; no memory is passed.
+        cvt(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, want) })?;
+    }
+    FS_CREDS.store(switch, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The calling thread's filesystem uid and gid switched to a guest caller's for one create, as
+/// virtiofsd does: the host kernel then makes the new inode with the owner, group and set-id
+/// bits the guest asked for, in one step (no root-owned moment, no chown that clears set-id
+/// bits). The previous ids come back when the guard drops. Not `Send`: the ids are per thread.
+pub struct FsCreds {
+    old_uid: u32,
+    old_gid: u32,
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl FsCreds {
+    /// Switch to `uid`/`gid`; `None` when switching is not enabled ([`fs_creds_enabled`]) or
+    /// did not take (the ids are then unchanged).
+    pub fn switch(uid: u32, gid: u32) -> Option<FsCreds> {
+        if !fs_creds_enabled() {
+            return None;
+        }
+        // SAFETY: setfsgid/setfsuid change only this thread's filesystem ids (raw syscalls, not
+        // the process-wide setxid broadcast) and take plain integers; an invalid id (-1) only
+        // queries the current value.
+        let old_gid = unsafe { libc::setfsgid(gid) } as u32;
+        // SAFETY: as above.
+        let old_uid = unsafe { libc::setfsuid(uid) } as u32;
+        let guard = FsCreds {
+            old_uid,
+            old_gid,
+            _thread: std::marker::PhantomData,
+        };
+        // SAFETY: as above (queries).
+        let now = unsafe {
+            (
+                libc::setfsuid(u32::MAX) as u32,
+                libc::setfsgid(u32::MAX) as u32,
+            )
+        };
+        (now == (uid, gid)).then_some(guard)
+    }
+}
+
+impl Drop for FsCreds {
+    fn drop(&mut self) {
+        // SAFETY: as in `switch`: back to the ids this thread had.
+        unsafe {
+            libc::setfsuid(self.old_uid);
+            libc::setfsgid(self.old_gid);
+        }
+    }
+}
+
 /// Extended attributes, addressed through the `/proc/self/fd` link of an `O_PATH` fd.
 pub mod xattr {
     use super::*;

@@ -66,8 +66,10 @@ fn child(d: &std::path::Path) {
         .unwrap()
         .trim()
         .to_string();
-    // CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SYS_ADMIN, MKNOD, SETFCAP.
-    assert_eq!(eff, "000000008820001f", "effective capabilities");
+    // CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID, SYS_ADMIN, MKNOD,
+    // SETFCAP.
+    assert_eq!(eff, "00000000882000df", "effective capabilities");
+    creates_as_the_guest_user(d);
     let denied = |r: std::io::Result<File>, what: &str| match r {
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{what}: {e}"),
         Ok(_) => panic!("{what}: allowed"),
@@ -91,4 +93,46 @@ fn child(d: &std::path::Path) {
         );
     }
     println!("CHILD-OK");
+}
+
+/// Confined, a create by a guest user runs with that user's fsuid/fsgid and still has the
+/// daemon's file capabilities: it works in a directory only root may write to (overlayfs' work
+/// dir is one), and the new file has the user as owner and the set-id bits it asked for.
+fn creates_as_the_guest_user(d: &std::path::Path) {
+    use fuse_backend_rs::abi::fuse_abi::CreateIn;
+    use fuse_backend_rs::api::filesystem::{Context, FileSystem};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::set_permissions(d.join("work"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let cfg = strata_serve::ServeConfig {
+        lowers: vec![d.join("layer")],
+        upper: d.join("upper"),
+        work: d.join("work"),
+        socket: d.join("sock/s"),
+        tag: "t".into(),
+        limits: strata_serve::Limits::DEFAULT,
+        lower_device: None,
+    }
+    .check()
+    .unwrap();
+    let fs = strata_serve::StrataFs::new(&cfg, strata_serve::CachePolicy::default()).unwrap();
+    let root = Context::default();
+    let work = fs.lookup(&root, 1, c"work").unwrap().inode;
+    let user = Context {
+        uid: 1000,
+        gid: 1001,
+        ..Context::default()
+    };
+    let args = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: libc::S_IFREG | 0o6777,
+        umask: 0o022,
+        fuse_flags: 0,
+    };
+    fs.create(&user, work, c"suid", args).unwrap();
+    fs.mkdir(&user, work, c"dir", 0o2777, 0o002).unwrap();
+    let m = std::fs::metadata(d.join("work/suid")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1001, 0o6755));
+    let m = std::fs::metadata(d.join("work/dir")).unwrap();
+    // mkdir(2) ignores S_ISGID in the mode (a dir inherits it from its parent).
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1001, 0o775));
 }

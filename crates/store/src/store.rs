@@ -848,12 +848,14 @@ impl Store {
             let p = stage.path().join(d);
             fs::create_dir(&p).map_err(StoreError::io("cannot create", &p))?;
         }
-        std::os::unix::fs::PermissionsExt::set_mode(
-            &mut fs::metadata(stage.path())
-                .map_err(StoreError::io("cannot stat", stage.path()))?
-                .permissions(),
-            0o700,
-        );
+        // Only root may reach a container's upper: the guest's device nodes (and set-id files)
+        // live there. (This used to call set_mode on a copy of the permissions: a no-op that
+        // left the dir 0755, as tempfile creates it under umask 022.)
+        fs::set_permissions(
+            stage.path(),
+            <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
+        )
+        .map_err(StoreError::io("cannot chmod", stage.path()))?;
         let rec = RootfsRecord {
             id: id.to_string(),
             image: img.name.clone(),

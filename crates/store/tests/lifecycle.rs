@@ -69,6 +69,11 @@ fn ls_inspect_rm_rootfs_gc() {
         vec![ia.layers[1].path.clone(), ia.layers[0].path.clone()]
     );
     assert!(r.upper.is_dir() && r.work.is_dir());
+    // Only the owner reaches the upper (device nodes and set-id files a guest makes live there).
+    let ctr = r.upper.parent().unwrap();
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(ctr).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "{}", ctr.display());
     assert_eq!(s.rootfs("c1").unwrap(), r);
     assert!(matches!(
         s.create_rootfs("reg.example/app:a", "c1"),

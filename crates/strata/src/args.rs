@@ -29,6 +29,10 @@ pub struct LimitsArgs {
     /// Most files and directories a guest may hold open at once (per session); past it, ENFILE.
     #[arg(long, default_value_t = strata_serve::Limits::DEFAULT.max_handles)]
     pub max_handles: usize,
+    /// Refuse (EPERM) block and character device nodes the guest makes in its upper dir
+    /// (allowed by default, as in Docker; the overlayfs whiteout char 0:0 always works).
+    #[arg(long)]
+    pub no_device_nodes: bool,
 }
 
 impl LimitsArgs {
@@ -36,6 +40,7 @@ impl LimitsArgs {
         strata_serve::Limits {
             max_nodes: self.max_nodes,
             max_handles: self.max_handles,
+            device_nodes: !self.no_device_nodes,
         }
     }
 }

@@ -198,12 +198,18 @@ impl StrataFs {
         })
     }
 
-    /// Hand a newly created name to the guest: owned by the caller, registered as a node.
-    fn created(&self, ctx: &Context, dir: &HostNode, name: &CStr) -> io::Result<Entry> {
-        let fd = sys::open_path_at(dir.fd.as_fd(), name)?;
-        if ctx.uid != 0 || ctx.gid != 0 {
-            sys::chown_fd(fd.as_fd(), ctx.uid, ctx.gid)?;
-        }
+    /// Make a name with `make` as the guest's caller ([`StrataFs::make_as_caller`]) and hand
+    /// it to the guest, registered as a node.
+    fn created(
+        &self,
+        ctx: &Context,
+        dir: &HostNode,
+        name: &CStr,
+        mode: u32,
+        make: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<Entry> {
+        let ((), fd) =
+            self.make_as_caller(ctx, mode, make, || sys::open_path_at(dir.fd.as_fd(), name))?;
         self.register_new(fd, dir.area)
     }
 
@@ -218,8 +224,10 @@ impl StrataFs {
         check_name(name)?;
         let dir = self.rw_dir(parent)?;
         self.node_room()?;
-        sys::mkdir_at(dir.fd.as_fd(), name, mode & !umask & 0o7777)?;
-        self.created(ctx, &dir, name)
+        let perm = mode & !umask & 0o7777;
+        self.created(ctx, &dir, name, libc::S_IFDIR | perm, || {
+            sys::mkdir_at(dir.fd.as_fd(), name, perm)
+        })
     }
 
     pub(crate) fn do_mknod(
@@ -234,17 +242,22 @@ impl StrataFs {
         check_name(name)?;
         let dir = self.rw_dir(parent)?;
         let kind = mode & libc::S_IFMT;
-        // Fifos, sockets and plain files are harmless. Of devices only the overlayfs whiteout
-        // (char 0:0) is allowed: a real device node in an upper dir is a host device.
+        // Fifos, sockets, plain files and the overlayfs whiteout (char 0:0) always; block and
+        // char devices unless refused (`--no-device-nodes`). The daemon never opens a device
+        // node (open refuses non-regular files); the guest kernel opens them with its own
+        // drivers. On the host they sit in the upper dir, which only root can reach (the
+        // store's container dirs are 0700; see docs/security.md).
         let allowed = matches!(kind, libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK)
-            || (kind == libc::S_IFCHR && rdev == 0);
+            || (kind == libc::S_IFCHR && rdev == 0)
+            || (matches!(kind, libc::S_IFCHR | libc::S_IFBLK) && self.limits.device_nodes);
         if !allowed {
             return Err(err(libc::EPERM));
         }
         self.node_room()?;
         let perm = mode & !umask & 0o7777;
-        sys::mknod_at(dir.fd.as_fd(), name, kind | perm, rdev as u64)?;
-        self.created(ctx, &dir, name)
+        self.created(ctx, &dir, name, kind | perm, || {
+            sys::mknod_at(dir.fd.as_fd(), name, kind | perm, rdev as u64)
+        })
     }
 
     pub(crate) fn do_symlink(
@@ -261,8 +274,9 @@ impl StrataFs {
         let dir = self.rw_dir(parent)?;
         self.node_room()?;
         // The target is stored as text; the daemon never follows it.
-        sys::symlink_at(target, dir.fd.as_fd(), name)?;
-        self.created(ctx, &dir, name)
+        self.created(ctx, &dir, name, libc::S_IFLNK | 0o777, || {
+            sys::symlink_at(target, dir.fd.as_fd(), name)
+        })
     }
 
     pub(crate) fn do_unlink(&self, parent: u64, name: &CStr, flags: i32) -> io::Result<()> {

@@ -10,9 +10,13 @@ use fuse_backend_rs::api::filesystem::{Context, Entry, ZeroCopyReader, ZeroCopyW
 use super::{check_name, err, Area, Handle, Node, StrataFs, PLAN};
 use crate::sys;
 
-/// Open flags the guest may pass through to the host open.
-fn host_flags(flags: u32) -> i32 {
-    (flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_PATH)
+/// Open flags the guest may pass through to the host open. Not `O_DIRECT` (as virtiofsd
+/// without `--allow-direct-io`): the guest's own page cache and FUSE's direct I/O path already
+/// give the guest its O_DIRECT semantics, and a host `O_DIRECT` fd refuses the unaligned
+/// buffers and offsets FUSE requests may carry (EINVAL on read/write).
+pub(crate) fn host_flags(flags: u32) -> i32 {
+    (flags as i32)
+        & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_PATH | libc::O_DIRECT)
 }
 
 fn wants_write(flags: i32) -> bool {
@@ -67,9 +71,14 @@ impl StrataFs {
         // through its O_PATH handle, and only if it is a regular file: a plain O_CREAT open of
         // an existing fifo blocks the daemon until a writer shows up (found by the request
         // fuzzer), and one of a device node would open a host device.
-        let (file, fd, new) = match sys::create_at(dir.fd.as_fd(), name, flags | libc::O_EXCL, mode)
-        {
-            Ok(file) => (file, sys::open_path_at(dir.fd.as_fd(), name)?, true),
+        let made = self.make_as_caller(
+            ctx,
+            libc::S_IFREG | mode,
+            || sys::create_at(dir.fd.as_fd(), name, flags | libc::O_EXCL, mode),
+            || sys::open_path_at(dir.fd.as_fd(), name),
+        );
+        let (file, fd) = match made {
+            Ok(made) => made,
             Err(e)
                 if e.raw_os_error() == Some(libc::EEXIST)
                     && args.flags & libc::O_EXCL as u32 == 0 =>
@@ -81,13 +90,10 @@ impl StrataFs {
                     libc::S_IFLNK => return Err(err(libc::ELOOP)),
                     _ => return Err(err(libc::EACCES)),
                 }
-                (sys::reopen(fd.as_fd(), flags)?, fd, false)
+                (sys::reopen(fd.as_fd(), flags)?, fd)
             }
             Err(e) => return Err(e),
         };
-        if new && (ctx.uid != 0 || ctx.gid != 0) {
-            sys::chown_fd(fd.as_fd(), ctx.uid, ctx.gid)?;
-        }
         let entry = self.register_new(fd, dir.area)?;
         let id = self.add_handle(Handle::File {
             file,

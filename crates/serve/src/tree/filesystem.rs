@@ -16,6 +16,12 @@ use fuse_backend_rs::api::filesystem::{
 
 use super::StrataFs;
 
+/// `STRATA_SERVE_LAYER_ENODATA=1`: the layer device answers GETXATTR with ENODATA (per request)
+/// instead of ENOSYS (once), for measurements.
+static LAYER_ENODATA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    std::env::var_os("STRATA_SERVE_LAYER_ENODATA").is_some_and(|v| v == "1")
+});
+
 impl FileSystem for StrataFs {
     type Inode = u64;
     type Handle = u64;
@@ -280,7 +286,15 @@ impl FileSystem for StrataFs {
     ) -> io::Result<GetxattrReply> {
         self.count_op("getxattr");
         if !self.is_tree() {
-            return self.count_result("getxattr", Err(super::err(libc::ENOSYS)));
+            // ENOSYS: the guest kernel stops asking this device (see docs/conformance.md);
+            // STRATA_SERVE_LAYER_ENODATA=1 answers ENODATA every time instead, to measure
+            // what answering like a filesystem without xattrs would cost.
+            let errno = if *LAYER_ENODATA {
+                libc::ENODATA
+            } else {
+                libc::ENOSYS
+            };
+            return self.count_result("getxattr", Err(super::err(errno)));
         }
         if self.ops.is_some() {
             if let Some(n) = name
@@ -297,8 +311,15 @@ impl FileSystem for StrataFs {
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         self.count_op("listxattr");
+        // The layer device serves no xattrs: an empty list, as a filesystem without any answers
+        // (unlike GETXATTR, which overlayfs sends on every lookup, LISTXATTR comes only from a
+        // copy-up or a program, so answering it costs nothing).
         if !self.is_tree() {
-            return self.count_result("listxattr", Err(super::err(libc::ENOSYS)));
+            return Ok(if size == 0 {
+                ListxattrReply::Count(0)
+            } else {
+                ListxattrReply::Names(Vec::new())
+            });
         }
         self.do_listxattr(inode, size)
     }

@@ -105,7 +105,9 @@ impl StrataFs {
         self.register_merged(dirs)
     }
 
-    /// The listing of merged directory `dir`: `.`, `..`, then the union of its stack.
+    /// The listing of merged directory `dir`: `.`, `..`, then the union of its stack. `.` and
+    /// `..` carry the topmost directory's inode numbers (as its own listing has them): glibc's
+    /// readdir skips entries with inode 0, so `ls -a` would miss them.
     pub(crate) fn merged_listing(&self, dir: &HostNode) -> io::Result<Vec<MergedEntry>> {
         let mut out = vec![
             MergedEntry {
@@ -121,7 +123,7 @@ impl StrataFs {
         ];
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut buf = vec![0u8; 64 * 1024];
-        for (_, fd) in dir.stack() {
+        for (depth, (_, fd)) in dir.stack().enumerate() {
             let f = sys::reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
             loop {
                 let n = sys::getdents(&f, &mut buf)?;
@@ -129,6 +131,10 @@ impl StrataFs {
                     break;
                 }
                 for d in super::dir::dirents(&buf[..n]) {
+                    if depth == 0 && (d.name == b"." || d.name == b"..") {
+                        out[d.name.len() - 1].ino = d.ino;
+                        continue;
+                    }
                     if d.name == b"." || d.name == b".." || !seen.insert(d.name.to_vec()) {
                         continue;
                     }

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use fuse_backend_rs::api::filesystem::Entry;
+use fuse_backend_rs::api::filesystem::{Context, Entry};
 use strata_plan::MountPlan;
 
 use crate::config::Checked;
@@ -109,6 +109,12 @@ pub struct Limits {
     pub max_nodes: usize,
     /// Files and directories the guest may hold open at once (RELEASE/RELEASEDIR free).
     pub max_handles: usize,
+    /// Whether the guest may make block and character device nodes in its upper dir (as
+    /// Docker and Kata-style runtimes let a container's root do: the guest kernel opens them
+    /// with its own drivers, the daemon never opens one, and device nodes an image ships must
+    /// survive a copy-up, which is a mknod). `false` (`--no-device-nodes`): EPERM, except the
+    /// overlayfs whiteout (char 0:0).
+    pub device_nodes: bool,
 }
 
 impl Limits {
@@ -118,6 +124,7 @@ impl Limits {
     pub const DEFAULT: Limits = Limits {
         max_nodes: 65536,
         max_handles: 16384,
+        device_nodes: true,
     };
 
     /// File descriptors a session can hold at most with these limits (nodes, handles, anchors).
@@ -131,6 +138,9 @@ impl Default for Limits {
         Limits::DEFAULT
     }
 }
+
+/// One warning per process about a worker thread whose umask could not be cleared.
+static UMASK_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// One warning per process about an open-files limit below what the session limits allow.
 static FD_LIMIT_WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -353,6 +363,17 @@ impl StrataFs {
             merged,
         };
         let limits = cfg.limits;
+        if limits.device_nodes
+            && matches!(role, Role::Tree { .. })
+            && crate::config::reachable_by_others(&cfg.upper)
+        {
+            tracing::warn!(
+                "other host users can reach the upper dir {} (o+x on every parent): device \
+                 nodes the guest makes there would be host device nodes they could open; make a \
+                 parent 0700 (the store does) or pass --no-device-nodes",
+                cfg.upper.display()
+            );
+        }
         let needed = limits.fds_needed(layers.len()) + 64;
         match sys::raise_fd_limit(needed) {
             Ok(have) if have >= needed => {}
@@ -524,6 +545,50 @@ impl StrataFs {
             Area::Layer(_) | Area::Merged => self.cache.layer,
             Area::Rw => self.cache.rw,
         }
+    }
+
+    /// Make a new host inode for the guest caller `ctx` with `make`, and open it (`O_PATH`) with
+    /// `open`: the mode the guest sent is already masked with the guest's umask, so `make` runs
+    /// with this thread's umask at 0, and, when the sandbox allows it, with the caller's
+    /// fsuid/fsgid ([`sys::FsCreds`]), so the host kernel creates it with the right owner, group
+    /// and set-id bits at once. Otherwise (a daemon that is not confined) the inode is made as
+    /// the daemon and chowned afterwards, and set-id bits the chown cleared are put back.
+    pub(crate) fn make_as_caller<R>(
+        &self,
+        ctx: &Context,
+        mode: u32,
+        make: impl FnOnce() -> io::Result<R>,
+        open: impl FnOnce() -> io::Result<OwnedFd>,
+    ) -> io::Result<(R, OwnedFd)> {
+        if let Err(e) = sys::clear_thread_umask() {
+            if !UMASK_WARNED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cannot clear the umask of a worker thread ({e}): new files may get fewer \
+                     permission bits than the guest asked for"
+                );
+            }
+        }
+        let as_root = ctx.uid == 0 && ctx.gid == 0;
+        let creds = if as_root {
+            None
+        } else {
+            sys::FsCreds::switch(ctx.uid, ctx.gid)
+        };
+        let owned = as_root || creds.is_some();
+        let made = make();
+        drop(creds);
+        let made = made?;
+        let fd = open()?;
+        if !owned {
+            sys::chown_fd(fd.as_fd(), ctx.uid, ctx.gid)?;
+            let kind = mode & libc::S_IFMT;
+            // Not for directories: mkdir(2) ignores set-id bits in the mode.
+            let keeps_bits = !matches!(kind, libc::S_IFLNK | libc::S_IFDIR);
+            if mode & (libc::S_ISUID | libc::S_ISGID) != 0 && keeps_bits {
+                sys::chmod_fd(fd.as_fd(), mode & 0o7777)?;
+            }
+        }
+        Ok((made, fd))
     }
 
     /// Register (or find) the host inode behind `fd` and count one guest lookup of it.

@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use fuse_backend_rs::abi::fuse_abi::CreateIn;
-use fuse_backend_rs::api::filesystem::{Context, GetxattrReply};
+use fuse_backend_rs::api::filesystem::{Context, GetxattrReply, ListxattrReply};
 
 use super::*;
 use crate::config::ServeConfig;
@@ -184,10 +184,19 @@ fn layer_device_serves_the_layers_only_and_no_xattrs() {
     assert!(fs.do_lookup(etc, c"base").unwrap().inode != 0);
     assert!(fs.do_lookup(ROOT, c"layers").is_ok());
     let ctx = Context::default();
-    // ENOSYS, not ENODATA: the guest kernel stops sending GETXATTR/LISTXATTR to this device.
+    // GETXATTR: ENOSYS, not ENODATA: the guest kernel stops sending it to this device (the
+    // overlay's per-lookup probes). LISTXATTR: an empty list, as a filesystem without xattrs
+    // answers (overlayfs lists only on copy-up; programs list to copy or show xattrs).
     let probe = fs.getxattr(&ctx, top, c"trusted.overlay.metacopy", 0);
     assert_eq!(errno(probe), libc::ENOSYS);
-    assert_eq!(errno(fs.listxattr(&ctx, top, 0)), libc::ENOSYS);
+    assert!(matches!(
+        fs.listxattr(&ctx, top, 0),
+        Ok(ListxattrReply::Count(0))
+    ));
+    assert!(matches!(
+        fs.listxattr(&ctx, top, 64),
+        Ok(ListxattrReply::Names(n)) if n.is_empty()
+    ));
     assert_eq!(errno(fs.do_setxattr(top, c"user.x", b"1", 0)), libc::EROFS);
     let mut names = Vec::new();
     fs.do_readdir(ROOT, 0, 4096, 0, &mut |d| {
@@ -293,8 +302,11 @@ fn work_to_upper_rename_and_link_work_but_not_from_layers() {
 }
 
 #[test]
-fn device_nodes_cannot_be_made_or_opened() {
-    let s = sandbox();
+fn device_nodes_are_made_only_if_allowed_and_never_opened() {
+    let s = sandbox_with(Limits {
+        device_nodes: false,
+        ..Limits::DEFAULT
+    });
     let ctx = Context::default();
     let upper = s.walk("upper").unwrap();
     let sda = libc::makedev(8, 0) as u32;
@@ -307,6 +319,26 @@ fn device_nodes_cannot_be_made_or_opened() {
         errno(s.fs.do_mknod(&ctx, upper, c"null", libc::S_IFCHR | 0o600, null, 0)),
         libc::EPERM
     );
+    if strata_harness::needs("device_nodes_are_made_only_if_allowed", true, &[]) {
+        // By default (as Docker and Kata-style runtimes do) the guest's root may make them;
+        // the daemon still never opens one.
+        let s = sandbox();
+        let upper = s.walk("upper").unwrap();
+        let e =
+            s.fs.do_mknod(&ctx, upper, c"null", libc::S_IFCHR | 0o666, null, 0)
+                .unwrap();
+        let m = std::fs::symlink_metadata(s.path("c/upper/null")).unwrap();
+        assert_eq!(
+            (m.mode() & libc::S_IFMT, m.rdev()),
+            (libc::S_IFCHR, null as u64)
+        );
+        assert_eq!(
+            errno(s.fs.do_open(e.inode, libc::O_RDONLY as u32)),
+            libc::EACCES
+        );
+        s.fs.do_mknod(&ctx, upper, c"sda", libc::S_IFBLK | 0o600, sda, 0)
+            .unwrap();
+    }
     s.fs.do_mknod(&ctx, upper, c"fifo", libc::S_IFIFO | 0o600, 0, 0)
         .unwrap();
     let fifo = s.walk("upper/fifo").unwrap();
@@ -473,6 +505,7 @@ fn node_and_handle_limits_refuse_with_enfile_and_come_back() {
     let s = sandbox_with(Limits {
         max_nodes: 6,
         max_handles: 3,
+        ..Limits::DEFAULT
     });
     let ctx = Context::default();
     let upper = s.walk("upper").unwrap();
@@ -557,6 +590,7 @@ fn zero_limits_are_refused_at_start() {
         limits: Limits {
             max_nodes: 0,
             max_handles: 1,
+            ..Limits::DEFAULT
         },
         lower_device: None,
     };
@@ -789,4 +823,90 @@ fn merged_lower_applies_whiteouts_and_opaque_dirs() {
     );
     let etc = s.walk("lower/etc").unwrap();
     assert_eq!(errno(s.fs.do_unlink(etc, &c("top"), 0)), libc::EROFS);
+}
+
+/// Flags that only steer the guest's side never reach the host open.
+#[test]
+fn host_flags_drop_creation_and_direct_io() {
+    let f = super::file::host_flags(
+        (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_DIRECT | libc::O_APPEND) as u32,
+    );
+    assert_eq!(f, libc::O_RDWR | libc::O_APPEND);
+}
+
+/// The guest's kernel masks the mode with the guest's umask and sends the umask too; the
+/// daemon's own umask (022 here, as inherited from a shell) must not mask it again.
+#[test]
+fn modes_are_masked_by_the_guest_umask_only() {
+    let s = sandbox();
+    let ctx = Context::default();
+    let upper = s.walk("upper").unwrap();
+    // The test thread's umask, as the daemon's would be.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let args = CreateIn {
+        flags: (libc::O_RDWR) as u32,
+        mode: libc::S_IFREG | 0o777,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    s.fs.do_create(&ctx, upper, c"f", args).unwrap();
+    s.fs.do_mkdir(&ctx, upper, c"d", 0o777, 0).unwrap();
+    s.fs.do_mkdir(&ctx, upper, c"d2", 0o777, 0o027).unwrap();
+    s.fs.do_mknod(&ctx, upper, c"p", libc::S_IFIFO | 0o666, 0, 0)
+        .unwrap();
+    nix::sys::stat::umask(old);
+    let mode = |n: &str| std::fs::symlink_metadata(s.path(n)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("c/upper/f"), 0o777);
+    assert_eq!(mode("c/upper/d"), 0o777);
+    assert_eq!(mode("c/upper/d2"), 0o750);
+    assert_eq!(mode("c/upper/p"), 0o666);
+}
+
+/// A non-root guest user creating a file with set-id bits keeps them (overlayfs' own copy-up
+/// does this too): created with the caller's owner, not chowned afterwards, which clears them.
+#[test]
+fn set_id_bits_survive_a_create_by_a_guest_user() {
+    if !strata_harness::needs("set_id_bits_survive_a_create_by_a_guest_user", true, &[]) {
+        return;
+    }
+    let s = sandbox();
+    let ctx = Context {
+        uid: 1000,
+        gid: 1000,
+        ..Context::default()
+    };
+    let upper = s.walk("upper").unwrap();
+    let args = CreateIn {
+        flags: libc::O_RDWR as u32,
+        mode: libc::S_IFREG | 0o6755,
+        umask: 0o022,
+        fuse_flags: 0,
+    };
+    s.fs.do_create(&ctx, upper, c"suid", args).unwrap();
+    s.fs.do_mkdir(&ctx, upper, c"sgid", libc::S_ISGID | 0o775, 0o002)
+        .unwrap();
+    let m = std::fs::metadata(s.path("c/upper/suid")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o6755));
+    let m = std::fs::metadata(s.path("c/upper/sgid")).unwrap();
+    // mkdir(2) ignores S_ISGID in the mode (a dir inherits it from its parent).
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o775));
+}
+
+/// `.` and `..` of a merged (`/lower`) directory carry real inode numbers: glibc skips inode 0.
+#[test]
+fn merged_listing_has_real_dot_and_dotdot() {
+    let s = sandbox();
+    let etc = s.walk("lower/etc").unwrap();
+    let h = s.fs.do_opendir(etc).unwrap().unwrap();
+    let mut got = Vec::new();
+    s.fs.do_readdir(etc, h, 4096, 0, &mut |d| {
+        got.push((String::from_utf8_lossy(d.name).into_owned(), d.ino));
+        Ok(1)
+    })
+    .unwrap();
+    s.fs.drop_handle(h);
+    let ino = |p: &str| std::fs::metadata(s.path(p)).unwrap().ino();
+    assert_eq!(got[0], (".".to_string(), ino("l0/etc")));
+    assert_eq!(got[1], ("..".to_string(), ino("l0")));
+    assert!(got.iter().all(|(_, i)| *i != 0), "{got:?}");
 }

@@ -40,6 +40,33 @@ pub enum ProbeCmd {
         offset: usize,
         data: String,
     },
+    /// open(2) with FLAGS (comma-separated names); prints `ok MODE` or the errno name.
+    Open {
+        flags: String,
+        path: String,
+        /// Mode for O_CREAT / O_TMPFILE (octal).
+        #[arg(default_value = "644", value_parser = parse_octal)]
+        mode: u32,
+        /// openat(2) relative to this directory.
+        #[arg(long)]
+        at: Option<String>,
+        /// Drop to UID:GID (no supplementary groups) first.
+        #[arg(long = "as", value_parser = parse_ids)]
+        as_user: Option<(u32, u32)>,
+        /// Set this umask (octal) first.
+        #[arg(long, value_parser = parse_octal)]
+        umask: Option<u32>,
+    },
+}
+
+fn parse_octal(s: &str) -> std::result::Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|e| format!("{s:?}: not an octal mode: {e}"))
+}
+
+fn parse_ids(s: &str) -> std::result::Result<(u32, u32), String> {
+    let (u, g) = s.split_once(':').ok_or("expected UID:GID")?;
+    let n = |x: &str| x.parse::<u32>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((n(u)?, n(g)?))
 }
 
 impl Cmd {
@@ -67,6 +94,21 @@ pub fn run(cmd: Cmd) -> Result {
                 ProbeCmd::MmapWrite { path, offset, data } => {
                     Probe::MmapWrite { path, offset, data }
                 }
+                ProbeCmd::Open {
+                    flags,
+                    path,
+                    mode,
+                    at,
+                    as_user,
+                    umask,
+                } => Probe::Open {
+                    path,
+                    flags,
+                    mode,
+                    at,
+                    as_user,
+                    umask,
+                },
             };
             strata_guest::probe::run(&p).map_err(Error::failed)
         }

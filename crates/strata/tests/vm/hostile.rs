@@ -1,5 +1,5 @@
 //! A hostile guest against tight session limits: a Debian 6.1 guest under qemu, on a rootfs
-//! served by `strata serve --max-nodes 1000 --max-handles 64`, runs `guest/hostile2.sh` on the
+//! served by `strata serve --max-nodes 1000 --max-handles 64 --no-device-nodes`, runs `guest/hostile2.sh` on the
 //! raw virtio-fs tree: races between rename and open with a symlink to a host path, renames and
 //! links into layers, device nodes an image ships (a host block device, /dev/kvm's numbers),
 //! xattrs outside the allowed namespaces, and exhausting the daemon's nodes and open handles
@@ -51,7 +51,17 @@ fn hostile_guest_hits_limits_and_races_and_the_daemon_keeps_serving() {
     let before = snapshot(&layers, &[]);
     let secret_before = snapshot(&env.root().join("outside"), &[]);
 
-    let mut daemon = env.serve(&[], &["--max-nodes", "1000", "--max-handles", "64"]);
+    // --no-device-nodes: the guest may not make block/char devices in its upper either.
+    let mut daemon = env.serve(
+        &[],
+        &[
+            "--max-nodes",
+            "1000",
+            "--max-handles",
+            "64",
+            "--no-device-nodes",
+        ],
+    );
     let out = env
         .vm("/bin/sh /hostile2.sh", Duration::from_secs(400))
         .run()

@@ -8,8 +8,12 @@
 //! - [`boot`]: strata-vm itself (kernels, initramfs, qemu) on busybox guests;
 //! - [`rootfs`]: the overlay semantics end to end, against a host overlay as oracle, and zero
 //!   host mounts; [`hostile`]: a hostile guest against tight session limits;
+//! - [`conformance`]: pjdfstest on strata, failures only where the Kata-style setup fails too;
+//! - [`semantics`]: file semantics ordinary software relies on (O_NOFOLLOW, umask, set-id
+//!   creates, device nodes, open flags);
 //! - [`faults`]: the daemon or the VMM killed, a full upper filesystem;
 //! - [`image`]: an umoci image imported into the store and booted;
+//! - [`workloads`]: apt, dpkg, useradd, Python and tar on a Debian image, against the oracle;
 //! - [`daemon`]: one `strata daemon` serving two guests;
 //! - [`trace`], [`trace_bpf`]: `strata trace` inside 6.1 and 6.12 guests;
 //! - [`bench`], [`sessions`], [`bench_guest`], [`lab`]: short runs of the lab's commands.
@@ -17,15 +21,18 @@
 mod bench;
 mod bench_guest;
 mod boot;
+mod conformance;
 mod daemon;
 mod faults;
 mod hostile;
 mod image;
 mod lab;
 mod rootfs;
+mod semantics;
 mod sessions;
 mod trace;
 mod trace_bpf;
+mod workloads;
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 

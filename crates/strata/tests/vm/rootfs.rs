@@ -49,6 +49,9 @@ fn build_layers(root: &Path) -> (PathBuf, PathBuf) {
     write(&d.join("gone_dir/f"), "under a whiteout\n");
     write(&d.join("chmod_me"), "c\n");
     write(&d.join("chown_me"), "c\n");
+    write(&d.join("trunc_me"), "abcdef\n");
+    write(&d.join("hl2_a"), "shared\n");
+    std::fs::hard_link(d.join("hl2_a"), d.join("hl2_b")).unwrap();
     std::os::unix::fs::symlink("base.txt", d.join("sym")).unwrap();
     // A device node shipped in an image: the guest must not reach the host device through it.
     nix::sys::stat::mknod(

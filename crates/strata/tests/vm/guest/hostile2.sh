@@ -50,7 +50,7 @@ must_fail "rename a layer dir into work" mv $R/layers/1/data $R/work/data
 must_fail "read a block device node shipped in a layer" head -c 1 $R/layers/1/data/sda
 must_fail "read a /dev/kvm node shipped in a layer" head -c 1 $R/layers/1/data/kvm
 must_fail "read the same node through the overlay" head -c 1 /data/kvm
-must_fail "copy a device node into upper as a device" mknod $R/upper/kvm c 10 232
+must_fail "copy a device node into upper as a device (--no-device-nodes)" mknod $R/upper/kvm c 10 232
 
 # 3. xattrs outside the allowed namespaces or on a layer.
 must_fail "set trusted.overlay.opaque on a layer dir" strata guest probe xattr-set $R/layers/1/data trusted.overlay.opaque y
