@@ -11,6 +11,8 @@
 #   umoci            unpacking OCI images into layers
 #   e2fsprogs        mkfs.ext4 for the lab's scratch disk
 #   erofs-utils      mkfs.erofs for setup (c) of `strata bench guest`
+#   util-linux, libcap2-bin, e2fsprogs
+#                    setpriv, setcap, chattr: the security tests' local attacks as nobody
 #   clang            compiles strata trace's BPF programs (CO-RE C) at build time
 #   libelf-dev, zlib1g-dev, pkg-config
 #                    static libelf.a and libz.a that the vendored libbpf links into the
@@ -18,7 +20,7 @@
 set -euo pipefail
 
 PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs erofs-utils)
-PACKAGES+=(clang libelf-dev zlib1g-dev pkg-config)
+PACKAGES+=(clang libelf-dev zlib1g-dev pkg-config util-linux libcap2-bin)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

@@ -169,6 +169,8 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_sched_yield,
         SYS_gettid,
         SYS_getpid,
+        SYS_getuid,
+        SYS_geteuid,
         SYS_tgkill,
         SYS_exit,
         SYS_exit_group,

@@ -11,6 +11,7 @@
 //! - [`faults`]: the daemon or the VMM killed, a full upper filesystem;
 //! - [`image`]: an umoci image imported into the store and booted;
 //! - [`daemon`]: one `strata daemon` serving two guests;
+//! - [`security`]: local attacks as `nobody` on the store and the daemon's sockets;
 //! - [`trace`], [`trace_bpf`]: `strata trace` inside 6.1 and 6.12 guests;
 //! - [`bench`], [`sessions`], [`bench_guest`], [`lab`]: short runs of the lab's commands.
 
@@ -23,6 +24,7 @@ mod hostile;
 mod image;
 mod lab;
 mod rootfs;
+mod security;
 mod sessions;
 mod trace;
 mod trace_bpf;
