@@ -111,6 +111,7 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_lseek,
         SYS_close,
         SYS_openat,
+        SYS_openat2,
         SYS_fcntl,
         SYS_dup,
         SYS_dup3,

@@ -28,7 +28,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::api::{self, Dirs, ErrorKind, Request, Response, SessionInfo, SessionState};
 use crate::backend::FsBackend;
-use crate::config::ServeConfig;
+use crate::config::{AllowedDirs, ServeConfig};
 use crate::daemon::{claim_socket, listen, run_device, SocketGuard};
 use crate::error::ServeError;
 use crate::sandbox;
@@ -137,6 +137,8 @@ struct Sessions {
 /// The daemon's state, shared by the accept loop, API connections and session threads.
 pub struct Supervisor {
     cfg: DaemonConfig,
+    /// `cfg.allow`, held open: explicit dirs are opened below them.
+    allowed: AllowedDirs,
     resolver: Resolver,
     sessions: Mutex<Sessions>,
     epoll: Epoll,
@@ -169,6 +171,7 @@ impl Supervisor {
             ..cfg
         };
         Ok(Arc::new(Supervisor {
+            allowed: AllowedDirs::open(&cfg.allow),
             cfg,
             resolver,
             sessions: Mutex::new(Sessions::default()),
@@ -284,12 +287,40 @@ impl Supervisor {
             limits: self.cfg.limits,
             lower_device: layer_device,
         };
-        let checked = match cfg.check() {
+        // Explicit dirs must come from an allowed directory: each is opened below the one it
+        // is in, following no symlink, and the tree is served from those very fds.
+        if explicit {
+            let outside = cfg
+                .lowers
+                .iter()
+                .chain([&cfg.upper, &cfg.work])
+                .find(|p| !self.allowed.contains(p));
+            if let Some(p) = outside {
+                return error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} is outside every directory the daemon allows ({}): serve store \
+                         rootfs by id, or start the daemon with --allow DIR (give absolute, \
+                         symlink-free paths)",
+                        p.display(),
+                        if self.cfg.allow.is_empty() {
+                            "none given".to_string()
+                        } else {
+                            format!("{:?}", self.allowed.paths())
+                        }
+                    ),
+                );
+            }
+        }
+        let checked = match if explicit {
+            cfg.check_allowed(&self.allowed)
+        } else {
+            cfg.check()
+        } {
             Ok(c) => c,
             Err(e) => return error(ErrorKind::Config, e.to_string()),
         };
-        // Explicit dirs must come from an allowed directory (checked on the canonical paths
-        // the tree will open).
+        // And where the kernel says they are is inside too.
         if explicit {
             let outside = checked
                 .lowers

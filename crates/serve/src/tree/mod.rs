@@ -323,8 +323,9 @@ impl StrataFs {
         cache: CachePolicy,
         role: Role,
     ) -> Result<StrataFs, crate::ServeError> {
-        let open = |role: &'static str, p: &std::path::Path| {
-            sys::open_anchor(p).map_err(|source| crate::ServeError::Open {
+        // The fds the checks were made on, never the paths again.
+        let open = |role: &'static str, p: &std::path::Path, fd: std::io::Result<OwnedFd>| {
+            fd.map_err(|source| crate::ServeError::Open {
                 role,
                 path: p.to_owned(),
                 source,
@@ -333,7 +334,8 @@ impl StrataFs {
         let layers = cfg
             .lowers
             .iter()
-            .map(|l| open("layer", l))
+            .enumerate()
+            .map(|(i, l)| open("layer", l, cfg.layer_fd(i)))
             .collect::<Result<Vec<_>, _>>()?;
         // More than one layer: the guest overlay gets them merged as one lower (`/lower`);
         // STRATA_SERVE_SEPARATE_LAYERS=1 keeps one lower per layer (for comparisons).
@@ -366,7 +368,7 @@ impl StrataFs {
             Ok(_) => {}
             Err(e) => tracing::warn!("cannot read the open-files limit: {e}"),
         }
-        let upper = open("upper", &cfg.upper)?;
+        let upper = open("upper", &cfg.upper, cfg.upper_fd())?;
         let upper_lock = match role {
             Role::Tree { .. } => Some(claim_upper(&cfg.upper, upper.as_fd())?),
             Role::Layers => None,
@@ -375,7 +377,7 @@ impl StrataFs {
             role,
             layers,
             upper,
-            work: open("work", &cfg.work)?,
+            work: open("work", &cfg.work, cfg.work_fd())?,
             _upper_lock: upper_lock,
             plan: std::sync::OnceLock::new(),
             plan_spec,
