@@ -191,6 +191,10 @@ impl FsBackend {
     }
 }
 
+/// Malformed descriptor chains, over all sessions: a guest can send one per request.
+static BAD_CHAIN_LOG: crate::ratelog::RateLog =
+    crate::ratelog::RateLog::new(5, std::time::Duration::from_secs(10));
+
 /// The guest memory one request lives in, as the vhost-user library hands it out.
 pub type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
 
@@ -218,7 +222,8 @@ pub fn serve_chain(
         },
         (r, w) => {
             stats.bad_chains.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
+            crate::ratelog_warn!(
+                BAD_CHAIN_LOG,
                 "malformed descriptor chain from the guest (reader: {:?}, writer: {:?})",
                 r.err(),
                 w.err()

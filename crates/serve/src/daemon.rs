@@ -277,6 +277,16 @@ fn prepare_with(
 pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, ServeError> {
     let mut confined = None;
     let prepared = prepare_with(cfg, cache, |checked| {
+        // Raise the open-files limit while CAP_SYS_RESOURCE is still there, and budget the fds
+        // the guest may make this process hold below it.
+        // A merged `/lower` directory holds one fd per layer.
+        let layers = checked.lowers.len() as u64;
+        let needed = checked.limits.fds_needed(checked.lowers.len())
+            + checked.limits.max_nodes as u64 * layers.saturating_sub(1);
+        let wanted = (needed + needed / 7 + 1024).min(crate::fdbudget::system_max());
+        if let Err(e) = crate::fdbudget::raise_and_set(wanted) {
+            tracing::warn!("cannot raise the open-files limit: {e}");
+        }
         // Capabilities and Landlock are per thread: confine the only one, before any other
         // (signals, vhost-user workers) exists, so that they all inherit it.
         let mut c =

@@ -145,6 +145,10 @@ pub struct Supervisor {
     next_token: AtomicU64,
 }
 
+/// Failed accepts on the API socket (one per wakeup while out of fds).
+static ACCEPT_LOG: crate::ratelog::RateLog =
+    crate::ratelog::RateLog::new(3, Duration::from_secs(10));
+
 /// epoll token of the API listener; sessions count up from 1.
 const API_TOKEN: u64 = 0;
 
@@ -605,6 +609,10 @@ impl Supervisor {
             EpollEvent::new(EventSet::IN, API_TOKEN),
         )?;
         let mut events = vec![EpollEvent::default(); 64];
+        // Out of fds, accept fails while the client stays queued (the socket stays readable):
+        // wait before trying again instead of spinning, and log a few lines, not millions.
+        const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+        let mut backoff = FIRST_BACKOFF;
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -615,6 +623,7 @@ impl Supervisor {
                 if ev.data() == API_TOKEN {
                     match api.accept() {
                         Ok((conn, _)) => {
+                            backoff = FIRST_BACKOFF;
                             let me = self.clone();
                             if let Err(e) = std::thread::Builder::new()
                                 .name("strata-api".into())
@@ -623,7 +632,17 @@ impl Supervisor {
                                 tracing::warn!("cannot serve an API client: {e}");
                             }
                         }
-                        Err(e) => tracing::warn!("API accept failed: {e}"),
+                        Err(e) => {
+                            crate::ratelog_warn!(ACCEPT_LOG, "API accept failed: {e}");
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                            ) {
+                                std::thread::sleep(backoff);
+                                backoff = (backoff * 2).min(Duration::from_secs(1));
+                                continue;
+                            }
+                        }
                     }
                 } else {
                     self.connect(ev.data());
@@ -692,6 +711,12 @@ pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
     )?;
     let mut confined = None;
     if cfg.confine {
+        // Every session's fds come out of one process limit: raise it while the process may
+        // (CAP_SYS_RESOURCE goes with the confinement) and keep a budget below it.
+        match crate::fdbudget::raise_and_set(crate::fdbudget::system_max()) {
+            Ok(cap) => tracing::info!("fd budget for all sessions: {cap}"),
+            Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+        }
         let existing =
             |v: &[PathBuf]| -> Vec<PathBuf> { v.iter().filter(|p| p.exists()).cloned().collect() };
         let mut rw = existing(&cfg.read_write);

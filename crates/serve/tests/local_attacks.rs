@@ -1,6 +1,7 @@
 //! `strata daemon` against local attackers and hostile guests that go after the process as a
 //! whole, in process (no confinement): a symlink swapped under an `--allow` dir while sessions
-//! start.
+//! start, one guest spending the process's fds, one guest holding many handles on a large
+//! merged directory.
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use strata_serve::api::{Client, Dirs, ErrorKind, Request, Response};
+use strata_serve::frontend::{op, TestVm};
 use strata_serve::supervisor::{DaemonConfig, Supervisor};
 use strata_serve::CachePolicy;
 
@@ -156,4 +158,148 @@ fn symlinks_below_an_allowed_dir_are_refused() {
         start(&mut client, "real"),
         Response::Started { .. }
     ));
+}
+
+fn start(client: &mut Client, p: &Path, id: &str, lowers: &[&str], base: &Path) -> Response {
+    let c = base.join("c").join(id);
+    std::fs::create_dir_all(c.join("upper")).unwrap();
+    std::fs::create_dir_all(c.join("work")).unwrap();
+    client
+        .call(&Request::Start {
+            id: id.into(),
+            socket: p.join("run").join(format!("{id}.sock")),
+            dirs: Some(Dirs {
+                lowers: lowers.iter().map(|l| base.join(l)).collect(),
+                upper: c.join("upper"),
+                work: c.join("work"),
+            }),
+            tag: None,
+            layer_device: None,
+        })
+        .unwrap()
+}
+
+fn errno(e: &std::io::Error) -> Option<i32> {
+    e.raw_os_error()
+}
+
+/// One guest creating files spends only the process's fd budget, never the process's fds: it
+/// gets ENFILE, while another tenant keeps reading what it has open, a new session starts and
+/// its VMM connects, and once the hostile session is gone its fds are back in the budget.
+#[test]
+fn one_guest_cannot_spend_the_process_fds() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    let base = p.join("allowed");
+    std::fs::create_dir_all(base.join("l0/etc")).unwrap();
+    std::fs::write(base.join("l0/etc/motd"), b"victim's file").unwrap();
+    let (_sup, api) = daemon(p, base.clone(), strata_serve::Limits::default());
+    let mut client = Client::connect(&api).unwrap();
+    assert!(matches!(
+        start(&mut client, p, "victim", &["l0"], &base),
+        Response::Started { .. }
+    ));
+    assert!(matches!(
+        start(&mut client, p, "hostile", &["l0"], &base),
+        Response::Started { .. }
+    ));
+    let mut victim = TestVm::connect(&p.join("run/victim.sock")).unwrap();
+    let motd = victim.walk("layers/0/etc/motd").unwrap();
+    let vfh = victim.open(motd.node, libc::O_RDONLY as u32).unwrap();
+    // A budget of 300 more fds for guests (the process limit itself is far above).
+    let before = strata_serve::fdbudget::held();
+    strata_serve::fdbudget::set_cap(before + 300);
+    let mut hostile = TestVm::connect(&p.join("run/hostile.sock")).unwrap();
+    let upper = hostile.walk("upper").unwrap();
+    let mut created = 0;
+    let refused = loop {
+        match hostile.create(upper.node, &format!("f{created}"), 0o644) {
+            Ok(_) => created += 1,
+            Err(e) => break e,
+        }
+        assert!(created < 10_000, "never refused");
+    };
+    assert_eq!(errno(&refused), Some(libc::ENFILE), "{refused}");
+    // A CREATE checks for room, then holds a node and a handle: at most one fd over.
+    assert!(strata_serve::fdbudget::held() <= before + 301);
+    println!("hostile guest: {created} files created and held open, then ENFILE");
+    // The victim still reads what it holds; a new session starts and serves.
+    assert_eq!(
+        victim.read(motd.node, vfh, 0, 100).unwrap(),
+        b"victim's file"
+    );
+    assert!(matches!(
+        start(&mut client, p, "newcomer", &["l0"], &base),
+        Response::Started { .. }
+    ));
+    let mut newcomer = TestVm::connect(&p.join("run/newcomer.sock")).unwrap();
+    assert!(newcomer.read_file("plan.json").is_ok());
+    // The hostile session goes: every fd it held is back in the budget.
+    client
+        .call(&Request::Stop {
+            id: "hostile".into(),
+        })
+        .unwrap();
+    drop(hostile);
+    let t = std::time::Instant::now();
+    while strata_serve::fdbudget::held() > before + 16 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "budget not given back: {} held, {before} before",
+            strata_serve::fdbudget::held()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(victim.walk("layers/0/etc").is_ok());
+    strata_serve::fdbudget::set_cap(usize::MAX);
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// OPENDIR of a `/lower` directory copied its whole merged listing per handle: 400 handles on
+/// a 20,000-entry directory took the daemon from 6 MB to 2.3 GB. The listing is now made once
+/// per directory and shared: the same 400 handles cost a few MB.
+#[test]
+fn many_handles_on_a_large_merged_dir_share_one_listing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    let base = p.join("allowed");
+    for (l, prefix) in [("l0", "a"), ("l1", "b")] {
+        let d = base.join(l).join("big");
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..10_000 {
+            std::fs::File::create(d.join(format!("{prefix}-entry-with-a-longish-name-{i}")))
+                .unwrap();
+        }
+    }
+    let (_sup, api) = daemon(p, base.clone(), strata_serve::Limits::default());
+    let mut client = Client::connect(&api).unwrap();
+    assert!(matches!(
+        start(&mut client, p, "lister", &["l0", "l1"], &base),
+        Response::Started { .. }
+    ));
+    let mut vm = TestVm::connect(&p.join("run/lister.sock")).unwrap();
+    let big = vm.walk("lower/big").unwrap();
+    assert_eq!(vm.list(big.node).unwrap().len(), 20_002);
+    let rss0 = rss_kib();
+    let mut handles = Vec::new();
+    for _ in 0..400 {
+        let r = vm.call(op::OPENDIR, big.node, &[0u8; 8]).unwrap();
+        handles.push(u64::from_le_bytes(r[..8].try_into().unwrap()));
+    }
+    let grown = rss_kib().saturating_sub(rss0);
+    println!("400 handles on a 20,000-entry merged dir: RSS +{grown} KiB");
+    assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+    for fh in handles {
+        vm.release(big.node, fh, true).unwrap();
+    }
 }
