@@ -36,6 +36,7 @@ pub mod frontend;
 pub mod fuzzing;
 pub mod ratelog;
 pub mod sandbox;
+pub mod socket;
 pub mod supervisor;
 #[allow(unsafe_code)]
 pub(crate) mod sys;

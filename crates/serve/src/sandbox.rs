@@ -205,6 +205,8 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_getsockopt,
         SYS_shutdown,
         SYS_getsockname,
+        // the liveness probe of a socket path before binding over it (crate::daemon)
+        SYS_connect,
     );
     #[cfg(target_arch = "x86_64")]
     v.extend(sys!(
@@ -217,6 +219,10 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_rename,
         SYS_readlink,
         SYS_access,
+        SYS_mkdir,
+        SYS_rmdir,
+        SYS_chmod,
+        SYS_link,
         SYS_arch_prctl,
     ));
     v
@@ -381,7 +387,12 @@ fn restrict_files(c: &Confinement) -> Result<Option<String>, ServeError> {
     }
     let all = AccessFs::from_all(LANDLOCK_ABI);
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
-    let sock = AccessFs::MakeSock | AccessFs::RemoveFile;
+    // Sockets are bound in a private directory and linked into place (crate::socket).
+    let sock = AccessFs::MakeSock
+        | AccessFs::RemoveFile
+        | AccessFs::MakeDir
+        | AccessFs::RemoveDir
+        | AccessFs::Refer;
     let mut rs = Ruleset::default()
         .handle_access(all)
         .map_err(lerr)?

@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +52,13 @@ pub struct DaemonConfig {
     pub limits: crate::tree::Limits,
     /// Confine the process (capabilities, Landlock, seccomp). Off only for in-process tests.
     pub confine: bool,
+    /// Mode of the API and session sockets (default [`crate::socket::DEFAULT_SOCKET_MODE`]).
+    pub socket_mode: u32,
+    /// Besides root, the uids whose processes may use the API (checked with SO_PEERCRED).
+    pub api_uids: Vec<u32>,
+    /// Serve even if the kernel cannot enforce Landlock (file access then is limited only by
+    /// the served tree's own checks). Off: the daemon refuses to start without it.
+    pub allow_no_landlock: bool,
 }
 
 /// Finds the dirs of a store rootfs by id (the CLI gives one over `strata-store`).
@@ -148,6 +154,9 @@ pub struct Supervisor {
 /// Failed accepts on the API socket (one per wakeup while out of fds).
 static ACCEPT_LOG: crate::ratelog::RateLog =
     crate::ratelog::RateLog::new(3, Duration::from_secs(10));
+
+/// Refused API peers (a local user can connect in a loop if the socket's mode lets them).
+static PEER_LOG: crate::ratelog::RateLog = crate::ratelog::RateLog::new(3, Duration::from_secs(10));
 
 /// epoll token of the API listener; sessions count up from 1.
 const API_TOKEN: u64 = 0;
@@ -358,11 +367,11 @@ impl Supervisor {
                 lower_tag: cfg.lower_device.as_ref().map(|d| d.tag.clone()),
             };
             let fs = Arc::new(StrataFs::with_role(&checked, cache, role)?);
-            let listener = listen(&cfg.socket)?;
+            let listener = listen(&cfg.socket, self.cfg.socket_mode)?;
             let layers = match (&cfg.lower_device, layer_guard) {
                 (Some(d), Some(g)) => Some((
                     Arc::new(StrataFs::with_role(&checked, cache, Role::Layers)?),
-                    listen(&d.socket)?,
+                    listen(&d.socket, self.cfg.socket_mode)?,
                     g,
                     d.socket.clone(),
                 )),
@@ -651,8 +660,21 @@ impl Supervisor {
         }
     }
 
-    /// Answer one API connection's requests, in order, until it closes.
+    /// Answer one API connection's requests, in order, until it closes. A peer that is not
+    /// root (or an `--api-uid`) gets one error line and the connection is closed.
     pub fn serve_client(self: Arc<Self>, conn: UnixStream) {
+        if let Err(m) = crate::socket::peer_allowed(&conn, &self.cfg.api_uids) {
+            crate::ratelog_warn!(PEER_LOG, "API connection refused: {m}");
+            // Take the first request (briefly, boundedly) so the client reads the answer
+            // instead of a broken pipe; it is not looked at.
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+            let _ = BufReader::new((&conn).take(api::MAX_LINE as u64))
+                .read_until(b'\n', &mut Vec::new());
+            let mut out = serde_json::to_vec(&error(ErrorKind::BadRequest, m)).unwrap_or_default();
+            out.push(b'\n');
+            let _ = (&conn).write_all(&out);
+            return;
+        }
         let Ok(writer) = conn.try_clone() else { return };
         let mut writer = writer;
         let mut reader = BufReader::new(conn);
@@ -694,21 +716,25 @@ impl Supervisor {
 /// process, then serve the API and every session.
 pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
     let t0 = Instant::now();
+    if cfg.confine && !cfg.allow_no_landlock && crate::sys::landlock_abi() <= 0 {
+        return Err(ServeError::Seccomp(
+            "this kernel cannot enforce Landlock, so file access would be limited only by the \
+             served trees' own checks: refusing to start (enable Landlock: lsm=...,landlock; \
+             or start with --allow-no-landlock to accept that)"
+                .into(),
+        ));
+    }
     std::fs::create_dir_all(&cfg.socket_dir).map_err(|source| ServeError::Listen {
         path: cfg.socket_dir.clone(),
         source,
     })?;
     let api_guard = claim_socket(&cfg.api)?;
-    let api = UnixListener::bind(&cfg.api).map_err(|source| ServeError::Listen {
-        path: cfg.api.clone(),
-        source,
-    })?;
-    std::fs::set_permissions(&cfg.api, std::fs::Permissions::from_mode(0o600)).map_err(
-        |source| ServeError::Listen {
+    let api = crate::socket::bind_private(&cfg.api, cfg.socket_mode).map_err(|source| {
+        ServeError::Listen {
             path: cfg.api.clone(),
             source,
-        },
-    )?;
+        }
+    })?;
     let mut confined = None;
     if cfg.confine {
         // Every session's fds come out of one process limit: raise it while the process may
@@ -727,7 +753,15 @@ pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
             rw,
             socket_dirs: vec![cfg.socket_dir.clone()],
         };
-        confined = Some(sandbox::confine(&c)?);
+        let report = sandbox::confine(&c)?;
+        if report.landlock.is_none() && !cfg.allow_no_landlock {
+            return Err(ServeError::Seccomp(
+                "Landlock is not enforced on this kernel: refusing to serve (start with \
+                 --allow-no-landlock to accept that)"
+                    .into(),
+            ));
+        }
+        confined = Some(report);
     }
     let sup =
         Supervisor::new(cfg.clone(), resolver).map_err(|e| ServeError::Session(e.to_string()))?;

@@ -29,6 +29,9 @@ fn daemon(p: &Path, allow: PathBuf, limits: strata_serve::Limits) -> (Arc<Superv
             cache: CachePolicy::default(),
             limits,
             confine: false,
+            socket_mode: strata_serve::socket::DEFAULT_SOCKET_MODE,
+            api_uids: vec![],
+            allow_no_landlock: false,
         },
         Box::new(|id| Err((ErrorKind::NotFound, format!("no store rootfs {id}")))),
     )

@@ -1,12 +1,15 @@
 //! Local attacks on the host side, as user `nobody` (`setpriv`): the store keeps everything an
 //! image or a guest put in it (setuid and file-capability binaries, device nodes, world-writable
-//! directories, a guest's setuid file in its upper dir) out of every other local user's reach.
+//! directories, a guest's setuid file in its upper dir) out of every other local user's reach;
+//! `strata daemon`'s sockets are root's alone whatever the umask, and another service's live
+//! socket is never taken over.
 //!
 //! Needs root, umoci, setpriv, setcap and busybox-static: `scripts/install-deps.sh`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 fn umoci(args: &[&str]) {
     let st = Command::new("umoci").args(args).status().unwrap();
@@ -194,4 +197,119 @@ fn nothing_in_the_store_is_reachable_by_other_users() {
     strata.ok(["rootfs", "rm", "c1", "--store", s(&store)]);
     strata.ok(["image", "rm", "evil", "--store", s(&store)]);
     strata.ok(["gc", "--store", s(&store)]);
+}
+
+/// The daemon's sockets against local users, started with umask 000 (the worst case the
+/// issue found): the API socket, every session socket and their lock files are 0600 from the
+/// moment they exist; an API connection from nobody (even through a socket opened up by hand)
+/// is refused by its SO_PEERCRED uid; and a live socket of another service at a session's
+/// socket path is left alone (the confined daemon's liveness probe once got ENOSYS from its own
+/// seccomp filter, took the socket for stale and bound over it).
+#[test]
+fn daemon_sockets_are_private_and_live_sockets_survive() {
+    use std::os::unix::fs::MetadataExt;
+    use strata_harness::session::ServeProcess;
+    strata_harness::require(&["setpriv"]);
+    let strata = crate::strata();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = root.join("run");
+    let allowed = root.join("allowed");
+    for d in ["l", "upper", "work"] {
+        std::fs::create_dir_all(allowed.join(d)).unwrap();
+    }
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // nobody runs its own copy of the client (the build dir may not be reachable).
+    let client = root.join("strata-client");
+    std::fs::copy(strata.path(), &client).unwrap();
+    // Another service's live socket where a session socket will be asked for.
+    let foreign = run.join("foreign.sock");
+    let foreign_listener = std::os::unix::net::UnixListener::bind(&foreign).unwrap();
+
+    let api = run.join("api.sock");
+    let argv: Vec<std::ffi::OsString> = vec![
+        "sh".into(),
+        "-c".into(),
+        r#"umask 000; exec "$0" "$@""#.into(),
+        strata.path().into(),
+        "daemon".into(),
+        "--api".into(),
+        api.clone().into(),
+        "--allow".into(),
+        allowed.clone().into(),
+        "--store".into(),
+        root.join("store").into(),
+    ];
+    let mut daemon =
+        ServeProcess::spawn_argv(&argv, std::slice::from_ref(&api), None, &root.join("d.log"))
+            .expect("strata daemon starts");
+    let a = |p: &Path| s(p).to_string();
+    let start = |id: &str, socket: &Path| {
+        strata.run([
+            "rootfs",
+            "start",
+            id,
+            "--socket",
+            &a(socket),
+            "--lower",
+            &a(&allowed.join("l")),
+            "--upper",
+            &a(&allowed.join("upper")),
+            "--work",
+            &a(&allowed.join("work")),
+            "--api",
+            &a(&api),
+        ])
+    };
+    let r = start("s1", &run.join("s1.sock"));
+    assert!(r.ok(), "{}\n{}", r.text(), daemon.log_text());
+    let r = start("s2", &foreign);
+    assert!(!r.ok(), "bound over a live socket: {}", r.text());
+    assert!(r.text().contains("in use"), "{}", r.text());
+    // The foreign socket is still there and still its owner's.
+    let c = std::os::unix::net::UnixStream::connect(&foreign).expect("foreign socket alive");
+    drop(c);
+    assert!(foreign_listener.accept().is_ok());
+
+    // Binding leaves nothing behind in the socket directory (the confined daemon cannot list
+    // it, so it removes its private bind directories name by name).
+    let left: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".strata-bind-"))
+        .collect();
+    assert!(left.is_empty(), "left in the socket dir: {left:?}");
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o777;
+    for p in [
+        api.clone(),
+        run.join("api.sock.lock"),
+        run.join("s1.sock"),
+        run.join("s1.sock.lock"),
+    ] {
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    let (ok, out) = as_nobody(&[s(&client), "rootfs", "status", "--api", s(&api)]);
+    assert!(!ok && out.contains("ermission denied"), "{out}");
+    // Opened up by hand (a wrong --socket-mode, a chmod): the daemon still refuses nobody.
+    std::fs::set_permissions(&api, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, out) = as_nobody(&[s(&client), "rootfs", "status", "--api", s(&api)]);
+    assert!(
+        !ok && out.contains("uid 65534 may not use this API"),
+        "{out}"
+    );
+    let (ok, out) = as_nobody(&[s(&client), "rootfs", "stop", "s1", "--api", s(&api)]);
+    assert!(!ok, "{out}");
+    // Root still can, and the session nobody tried to stop is there.
+    let st = strata.ok(["rootfs", "status", "--api", s(&api)]);
+    assert!(st.contains("s1"), "{st}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).is_some());
+    assert!(foreign.exists());
 }
