@@ -228,13 +228,91 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
     v
 }
 
-/// The allow-list filter: [`allowed_syscalls`] pass, everything else gets `otherwise`
-/// (the daemon uses ENOSYS, so that libraries fall back where they can; tests use a trap to
-/// find a missing entry loudly).
+/// The syscalls of the allow-list that pass only with certain arguments, and which, for
+/// `--print-sandbox` and logs.
+pub const ARGUMENT_FILTERS: &[(&str, &str)] = &[
+    (
+        "socket",
+        "domain AF_UNIX only (the daemon speaks vhost-user and its API, nothing else)",
+    ),
+    ("socketpair", "domain AF_UNIX only"),
+    (
+        "clone",
+        "only with CLONE_THREAD (threads, never processes) and no CLONE_NEW* flag",
+    ),
+    ("tgkill", "this process's own threads only (tgid = its pid)"),
+    ("prlimit64", "this process only (pid 0 or its own)"),
+];
+
+/// Every `CLONE_NEW*` namespace flag.
+const CLONE_NEW_ANY: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64;
+
+fn cond(
+    arg: u8,
+    len: SeccompCmpArgLen,
+    op: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompCondition, ServeError> {
+    SeccompCondition::new(arg, len, op, value).map_err(|e| ServeError::Seccomp(e.to_string()))
+}
+
+fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, ServeError> {
+    SeccompRule::new(conds).map_err(|e| ServeError::Seccomp(e.to_string()))
+}
+
+/// The argument rules of [`ARGUMENT_FILTERS`] for a process with pid `pid` (any one rule
+/// matching lets the call through).
+fn argument_rules(pid: u64) -> Result<BTreeMap<i64, Vec<SeccompRule>>, ServeError> {
+    use SeccompCmpArgLen::{Dword, Qword};
+    let unix_only = || {
+        rule(vec![cond(
+            0,
+            Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )?])
+    };
+    let thread = CLONE_NEW_ANY | libc::CLONE_THREAD as u64;
+    let mut m = BTreeMap::new();
+    m.insert(libc::SYS_socket, vec![unix_only()?]);
+    m.insert(libc::SYS_socketpair, vec![unix_only()?]);
+    m.insert(
+        libc::SYS_clone,
+        vec![rule(vec![cond(
+            0,
+            Qword,
+            SeccompCmpOp::MaskedEq(thread),
+            libc::CLONE_THREAD as u64,
+        )?])?],
+    );
+    m.insert(
+        libc::SYS_tgkill,
+        vec![rule(vec![cond(0, Dword, SeccompCmpOp::Eq, pid)?])?],
+    );
+    m.insert(
+        libc::SYS_prlimit64,
+        vec![
+            rule(vec![cond(0, Dword, SeccompCmpOp::Eq, 0)?])?,
+            rule(vec![cond(0, Dword, SeccompCmpOp::Eq, pid)?])?,
+        ],
+    );
+    Ok(m)
+}
+
+/// The allow-list filter: [`allowed_syscalls`] pass (those of [`ARGUMENT_FILTERS`] only with
+/// those arguments), everything else gets `otherwise` (the daemon uses ENOSYS, so that
+/// libraries fall back where they can; tests use a trap to find a missing entry loudly).
 pub fn allow_list_filter(otherwise: SeccompAction) -> Result<BpfProgram, ServeError> {
+    let mut args = argument_rules(u64::from(std::process::id()))?;
     let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
         .into_iter()
-        .map(|(_, nr)| (nr, Vec::new()))
+        .map(|(_, nr)| (nr, args.remove(&nr).unwrap_or_default()))
         .collect();
     let f = SeccompFilter::new(rules, otherwise, SeccompAction::Allow, arch())
         .map_err(|e| ServeError::Seccomp(e.to_string()))?;
@@ -424,7 +502,7 @@ fn restrict_files(c: &Confinement) -> Result<Option<String>, ServeError> {
     };
     Ok(Some(format!(
         "kernel ABI {kernel_abi}, {how}: layers read-only, upper+work read-write, socket dir \
-         create-socket/remove-file, nothing else"
+         create/remove sockets, nothing else"
     )))
 }
 
@@ -458,10 +536,13 @@ pub fn describe_with(confined: Option<&ConfineReport>) -> String {
     let mut out = format!(
         "seccomp: {} -> EPERM; unshare/clone with CLONE_NEWNS -> EPERM; clone3 -> ENOSYS\n\
          seccomp allow-list: {} syscalls (file ops on held fds, memory, threads, the vhost-user \
-         socket), every other -> ENOSYS\n",
+         socket), every other -> ENOSYS; argument filters (other arguments -> ENOSYS):\n",
         names.join(", "),
         allowed_syscalls().len()
     );
+    for (name, what) in ARGUMENT_FILTERS {
+        out.push_str(&format!("  {name}: {what}\n"));
+    }
     match confined {
         Some(r) => out.push_str(&r.summary()),
         None => {
@@ -477,7 +558,7 @@ pub fn describe_with(confined: Option<&ConfineReport>) -> String {
             if abi > 0 {
                 out.push_str(&format!(
                     "landlock: kernel ABI {abi} (asking for {}): layers read-only (read file, \
-                     read dir), upper+work all rights, socket dir create-socket/remove-file, \
+                     read dir), upper+work all rights, socket dir create/remove sockets, \
                      nothing else",
                     LANDLOCK_ABI as i32
                 ));
