@@ -69,10 +69,16 @@ pub struct FsBackend {
 impl FsBackend {
     /// Decide the session's plan now (see [`StrataFs::plan_bytes`]), while the guest boots.
     pub fn warm_plan(&self) {
-        if let Ok(g) = self.served.read() {
-            if let Some(s) = g.as_ref() {
-                s.fs.plan_bytes();
-            }
+        // Not under the lock: deciding the plan may walk every layer (seconds on a large one),
+        // and a stop (revoke, which takes the lock for writing, while `strata daemon` holds
+        // its sessions lock) must not wait for that walk.
+        let fs = self
+            .served
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| s.fs.clone()));
+        if let Some(fs) = fs {
+            fs.plan_bytes();
         }
     }
 
