@@ -44,6 +44,7 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn nothing_in_the_store_is_reachable_by_other_users() {
+    use std::os::unix::fs::MetadataExt;
     strata_harness::require(&["umoci", "setpriv", "setcap", "busybox"]);
     let strata = crate::strata();
     let tmp = tempfile::tempdir().unwrap();
@@ -99,16 +100,50 @@ fn nothing_in_the_store_is_reachable_by_other_users() {
     .unwrap();
     let layer = PathBuf::from(rec["lowers"][0].as_str().unwrap());
     let upper = PathBuf::from(rec["upper"].as_str().unwrap());
-    // What a guest writes lands in its upper dir as it asked (the daemon creates it as root):
-    // a setuid-root shell.
-    std::fs::copy(&busybox, upper.join("guest-suid")).unwrap();
-    std::fs::set_permissions(
-        upper.join("guest-suid"),
-        std::fs::Permissions::from_mode(0o4755),
+    // A hostile guest, through the request path of a real (confined) `strata serve --rootfs`:
+    // it creates a setuid-root shell in its upper dir, which the daemon makes as asked.
+    let sock = root.join("c1.sock");
+    let argv: Vec<std::ffi::OsString> = vec![
+        strata.path().into(),
+        "serve".into(),
+        "--rootfs".into(),
+        "c1".into(),
+        "--store".into(),
+        store.clone().into(),
+        "--socket".into(),
+        sock.clone().into(),
+    ];
+    let mut serve = strata_harness::session::ServeProcess::spawn_argv(
+        &argv,
+        std::slice::from_ref(&sock),
+        None,
+        &root.join("serve.log"),
     )
-    .unwrap();
+    .expect("strata serve starts");
+    {
+        let mut guest = strata_serve::frontend::TestVm::connect(&sock).unwrap();
+        let up = guest.walk("upper").unwrap();
+        let (f, fh) = guest.create(up.node, "guest-suid", 0o4755).unwrap();
+        let bytes = std::fs::read(&busybox).unwrap();
+        for (i, chunk) in bytes.chunks(64 << 10).enumerate() {
+            guest
+                .write(f.node, fh, (i * (64 << 10)) as u64, chunk)
+                .unwrap();
+        }
+        guest.fsync(f.node, fh).unwrap();
+        guest.release(f.node, fh, false).unwrap();
+    }
+    assert!(
+        serve.wait_exit(Duration::from_secs(30)).is_some(),
+        "{}",
+        serve.log_text()
+    );
+    assert_eq!(
+        std::fs::metadata(upper.join("guest-suid")).unwrap().mode() & 0o7777,
+        0o4755,
+        "the guest's file is setuid on the host"
+    );
     // The image's files are in the store as the image has them (root sees them).
-    use std::os::unix::fs::MetadataExt;
     assert_eq!(
         std::fs::metadata(layer.join("bin/suid")).unwrap().mode() & 0o7777,
         0o4755
