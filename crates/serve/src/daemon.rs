@@ -328,6 +328,8 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         sandbox::forbid_mounts()?;
         sandbox::allow_only_known()
     })?;
+    // Its sockets listen: it binds, listens and connects no more.
+    sandbox::forbid_new_sockets()?;
     let Prepared {
         lower,
         backend,

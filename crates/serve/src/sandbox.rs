@@ -207,6 +207,8 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_getsockname,
         // the liveness probe of a socket path before binding over it (crate::daemon)
         SYS_connect,
+        // more filters later (strata serve's forbid_new_sockets): a filter can only take away
+        SYS_seccomp,
     );
     #[cfg(target_arch = "x86_64")]
     v.extend(sys!(
@@ -324,6 +326,26 @@ pub fn allow_list_filter(otherwise: SeccompAction) -> Result<BpfProgram, ServeEr
 pub fn allow_only_known() -> Result<(), ServeError> {
     let f = allow_list_filter(SeccompAction::Errno(libc::ENOSYS as u32))?;
     seccompiler::apply_filter_all_threads(&f).map_err(|e| ServeError::Seccomp(e.to_string()))
+}
+
+/// The syscalls [`forbid_new_sockets`] takes away.
+pub const NO_NEW_SOCKETS: &[(&str, i64)] = &[
+    ("socket", libc::SYS_socket),
+    ("bind", libc::SYS_bind),
+    ("listen", libc::SYS_listen),
+    ("connect", libc::SYS_connect),
+];
+
+/// For `strata serve` once its sockets listen (it serves one VMM and binds nothing later):
+/// no thread can make a socket, bind, listen or connect any more (EPERM). Irreversible.
+/// `strata daemon` binds a socket per session it starts, so keeps them.
+pub fn forbid_new_sockets() -> Result<(), ServeError> {
+    let deny: BTreeMap<i64, Vec<SeccompRule>> = NO_NEW_SOCKETS
+        .iter()
+        .map(|&(_, nr)| (nr, Vec::new()))
+        .collect();
+    seccompiler::apply_filter_all_threads(&compile(deny, libc::EPERM)?)
+        .map_err(|e| ServeError::Seccomp(e.to_string()))
 }
 
 /// Install the no-mount filters on every thread of this process. Irreversible.
@@ -543,6 +565,11 @@ pub fn describe_with(confined: Option<&ConfineReport>) -> String {
     for (name, what) in ARGUMENT_FILTERS {
         out.push_str(&format!("  {name}: {what}\n"));
     }
+    let names: Vec<&str> = NO_NEW_SOCKETS.iter().map(|(n, _)| *n).collect();
+    out.push_str(&format!(
+        "seccomp, strata serve once its sockets listen: {} -> EPERM\n",
+        names.join(", ")
+    ));
     match confined {
         Some(r) => out.push_str(&r.summary()),
         None => {

@@ -54,5 +54,13 @@ fn child() {
     nix::sys::signal::raise(nix::sys::signal::Signal::SIGWINCH).unwrap();
     // No new process (clone without CLONE_THREAD).
     assert!(Command::new("/bin/true").status().is_err());
+    // strata serve, once listening: no new socket at all.
+    let l = std::os::unix::net::UnixListener::bind(d.path().join("s2")).unwrap();
+    strata_serve::sandbox::forbid_new_sockets().unwrap();
+    let e = std::os::unix::net::UnixListener::bind(d.path().join("s3")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    let e = std::os::unix::net::UnixStream::connect(d.path().join("s2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+    drop(l);
     println!("CHILD-OK");
 }
