@@ -129,6 +129,35 @@ const SKELETON: [(&str, u32); 7] = [
     ("tmp", 0o700),
 ];
 
+/// The checks of [`Store::open`] on an existing store, changing nothing: a store directory
+/// other users can reach, owned by another user or replaced by a symlink is refused.
+fn check_existing(root: &Path) -> Result<()> {
+    for (sub, max) in SKELETON {
+        let p = root.join(sub);
+        let meta = if sub.is_empty() {
+            fs::metadata(&p)
+        } else {
+            fs::symlink_metadata(&p)
+        };
+        let meta = match meta {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io("cannot stat", &p)(e)),
+        };
+        if check_dir(&p, &meta, max)? {
+            return Err(StoreError::Insecure {
+                path: p,
+                reason: format!(
+                    "mode {:o} lets other users in (at most {max:o}): `strata gc` (or any \
+                     command that writes the store) as its owner narrows it",
+                    meta.mode() & 0o7777
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Check one store directory (`meta` of `path`): a directory owned by whoever runs this,
 /// granting nothing beyond `max`. `Ok(true)`: its mode must be narrowed to `max`.
 fn check_dir(path: &Path, meta: &fs::Metadata, max: u32) -> Result<bool> {
@@ -466,11 +495,15 @@ impl Store {
     }
 
     /// The store at `root` if there is one, else `None`: for read-only commands (`image ls`,
-    /// `image inspect`, `rootfs ls`), which create nothing on a host without a store.
+    /// `image inspect`, `rootfs ls`), which create nothing on a host without a store. A store
+    /// other users can reach is refused, as by [`Store::open_existing`].
     pub fn find(root: impl Into<PathBuf>) -> Result<Option<Store>> {
         let root = root.into();
         match std::fs::symlink_metadata(root.join("images")) {
-            Ok(m) if m.is_dir() => Ok(Some(Store { root })),
+            Ok(m) if m.is_dir() => {
+                check_existing(&root)?;
+                Ok(Some(Store { root }))
+            }
             Ok(_) => Err(StoreError::BadRecord {
                 path: root.join("images"),
                 reason: "not a directory".into(),
@@ -496,29 +529,7 @@ impl Store {
                 root.display()
             )));
         }
-        for (sub, max) in SKELETON {
-            let p = root.join(sub);
-            let meta = if sub.is_empty() {
-                fs::metadata(&p)
-            } else {
-                fs::symlink_metadata(&p)
-            };
-            let meta = match meta {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::io("cannot stat", &p)(e)),
-            };
-            if check_dir(&p, &meta, max)? {
-                return Err(StoreError::Insecure {
-                    path: p,
-                    reason: format!(
-                        "mode {:o} lets other users in (at most {max:o}): `strata gc` (or any \
-                         command that writes the store) as its owner narrows it",
-                        meta.mode() & 0o7777
-                    ),
-                });
-            }
-        }
+        check_existing(&root)?;
         Ok(Store { root })
     }
 

@@ -171,6 +171,10 @@ fn store_dirs_are_private_and_repaired_at_open() {
     fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
     let e = Store::open_existing(&root).unwrap_err();
     assert!(matches!(e, StoreError::Insecure { .. }), "{e}");
+    assert!(matches!(
+        Store::find(&root),
+        Err(StoreError::Insecure { .. })
+    ));
     Store::open(&root).unwrap();
     assert_eq!(mode(&root), 0o711);
     assert_eq!(mode(&root.join("containers")), 0o700);
