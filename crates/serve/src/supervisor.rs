@@ -149,6 +149,8 @@ pub struct Supervisor {
     sessions: Mutex<Sessions>,
     epoll: Epoll,
     next_token: AtomicU64,
+    /// Failed accepts on the API socket (out of fds, say), for logs and tests.
+    accept_failures: AtomicU64,
 }
 
 /// Failed accepts on the API socket (one per wakeup while out of fds).
@@ -190,6 +192,7 @@ impl Supervisor {
             sessions: Mutex::new(Sessions::default()),
             epoll: Epoll::new()?,
             next_token: AtomicU64::new(API_TOKEN + 1),
+            accept_failures: AtomicU64::new(0),
         }))
     }
 
@@ -610,6 +613,11 @@ impl Supervisor {
         self.len() == 0
     }
 
+    /// How many accepts on the API socket have failed so far.
+    pub fn api_accept_failures(&self) -> u64 {
+        self.accept_failures.load(Ordering::Relaxed)
+    }
+
     /// Watch the API listener and every session socket; never returns unless epoll fails.
     pub fn accept_loop(self: &Arc<Self>, api: UnixListener) -> io::Result<()> {
         self.epoll.ctl(
@@ -642,6 +650,7 @@ impl Supervisor {
                             }
                         }
                         Err(e) => {
+                            self.accept_failures.fetch_add(1, Ordering::Relaxed);
                             crate::ratelog_warn!(ACCEPT_LOG, "API accept failed: {e}");
                             if matches!(
                                 e.raw_os_error(),

@@ -306,3 +306,50 @@ fn many_handles_on_a_large_merged_dir_share_one_listing() {
         vm.release(big.node, fh, true).unwrap();
     }
 }
+
+/// Out of fds, accept on the API socket fails while the client stays queued, so the socket
+/// stays readable: the accept loop spun and logged ~890 MB in 5 s. Now it waits before each
+/// retry (10 ms, doubling up to 1 s): over 2 s of EMFILE a handful of tries, not millions; and
+/// once fds are free again the queued client is served.
+#[test]
+fn accept_out_of_fds_backs_off_and_recovers() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    let (sup, api) = daemon(p, p.to_owned(), strata_serve::Limits::default());
+    // Take every fd the process may have but one, then let the client have that one.
+    let mut hog = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => hog.push(f),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(hog.len() < 2_000_000, "no fd limit to reach");
+    }
+    hog.pop();
+    let conn = std::os::unix::net::UnixStream::connect(&api).unwrap();
+    let before = sup.api_accept_failures();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let failed = sup.api_accept_failures() - before;
+    hog.clear();
+    println!("accept failed {failed} times in 2 s of EMFILE");
+    assert!(
+        failed >= 1,
+        "accept never failed: the test did not exhaust the fds"
+    );
+    assert!(
+        failed < 50,
+        "accept retried {failed} times in 2 s: spinning"
+    );
+    // fds free again: the queued client is accepted and answered.
+    use std::io::{BufRead, Write};
+    (&conn).write_all(b"{\"op\":\"status\"}\n").unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = String::new();
+    std::io::BufReader::new(&conn)
+        .read_line(&mut answer)
+        .unwrap();
+    assert!(answer.contains("\"result\":\"status\""), "{answer}");
+}
