@@ -595,6 +595,9 @@ pub fn describe_with(confined: Option<&ConfineReport>) -> String {
                      the served tree's own checks",
                 );
             }
+            out.push_str(
+                "\n(strata daemon refuses to start without Landlock unless --allow-no-landlock)",
+            );
         }
     }
     out
