@@ -12,6 +12,8 @@
 #   debootstrap      the Debian image of the workloads VM test (built once, cached)
 #   e2fsprogs        mkfs.ext4 for the lab's scratch disk
 #   erofs-utils      mkfs.erofs for setup (c) of `strata bench guest`
+#   util-linux, libcap2-bin, e2fsprogs
+#                    setpriv, setcap, chattr: the security tests' local attacks as nobody
 #   clang            compiles strata trace's BPF programs (CO-RE C) at build time
 #   pjdfstest        (cargo install, not apt) the POSIX suite of the conformance VM test
 #   libelf-dev, zlib1g-dev, pkg-config
@@ -20,7 +22,7 @@
 set -euo pipefail
 
 PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs erofs-utils debootstrap)
-PACKAGES+=(clang libelf-dev zlib1g-dev pkg-config)
+PACKAGES+=(clang libelf-dev zlib1g-dev pkg-config util-linux libcap2-bin)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

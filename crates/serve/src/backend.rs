@@ -69,10 +69,16 @@ pub struct FsBackend {
 impl FsBackend {
     /// Decide the session's plan now (see [`StrataFs::plan_bytes`]), while the guest boots.
     pub fn warm_plan(&self) {
-        if let Ok(g) = self.served.read() {
-            if let Some(s) = g.as_ref() {
-                s.fs.plan_bytes();
-            }
+        // Not under the lock: deciding the plan may walk every layer (seconds on a large one),
+        // and a stop (revoke, which takes the lock for writing, while `strata daemon` holds
+        // its sessions lock) must not wait for that walk.
+        let fs = self
+            .served
+            .read()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| s.fs.clone()));
+        if let Some(fs) = fs {
+            fs.plan_bytes();
         }
     }
 
@@ -191,6 +197,10 @@ impl FsBackend {
     }
 }
 
+/// Malformed descriptor chains, over all sessions: a guest can send one per request.
+static BAD_CHAIN_LOG: crate::ratelog::RateLog =
+    crate::ratelog::RateLog::new(5, std::time::Duration::from_secs(10));
+
 /// The guest memory one request lives in, as the vhost-user library hands it out.
 pub type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
 
@@ -218,7 +228,8 @@ pub fn serve_chain(
         },
         (r, w) => {
             stats.bad_chains.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
+            crate::ratelog_warn!(
+                BAD_CHAIN_LOG,
                 "malformed descriptor chain from the guest (reader: {:?}, writer: {:?})",
                 r.err(),
                 w.err()

@@ -1,7 +1,9 @@
 //! What `strata serve` is asked to serve, and the checks made before anything is created.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::ConfigError;
 use crate::tree::Limits;
@@ -140,38 +142,159 @@ pub fn reachable_by_others(dir: &Path) -> bool {
     })
 }
 
-/// A configuration that passed every check, with canonical paths.
+/// A configuration that passed every check: each directory opened once (`O_PATH`), every check
+/// made on those fds, and the served tree opened from them, never from the paths again (so a
+/// symlink swapped in after the check changes nothing). The paths are where the kernel says the
+/// fds are.
 #[derive(Debug, Clone)]
 pub struct Checked {
     pub lowers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
     pub limits: Limits,
+    /// The held directories: `lowers` in order, then upper, then work.
+    pub(crate) fds: Vec<Arc<OwnedFd>>,
 }
 
-fn dir(path: &Path, role: &'static str) -> Result<(PathBuf, std::fs::Metadata), ConfigError> {
-    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Missing {
+impl Checked {
+    /// A new fd on the held directory of layer `i` (`None`: upper, then work after the
+    /// layers), for the served tree.
+    pub(crate) fn layer_fd(&self, i: usize) -> std::io::Result<OwnedFd> {
+        self.held(i)
+    }
+
+    pub(crate) fn upper_fd(&self) -> std::io::Result<OwnedFd> {
+        self.held(self.lowers.len())
+    }
+
+    pub(crate) fn work_fd(&self) -> std::io::Result<OwnedFd> {
+        self.held(self.lowers.len() + 1)
+    }
+
+    fn held(&self, i: usize) -> std::io::Result<OwnedFd> {
+        self.fds
+            .get(i)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF))?
+            .try_clone()
+    }
+}
+
+/// Open one directory the way the caller says, then check it on the fd: a directory, with the
+/// path the kernel has for it.
+fn dir(
+    path: &Path,
+    role: &'static str,
+    open: &dyn Fn(&Path) -> std::io::Result<OwnedFd>,
+) -> Result<(PathBuf, std::fs::Metadata, OwnedFd), ConfigError> {
+    let missing = |source| ConfigError::Missing {
         role,
         path: path.to_owned(),
         source,
+    };
+    let fd = open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOTDIR) && path.exists() && !path.is_dir() {
+            ConfigError::NotADirectory {
+                role,
+                path: path.to_owned(),
+            }
+        } else {
+            missing(e)
+        }
     })?;
+    let meta = std::fs::File::from(fd.try_clone().map_err(missing)?)
+        .metadata()
+        .map_err(missing)?;
     if !meta.is_dir() {
         return Err(ConfigError::NotADirectory {
             role,
             path: path.to_owned(),
         });
     }
-    let canon = path.canonicalize().map_err(|source| ConfigError::Missing {
-        role,
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok((canon, meta))
+    let canon = crate::sys::fd_path(fd.as_fd()).map_err(missing)?;
+    Ok((canon, meta, fd))
+}
+
+/// Directories a request may name (`strata daemon --allow`), each held open: a path is opened
+/// below the one it is in with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_MAGICLINKS)`, so no symlink (swapped in or not) leads outside.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedDirs(Vec<(PathBuf, Arc<OwnedFd>)>);
+
+impl AllowedDirs {
+    /// Open each of `dirs` (canonical, absolute); one that cannot be opened is left out, with a
+    /// warning.
+    pub fn open(dirs: &[PathBuf]) -> AllowedDirs {
+        let mut v = Vec::new();
+        for d in dirs {
+            match crate::sys::open_anchor(d) {
+                Ok(fd) => v.push((d.clone(), Arc::new(fd))),
+                Err(e) => tracing::warn!("--allow {}: {e}: not allowed", d.display()),
+            }
+        }
+        AllowedDirs(v)
+    }
+
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.0.iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    /// Open `path` below the allowed directory it is in. ENOENT-like errors for a path that
+    /// exists nowhere allowed: EACCES (outside every allowed dir), ELOOP (through a symlink),
+    /// EXDEV (`..` out of it).
+    pub fn open_dir(&self, path: &Path) -> std::io::Result<OwnedFd> {
+        if !path.is_absolute() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not an absolute path",
+            ));
+        }
+        for (a, fd) in &self.0 {
+            if let Ok(rel) = path.strip_prefix(a) {
+                return crate::sys::open_dir_beneath(fd.as_fd(), rel).map_err(|e| {
+                    match e.raw_os_error() {
+                        Some(libc::ELOOP) => std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "a symlink on the way below --allow {} (refused: paths below \
+                                 an allowed directory must be symlink-free)",
+                                a.display()
+                            ),
+                        ),
+                        Some(libc::EXDEV) => std::io::Error::new(
+                            e.kind(),
+                            format!("leads out of --allow {}", a.display()),
+                        ),
+                        _ => e,
+                    }
+                });
+            }
+        }
+        Err(std::io::Error::from_raw_os_error(libc::EACCES))
+    }
+
+    /// Whether `path` is (lexically) inside one of the allowed directories.
+    pub fn contains(&self, path: &Path) -> bool {
+        self.0.iter().any(|(a, _)| path.starts_with(a))
+    }
 }
 
 impl ServeConfig {
-    /// Check the directories without creating or changing anything.
+    /// Check the directories without creating or changing anything. Paths are the operator's:
+    /// symlinks in them are followed, once, when each is opened.
     pub fn check(&self) -> Result<Checked, ConfigError> {
+        self.check_with(&|p| crate::sys::open_anchor(p))
+    }
+
+    /// [`ServeConfig::check`] for directories a request named: each opened below an allowed
+    /// directory without following any symlink ([`AllowedDirs::open_dir`]).
+    pub fn check_allowed(&self, allowed: &AllowedDirs) -> Result<Checked, ConfigError> {
+        self.check_with(&|p| allowed.open_dir(p))
+    }
+
+    fn check_with(
+        &self,
+        open: &dyn Fn(&Path) -> std::io::Result<OwnedFd>,
+    ) -> Result<Checked, ConfigError> {
         if self.lowers.is_empty() {
             return Err(ConfigError::NoLayers);
         }
@@ -185,15 +308,19 @@ impl ServeConfig {
             });
         }
         let mut all: Vec<(&'static str, PathBuf, std::fs::Metadata)> = Vec::new();
+        let mut fds = Vec::new();
         for l in &self.lowers {
-            let (p, m) = dir(l, "layer")?;
+            let (p, m, fd) = dir(l, "layer", open)?;
             all.push(("layer", p, m));
+            fds.push(Arc::new(fd));
         }
-        let (upper, um) = dir(&self.upper, "upper")?;
-        let (work, wm) = dir(&self.work, "work")?;
+        let (upper, um, ufd) = dir(&self.upper, "upper", open)?;
+        let (work, wm, wfd) = dir(&self.work, "work", open)?;
         if um.dev() != wm.dev() {
             return Err(ConfigError::DifferentFilesystems { upper, work });
         }
+        fds.push(Arc::new(ufd));
+        fds.push(Arc::new(wfd));
         all.push(("upper", upper.clone(), um));
         all.push(("work", work.clone(), wm));
 
@@ -233,6 +360,7 @@ impl ServeConfig {
             upper,
             work,
             limits: self.limits,
+            fds,
         })
     }
 }

@@ -2,7 +2,7 @@
 //! serve one VMM connection, clean up.
 
 use std::io;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,7 +40,9 @@ fn lock_path(socket: &Path) -> PathBuf {
 ///
 /// A live strata daemon holds an flock on `SOCKET.lock` for its lifetime, so it is detected
 /// without connecting (a connection would be taken as the VMM's and end its session). Another
-/// kind of server on the path is detected by connecting.
+/// kind of server on the path is detected by connecting, and a socket is only removed when
+/// that connect proves nobody listens (ECONNREFUSED): any other answer, a sandbox's ENOSYS
+/// included, leaves it alone and refuses the path.
 pub(crate) fn claim_socket(path: &Path) -> Result<SocketGuard, ConfigError> {
     let meta = std::fs::symlink_metadata(path).ok();
     if let Some(m) = &meta {
@@ -49,24 +51,45 @@ pub(crate) fn claim_socket(path: &Path) -> Result<SocketGuard, ConfigError> {
         }
     }
     let lock_path = lock_path(path);
-    if let Ok(f) = std::fs::File::open(&lock_path) {
+    let lock_opts = || {
+        let mut o = std::fs::OpenOptions::new();
+        o.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+        o
+    };
+    if let Ok(f) = lock_opts().read(true).open(&lock_path) {
         if matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
             return Err(ConfigError::SocketInUse(path.to_owned()));
         }
     }
     if meta.is_some() {
-        if UnixStream::connect(path).is_ok() {
-            return Err(ConfigError::SocketInUse(path.to_owned()));
+        match UnixStream::connect(path) {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                tracing::info!("removing stale socket {path:?}");
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Ok(_) => return Err(ConfigError::SocketInUse(path.to_owned())),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot tell whether socket {path:?} is in use ({e}): left alone; remove \
+                     it by hand if it is stale"
+                );
+                return Err(ConfigError::SocketInUse(path.to_owned()));
+            }
         }
-        tracing::info!("removing stale socket {path:?}");
-        let _ = std::fs::remove_file(path);
     }
-    let lock = std::fs::OpenOptions::new()
+    let lock = lock_opts()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .and_then(|f| f.try_lock().map(|()| f).map_err(io::Error::from))
+        .and_then(|f| {
+            // An older lock file may be wider: narrow it (it is ours, we hold its name).
+            if f.metadata()?.mode() & 0o077 != 0 {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+            f.try_lock().map(|()| f).map_err(io::Error::from)
+        })
         .map_err(|_| ConfigError::SocketInUse(path.to_owned()))?;
     Ok(SocketGuard {
         socket: path.to_owned(),
@@ -186,12 +209,15 @@ pub(crate) fn run_device(
     }
 }
 
-/// Bind and listen on a vhost-user socket (the path was claimed first).
-pub(crate) fn listen(socket: &Path) -> Result<Listener, ServeError> {
-    Listener::new(socket, false).map_err(|e| ServeError::Listen {
-        path: socket.to_owned(),
-        source: io::Error::other(e.to_string()),
-    })
+/// Bind and listen on a vhost-user socket (the path was claimed first), with `mode` from the
+/// first moment it exists ([`crate::socket::bind_private`]).
+pub(crate) fn listen(socket: &Path, mode: u32) -> Result<Listener, ServeError> {
+    crate::socket::bind_private(socket, mode)
+        .map(Listener::from)
+        .map_err(|source| ServeError::Listen {
+            path: socket.to_owned(),
+            source,
+        })
 }
 
 fn vhost_daemon(
@@ -252,11 +278,12 @@ fn prepare_with(
         None => None,
     };
     before_listen(&checked)?;
-    let listener = listen(&cfg.socket)?;
+    let mode = crate::socket::DEFAULT_SOCKET_MODE;
+    let listener = listen(&cfg.socket, mode)?;
     let lower = match (&cfg.lower_device, lower_backend, lower_guard) {
         (Some(d), Some(backend), Some(guard)) => Some(Device {
             backend,
-            listener: listen(&d.socket)?,
+            listener: listen(&d.socket, mode)?,
             tag: d.tag.clone(),
             _guard: guard,
         }),
@@ -277,6 +304,16 @@ fn prepare_with(
 pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, ServeError> {
     let mut confined = None;
     let prepared = prepare_with(cfg, cache, |checked| {
+        // Raise the open-files limit while CAP_SYS_RESOURCE is still there, and budget the fds
+        // the guest may make this process hold below it.
+        // A merged `/lower` directory holds one fd per layer.
+        let layers = checked.lowers.len() as u64;
+        let needed = checked.limits.fds_needed(checked.lowers.len())
+            + checked.limits.max_nodes as u64 * layers.saturating_sub(1);
+        let wanted = (needed + needed / 7 + 1024).min(crate::fdbudget::system_max());
+        if let Err(e) = crate::fdbudget::raise_and_set(wanted) {
+            tracing::warn!("cannot raise the open-files limit: {e}");
+        }
         // Capabilities and Landlock are per thread: confine the only one, before any other
         // (signals, vhost-user workers) exists, so that they all inherit it.
         let mut c =
@@ -291,6 +328,8 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         sandbox::forbid_mounts()?;
         sandbox::allow_only_known()
     })?;
+    // Its sockets listen: it binds, listens and connects no more.
+    sandbox::forbid_new_sockets()?;
     let Prepared {
         lower,
         backend,

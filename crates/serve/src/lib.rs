@@ -6,7 +6,8 @@
 //! `FileSystem` implementation, one file per operation family), [`backend`] (the vhost-user
 //! transport glue), [`sandbox`] (capabilities, Landlock, and the seccomp filter that makes
 //! mounting impossible), [`daemon`] (start-up, socket, signals), `sys` (the only `unsafe`).
-//! [`supervisor`] is `strata daemon` (many VMs in one process, started and stopped over the
+//! [`fdbudget`] is the process's fd budget shared by all sessions, [`ratelog`] the rate limit on
+//! log lines a guest can trigger. [`supervisor`] is `strata daemon` (many VMs in one process, started and stopped over the
 //! local [`api`]).
 //!
 //! Features (none is on by default; the `strata` binary's default build enables none):
@@ -28,11 +29,14 @@ pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod error;
+pub mod fdbudget;
 #[cfg(feature = "test-utils")]
 pub mod frontend;
 #[cfg(feature = "test-utils")]
 pub mod fuzzing;
+pub mod ratelog;
 pub mod sandbox;
+pub mod socket;
 pub mod supervisor;
 #[allow(unsafe_code)]
 pub(crate) mod sys;

@@ -111,6 +111,7 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_lseek,
         SYS_close,
         SYS_openat,
+        SYS_openat2,
         SYS_fcntl,
         SYS_dup,
         SYS_dup3,
@@ -175,6 +176,8 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_sched_yield,
         SYS_gettid,
         SYS_getpid,
+        SYS_getuid,
+        SYS_geteuid,
         SYS_tgkill,
         SYS_exit,
         SYS_exit_group,
@@ -208,6 +211,10 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_getsockopt,
         SYS_shutdown,
         SYS_getsockname,
+        // the liveness probe of a socket path before binding over it (crate::daemon)
+        SYS_connect,
+        // more filters later (strata serve's forbid_new_sockets): a filter can only take away
+        SYS_seccomp,
     );
     #[cfg(target_arch = "x86_64")]
     v.extend(sys!(
@@ -220,29 +227,114 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_rename,
         SYS_readlink,
         SYS_access,
+        SYS_mkdir,
+        SYS_rmdir,
+        SYS_chmod,
+        SYS_link,
         SYS_arch_prctl,
     ));
     v
 }
 
-/// The allow-list filter: [`allowed_syscalls`] pass, everything else gets `otherwise`
-/// (the daemon uses ENOSYS, so that libraries fall back where they can; tests use a trap to
-/// find a missing entry loudly).
+/// The syscalls of the allow-list that pass only with certain arguments, and which, for
+/// `--print-sandbox` and logs.
+pub const ARGUMENT_FILTERS: &[(&str, &str)] = &[
+    (
+        "socket",
+        "domain AF_UNIX only (the daemon speaks vhost-user and its API, nothing else)",
+    ),
+    ("socketpair", "domain AF_UNIX only"),
+    (
+        "clone",
+        "only with CLONE_THREAD (threads, never processes) and no CLONE_NEW* flag",
+    ),
+    ("tgkill", "this process's own threads only (tgid = its pid)"),
+    ("prlimit64", "this process only (pid 0 or its own)"),
+    (
+        "unshare",
+        "CLONE_FS only (a worker thread's own umask), never a namespace",
+    ),
+];
+
+/// Every `CLONE_NEW*` namespace flag.
+const CLONE_NEW_ANY: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64;
+
+fn cond(
+    arg: u8,
+    len: SeccompCmpArgLen,
+    op: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompCondition, ServeError> {
+    SeccompCondition::new(arg, len, op, value).map_err(|e| ServeError::Seccomp(e.to_string()))
+}
+
+fn rule(conds: Vec<SeccompCondition>) -> Result<SeccompRule, ServeError> {
+    SeccompRule::new(conds).map_err(|e| ServeError::Seccomp(e.to_string()))
+}
+
+/// The argument rules of [`ARGUMENT_FILTERS`] for a process with pid `pid` (any one rule
+/// matching lets the call through).
+fn argument_rules(pid: u64) -> Result<BTreeMap<i64, Vec<SeccompRule>>, ServeError> {
+    use SeccompCmpArgLen::{Dword, Qword};
+    let unix_only = || {
+        rule(vec![cond(
+            0,
+            Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )?])
+    };
+    let thread = CLONE_NEW_ANY | libc::CLONE_THREAD as u64;
+    let mut m = BTreeMap::new();
+    m.insert(libc::SYS_socket, vec![unix_only()?]);
+    m.insert(libc::SYS_socketpair, vec![unix_only()?]);
+    m.insert(
+        libc::SYS_clone,
+        vec![rule(vec![cond(
+            0,
+            Qword,
+            SeccompCmpOp::MaskedEq(thread),
+            libc::CLONE_THREAD as u64,
+        )?])?],
+    );
+    m.insert(
+        libc::SYS_tgkill,
+        vec![rule(vec![cond(0, Dword, SeccompCmpOp::Eq, pid)?])?],
+    );
+    m.insert(
+        libc::SYS_prlimit64,
+        vec![
+            rule(vec![cond(0, Dword, SeccompCmpOp::Eq, 0)?])?,
+            rule(vec![cond(0, Dword, SeccompCmpOp::Eq, pid)?])?,
+        ],
+    );
+    m.insert(
+        libc::SYS_unshare,
+        vec![rule(vec![cond(
+            0,
+            Qword,
+            SeccompCmpOp::Eq,
+            libc::CLONE_FS as u64,
+        )?])?],
+    );
+    Ok(m)
+}
+
+/// The allow-list filter: [`allowed_syscalls`] pass (those of [`ARGUMENT_FILTERS`] only with
+/// those arguments), everything else gets `otherwise` (the daemon uses ENOSYS, so that
+/// libraries fall back where they can; tests use a trap to find a missing entry loudly).
 pub fn allow_list_filter(otherwise: SeccompAction) -> Result<BpfProgram, ServeError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
+    let mut args = argument_rules(u64::from(std::process::id()))?;
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls()
         .into_iter()
-        .map(|(_, nr)| (nr, Vec::new()))
+        .map(|(_, nr)| (nr, args.remove(&nr).unwrap_or_default()))
         .collect();
-    // unshare only to give a worker thread its own umask (CLONE_FS): no namespace of any kind.
-    let fs_only = SeccompRule::new(vec![SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Qword,
-        SeccompCmpOp::Eq,
-        libc::CLONE_FS as u64,
-    )
-    .map_err(|e| ServeError::Seccomp(e.to_string()))?])
-    .map_err(|e| ServeError::Seccomp(e.to_string()))?;
-    rules.insert(libc::SYS_unshare, vec![fs_only]);
     let f = SeccompFilter::new(rules, otherwise, SeccompAction::Allow, arch())
         .map_err(|e| ServeError::Seccomp(e.to_string()))?;
     f.try_into()
@@ -253,6 +345,26 @@ pub fn allow_list_filter(otherwise: SeccompAction) -> Result<BpfProgram, ServeEr
 pub fn allow_only_known() -> Result<(), ServeError> {
     let f = allow_list_filter(SeccompAction::Errno(libc::ENOSYS as u32))?;
     seccompiler::apply_filter_all_threads(&f).map_err(|e| ServeError::Seccomp(e.to_string()))
+}
+
+/// The syscalls [`forbid_new_sockets`] takes away.
+pub const NO_NEW_SOCKETS: &[(&str, i64)] = &[
+    ("socket", libc::SYS_socket),
+    ("bind", libc::SYS_bind),
+    ("listen", libc::SYS_listen),
+    ("connect", libc::SYS_connect),
+];
+
+/// For `strata serve` once its sockets listen (it serves one VMM and binds nothing later):
+/// no thread can make a socket, bind, listen or connect any more (EPERM). Irreversible.
+/// `strata daemon` binds a socket per session it starts, so keeps them.
+pub fn forbid_new_sockets() -> Result<(), ServeError> {
+    let deny: BTreeMap<i64, Vec<SeccompRule>> = NO_NEW_SOCKETS
+        .iter()
+        .map(|&(_, nr)| (nr, Vec::new()))
+        .collect();
+    seccompiler::apply_filter_all_threads(&compile(deny, libc::EPERM)?)
+        .map_err(|e| ServeError::Seccomp(e.to_string()))
 }
 
 /// Install the no-mount filters on every thread of this process. Irreversible.
@@ -416,7 +528,12 @@ fn restrict_files(c: &Confinement) -> Result<Option<String>, ServeError> {
     }
     let all = AccessFs::from_all(LANDLOCK_ABI);
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
-    let sock = AccessFs::MakeSock | AccessFs::RemoveFile;
+    // Sockets are bound in a private directory and linked into place (crate::socket).
+    let sock = AccessFs::MakeSock
+        | AccessFs::RemoveFile
+        | AccessFs::MakeDir
+        | AccessFs::RemoveDir
+        | AccessFs::Refer;
     let mut rs = Ruleset::default()
         .handle_access(all)
         .map_err(lerr)?
@@ -448,7 +565,7 @@ fn restrict_files(c: &Confinement) -> Result<Option<String>, ServeError> {
     };
     Ok(Some(format!(
         "kernel ABI {kernel_abi}, {how}: layers read-only, upper+work read-write, socket dir \
-         create-socket/remove-file, nothing else"
+         create/remove sockets, nothing else"
     )))
 }
 
@@ -482,10 +599,18 @@ pub fn describe_with(confined: Option<&ConfineReport>) -> String {
     let mut out = format!(
         "seccomp: {} -> EPERM; unshare/clone with CLONE_NEWNS -> EPERM; clone3 -> ENOSYS\n\
          seccomp allow-list: {} syscalls (file ops on held fds, memory, threads, the vhost-user \
-         socket), every other -> ENOSYS\n",
+         socket), every other -> ENOSYS; argument filters (other arguments -> ENOSYS):\n",
         names.join(", "),
         allowed_syscalls().len()
     );
+    for (name, what) in ARGUMENT_FILTERS {
+        out.push_str(&format!("  {name}: {what}\n"));
+    }
+    let names: Vec<&str> = NO_NEW_SOCKETS.iter().map(|(n, _)| *n).collect();
+    out.push_str(&format!(
+        "seccomp, strata serve once its sockets listen: {} -> EPERM\n",
+        names.join(", ")
+    ));
     match confined {
         Some(r) => out.push_str(&r.summary()),
         None => {
@@ -501,7 +626,7 @@ pub fn describe_with(confined: Option<&ConfineReport>) -> String {
             if abi > 0 {
                 out.push_str(&format!(
                     "landlock: kernel ABI {abi} (asking for {}): layers read-only (read file, \
-                     read dir), upper+work all rights, socket dir create-socket/remove-file, \
+                     read dir), upper+work all rights, socket dir create/remove sockets, \
                      nothing else",
                     LANDLOCK_ABI as i32
                 ));
@@ -511,6 +636,9 @@ pub fn describe_with(confined: Option<&ConfineReport>) -> String {
                      the served tree's own checks",
                 );
             }
+            out.push_str(
+                "\n(strata daemon refuses to start without Landlock unless --allow-no-landlock)",
+            );
         }
     }
     out

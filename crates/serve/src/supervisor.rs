@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +27,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::api::{self, Dirs, ErrorKind, Request, Response, SessionInfo, SessionState};
 use crate::backend::FsBackend;
-use crate::config::ServeConfig;
+use crate::config::{AllowedDirs, ServeConfig};
 use crate::daemon::{claim_socket, listen, run_device, SocketGuard};
 use crate::error::ServeError;
 use crate::sandbox;
@@ -53,6 +52,13 @@ pub struct DaemonConfig {
     pub limits: crate::tree::Limits,
     /// Confine the process (capabilities, Landlock, seccomp). Off only for in-process tests.
     pub confine: bool,
+    /// Mode of the API and session sockets (default [`crate::socket::DEFAULT_SOCKET_MODE`]).
+    pub socket_mode: u32,
+    /// Besides root, the uids whose processes may use the API (checked with SO_PEERCRED).
+    pub api_uids: Vec<u32>,
+    /// Serve even if the kernel cannot enforce Landlock (file access then is limited only by
+    /// the served tree's own checks). Off: the daemon refuses to start without it.
+    pub allow_no_landlock: bool,
 }
 
 /// Finds the dirs of a store rootfs by id (the CLI gives one over `strata-store`).
@@ -137,11 +143,22 @@ struct Sessions {
 /// The daemon's state, shared by the accept loop, API connections and session threads.
 pub struct Supervisor {
     cfg: DaemonConfig,
+    /// `cfg.allow`, held open: explicit dirs are opened below them.
+    allowed: AllowedDirs,
     resolver: Resolver,
     sessions: Mutex<Sessions>,
     epoll: Epoll,
     next_token: AtomicU64,
+    /// Failed accepts on the API socket (out of fds, say), for logs and tests.
+    accept_failures: AtomicU64,
 }
+
+/// Failed accepts on the API socket (one per wakeup while out of fds).
+static ACCEPT_LOG: crate::ratelog::RateLog =
+    crate::ratelog::RateLog::new(3, Duration::from_secs(10));
+
+/// Refused API peers (a local user can connect in a loop if the socket's mode lets them).
+static PEER_LOG: crate::ratelog::RateLog = crate::ratelog::RateLog::new(3, Duration::from_secs(10));
 
 /// epoll token of the API listener; sessions count up from 1.
 const API_TOKEN: u64 = 0;
@@ -169,11 +186,13 @@ impl Supervisor {
             ..cfg
         };
         Ok(Arc::new(Supervisor {
+            allowed: AllowedDirs::open(&cfg.allow),
             cfg,
             resolver,
             sessions: Mutex::new(Sessions::default()),
             epoll: Epoll::new()?,
             next_token: AtomicU64::new(API_TOKEN + 1),
+            accept_failures: AtomicU64::new(0),
         }))
     }
 
@@ -284,12 +303,40 @@ impl Supervisor {
             limits: self.cfg.limits,
             lower_device: layer_device,
         };
-        let checked = match cfg.check() {
+        // Explicit dirs must come from an allowed directory: each is opened below the one it
+        // is in, following no symlink, and the tree is served from those very fds.
+        if explicit {
+            let outside = cfg
+                .lowers
+                .iter()
+                .chain([&cfg.upper, &cfg.work])
+                .find(|p| !self.allowed.contains(p));
+            if let Some(p) = outside {
+                return error(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "{} is outside every directory the daemon allows ({}): serve store \
+                         rootfs by id, or start the daemon with --allow DIR (give absolute, \
+                         symlink-free paths)",
+                        p.display(),
+                        if self.cfg.allow.is_empty() {
+                            "none given".to_string()
+                        } else {
+                            format!("{:?}", self.allowed.paths())
+                        }
+                    ),
+                );
+            }
+        }
+        let checked = match if explicit {
+            cfg.check_allowed(&self.allowed)
+        } else {
+            cfg.check()
+        } {
             Ok(c) => c,
             Err(e) => return error(ErrorKind::Config, e.to_string()),
         };
-        // Explicit dirs must come from an allowed directory (checked on the canonical paths
-        // the tree will open).
+        // And where the kernel says they are is inside too.
         if explicit {
             let outside = checked
                 .lowers
@@ -323,11 +370,11 @@ impl Supervisor {
                 lower_tag: cfg.lower_device.as_ref().map(|d| d.tag.clone()),
             };
             let fs = Arc::new(StrataFs::with_role(&checked, cache, role)?);
-            let listener = listen(&cfg.socket)?;
+            let listener = listen(&cfg.socket, self.cfg.socket_mode)?;
             let layers = match (&cfg.lower_device, layer_guard) {
                 (Some(d), Some(g)) => Some((
                     Arc::new(StrataFs::with_role(&checked, cache, Role::Layers)?),
-                    listen(&d.socket)?,
+                    listen(&d.socket, self.cfg.socket_mode)?,
                     g,
                     d.socket.clone(),
                 )),
@@ -566,6 +613,11 @@ impl Supervisor {
         self.len() == 0
     }
 
+    /// How many accepts on the API socket have failed so far.
+    pub fn api_accept_failures(&self) -> u64 {
+        self.accept_failures.load(Ordering::Relaxed)
+    }
+
     /// Watch the API listener and every session socket; never returns unless epoll fails.
     pub fn accept_loop(self: &Arc<Self>, api: UnixListener) -> io::Result<()> {
         self.epoll.ctl(
@@ -574,6 +626,10 @@ impl Supervisor {
             EpollEvent::new(EventSet::IN, API_TOKEN),
         )?;
         let mut events = vec![EpollEvent::default(); 64];
+        // Out of fds, accept fails while the client stays queued (the socket stays readable):
+        // wait before trying again instead of spinning, and log a few lines, not millions.
+        const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+        let mut backoff = FIRST_BACKOFF;
         loop {
             let n = match self.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -584,6 +640,7 @@ impl Supervisor {
                 if ev.data() == API_TOKEN {
                     match api.accept() {
                         Ok((conn, _)) => {
+                            backoff = FIRST_BACKOFF;
                             let me = self.clone();
                             if let Err(e) = std::thread::Builder::new()
                                 .name("strata-api".into())
@@ -592,7 +649,18 @@ impl Supervisor {
                                 tracing::warn!("cannot serve an API client: {e}");
                             }
                         }
-                        Err(e) => tracing::warn!("API accept failed: {e}"),
+                        Err(e) => {
+                            self.accept_failures.fetch_add(1, Ordering::Relaxed);
+                            crate::ratelog_warn!(ACCEPT_LOG, "API accept failed: {e}");
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                            ) {
+                                std::thread::sleep(backoff);
+                                backoff = (backoff * 2).min(Duration::from_secs(1));
+                                continue;
+                            }
+                        }
                     }
                 } else {
                     self.connect(ev.data());
@@ -601,8 +669,21 @@ impl Supervisor {
         }
     }
 
-    /// Answer one API connection's requests, in order, until it closes.
+    /// Answer one API connection's requests, in order, until it closes. A peer that is not
+    /// root (or an `--api-uid`) gets one error line and the connection is closed.
     pub fn serve_client(self: Arc<Self>, conn: UnixStream) {
+        if let Err(m) = crate::socket::peer_allowed(&conn, &self.cfg.api_uids) {
+            crate::ratelog_warn!(PEER_LOG, "API connection refused: {m}");
+            // Take the first request (briefly, boundedly) so the client reads the answer
+            // instead of a broken pipe; it is not looked at.
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+            let _ = BufReader::new((&conn).take(api::MAX_LINE as u64))
+                .read_until(b'\n', &mut Vec::new());
+            let mut out = serde_json::to_vec(&error(ErrorKind::BadRequest, m)).unwrap_or_default();
+            out.push(b'\n');
+            let _ = (&conn).write_all(&out);
+            return;
+        }
         let Ok(writer) = conn.try_clone() else { return };
         let mut writer = writer;
         let mut reader = BufReader::new(conn);
@@ -644,23 +725,33 @@ impl Supervisor {
 /// process, then serve the API and every session.
 pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
     let t0 = Instant::now();
+    if cfg.confine && !cfg.allow_no_landlock && crate::sys::landlock_abi() <= 0 {
+        return Err(ServeError::Seccomp(
+            "this kernel cannot enforce Landlock, so file access would be limited only by the \
+             served trees' own checks: refusing to start (enable Landlock: lsm=...,landlock; \
+             or start with --allow-no-landlock to accept that)"
+                .into(),
+        ));
+    }
     std::fs::create_dir_all(&cfg.socket_dir).map_err(|source| ServeError::Listen {
         path: cfg.socket_dir.clone(),
         source,
     })?;
     let api_guard = claim_socket(&cfg.api)?;
-    let api = UnixListener::bind(&cfg.api).map_err(|source| ServeError::Listen {
-        path: cfg.api.clone(),
-        source,
-    })?;
-    std::fs::set_permissions(&cfg.api, std::fs::Permissions::from_mode(0o600)).map_err(
-        |source| ServeError::Listen {
+    let api = crate::socket::bind_private(&cfg.api, cfg.socket_mode).map_err(|source| {
+        ServeError::Listen {
             path: cfg.api.clone(),
             source,
-        },
-    )?;
+        }
+    })?;
     let mut confined = None;
     if cfg.confine {
+        // Every session's fds come out of one process limit: raise it while the process may
+        // (CAP_SYS_RESOURCE goes with the confinement) and keep a budget below it.
+        match crate::fdbudget::raise_and_set(crate::fdbudget::system_max()) {
+            Ok(cap) => tracing::info!("fd budget for all sessions: {cap}"),
+            Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
+        }
         let existing =
             |v: &[PathBuf]| -> Vec<PathBuf> { v.iter().filter(|p| p.exists()).cloned().collect() };
         let mut rw = existing(&cfg.read_write);
@@ -671,7 +762,15 @@ pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
             rw,
             socket_dirs: vec![cfg.socket_dir.clone()],
         };
-        confined = Some(sandbox::confine(&c)?);
+        let report = sandbox::confine(&c)?;
+        if report.landlock.is_none() && !cfg.allow_no_landlock {
+            return Err(ServeError::Seccomp(
+                "Landlock is not enforced on this kernel: refusing to serve (start with \
+                 --allow-no-landlock to accept that)"
+                    .into(),
+            ));
+        }
+        confined = Some(report);
     }
     let sup =
         Supervisor::new(cfg.clone(), resolver).map_err(|e| ServeError::Session(e.to_string()))?;

@@ -61,6 +61,45 @@ pub fn open_anchor(path: &Path) -> io::Result<OwnedFd> {
     Ok(owned(fd))
 }
 
+/// `openat2(dir, rel, O_PATH | O_DIRECTORY)` resolved with `RESOLVE_BENEATH |
+/// RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`: the directory `rel` names below `dir`, reached
+/// without leaving `dir` (`..` past it is EXDEV) and without following any symlink on the way
+/// (ELOOP), whatever another process renames meanwhile. `rel` empty or `.` is `dir` itself.
+pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let c = CString::new(rel.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: an all-zero open_how is valid (no flags, mode 0, no resolve flags).
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `dir` is live for the call, `c` is NUL-terminated and `how` is a valid open_how
+    // whose size is passed along; the kernel only reads both.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(owned(fd as RawFd))
+}
+
+/// The path the kernel has for the inode behind `fd` (its `/proc/self/fd` link): where an
+/// opened directory really is, whatever path was used to open it.
+pub fn fd_path(fd: BorrowedFd<'_>) -> io::Result<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 /// `openat(dir, name, O_PATH | O_NOFOLLOW)`: a handle on one child, never following a symlink.
 pub fn open_path_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
     // SAFETY: `dir` is a live fd for the duration of the call and `name` is NUL-terminated.
@@ -335,6 +374,28 @@ pub fn raise_fd_limit(wanted: u64) -> io::Result<u64> {
     // SAFETY: as above.
     cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) })?;
     Ok(soft.rlim_cur)
+}
+
+/// The uid of the peer of a connected unix socket (`SO_PEERCRED`).
+pub fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is writable for `len` bytes and `len` is a valid in/out length; `sock` is
+    // live for the call.
+    cvt(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.uid)
 }
 
 /// The Landlock ABI version of the running kernel; 0 or less if it has none (or it is off).

@@ -39,6 +39,9 @@ fn fixture() -> Fixture {
             cache: CachePolicy::default(),
             limits: strata_serve::Limits::default(),
             confine: false,
+            socket_mode: strata_serve::socket::DEFAULT_SOCKET_MODE,
+            api_uids: vec![],
+            allow_no_landlock: false,
         },
         Box::new(|id| Err((ErrorKind::NotFound, format!("no store rootfs {id}")))),
     )

@@ -135,6 +135,8 @@ pub enum StoreError {
         "layer {0} of an image record is missing from the store (run `strata image import` again)"
     )]
     LayerMissing(String),
+    #[error("store directory {path} is not safe: {reason}")]
+    Insecure { path: PathBuf, reason: String },
     #[error("store record {path} is not valid: {reason} (remove it or re-import)")]
     BadRecord { path: PathBuf, reason: String },
 }

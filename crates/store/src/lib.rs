@@ -20,6 +20,7 @@ mod store;
 #[allow(unsafe_code)]
 mod sys;
 pub mod unpack;
+mod walk;
 
 pub use error::{EntryRule, StoreError};
 pub use store::*;

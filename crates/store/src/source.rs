@@ -17,9 +17,10 @@ const MAX_JSON: u64 = 16 << 20;
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
-/// An image source: a directory, or a tar read in place (indexed once, no extraction).
+/// An image source: a directory (held open; members are opened below it, never through a
+/// symlink, and must be regular files), or a tar read in place (indexed once, no extraction).
 pub enum Source {
-    Dir(PathBuf),
+    Dir(PathBuf, std::os::fd::OwnedFd),
     Tar {
         path: PathBuf,
         /// Normalized member name → (data offset, size).
@@ -50,7 +51,8 @@ impl Source {
         let meta =
             std::fs::metadata(src).map_err(StoreError::io("cannot open image source", src))?;
         if meta.is_dir() {
-            return Ok(Source::Dir(src.to_owned()));
+            let dir = File::open(src).map_err(StoreError::io("cannot open image source", src))?;
+            return Ok(Source::Dir(src.to_owned(), dir.into()));
         }
         let bad = |reason: String| StoreError::BadSource {
             src: src.to_owned(),
@@ -134,13 +136,25 @@ impl Source {
 
     fn path(&self) -> &Path {
         match self {
-            Source::Dir(p) | Source::Tar { path: p, .. } => p,
+            Source::Dir(p, _) | Source::Tar { path: p, .. } => p,
         }
+    }
+
+    /// A member of a directory source: a regular file below it, reached without following a
+    /// symlink (a blob symlinked to `/dev/zero` or to a host file is refused), and its size.
+    fn dir_member(dir: &std::os::fd::OwnedFd, n: &str) -> std::io::Result<(File, u64)> {
+        use std::os::fd::AsRawFd;
+        let f = File::from(crate::sys::open_beneath(dir.as_raw_fd(), n)?);
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        Ok((f, meta.len()))
     }
 
     pub fn has(&self, name: &str) -> bool {
         match (self, normalize(name)) {
-            (Source::Dir(d), Some(n)) => d.join(n).is_file(),
+            (Source::Dir(_, d), Some(n)) => Source::dir_member(d, &n).is_ok(),
             (Source::Tar { entries, .. }, Some(n)) => entries.contains_key(&n),
             _ => false,
         }
@@ -154,14 +168,19 @@ impl Source {
         };
         let n = normalize(name).ok_or_else(missing)?;
         match self {
-            Source::Dir(d) => {
-                let p = d.join(&n);
-                let f = File::open(&p).map_err(|_| missing())?;
-                let len = f
-                    .metadata()
-                    .map_err(StoreError::io("cannot stat", &p))?
-                    .len();
-                Ok((Box::new(f), len))
+            Source::Dir(p, d) => {
+                let (f, len) = Source::dir_member(d, &n).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => missing(),
+                    _ => StoreError::BadSource {
+                        src: p.to_owned(),
+                        reason: format!(
+                            "{name:?} cannot be used: {e} (members of an image directory must \
+                             be regular files, not symlinks)"
+                        ),
+                    },
+                })?;
+                // Never more than the size it had when opened, even if it grows.
+                Ok((Box::new(f.take(len)), len))
             }
             Source::Tar { path, entries } => {
                 let (off, size) = *entries.get(&n).ok_or_else(missing)?;
@@ -188,7 +207,7 @@ impl Source {
                 "{what} is {len} bytes (limit {MAX_JSON})"
             )));
         }
-        let mut hr = HashReader::new(r);
+        let mut hr = HashReader::new(r.take(MAX_JSON));
         let mut buf = Vec::new();
         hr.read_to_end(&mut buf)
             .map_err(StoreError::io("cannot read", self.path().join(name)))?;

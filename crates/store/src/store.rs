@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -15,6 +16,7 @@ use crate::digest::{is_limit, HashReader, LimitReader, Sha256};
 use crate::error::{Result, StoreError};
 use crate::source::{self, LayerSpec, Source};
 use crate::unpack::{Budget, Extractor};
+use crate::walk;
 
 /// Where `strata` keeps its store unless told otherwise.
 pub const DEFAULT_STORE: &str = "/var/lib/strata";
@@ -103,11 +105,78 @@ pub struct ImportReport {
     pub files: u64,
 }
 
-/// What gc removed.
+/// What gc removed, and what it could not (it goes on past a failing item).
 #[derive(Debug, Clone, Default)]
 pub struct GcReport {
     pub layers_removed: Vec<String>,
     pub tmp_removed: usize,
+    /// One line per item gc could not remove: what, and why.
+    pub failed: Vec<String>,
+}
+
+/// The store's directories and the most each may grant. Like containerd's root, the store's
+/// root only lets other users traverse it (0711) and everything inside is its owner's alone
+/// (0700): setuid and file-capability binaries, device nodes and world-writable directories
+/// of images, and whatever guests write into their upper dirs, are unreachable for every
+/// other local user.
+const SKELETON: [(&str, u32); 7] = [
+    ("", 0o711),
+    ("layers", 0o700),
+    ("layers/sha256", 0o700),
+    ("layers/sealed", 0o700),
+    ("images", 0o700),
+    ("containers", 0o700),
+    ("tmp", 0o700),
+];
+
+/// The checks of [`Store::open`] on an existing store, changing nothing: a store directory
+/// other users can reach, owned by another user or replaced by a symlink is refused.
+fn check_existing(root: &Path) -> Result<()> {
+    for (sub, max) in SKELETON {
+        let p = root.join(sub);
+        let meta = if sub.is_empty() {
+            fs::metadata(&p)
+        } else {
+            fs::symlink_metadata(&p)
+        };
+        let meta = match meta {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StoreError::io("cannot stat", &p)(e)),
+        };
+        if check_dir(&p, &meta, max)? {
+            return Err(StoreError::Insecure {
+                path: p,
+                reason: format!(
+                    "mode {:o} lets other users in (at most {max:o}): `strata gc` (or any \
+                     command that writes the store) as its owner narrows it",
+                    meta.mode() & 0o7777
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Check one store directory (`meta` of `path`): a directory owned by whoever runs this,
+/// granting nothing beyond `max`. `Ok(true)`: its mode must be narrowed to `max`.
+fn check_dir(path: &Path, meta: &fs::Metadata, max: u32) -> Result<bool> {
+    let insecure = |reason: String| StoreError::Insecure {
+        path: path.to_owned(),
+        reason,
+    };
+    if !meta.is_dir() {
+        return Err(insecure("not a directory (a symlink?)".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(insecure(format!(
+            "owned by uid {}, not by uid {me} who runs strata (another user could change \
+             layers and rootfs): chown it, or use a store of your own",
+            meta.uid()
+        )));
+    }
+    Ok(meta.mode() & 0o7777 & !max != 0)
 }
 
 /// A store rooted at a directory.
@@ -151,9 +220,13 @@ fn write_json_atomic(tmp_dir: &Path, dest: &Path, value: &impl Serialize) -> Res
         reason: e.to_string(),
     })?;
     bytes.push(b'\n');
+    write_atomic(tmp_dir, dest, &bytes)
+}
+
+fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(tmp_dir)
         .map_err(StoreError::io("cannot create temp file in", tmp_dir))?;
-    std::io::Write::write_all(&mut tmp, &bytes)
+    std::io::Write::write_all(&mut tmp, bytes)
         .map_err(StoreError::io("cannot write", tmp.path()))?;
     tmp.as_file()
         .sync_all()
@@ -378,22 +451,59 @@ impl<R: Read> Read for Progress<R> {
 }
 
 impl Store {
-    /// Open (creating the skeleton if needed) the store at `root`.
+    /// Open the store at `root`, creating its skeleton if needed, and check and repair it: every
+    /// store directory owned by this user (else refused) and no more open than [`SKELETON`]
+    /// says (narrowed, with a warning, if it is).
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
-        for d in ["layers/sha256", "images", "containers", "tmp"] {
-            let p = root.join(d);
-            fs::create_dir_all(&p).map_err(StoreError::io("cannot create store directory", &p))?;
+        if !root.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&root)
+                .map_err(StoreError::io("cannot create store directory", &root))?;
+        }
+        for (sub, max) in SKELETON {
+            let p = root.join(sub);
+            if !sub.is_empty() {
+                match fs::DirBuilder::new().mode(max).create(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(StoreError::io("cannot create store directory", &p)(e))
+                    }
+                    _ => {}
+                }
+            }
+            // The root may be a symlink the operator made; nothing inside may be one.
+            let nofollow = if sub.is_empty() { 0 } else { libc::O_NOFOLLOW };
+            let dir = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | nofollow)
+                .open(&p)
+                .map_err(StoreError::io("cannot open store directory", &p))?;
+            let meta = dir.metadata().map_err(StoreError::io("cannot stat", &p))?;
+            if check_dir(&p, &meta, max)? {
+                dir.set_permissions(fs::Permissions::from_mode(max))
+                    .map_err(StoreError::io("cannot narrow the mode of", &p))?;
+                tracing::warn!(
+                    "store directory {} was mode {:o}: narrowed to {max:o}",
+                    p.display(),
+                    meta.mode() & 0o7777
+                );
+            }
         }
         Ok(Store { root })
     }
 
     /// The store at `root` if there is one, else `None`: for read-only commands (`image ls`,
-    /// `image inspect`, `rootfs ls`), which create nothing on a host without a store.
+    /// `image inspect`, `rootfs ls`), which create nothing on a host without a store. A store
+    /// other users can reach is refused, as by [`Store::open_existing`].
     pub fn find(root: impl Into<PathBuf>) -> Result<Option<Store>> {
         let root = root.into();
         match std::fs::symlink_metadata(root.join("images")) {
-            Ok(m) if m.is_dir() => Ok(Some(Store { root })),
+            Ok(m) if m.is_dir() => {
+                check_existing(&root)?;
+                Ok(Some(Store { root }))
+            }
             Ok(_) => Err(StoreError::BadRecord {
                 path: root.join("images"),
                 reason: "not a directory".into(),
@@ -408,7 +518,8 @@ impl Store {
     }
 
     /// Open an existing store without creating or changing anything (for readers such as
-    /// `strata serve --rootfs` and the daemon's rootfs lookups, which may run confined).
+    /// `strata serve --rootfs` and the daemon's rootfs lookups, which may run confined), after
+    /// the checks [`Store::open`] makes: a store other users can reach is refused.
     pub fn open_existing(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
         let containers = root.join("containers");
@@ -418,6 +529,7 @@ impl Store {
                 root.display()
             )));
         }
+        check_existing(&root)?;
         Ok(Store { root })
     }
 
@@ -434,6 +546,41 @@ impl Store {
         self.root.join("layers/sha256").join(diff_id.hex())
     }
 
+    /// The seal of the layer with this diff_id (see [`walk::seal`]), written when it was
+    /// published.
+    fn seal_path(&self, diff_id: &Sha256) -> PathBuf {
+        self.root.join("layers/sealed").join(diff_id.hex())
+    }
+
+    /// Whether the layer with this diff_id is in the store exactly as it was unpacked: a
+    /// directory whose seal matches. A layer without a seal (unpacked before seals existed,
+    /// or published by an import that died before writing it) or with a broken one is not
+    /// reused: the import unpacks it again and replaces it.
+    fn layer_intact(&self, diff_id: &Sha256) -> bool {
+        let p = self.layer_path(diff_id);
+        if !fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            return false;
+        }
+        let want = match fs::read_to_string(self.seal_path(diff_id)) {
+            Ok(w) => w,
+            Err(_) => {
+                tracing::warn!("layer {diff_id} has no seal: unpacking it again");
+                return false;
+            }
+        };
+        match walk::seal(&p) {
+            Ok(got) if got.hex() == want.trim() => true,
+            Ok(_) => {
+                tracing::warn!("layer {diff_id} changed since it was unpacked: unpacking it again");
+                false
+            }
+            Err(e) => {
+                tracing::warn!("layer {diff_id} cannot be checked ({e}): unpacking it again");
+                false
+            }
+        }
+    }
+
     fn image_path(&self, name: &str) -> PathBuf {
         self.root
             .join("images")
@@ -445,13 +592,28 @@ impl Store {
     }
 
     fn lock(&self, exclusive: bool) -> Result<Lock> {
-        let p = self.root.join("lock");
+        self.lock_file("lock", exclusive)
+    }
+
+    /// Flock on `STORE/name` (created 0600, never through a symlink).
+    fn lock_file(&self, name: &str, exclusive: bool) -> Result<Lock> {
+        let p = self.root.join(name);
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&p)
             .map_err(StoreError::io("cannot open store lock", &p))?;
+        let mode = f
+            .metadata()
+            .map_err(StoreError::io("cannot stat", &p))?
+            .mode();
+        if mode & 0o077 != 0 {
+            f.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(StoreError::io("cannot narrow the mode of", &p))?;
+        }
         let arg = if exclusive {
             FlockArg::LockExclusive
         } else {
@@ -485,7 +647,7 @@ impl Store {
         let mut fresh: Vec<Sha256> = Vec::new();
         let mut unpack_here = Vec::new();
         for l in &spec.layers {
-            let new = !self.layer_path(&l.diff_id).is_dir() && !fresh.contains(&l.diff_id);
+            let new = !fresh.contains(&l.diff_id) && !self.layer_intact(&l.diff_id);
             if new {
                 fresh.push(l.diff_id.clone());
             }
@@ -602,20 +764,43 @@ impl Store {
                 source: std::io::Error::from_raw_os_error(e as i32),
             })?;
         }
+        let seals = fresh
+            .iter()
+            .map(|d| {
+                let staged = work.join(d.hex());
+                walk::seal(&staged).map_err(StoreError::io("cannot seal layer", &staged))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Moving a layer into place and writing its seal is one step for concurrent imports.
+        let _publishing = self.lock_file("layers/publish.lock", true)?;
         let (mut moved, mut raced) = (0, 0);
-        for d in fresh {
+        for (d, seal) in fresh.iter().zip(seals) {
             let dest = self.layer_path(d);
-            match rename_noreplace(&work.join(d.hex()), &dest) {
+            let staged = work.join(d.hex());
+            let io_err = |e: Errno| StoreError::Io {
+                what: "cannot move layer into place",
+                path: dest.clone(),
+                source: std::io::Error::from_raw_os_error(e as i32),
+            };
+            match rename_noreplace(&staged, &dest) {
                 Ok(()) => moved += 1,
-                Err(Errno::EEXIST | Errno::ENOTEMPTY) => raced += 1,
-                Err(e) => {
-                    return Err(StoreError::Io {
-                        what: "cannot move layer into place",
-                        path: dest,
-                        source: std::io::Error::from_raw_os_error(e as i32),
-                    })
+                // A concurrent import of the same layer got there first: keep its copy.
+                Err(Errno::EEXIST | Errno::ENOTEMPTY) if self.layer_intact(d) => {
+                    raced += 1;
+                    continue;
                 }
+                // An unsealed or changed copy: ours takes its place; the old one is left in
+                // `work` (removed with it, or by gc).
+                Err(Errno::EEXIST | Errno::ENOTEMPTY) => {
+                    renameat2(None, &staged, None, &dest, RenameFlags::RENAME_EXCHANGE)
+                        .map_err(io_err)?;
+                    moved += 1;
+                }
+                Err(e) => return Err(io_err(e)),
             }
+            let mut text = seal.hex().to_string();
+            text.push('\n');
+            write_atomic(&self.tmp(), &self.seal_path(d), text.as_bytes())?;
         }
         Ok((moved, raced))
     }
@@ -794,11 +979,14 @@ impl Store {
         }
         let mut report = GcReport::default();
         // No import runs while we hold the lock exclusively: everything in tmp/ is stale.
+        // One item that cannot be removed is reported, and the others still are.
         let tmp = self.tmp();
         for e in fs::read_dir(&tmp).map_err(StoreError::io("cannot list", &tmp))? {
             let p = e.map_err(StoreError::io("cannot list", &tmp))?.path();
-            remove_any(&p)?;
-            report.tmp_removed += 1;
+            match remove_any(&p) {
+                Ok(()) => report.tmp_removed += 1,
+                Err(e) => report.failed.push(e.to_string()),
+            }
         }
         let layers = self.root.join("layers/sha256");
         for e in fs::read_dir(&layers).map_err(StoreError::io("cannot list", &layers))? {
@@ -809,10 +997,25 @@ impl Store {
             }
             // Out of sight first (atomic), then delete.
             let doomed = tmp.join(format!("gc-{name}"));
-            fs::rename(e.path(), &doomed)
-                .map_err(StoreError::io("cannot remove layer", e.path()))?;
-            remove_any(&doomed)?;
+            if let Err(err) = fs::rename(e.path(), &doomed) {
+                report
+                    .failed
+                    .push(StoreError::io("cannot remove layer", e.path())(err).to_string());
+                continue;
+            }
             report.layers_removed.push(format!("sha256:{name}"));
+            if let Err(e) = remove_any(&doomed) {
+                report.failed.push(e.to_string());
+            }
+        }
+        // Seals of layers no longer in the store.
+        let sealed = self.root.join("layers/sealed");
+        if let Ok(list) = fs::read_dir(&sealed) {
+            for e in list.flatten() {
+                if !layers.join(e.file_name()).exists() {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
         }
         report.layers_removed.sort();
         Ok(report)
@@ -848,14 +1051,10 @@ impl Store {
             let p = stage.path().join(d);
             fs::create_dir(&p).map_err(StoreError::io("cannot create", &p))?;
         }
-        // Only root may reach a container's upper: the guest's device nodes (and set-id files)
-        // live there. (This used to call set_mode on a copy of the permissions: a no-op that
-        // left the dir 0755, as tempfile creates it under umask 022.)
-        fs::set_permissions(
-            stage.path(),
-            <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o700),
-        )
-        .map_err(StoreError::io("cannot chmod", stage.path()))?;
+        // The container's dir is its owner's alone: the guest's device nodes and set-id files
+        // live in its upper (which keeps the image's root mode: it is the container's `/`).
+        fs::set_permissions(stage.path(), fs::Permissions::from_mode(0o700))
+            .map_err(StoreError::io("cannot set the mode of", stage.path()))?;
         let rec = RootfsRecord {
             id: id.to_string(),
             image: img.name.clone(),
@@ -925,13 +1124,9 @@ impl Store {
     }
 }
 
+/// Remove a file or a whole tree, however deep (see [`walk::remove_tree`]).
 fn remove_any(p: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(p).map_err(StoreError::io("cannot stat", p))?;
-    if meta.is_dir() {
-        fs::remove_dir_all(p).map_err(StoreError::io("cannot remove", p))
-    } else {
-        fs::remove_file(p).map_err(StoreError::io("cannot remove", p))
-    }
+    walk::remove_tree(p).map_err(StoreError::io("cannot remove", p))
 }
 
 #[cfg(test)]

@@ -400,3 +400,52 @@ fn hostile_sparse_files() {
         &["big.img", "sparse file", "overlaps"],
     );
 }
+
+/// An OCI directory whose blobs are symlinks: the config to `/dev/zero` (which once made the
+/// import read without end), a layer to a host file. Both are refused before anything is read
+/// through them, and the store is unchanged.
+#[test]
+fn symlinked_blobs_in_a_layout_dir_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    let before = common::listing(s.root());
+    let l = tmp.path().join("bad");
+    let layer = RawTar::default().file("f", b"f").finish();
+    let digests = common::oci_layout(&l, std::slice::from_ref(&layer), Comp::Plain, "bad");
+    let blobs = l.join("blobs/sha256");
+    // The config blob: the one that is neither the layer nor the manifest the index names.
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(l.join("index.json")).unwrap()).unwrap();
+    let manifest_hex = index["manifests"][0]["digest"].as_str().unwrap()[7..].to_string();
+    let config_hex = fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| *n != manifest_hex && *n != digests[0].hex())
+        .unwrap();
+    fs::remove_file(blobs.join(&config_hex)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", blobs.join(&config_hex)).unwrap();
+    let msg = s
+        .import(&l, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("symlink") || msg.contains(&config_hex),
+        "{msg}"
+    );
+    assert_eq!(common::listing(s.root()), before, "{msg}");
+
+    // A layer blob symlinked to a copy of itself outside the layout.
+    let l2 = tmp.path().join("bad2");
+    let digests = common::oci_layout(&l2, &[layer], Comp::Plain, "bad2");
+    let blob = l2.join("blobs/sha256").join(digests[0].hex());
+    let outside = tmp.path().join("outside-blob");
+    fs::rename(&blob, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &blob).unwrap();
+    let msg = s
+        .import(&l2, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("symlink"), "{msg}");
+    assert_eq!(common::listing(s.root()), before, "{msg}");
+}

@@ -154,3 +154,151 @@ fn concurrent_imports_of_the_same_layers() {
     assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
     assert_eq!(s.images().unwrap().len(), 4);
 }
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+#[test]
+fn store_dirs_are_private_and_repaired_at_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let s = Store::open(&root).unwrap();
+    assert_eq!(mode(&root), 0o711);
+    for d in ["layers", "layers/sha256", "images", "containers", "tmp"] {
+        assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+    }
+    // A store left open to everyone (as before this check existed): readers refuse it,
+    // writers narrow it.
+    fs::set_permissions(root.join("containers"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+    let e = Store::open_existing(&root).unwrap_err();
+    assert!(matches!(e, StoreError::Insecure { .. }), "{e}");
+    assert!(matches!(
+        Store::find(&root),
+        Err(StoreError::Insecure { .. })
+    ));
+    Store::open(&root).unwrap();
+    assert_eq!(mode(&root), 0o711);
+    assert_eq!(mode(&root.join("containers")), 0o700);
+    Store::open_existing(&root).unwrap();
+    // A symlink in place of a store directory is refused, never followed.
+    fs::rename(root.join("images"), tmp.path().join("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("elsewhere"), root.join("images")).unwrap();
+    assert!(Store::open(&root).is_err());
+    drop(s);
+}
+
+#[test]
+fn store_owned_by_another_user_is_refused() {
+    if !strata_harness::needs("store_owned_by_another_user_is_refused", true, &[]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    Store::open(&root).unwrap();
+    std::os::unix::fs::chown(root.join("layers"), Some(65534), None).unwrap();
+    let e = Store::open(&root).unwrap_err().to_string();
+    assert!(e.contains("owned by uid 65534"), "{e}");
+    assert!(Store::open_existing(&root).is_err());
+}
+
+#[test]
+fn changed_or_unsealed_layers_are_unpacked_again() {
+    if !strata_harness::needs("changed_or_unsealed_layers_are_unpacked_again", true, &[]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Store::open(tmp.path().join("store")).unwrap();
+    let layer = RawTar::default()
+        .dir("bin/")
+        .file("bin/tool", b"genuine")
+        .finish();
+    common::oci_layout(&tmp.path().join("l"), &[layer], Comp::Gzip, "x");
+    let first = s.import(&tmp.path().join("l"), &named("a")).unwrap();
+    assert_eq!((first.unpacked, first.reused), (1, 0));
+    let tool = first.image.layers[0].path.join("bin/tool");
+    // The same image again: the layer is intact and reused.
+    let again = s.import(&tmp.path().join("l"), &named("a")).unwrap();
+    assert_eq!((again.unpacked, again.reused), (0, 1));
+    // Rewritten in place (what a local user could do when layers were world-reachable, with
+    // the same size and mtime): a later import of the same diff_id unpacks it again.
+    let mtime = fs::metadata(&tool).unwrap().modified().unwrap();
+    fs::write(&tool, b"evil!!!").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&tool)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let r = s.import(&tmp.path().join("l"), &named("a")).unwrap();
+    assert_eq!((r.unpacked, r.reused), (1, 0));
+    assert_eq!(fs::read(&tool).unwrap(), b"genuine");
+    // A layer without a seal (unpacked before seals existed) is not trusted either.
+    let hex = first.image.layers[0].diff_id.trim_start_matches("sha256:");
+    fs::remove_file(s.root().join("layers/sealed").join(hex)).unwrap();
+    let r = s.import(&tmp.path().join("l"), &named("a")).unwrap();
+    assert_eq!((r.unpacked, r.reused), (1, 0));
+    let r = s.import(&tmp.path().join("l"), &named("a")).unwrap();
+    assert_eq!((r.unpacked, r.reused), (0, 1));
+    // gc leaves nothing of the replaced copies behind.
+    s.gc().unwrap();
+    assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn deep_upper_is_removed_and_gc_goes_on_past_a_failure() {
+    if !strata_harness::needs(
+        "deep_upper_is_removed_and_gc_goes_on_past_a_failure",
+        true,
+        &["chattr"],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let s = Store::open(tmp.path().join("store")).unwrap();
+    common::oci_layout(
+        &tmp.path().join("l"),
+        &[RawTar::default().file("a", b"a").finish()],
+        Comp::Gzip,
+        "x",
+    );
+    s.import(&tmp.path().join("l"), &named("a")).unwrap();
+    let r = s.create_rootfs("a", "deep").unwrap();
+    assert_eq!(mode(&s.root().join("containers/deep")), 0o700);
+    // 20,000 levels, as a guest can make them: far beyond PATH_MAX, and beyond what a
+    // recursive removal with one fd per level could hold open.
+    let mut dir = fs::File::open(&r.upper).unwrap();
+    for _ in 0..20_000 {
+        let next = format!("/proc/self/fd/{}/d", std::os::fd::AsRawFd::as_raw_fd(&dir));
+        fs::create_dir(&next).unwrap();
+        dir = fs::File::open(&next).unwrap();
+    }
+    drop(dir);
+    s.remove_rootfs("deep", false).unwrap();
+    assert!(s.rootfs_list().unwrap().is_empty());
+
+    // Two leftovers in tmp/, one of them immutable: gc removes the other and says which one
+    // it could not remove.
+    let stuck = s.root().join("tmp/import-stuck");
+    fs::create_dir_all(&stuck).unwrap();
+    fs::write(stuck.join("f"), b"").unwrap();
+    fs::create_dir_all(s.root().join("tmp/import-other/x")).unwrap();
+    common::run(
+        std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(stuck.join("f")),
+    );
+    let g = s.gc().unwrap();
+    common::run(
+        std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(stuck.join("f")),
+    );
+    assert_eq!(g.tmp_removed, 1);
+    assert_eq!(g.failed.len(), 1, "{:?}", g.failed);
+    assert!(g.failed[0].contains("import-stuck"), "{:?}", g.failed);
+    assert_eq!(s.gc().unwrap().failed, Vec::<String>::new());
+}

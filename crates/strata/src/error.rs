@@ -103,9 +103,10 @@ impl From<StoreError> for Error {
             StoreError::ImageNotFound(_) | StoreError::RootfsNotFound(_) => Kind::NotFound,
             StoreError::RootfsExists(_) => Kind::Exists,
             StoreError::RootfsInUse { .. } | StoreError::Ambiguous { .. } => Kind::Refused,
-            StoreError::BadName(_) | StoreError::BadId(_) | StoreError::BadSource { .. } => {
-                Kind::Refused
-            }
+            StoreError::BadName(_)
+            | StoreError::BadId(_)
+            | StoreError::BadSource { .. }
+            | StoreError::Insecure { .. } => Kind::Refused,
             _ => Kind::Failed,
         };
         Error::new(kind, e)

@@ -54,7 +54,7 @@ impl StrataFs {
                 }
                 self.handle_room()?;
                 if h.area == Area::Merged {
-                    let entries = self.merged_listing(&h)?;
+                    let entries = self.merged_listing_shared(&h)?;
                     return Ok(Some(self.add_handle(Handle::Merged { entries })?));
                 }
                 let dir = sys::reopen(h.fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;

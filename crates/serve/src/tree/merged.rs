@@ -18,6 +18,7 @@ use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use fuse_backend_rs::api::filesystem::{DirEntry, Entry};
 
@@ -103,6 +104,20 @@ impl StrataFs {
             });
         }
         self.register_merged(dirs)
+    }
+
+    /// The listing of merged directory `dir`, made once per node and shared by every handle
+    /// (the layers never change): a guest opening a large directory N times holds one copy.
+    pub(crate) fn merged_listing_shared(
+        &self,
+        dir: &HostNode,
+    ) -> io::Result<Arc<Vec<MergedEntry>>> {
+        if let Some(l) = dir.listing.get() {
+            return Ok(l.clone());
+        }
+        let made = Arc::new(self.merged_listing(dir)?);
+        // Two first OPENDIRs at once: one listing wins, the other is dropped.
+        Ok(dir.listing.get_or_init(|| made).clone())
     }
 
     /// The listing of merged directory `dir`: `.`, `..`, then the union of its stack. `.` and

@@ -152,6 +152,10 @@ struct Refusals {
     handles: AtomicU64,
 }
 
+/// Refusals because the process's fd budget ([`crate::fdbudget`]) is spent, over all sessions.
+static FD_BUDGET_LOG: crate::ratelog::RateLog =
+    crate::ratelog::RateLog::new(1, Duration::from_secs(10));
+
 /// Log the `n`th refusal (1-based) only when `n` is a power of two: a guest hammering a limit
 /// cannot flood the host's log.
 fn log_refusal(what: &str, limit: usize, n: u64) {
@@ -177,6 +181,11 @@ pub(crate) struct HostNode {
     /// For a `Merged` directory: the layer of `fd`, and the same directory in the layers below
     /// it that it merges (topmost first).
     merged: Option<(u16, Vec<(u16, OwnedFd)>)>,
+    /// For a `Merged` directory: its listing, made at the first OPENDIR and shared by every
+    /// handle on it (layers never change), so N handles cost one listing, not N.
+    pub(crate) listing: std::sync::OnceLock<Arc<Vec<merged::MergedEntry>>>,
+    /// `fd` and the stack's fds, counted in the process's fd budget.
+    _fds: crate::fdbudget::Permit,
 }
 
 impl HostNode {
@@ -219,9 +228,9 @@ pub(crate) enum Handle {
     Dir {
         dir: Mutex<File>,
     },
-    /// A directory of `/lower`: its listing, made at opendir.
+    /// A directory of `/lower`: its node's shared listing.
     Merged {
-        entries: Vec<merged::MergedEntry>,
+        entries: Arc<Vec<merged::MergedEntry>>,
     },
 }
 
@@ -273,7 +282,7 @@ pub struct StrataFs {
     cache: CachePolicy,
     nodes: RwLock<NodeTable>,
     next_node: AtomicU64,
-    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    handles: RwLock<HashMap<u64, (Arc<Handle>, crate::fdbudget::Permit)>>,
     next_handle: AtomicU64,
     limits: Limits,
     refused: Refusals,
@@ -283,6 +292,21 @@ pub struct StrataFs {
 
 pub(crate) fn err(errno: i32) -> io::Error {
     io::Error::from_raw_os_error(errno)
+}
+
+/// ENFILE if `n` more fds would pass the process's fd budget (all sessions together).
+fn fd_room(n: usize) -> io::Result<()> {
+    if crate::fdbudget::room(n) {
+        return Ok(());
+    }
+    crate::ratelog_warn!(
+        FD_BUDGET_LOG,
+        "the daemon's fd budget ({} fds for all sessions, below its open-files limit) is spent: \
+         refusing more with ENFILE; raise `ulimit -n` (LimitNOFILE=) or lower --max-nodes/\
+         --max-handles",
+        crate::fdbudget::cap()
+    );
+    Err(err(libc::ENFILE))
 }
 
 /// A name from the guest must be one plain path component.
@@ -333,8 +357,9 @@ impl StrataFs {
         cache: CachePolicy,
         role: Role,
     ) -> Result<StrataFs, crate::ServeError> {
-        let open = |role: &'static str, p: &std::path::Path| {
-            sys::open_anchor(p).map_err(|source| crate::ServeError::Open {
+        // The fds the checks were made on, never the paths again.
+        let open = |role: &'static str, p: &std::path::Path, fd: std::io::Result<OwnedFd>| {
+            fd.map_err(|source| crate::ServeError::Open {
                 role,
                 path: p.to_owned(),
                 source,
@@ -343,7 +368,8 @@ impl StrataFs {
         let layers = cfg
             .lowers
             .iter()
-            .map(|l| open("layer", l))
+            .enumerate()
+            .map(|(i, l)| open("layer", l, cfg.layer_fd(i)))
             .collect::<Result<Vec<_>, _>>()?;
         // More than one layer: the guest overlay gets them merged as one lower (`/lower`);
         // STRATA_SERVE_SEPARATE_LAYERS=1 keeps one lower per layer (for comparisons).
@@ -387,7 +413,7 @@ impl StrataFs {
             Ok(_) => {}
             Err(e) => tracing::warn!("cannot read the open-files limit: {e}"),
         }
-        let upper = open("upper", &cfg.upper)?;
+        let upper = open("upper", &cfg.upper, cfg.upper_fd())?;
         let upper_lock = match role {
             Role::Tree { .. } => Some(claim_upper(&cfg.upper, upper.as_fd())?),
             Role::Layers => None,
@@ -396,7 +422,7 @@ impl StrataFs {
             role,
             layers,
             upper,
-            work: open("work", &cfg.work)?,
+            work: open("work", &cfg.work, cfg.work_fd())?,
             _upper_lock: upper_lock,
             plan: std::sync::OnceLock::new(),
             plan_spec,
@@ -478,7 +504,7 @@ impl StrataFs {
         if held >= self.limits.max_nodes {
             return Err(self.refuse_node());
         }
-        Ok(())
+        fd_room(1)
     }
 
     /// ENFILE if the guest already holds as many open handles as it may (checked before the
@@ -488,7 +514,7 @@ impl StrataFs {
         if held >= self.limits.max_handles {
             return Err(self.refuse_handle());
         }
-        Ok(())
+        fd_room(1)
     }
 
     fn refuse_node(&self) -> io::Error {
@@ -636,6 +662,10 @@ impl StrataFs {
                     drop(t);
                     return Err(self.refuse_node());
                 }
+                let fds = 1 + merged.as_ref().map_or(0, |(_, below)| below.len());
+                if enforce {
+                    fd_room(fds)?;
+                }
                 let id = self.next_node.fetch_add(1, Ordering::Relaxed);
                 let node = HostNode {
                     fd,
@@ -644,6 +674,8 @@ impl StrataFs {
                     key,
                     refs: AtomicU64::new(1),
                     merged,
+                    listing: std::sync::OnceLock::new(),
+                    _fds: crate::fdbudget::Permit::take(fds),
                 };
                 t.by_id.insert(id, Arc::new(node));
                 t.by_key.insert(key, id);
@@ -713,9 +745,13 @@ impl StrataFs {
     pub(crate) fn add_handle(&self, h: Handle) -> io::Result<u64> {
         // Every caller checked `handle_room` before opening anything on the host: refusing
         // here would fail a request whose open (maybe O_TRUNC, maybe O_CREAT) already happened.
+        let fds = match h {
+            Handle::File { .. } | Handle::Dir { .. } => 1,
+            Handle::Merged { .. } => 0,
+        };
         let mut handles = self.handles.write().map_err(|_| lock_poisoned())?;
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        handles.insert(id, Arc::new(h));
+        handles.insert(id, (Arc::new(h), crate::fdbudget::Permit::take(fds)));
         Ok(id)
     }
 
@@ -724,7 +760,7 @@ impl StrataFs {
             .read()
             .map_err(|_| lock_poisoned())?
             .get(&id)
-            .cloned()
+            .map(|(h, _)| h.clone())
             .ok_or_else(|| err(libc::EBADF))
     }
 

@@ -320,7 +320,8 @@ impl Overlay {
         }
         run(Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!("ro,lowerdir={lowerdir}"))
+            // nosuid,nodev: an image's setuid binaries and devices mean nothing on the host.
+            .arg(format!("ro,nosuid,nodev,lowerdir={lowerdir}"))
             .arg(at));
         Overlay(at.to_owned())
     }

@@ -24,10 +24,28 @@ pub struct Args {
     /// and runtimes with their own layer store).
     #[arg(long = "allow")]
     allow: Vec<PathBuf>,
+    /// Mode of the API and session sockets, octal (they are root's; e.g. 660 to let the
+    /// socket directory's group in).
+    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
+    socket_mode: u32,
+    /// Also let processes of this uid use the API (repeatable; root always may).
+    #[arg(long = "api-uid", value_name = "UID")]
+    api_uids: Vec<u32>,
+    /// Serve even on a kernel without Landlock (file access is then limited only by the
+    /// served trees' own checks); without it the daemon refuses to start there.
+    #[arg(long)]
+    allow_no_landlock: bool,
     #[command(flatten)]
     limits: LimitsArgs,
     #[command(flatten)]
     sandbox: SandboxArgs,
+}
+
+fn parse_mode(s: &str) -> std::result::Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode (e.g. 600)")),
+    }
 }
 
 pub fn run(a: Args) -> Result {
@@ -67,6 +85,9 @@ pub fn run(a: Args) -> Result {
         cache: strata_serve::CachePolicy::default(),
         limits: a.limits.limits(),
         confine: true,
+        socket_mode: a.socket_mode,
+        api_uids: a.api_uids,
+        allow_no_landlock: a.allow_no_landlock,
     };
     supervisor::run(cfg, resolver)?;
     Ok(())

@@ -1,9 +1,9 @@
-//! `strata gc`: remove layers no image or container rootfs references.
+//! `strata gc`: remove layers no image or container rootfs references, and leftovers in tmp/.
 
 use strata_store::Store;
 
 use crate::args::StoreArg;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -21,5 +21,15 @@ pub fn run(a: Args) -> Result {
         r.layers_removed.len(),
         r.tmp_removed
     );
+    // gc goes on past what it cannot remove; each is named, and the run fails.
+    for f in &r.failed {
+        eprintln!("strata gc: {f}");
+    }
+    if !r.failed.is_empty() {
+        return Err(Error::failed(format!(
+            "{} items could not be removed (listed above)",
+            r.failed.len()
+        )));
+    }
     Ok(())
 }

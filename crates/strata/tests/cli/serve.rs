@@ -136,6 +136,11 @@ fn print_sandbox_names_the_denied_syscalls() {
         "open_tree",
         "pivot_root",
         "CLONE_NEWNS",
+        // the allow-list's argument filters
+        "socket: domain AF_UNIX only",
+        "clone: only with CLONE_THREAD",
+        "tgkill: this process's own threads only",
+        "prlimit64: this process only",
     ] {
         assert!(s.contains(name), "{s}");
     }

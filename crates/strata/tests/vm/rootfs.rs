@@ -229,8 +229,9 @@ fn guest_rootfs_over_virtio_fs_matches_host_overlay() {
     let oracle_work = root.join("ctr/oracle-work");
     std::fs::create_dir_all(&merged).unwrap();
     std::fs::create_dir_all(&oracle_work).unwrap();
+    // nosuid,nodev: what an image or the guest put there means nothing on the host.
     let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
+        "nosuid,nodev,lowerdir={}:{},upperdir={},workdir={}",
         top.display(),
         bottom.display(),
         upper.display(),
