@@ -34,6 +34,7 @@ pub mod fdbudget;
 pub mod frontend;
 #[cfg(feature = "test-utils")]
 pub mod fuzzing;
+pub mod notify;
 pub mod ratelog;
 pub mod sandbox;
 pub mod socket;

@@ -744,6 +744,8 @@ pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
             source,
         }
     })?;
+    // Connected before confinement; READY=1 once the API listens under the full sandbox.
+    let notifier = crate::notify::Notifier::from_env().map(Arc::new);
     let mut confined = None;
     if cfg.confine {
         // Every session's fds come out of one process limit: raise it while the process may
@@ -778,6 +780,7 @@ pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
             .map_err(|e| ServeError::Session(e.to_string()))?;
+        let stopping = notifier.clone();
         let sup = sup.clone();
         let api_path = cfg.api.clone();
         std::thread::Builder::new()
@@ -785,6 +788,9 @@ pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
                     tracing::info!("signal {sig}: stopping {} sessions", sup.len());
+                    if let Some(n) = &stopping {
+                        n.send("STOPPING=1");
+                    }
                     sup.shutdown();
                     let _ = std::fs::remove_file(&api_path);
                     let mut lock = api_path.into_os_string();
@@ -806,6 +812,12 @@ pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
         t0.elapsed().as_secs_f64() * 1e3,
         sandbox::describe_with(confined.as_ref()).replace('\n', "; ")
     );
+    if let Some(n) = &notifier {
+        n.send(&format!(
+            "READY=1\nSTATUS=serving; API {}",
+            cfg.api.display()
+        ));
+    }
     let r = sup.accept_loop(api);
     drop(api_guard);
     r.map_err(|e| ServeError::Session(format!("accept loop: {e}")))

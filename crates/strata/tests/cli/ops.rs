@@ -176,3 +176,46 @@ fn the_shipped_configuration_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Under a service manager (`Type=notify`): `strata daemon` says READY=1 once its API listens
+/// confined, and STOPPING=1 when SIGTERM stops it.
+#[test]
+fn the_daemon_tells_systemd_it_is_ready() {
+    if !strata_harness::needs("the_daemon_tells_systemd_it_is_ready", true, &[]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let manager_path = t.path().join("notify");
+    let manager = std::os::unix::net::UnixDatagram::bind(&manager_path).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let api = t.path().join("run/api.sock");
+    let mut child = crate::strata()
+        .cmd()
+        .env("NOTIFY_SOCKET", &manager_path)
+        .env("STRATA_CONFIG", "")
+        .args(["daemon", "--api"])
+        .arg(&api)
+        .arg("--store")
+        .arg(t.path().join("store"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).expect("READY=1 within 30 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.starts_with("READY=1"), "{msg}");
+    assert!(
+        std::os::unix::net::UnixStream::connect(&api).is_ok(),
+        "READY before the API listens"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = manager.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
