@@ -1,0 +1,1 @@
+//! QMP (qemu monitor protocol): resume a VM started paused.
