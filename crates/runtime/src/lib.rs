@@ -22,6 +22,7 @@ use std::str::FromStr;
 
 pub mod error;
 pub mod initramfs;
+pub mod kvm;
 pub mod oci;
 mod qmp;
 pub mod sandbox;
