@@ -673,13 +673,17 @@ fn monitor_vm(vm: VmConfig, shared: Arc<Shared>, pid_tx: mpsc::Sender<Result<u32
     shared.update(|st| st.vm_end = Some(end));
 }
 
-/// Copy the user's stdin to the stdin port; closing the socket gives the container EOF.
+/// Copy the user's stdin to the stdin port, then half-close it: qemu reads everything queued
+/// before it sees the end (a full close would be a hang-up, and qemu drops unread data on one),
+/// and the guest then reads EOF. The socket stays open until qemu goes away.
 fn pump_stdin(from: Option<OwnedFd>, mut to: UnixStream) {
     if let Some(fd) = from {
         let mut from = File::from(fd);
         let _ = std::io::copy(&mut from, &mut to);
     }
-    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 512];
+    while matches!(to.read(&mut sink), Ok(n) if n > 0) {}
 }
 
 /// Copy an output port to the user's fd (or nowhere), counting bytes for the exit report.

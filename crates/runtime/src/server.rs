@@ -75,7 +75,7 @@ fn spawn(strata: &Path, rootfs: &Rootfs, state_dir: &Path, layer_device: bool) -
     cmd.arg("--upper").arg(&upper).arg("--work").arg(&work);
     // Its progress lines are not the container's output; warnings and errors still show.
     if std::env::var_os("STRATA_LOG").is_none() {
-        cmd.env("STRATA_LOG", "warn");
+        cmd.env("STRATA_LOG", "error");
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     // A terminal's Ctrl-C is for the container (forwarded by the caller), not for the server.
