@@ -1,0 +1,335 @@
+//! `strata run` end to end: a busybox image built with umoci, imported, run in a Debian 6.1
+//! guest (KVM when it works, else TCG) with the container contract of `strata.run=1`: the
+//! image's Cmd, Env, WorkingDir and User applied; flags overriding them; the exit code, a
+//! signal's 128+N, 127/126 for a missing or non-executable command; stdin piped through,
+//! stdout and stderr apart; `--rm` leaving nothing behind; `strata initramfs`.
+//!
+//! Needs root, umoci, qemu-system-x86_64 and busybox-static: `scripts/install-deps.sh`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata_harness::fixture::write;
+
+/// Generous: a TCG guest on a busy 2-core machine.
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn umoci(args: &[&str]) {
+    let st = Command::new("umoci").args(args).status().unwrap();
+    assert!(st.success(), "umoci {args:?}");
+}
+
+/// A store holding image `bb`: busybox, a user `app` (uid 1000, home /home/app, in group
+/// wheel), Cmd printing who, where and $GREETING; Env GREETING=hello; WorkingDir /srv; User app.
+fn busybox_store(root: &Path) -> PathBuf {
+    strata_harness::require(&["umoci", "qemu-system-x86_64", "busybox"]);
+    let layout = root.join("layout");
+    let image = format!("{}:bb", layout.display());
+    umoci(&["init", "--layout", layout.to_str().unwrap()]);
+    umoci(&["new", "--image", &image]);
+    let b = root.join("bundle");
+    umoci(&["unpack", "--image", &image, b.to_str().unwrap()]);
+    let r = b.join("rootfs");
+    strata_harness::fixture::busybox_rootfs(&r).unwrap();
+    write(
+        &r.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:100:app:/home/app:/bin/sh\n",
+    );
+    write(
+        &r.join("etc/group"),
+        "root:x:0:\nusers:x:100:\nwheel:x:10:app\n",
+    );
+    std::fs::create_dir_all(r.join("home/app")).unwrap();
+    write(&r.join("srv/data"), "served\n");
+    umoci(&["repack", "--image", &image, b.to_str().unwrap()]);
+    umoci(&[
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "sh",
+        "--config.cmd",
+        "-c",
+        "--config.cmd",
+        "echo user=$(id -un) groups=$(id -G) cwd=$(pwd) greeting=$GREETING home=$HOME; cat data",
+        "--config.env",
+        "GREETING=hello",
+        "--config.workingdir",
+        "/srv",
+        "--config.user",
+        "app",
+    ]);
+    let store = root.join("store");
+    crate::strata().ok([
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    store
+}
+
+/// How one `strata run` ended.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn show(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn run_cmd(store: &Path, args: &[&str]) -> Command {
+    let mut c = crate::strata().cmd();
+    c.arg("run").arg("--store").arg(store).args(args);
+    c
+}
+
+/// Read `r` to the end on a thread.
+fn collect(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// Wait for `child` (killed after [`TIMEOUT`]: a hang fails the test, it does not hang it).
+fn finish(mut child: Child, out: std::thread::JoinHandle<String>) -> Ran {
+    let err = collect(child.stderr.take().unwrap());
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("strata run did not end within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ran {
+        code: status.code(),
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// `strata run --store STORE ARGS…` with `stdin` as its input.
+fn run(store: &Path, args: &[&str], stdin: &[u8]) -> Ran {
+    let mut child = run_cmd(store, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = collect(child.stdout.take().unwrap());
+    finish(child, out)
+}
+
+fn containers(store: &Path) -> Vec<String> {
+    std::fs::read_dir(store.join("containers"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn run_exit_code_user_home_and_rm() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    let r = run(
+        &store,
+        &[
+            "--rm",
+            "--name",
+            "exit7",
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            "echo $HOME; id -un; echo to-stderr >&2; exit 7",
+        ],
+        b"",
+    );
+    assert_eq!(r.code, Some(7), "{}", r.show());
+    assert_eq!(r.stdout, "/home/app\napp\n", "{}", r.show());
+    assert!(r.stderr.contains("to-stderr\n"), "{}", r.show());
+    // --rm: no rootfs, no sandbox state, no VMM left.
+    assert!(containers(&store).is_empty(), "{:?}", containers(&store));
+    assert!(!Path::new("/run/strata/sandboxes/exit7").exists());
+    let ps = Command::new("pgrep")
+        .args(["-f", "sandboxes/exit7/"])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "left running: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+}
+
+#[test]
+fn run_applies_the_image_config_and_overrides() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    let r = run(&store, &["--rm", "bb"], b"");
+    assert_eq!(r.code, Some(0), "{}", r.show());
+    assert_eq!(
+        r.stdout,
+        "user=app groups=100 10 cwd=/srv greeting=hello home=/home/app\nserved\n",
+        "{}",
+        r.show()
+    );
+    // Flags win over the config; the rootfs stays without --rm and keeps what was written.
+    let r = run(
+        &store,
+        &[
+            "--name",
+            "kept",
+            "-u",
+            "root",
+            "-w",
+            "/work",
+            "-e",
+            "GREETING=bye",
+            "--hostname",
+            "box1",
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            "echo $(id -u) $(pwd) $GREETING $(hostname); echo kept > /work/file; \
+             grep -c -E ' /dev/(pts|shm|mqueue) ' /proc/mounts",
+        ],
+        b"",
+    );
+    assert_eq!(r.code, Some(0), "{}", r.show());
+    assert_eq!(r.stdout, "0 /work bye box1\n3\n", "{}", r.show());
+    let upper = store.join("containers/kept/upper");
+    assert_eq!(
+        std::fs::read_to_string(upper.join("work/file")).unwrap(),
+        "kept\n"
+    );
+    crate::strata().ok(["rootfs", "rm", "kept", "--store", store.to_str().unwrap()]);
+    // --entrypoint replaces the (empty) Entrypoint; the command becomes its arguments.
+    let r = run(
+        &store,
+        &["--rm", "--entrypoint", "/bin/echo", "bb", "a", "b"],
+        b"",
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (Some(0), "a b\n"),
+        "{}",
+        r.show()
+    );
+}
+
+#[test]
+fn run_pipes_stdin_and_reports_missing_commands() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    let input: Vec<u8> = (0..2000)
+        .map(|i| format!("line {i}\n"))
+        .collect::<String>()
+        .into_bytes();
+    let r = run(
+        &store,
+        &["--rm", "bb", "--", "sh", "-c", "wc -l; echo done"],
+        &input,
+    );
+    assert_eq!(r.code, Some(0), "{}", r.show());
+    assert_eq!(r.stdout, "2000\ndone\n", "{}", r.show());
+    let r = run(&store, &["--rm", "bb", "--", "no-such-command"], b"");
+    assert_eq!(r.code, Some(127), "{}", r.show());
+    assert!(
+        r.stderr.contains("executable file not found"),
+        "{}",
+        r.show()
+    );
+    let r = run(&store, &["--rm", "bb", "--", "/etc/passwd"], b"");
+    assert_eq!(r.code, Some(126), "{}", r.show());
+    assert!(containers(&store).is_empty(), "{:?}", containers(&store));
+}
+
+#[test]
+fn run_forwards_signals() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    for (sig, script, want) in [
+        (
+            libc::SIGTERM,
+            "echo ready; exec sleep 1000",
+            128 + libc::SIGTERM,
+        ),
+        (
+            libc::SIGINT,
+            "trap 'echo caught; exit 3' INT; echo ready; while :; do sleep 1; done",
+            3,
+        ),
+    ] {
+        let mut child = run_cmd(&store, &["--rm", "bb", "--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert_eq!(first, "ready\n");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::try_from(sig).unwrap(),
+        )
+        .unwrap();
+        let r = finish(child, collect(out));
+        assert_eq!(r.code, Some(want), "signal {sig}: {}", r.show());
+        if sig == libc::SIGINT {
+            assert_eq!(r.stdout, "caught\n", "{}", r.show());
+        }
+    }
+    assert!(containers(&store).is_empty(), "{:?}", containers(&store));
+}
+
+#[test]
+fn initramfs_is_small_and_has_the_console_module() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("initrd.cpio");
+    let said = crate::strata().ok(["initramfs", "--kernel", "6.1", "-o", out.to_str().unwrap()]);
+    assert!(said.contains("modules of 6.1."), "{said}");
+    let size = std::fs::metadata(&out).unwrap().len();
+    println!("strata initramfs: {size} bytes");
+    assert!(size < 40 << 20, "{size} bytes: /init not stripped?");
+    let list = Command::new("cpio")
+        .args(["-t", "--quiet", "-F"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(list.contains("virtio_console.ko"), "{list}");
+    assert!(list.lines().any(|l| l == "init"), "{list}");
+}
