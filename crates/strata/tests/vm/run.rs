@@ -333,3 +333,89 @@ fn initramfs_is_small_and_has_the_console_module() {
     assert!(list.contains("virtio_console.ko"), "{list}");
     assert!(list.lines().any(|l| l == "init"), "{list}");
 }
+
+/// The runtime API the containerd shim drives: explicit dirs (a snapshotter's), served by a
+/// `strata daemon` session, the VMM created paused and resumed, output on a pipe; and a paused
+/// sandbox killed before it ran: `VmFailed`, session and sockets gone.
+#[test]
+fn runtime_paused_daemon_dirs_and_kill() {
+    use strata_runtime::{
+        ContainerSpec, ExitStatus, Rootfs, Sandbox, SandboxConfig, Server, Stdio, VmSpec,
+    };
+    let _machine = crate::shared();
+    strata_harness::require(&["qemu-system-x86_64", "busybox"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let lower = root.join("snap/1/fs");
+    strata_harness::fixture::busybox_rootfs(&lower).unwrap();
+    let (upper, work) = (root.join("snap/2/fs"), root.join("snap/2/work"));
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let run_dir = root.join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let api = run_dir.join("api.sock");
+    let daemon = strata_harness::session::DaemonProcess::spawn(
+        crate::strata().path(),
+        &api,
+        &["--allow".as_ref(), root.join("snap").as_os_str()],
+        None,
+        &root.join("daemon.log"),
+    )
+    .unwrap();
+    let config = |id: &str, args: &[&str]| {
+        let mut spec = ContainerSpec::new(args.iter().map(|s| s.to_string()).collect());
+        spec.hostname = Some(id.into());
+        let mut cfg = SandboxConfig::new(
+            id,
+            VmSpec::default(),
+            Rootfs::Dirs {
+                lowers: vec![lower.clone()],
+                upper: upper.clone(),
+                work: work.clone(),
+            },
+            spec,
+        );
+        cfg.strata = crate::strata().path().to_owned();
+        cfg.server = Server::Daemon {
+            api: api.clone(),
+            socket_dir: None,
+        };
+        cfg.state_dir = root.join("state").join(id);
+        cfg.paused = true;
+        cfg
+    };
+
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let mut cfg = config(
+        "shim1",
+        &["sh", "-c", "echo hi from $(hostname); echo x > /f; exit 4"],
+    );
+    cfg.stdio = Stdio {
+        stdin: None,
+        stdout: Some(w),
+        stderr: None,
+    };
+    let sb = Sandbox::create(cfg).unwrap();
+    assert!(sb.pid() > 0);
+    assert_eq!(sb.try_wait(), None, "a paused VM does not run");
+    sb.start().unwrap();
+    let out = collect(std::fs::File::from(r));
+    let st = sb.wait_timeout(TIMEOUT).expect("the container ends");
+    assert_eq!(st, ExitStatus::Code(4), "{}", sb.console());
+    assert!(sb.container_pid().is_some());
+    drop(sb);
+    assert_eq!(out.join().unwrap(), "hi from shim1\n");
+    assert_eq!(std::fs::read_to_string(upper.join("f")).unwrap(), "x\n");
+    assert!(!root.join("state/shim1").exists());
+
+    let sb = Sandbox::create(config("shim2", &["true"])).unwrap();
+    sb.kill();
+    let st = sb.wait_timeout(TIMEOUT).expect("a killed VMM ends");
+    assert!(matches!(st, ExitStatus::VmFailed(_)), "{st:?}");
+    assert!(sb.signal(15).is_err());
+    drop(sb);
+    assert!(!root.join("state/shim2").exists());
+    let status = crate::strata().ok(["rootfs", "status", "--api", api.to_str().unwrap()]);
+    assert!(!status.contains("shim"), "sessions left: {status}");
+    drop(daemon);
+}
