@@ -2,7 +2,8 @@
 //! guest (KVM when it works, else TCG) with the container contract of `strata.run=1`: the
 //! image's Cmd, Env, WorkingDir and User applied; flags overriding them; the exit code, a
 //! signal's 128+N, 127/126 for a missing or non-executable command; stdin piped through,
-//! stdout and stderr apart; `--rm` leaving nothing behind; `strata initramfs`.
+//! stdout and stderr apart; `--rm` leaving nothing behind; `strata initramfs`; a Debian
+//! bookworm image; the runtime API as the containerd shim drives it.
 //!
 //! Needs root, umoci, qemu-system-x86_64 and busybox-static: `scripts/install-deps.sh`.
 
@@ -418,4 +419,84 @@ fn runtime_paused_daemon_dirs_and_kill() {
     let status = crate::strata().ok(["rootfs", "status", "--api", api.to_str().unwrap()]);
     assert!(!status.contains("shim"), "sessions left: {status}");
     drop(daemon);
+}
+
+/// The issue's own check, on a real distribution: a Debian bookworm image (debootstrap
+/// minbase, cached once per machine, as the `workloads` test's) built with umoci with a Cmd,
+/// Env, WorkingDir and User; `strata run IMAGE` runs them; `-- sh -c 'echo $HOME; id -un;
+/// exit 7'` prints the user's home and name and exits 7.
+#[test]
+fn run_debian_image() {
+    let _machine = crate::shared();
+    strata_harness::require(&["umoci", "qemu-system-x86_64", "debootstrap"]);
+    let tree = strata_harness::fixture::debootstrap_bookworm(&["python3-minimal"])
+        .expect("debootstrap bookworm");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let layout = root.join("layout");
+    let image = format!("{}:debian", layout.display());
+    umoci(&["init", "--layout", layout.to_str().unwrap()]);
+    umoci(&["new", "--image", &image]);
+    let b = root.join("bundle");
+    umoci(&["unpack", "--image", &image, b.to_str().unwrap()]);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", tree.display()))
+        .arg(b.join("rootfs"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    umoci(&["repack", "--image", &image, b.to_str().unwrap()]);
+    umoci(&[
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "sh",
+        "--config.cmd",
+        "-c",
+        "--config.cmd",
+        ". /etc/os-release; echo $ID $VERSION_CODENAME; echo $(id -un) $HOME $(pwd) $LANG",
+        "--config.env",
+        "LANG=C.UTF-8",
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "--config.workingdir",
+        "/var/tmp",
+        "--config.user",
+        "nobody",
+    ]);
+    let store = root.join("store");
+    crate::strata().ok([
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    let r = run(&store, &["--rm", "debian"], b"");
+    assert_eq!(r.code, Some(0), "{}", r.show());
+    assert_eq!(
+        r.stdout,
+        "debian bookworm\nnobody /nonexistent /var/tmp C.UTF-8\n",
+        "{}",
+        r.show()
+    );
+    let r = run(
+        &store,
+        &[
+            "--rm",
+            "-u",
+            "root",
+            "debian",
+            "--",
+            "sh",
+            "-c",
+            "echo $HOME; id -un; exit 7",
+        ],
+        b"",
+    );
+    assert_eq!(r.code, Some(7), "{}", r.show());
+    assert_eq!(r.stdout, "/root\nroot\n", "{}", r.show());
+    assert!(containers(&store).is_empty(), "{:?}", containers(&store));
 }
