@@ -500,3 +500,44 @@ fn run_debian_image() {
     assert_eq!(r.stdout, "/root\nroot\n", "{}", r.show());
     assert!(containers(&store).is_empty(), "{:?}", containers(&store));
 }
+
+/// `strata run`, its `strata serve` child and qemu, all under `strace -f`: not one
+/// mount-family syscall on the host, successful or not.
+#[test]
+fn run_makes_no_host_mount() {
+    let _machine = crate::shared();
+    strata_harness::require(&["strace"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    let log = tmp.path().join("strace.log");
+    let set = strata_harness::session::MOUNT_SYSCALLS.join(",");
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-e"])
+        .arg(format!("trace={set}"))
+        .arg("-o")
+        .arg(&log)
+        .arg(crate::strata().path())
+        .args(["run", "--rm", "--store"])
+        .arg(&store)
+        .args([
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            "echo in-guest; mount | grep -c overlay",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    let r = finish(child, out);
+    assert_eq!(r.code, Some(0), "{}", r.show());
+    assert_eq!(r.stdout, "in-guest\n1\n", "{}", r.show());
+    let calls = strata_harness::session::count_mount_syscalls(&log).unwrap();
+    println!(
+        "strata run: {} mount-family syscalls on the host",
+        calls.len()
+    );
+    assert!(calls.is_empty(), "{calls:#?}");
+}
