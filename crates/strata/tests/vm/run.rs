@@ -271,6 +271,14 @@ fn run_pipes_stdin_and_reports_missing_commands() {
     );
     let r = run(&store, &["--rm", "bb", "--", "/etc/passwd"], b"");
     assert_eq!(r.code, Some(126), "{}", r.show());
+    // Refused by the guest (the user is resolved there): strata's own failure, 125, said.
+    let r = run(&store, &["--rm", "-u", "ghost", "bb", "--", "true"], b"");
+    assert_eq!(r.code, Some(125), "{}", r.show());
+    assert!(
+        r.stderr.contains("unable to find user ghost"),
+        "{}",
+        r.show()
+    );
     assert!(containers(&store).is_empty(), "{:?}", containers(&store));
 }
 
