@@ -61,7 +61,8 @@ pub struct Args {
     #[arg(long, default_value_t = 2)]
     cpus: u32,
     /// Serve the rootfs through the `strata daemon` listening on this API socket (its store
-    /// must be --store) instead of a `strata serve` child.
+    /// must be --store). Default: the daemon at /run/strata/api.sock if one answers there and
+    /// --store is the default store, else a `strata serve` child.
     #[arg(long, value_name = "SOCK")]
     api: Option<PathBuf>,
     /// Log every step of the guest's init on its console (`strata.debug=1`); with
@@ -162,6 +163,21 @@ fn remove_rootfs(store: &Store, id: &str) {
     }
 }
 
+/// Without `--api`: the `strata daemon` at the default API socket, if one answers there and
+/// `--store` is the default store (the daemon's own).
+fn running_daemon(a: &Args) -> Option<PathBuf> {
+    use strata_serve::api::{Client, Request, Response, DEFAULT_API_SOCKET};
+    if a.store.store != std::path::Path::new(strata_store::DEFAULT_STORE) {
+        return None;
+    }
+    let api = PathBuf::from(DEFAULT_API_SOCKET);
+    let mut c = Client::connect(&api).ok()?;
+    match c.call(&Request::Status { id: None }) {
+        Ok(Response::Status { .. }) => Some(api),
+        _ => None,
+    }
+}
+
 /// Boot the container and wait for it; the sandbox is gone when this returns.
 fn boot(a: &Args, id: &str, spec: strata_runtime::ContainerSpec) -> Result<ExitStatus> {
     let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().ok();
@@ -177,21 +193,39 @@ fn boot(a: &Args, id: &str, spec: strata_runtime::ContainerSpec) -> Result<ExitS
         store: a.store.store.clone(),
         id: id.to_string(),
     };
-    let mut cfg = SandboxConfig::new(id, vm, rootfs, spec);
-    cfg.strata = std::env::current_exe()
+    let strata = std::env::current_exe()
         .map_err(|e| run_failed(format!("cannot find my own binary: {e}")))?;
-    if let Some(api) = &a.api {
-        cfg.server = Server::Daemon {
-            api: api.clone(),
-            socket_dir: None,
+    let config = |server: Server| {
+        let mut cfg = SandboxConfig::new(id, vm.clone(), rootfs.clone(), spec.clone());
+        cfg.strata = strata.clone();
+        cfg.server = server;
+        cfg.stdio = Stdio {
+            stdin: dup(std::io::stdin().as_fd()),
+            stdout: dup(std::io::stdout().as_fd()),
+            stderr: dup(std::io::stderr().as_fd()),
         };
-    }
-    cfg.stdio = Stdio {
-        stdin: dup(std::io::stdin().as_fd()),
-        stdout: dup(std::io::stdout().as_fd()),
-        stderr: dup(std::io::stderr().as_fd()),
+        cfg
     };
-    let sandbox = Arc::new(Sandbox::create(cfg).map_err(run_failed)?);
+    let daemon = |api: PathBuf| Server::Daemon {
+        api,
+        socket_dir: None,
+    };
+    let sandbox = match (&a.api, running_daemon(a)) {
+        (Some(api), _) => Sandbox::create(config(daemon(api.clone()))),
+        (None, Some(api)) => match Sandbox::create(config(daemon(api.clone()))) {
+            // A daemon with another store, or one that refuses: serve it ourselves.
+            Err(strata_runtime::RuntimeError::Serve(e)) => {
+                tracing::info!(
+                    "strata daemon at {}: {e}; serving in-process",
+                    api.display()
+                );
+                Sandbox::create(config(Server::Spawn))
+            }
+            other => other,
+        },
+        (None, None) => Sandbox::create(config(Server::Spawn)),
+    };
+    let sandbox = Arc::new(sandbox.map_err(run_failed)?);
     if let Some(why) = sandbox.accel_fallback() {
         eprintln!("strata run: KVM is not usable ({why}): running the VM under TCG emulation");
     }

@@ -549,3 +549,49 @@ fn run_makes_no_host_mount() {
     );
     assert!(calls.is_empty(), "{calls:#?}");
 }
+
+/// `strata run --api SOCK`: the store rootfs served by a session of that `strata daemon`; the
+/// session ends with the container and `--rm` still removes the rootfs.
+#[test]
+fn run_through_a_daemon() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    let run_dir = tmp.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let api = run_dir.join("api.sock");
+    let daemon = strata_harness::session::DaemonProcess::spawn(
+        crate::strata().path(),
+        &api,
+        &["--store".as_ref(), store.as_os_str()],
+        None,
+        &tmp.path().join("daemon.log"),
+    )
+    .unwrap();
+    let r = run(
+        &store,
+        &[
+            "--rm",
+            "--api",
+            api.to_str().unwrap(),
+            "--name",
+            "viad",
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            "echo via-daemon; exit 5",
+        ],
+        b"",
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (Some(5), "via-daemon\n"),
+        "{}",
+        r.show()
+    );
+    assert!(containers(&store).is_empty(), "{:?}", containers(&store));
+    let status = crate::strata().ok(["rootfs", "status", "--api", api.to_str().unwrap()]);
+    assert!(!status.contains("viad"), "session left: {status}");
+    drop(daemon);
+}
