@@ -186,6 +186,9 @@ pub struct Config {
     pub debug: bool,
     /// `strata.exit=poweroff|reboot`.
     pub exit: ExitAction,
+    /// `strata.run=1`: run a container: its spec, stdio and exit status on virtio-serial
+    /// ports ([`strata_plan::control`]) instead of `strata.cmd` on the console.
+    pub run: bool,
     /// Things worth telling the user that are not fatal (unknown `strata.*` keys, ...).
     pub warnings: Vec<String>,
 }
@@ -197,6 +200,7 @@ impl Default for Config {
             cmd: vec![DEFAULT_CMD.to_string()],
             debug: false,
             exit: ExitAction::PowerOff,
+            run: false,
             warnings: Vec::new(),
         }
     }
@@ -238,6 +242,7 @@ impl Config {
                     cfg.cmd = argv;
                 }
                 "strata.debug" => cfg.debug = parse_bool(&key, value.as_deref(), &mut cfg.warnings),
+                "strata.run" => cfg.run = parse_bool(&key, value.as_deref(), &mut cfg.warnings),
                 "strata.exit" => match value.as_deref() {
                     Some("poweroff") => cfg.exit = ExitAction::PowerOff,
                     Some("reboot") => cfg.exit = ExitAction::Reboot,
@@ -247,7 +252,7 @@ impl Config {
                     )),
                 },
                 k if k.starts_with("strata.") => cfg.warnings.push(format!(
-                    "unknown parameter {k} ignored (known: strata.tag, strata.cmd, strata.debug, strata.exit)"
+                    "unknown parameter {k} ignored (known: strata.tag, strata.cmd, strata.debug, strata.exit, strata.run)"
                 )),
                 _ => {}
             }

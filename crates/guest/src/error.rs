@@ -112,6 +112,9 @@ pub enum GuestError {
     #[error("bad kernel command line: {0}")]
     Cmdline(String),
 
+    #[error("{0}")]
+    Container(String),
+
     #[error("cannot fork to run the command: {0}")]
     Fork(Errno),
 }

@@ -20,7 +20,7 @@ use nix::unistd::{close, dup2, execve, setsid, sync, ForkResult, Pid};
 use crate::cmdline::{Config, ExitAction};
 use crate::modules::{self, MODULES_DIR};
 use crate::mounts::{self, mkdir_p, VIRTIOFS_WAIT};
-use crate::{debug, say, sys, GuestError};
+use crate::{container, debug, say, sys, GuestError};
 
 /// Where init mounts the virtio-fs tag.
 pub(crate) const FS_ROOT: &str = "/run/strata/fs";
@@ -79,6 +79,23 @@ fn run(start: Instant) -> Result<i32, GuestError> {
     load_modules();
     debug!("strata: kernel modules done ({} ms)", ms(t));
 
+    // 4.-6. The rootfs, entered.
+    let rootfs = enter_rootfs(&cfg);
+    if rootfs.is_ok() {
+        say!("strata: rootfs ready in {} ms", ms(start));
+    }
+
+    // 7. The command: a container given over the virtio-serial ports, or strata.cmd.
+    if cfg.run {
+        let ports = container::Ports::open(container::PORT_WAIT).map_err(GuestError::Container)?;
+        return Ok(container::run(ports, rootfs.map_err(|e| e.to_string())));
+    }
+    rootfs?;
+    run_command(&cfg.cmd)
+}
+
+/// Mount the virtio-fs tag, assemble the overlay the plan describes and switch root into it.
+fn enter_rootfs(cfg: &Config) -> Result<(), GuestError> {
     // 4. The virtio-fs tag.
     let t = Instant::now();
     mounts::validate_tag(&cfg.tag)?;
@@ -122,10 +139,7 @@ fn run(start: Instant) -> Result<i32, GuestError> {
     }
     mounts::switch_root(newroot)?;
     debug!("strata: switched root to the overlay ({} ms)", ms(t));
-
-    // 7. The command.
-    say!("strata: rootfs ready in {} ms", ms(start));
-    run_command(&cfg.cmd)
+    Ok(())
 }
 
 /// Mount proc, sysfs and devtmpfs unless already there. Tries all three, returns the first

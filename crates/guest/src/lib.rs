@@ -17,6 +17,7 @@
 //!   | `strata.cmd="PROG ARG..."` | `/sbin/init` | command to run in the new root (shell-like word splitting, no expansion) |
 //!   | `strata.debug=1` | off | log every step with timings |
 //!   | `strata.exit=reboot` | `poweroff` | how to stop the VM after the command (use `reboot` + `qemu -no-reboot` on machines without ACPI power-off) |
+//!   | `strata.run=1` | off | container mode: the spec, stdio and exit status travel on virtio-serial ports ([`strata_plan::control`]); `strata.cmd` is not used |
 //!
 //! * [`mount`]: in an already running guest OS, mount a tag and assemble the overlay at a
 //!   directory (`strata guest mount --tag TAG --target DIR`).
@@ -26,6 +27,7 @@
 use std::path::PathBuf;
 
 pub mod cmdline;
+mod container;
 mod error;
 mod init;
 pub mod modules;
@@ -33,6 +35,7 @@ mod mounts;
 pub mod probe;
 #[allow(unsafe_code)]
 mod sys;
+pub mod users;
 
 pub use error::GuestError;
 

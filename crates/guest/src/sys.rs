@@ -6,11 +6,13 @@ use nix::errno::Errno;
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::unistd::ForkResult;
 
-/// `fork(2)`. Only for PID 1 in `init`, which is single-threaded.
+/// `fork(2)`. Only for PID 1 in `init`, while it is single-threaded.
 pub(crate) fn fork() -> nix::Result<ForkResult> {
-    // SAFETY: strata guest init never starts a thread (std spawns none on its own), so the
-    // child is a complete copy of a single-threaded process: no lock can be held by a thread
-    // that does not exist in the child, and running ordinary Rust code before exec is sound.
+    // SAFETY: strata guest init forks only before it starts any thread (std spawns none on
+    // its own; container mode starts its relay and control threads after its one fork), so
+    // the child is a complete copy of a single-threaded process: no lock can be held by a
+    // thread that does not exist in the child, and running ordinary Rust code before exec is
+    // sound.
     unsafe { nix::unistd::fork() }
 }
 

@@ -23,8 +23,16 @@
 //! with `metacopy=off`); a device that answers GETXATTR with ENOSYS once is never asked again,
 //! while the upper, on the first device, keeps the xattrs overlayfs needs there. The daemon
 //! only says so when no layer has an xattr a container could read.
+//!
+//! A container VM also gets a [`ContainerSpec`] (what to run, as whom, with which in-guest
+//! mounts) over the [`control`] protocol on a virtio-serial port.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod container;
+pub mod control;
+
+pub use container::{ContainerSpec, SpecError};
 
 use serde::{Deserialize, Serialize};
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! STORE/layers/sha256/<diff_id hex>/   one unpacked layer (whiteouts = char 0:0, opaque dirs)
-//! STORE/images/<escaped name>.json     image record: name, digests, layers bottom-first
+//! STORE/images/<escaped name>.json     image record: name, digests, layers bottom-first, config
 //! STORE/containers/<id>/{upper,work,rootfs.json}   upper flock'ed while served (held.rs)
 //! STORE/tmp/                           imports in progress (removed on failure, by gc)
 //! STORE/lock                           flock: imports share it, gc takes it exclusively
@@ -11,6 +11,7 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod config;
 pub mod digest;
 pub mod error;
 pub mod held;
@@ -22,5 +23,6 @@ mod sys;
 pub mod unpack;
 mod walk;
 
+pub use config::ImageConfig;
 pub use error::{EntryRule, StoreError};
 pub use store::*;

@@ -259,6 +259,8 @@ pub struct ImageSpec {
     pub config_digest: Sha256,
     /// Bottom-first.
     pub layers: Vec<LayerSpec>,
+    /// What a runtime needs from the image config.
+    pub config: crate::config::ImageConfig,
 }
 
 fn json_err(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -450,6 +452,7 @@ fn oci_image(
         manifest_digest: Some(mdigest),
         config_digest: cdigest,
         layers,
+        config: crate::config::ImageConfig::from_oci(&config),
     })
 }
 
@@ -538,6 +541,7 @@ fn resolve_docker(src: &Source, want: Option<&str>) -> Result<ImageSpec> {
         manifest_digest: None,
         config_digest: cdigest,
         layers,
+        config: crate::config::ImageConfig::from_oci(&config),
     })
 }
 

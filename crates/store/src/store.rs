@@ -46,6 +46,10 @@ pub struct ImageRecord {
     pub config_digest: String,
     /// Bottom-first, as in the OCI config.
     pub layers: Vec<LayerRecord>,
+    /// Entrypoint, Cmd, Env, User, WorkingDir, platform and labels from the image config;
+    /// absent for images imported by a strata that did not keep them (import them again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::config::ImageConfig>,
 }
 
 /// A container's root filesystem: its layers (topmost first) and writable dirs.
@@ -667,6 +671,7 @@ impl Store {
             manifest_digest: spec.manifest_digest.as_ref().map(|d| d.to_string()),
             config_digest: spec.config_digest.to_string(),
             layers: records,
+            config: Some(spec.config.clone()),
         };
         write_json_atomic(&self.tmp(), &self.image_path(&name), &image)?;
         drop(work);

@@ -34,13 +34,21 @@ pub enum Kind {
     /// cleanly on a signal instead).
     #[cfg_attr(not(feature = "lab"), allow(dead_code))]
     Interrupted,
+    /// `strata run` could not run the container (bad image or flags, no kernel, the VM
+    /// failed): 125, as `docker run`.
+    RunFailed,
+    /// `strata run`: the container's own exit status (128+N for signal N), passed on; no
+    /// message.
+    Container(u8),
 }
 
 impl Kind {
     /// The exit code: 2 refused (as clap's usage errors), 3 not found, 4 exists, 1 failed, 5
-    /// exposed, 130 interrupted.
+    /// exposed, 130 interrupted, 125 `strata run` failed, or the container's own.
     pub fn exit_code(self) -> u8 {
         match self {
+            Kind::RunFailed => 125,
+            Kind::Container(code) => code,
             Kind::Failed => 1,
             Kind::Refused => 2,
             Kind::NotFound => 3,
@@ -84,9 +92,12 @@ impl Error {
         move |e| Error::failed(format!("{what} {}: {e}", path.display()))
     }
 
-    /// Print `strata VERB: MESSAGE` on stderr; the exit code.
+    /// Print `strata VERB: MESSAGE` on stderr (nothing for a container's own status); the exit
+    /// code.
     pub fn report(&self, verb: &str) -> ExitCode {
-        eprintln!("strata {verb}: {}", self.message);
+        if !matches!(self.kind, Kind::Container(_)) {
+            eprintln!("strata {verb}: {}", self.message);
+        }
         ExitCode::from(self.kind.exit_code())
     }
 }
@@ -123,6 +134,12 @@ impl From<strata_serve::ServeError> for Error {
     }
 }
 
+impl From<strata_vm::VmError> for Error {
+    fn from(e: strata_vm::VmError) -> Error {
+        Error::failed(e)
+    }
+}
+
 /// The kind of a `strata daemon` API error.
 impl From<ApiKind> for Kind {
     fn from(k: ApiKind) -> Kind {
@@ -148,6 +165,7 @@ mod tests {
             Kind::Failed,
             Kind::Exposed,
             Kind::Interrupted,
+            Kind::RunFailed,
         ];
         let codes: std::collections::BTreeSet<u8> = kinds.iter().map(|k| k.exit_code()).collect();
         assert_eq!(codes.len(), kinds.len());

@@ -46,6 +46,11 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run an image's command in a micro-VM: rootfs served without host mounts, stdio wired,
+    /// the container's exit status as strata's.
+    Run(cmd::run::Args),
+    /// Write the guest initramfs for a kernel (/init = this binary, stripped, plus modules).
+    Initramfs(cmd::initramfs::Args),
     /// Serve one VM its rootfs over vhost-user-fs (virtio-fs): layers, upper, work, mount plan.
     Serve(cmd::serve::Args),
     /// Serve many VMs from one process: rootfs sessions started and stopped over a local API
@@ -90,6 +95,8 @@ impl Cmd {
     /// The verb, as messages name it (`image import`, `serve`, …).
     fn name(&self) -> &'static str {
         match self {
+            Cmd::Run(_) => "run",
+            Cmd::Initramfs(_) => "initramfs",
             Cmd::Serve(_) => "serve",
             Cmd::Daemon(_) => "daemon",
             Cmd::Image(c) => c.name(),
@@ -123,6 +130,8 @@ impl Cmd {
 
     fn run(self) -> error::Result {
         match self {
+            Cmd::Run(a) => cmd::run::run(a),
+            Cmd::Initramfs(a) => cmd::initramfs::run(a),
             Cmd::Serve(a) => cmd::serve::run(a),
             Cmd::Daemon(a) => cmd::daemon::run(a),
             Cmd::Image(c) => cmd::image::run(c),

@@ -32,6 +32,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_pci_modern_dev",
     "virtio_pci",
     "virtio_blk",
+    "virtio_console",
     "fuse",
     "virtiofs",
     "overlay",

@@ -51,6 +51,9 @@ pub struct VmConfig {
     pub accel: String,
     /// Extra qemu arguments, appended last.
     pub extra_args: Vec<String>,
+    /// Start qemu in a process group of its own, so that a terminal's Ctrl-C reaches only the
+    /// caller (which forwards it to the guest) and not qemu (default false).
+    pub own_process_group: bool,
 }
 
 /// What a finished VM left behind.
@@ -89,6 +92,7 @@ impl VmConfig {
             timeout: Duration::from_secs(120),
             accel: TCG.to_string(),
             extra_args: Vec::new(),
+            own_process_group: false,
         }
     }
 
@@ -205,6 +209,10 @@ impl VmConfig {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         crate::cmd::kill_with_parent(&mut cmd);
+        if self.own_process_group {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
         let command = crate::cmd::describe(&cmd);
         tracing::debug!(%command, "starting VM");
         let started = Instant::now();

@@ -37,7 +37,8 @@ pub enum Cmd {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Show an image: layers bottom-first with digest, diff_id and store path.
+    /// Show an image: its config (Entrypoint, Cmd, Env, User, WorkingDir, platform, labels) and
+    /// its layers bottom-first with digest, diff_id and store path.
     Inspect {
         /// Image name or manifest/config digest.
         reference: String,
@@ -188,6 +189,17 @@ fn inspect(reference: &str, json: bool, s: &StoreArg) -> Result {
         println!("manifest: {m}");
     }
     println!("config: {}", i.config_digest);
+    match &i.config {
+        Some(c) => {
+            for line in c.describe() {
+                println!("  {line}");
+            }
+        }
+        None => println!(
+            "  (not kept: imported by an older strata; import it again to run its own \
+             Entrypoint, Cmd, Env, User and WorkingDir)"
+        ),
+    }
     println!("layers (bottom first):");
     for l in &i.layers {
         println!(

@@ -5,8 +5,10 @@ pub mod daemon;
 pub mod gc;
 pub mod guest;
 pub mod image;
+pub mod initramfs;
 pub mod man;
 pub mod rootfs;
+pub mod run;
 pub mod serve;
 pub mod trace;
 

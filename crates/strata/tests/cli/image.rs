@@ -2,7 +2,7 @@
 //! `strata serve --rootfs` through the binary.
 
 #[path = "../../../store/tests/common/mod.rs"]
-mod common;
+pub(crate) mod common;
 
 use std::path::Path;
 use std::time::Duration;

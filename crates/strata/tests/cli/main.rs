@@ -4,6 +4,7 @@
 //!
 //! - [`serve`]: refused configurations, a socket in use, SIGTERM, `--print-sandbox`;
 //! - [`image`]: `strata image`, `rootfs`, `gc`, `serve --rootfs` and `strata daemon` sessions;
+//! - [`run`]: `strata run` and `strata initramfs` refusals (usage errors, 125, nothing left);
 //! - [`trace`]: `strata trace --check` and tracing on this host;
 //! - [`ops`]: completion scripts, man pages, log formats.
 //!
@@ -11,6 +12,7 @@
 
 mod image;
 mod ops;
+mod run;
 mod serve;
 mod trace;
 

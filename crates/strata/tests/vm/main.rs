@@ -15,6 +15,8 @@
 //! - [`image`]: an umoci image imported into the store and booted;
 //! - [`workloads`]: apt, dpkg, useradd, Python and tar on a Debian image, against the oracle;
 //! - [`daemon`]: one `strata daemon` serving two guests;
+//! - [`run`]: `strata run` (the container contract: config, stdio, signals, exit codes) and
+//!   `strata initramfs`;
 //! - [`security`]: local attacks as `nobody` on the store and the daemon's sockets;
 //! - [`trace`], [`trace_bpf`]: `strata trace` inside 6.1 and 6.12 guests;
 //! - [`bench`], [`sessions`], [`bench_guest`], [`lab`]: short runs of the lab's commands.
@@ -29,6 +31,7 @@ mod hostile;
 mod image;
 mod lab;
 mod rootfs;
+mod run;
 mod security;
 mod semantics;
 mod sessions;
