@@ -456,8 +456,8 @@ impl<R: Read> Read for Progress<R> {
 
 impl Store {
     /// Open the store at `root`, creating its skeleton if needed, and check and repair it: every
-    /// store directory owned by this user (else refused) and no more open than [`SKELETON`]
-    /// says (narrowed, with a warning, if it is).
+    /// store directory owned by this user (else refused) and no more open than the store's
+    /// skeleton allows (0711 root, 0700 inside; narrowed, with a warning, if it is).
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
         if !root.exists() {
