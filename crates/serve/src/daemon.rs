@@ -211,8 +211,8 @@ pub(crate) fn run_device(
 
 /// Bind and listen on a vhost-user socket (the path was claimed first), with `mode` from the
 /// first moment it exists ([`crate::socket::bind_private`]).
-pub(crate) fn listen(socket: &Path, mode: u32) -> Result<Listener, ServeError> {
-    crate::socket::bind_private(socket, mode)
+pub(crate) fn listen(socket: &Path, mode: u32, gid: Option<u32>) -> Result<Listener, ServeError> {
+    crate::socket::bind_private(socket, mode, gid)
         .map(Listener::from)
         .map_err(|source| ServeError::Listen {
             path: socket.to_owned(),
@@ -279,11 +279,11 @@ fn prepare_with(
     };
     before_listen(&checked)?;
     let mode = crate::socket::DEFAULT_SOCKET_MODE;
-    let listener = listen(&cfg.socket, mode)?;
+    let listener = listen(&cfg.socket, mode, None)?;
     let lower = match (&cfg.lower_device, lower_backend, lower_guard) {
         (Some(d), Some(backend), Some(guard)) => Some(Device {
             backend,
-            listener: listen(&d.socket, mode)?,
+            listener: listen(&d.socket, mode, None)?,
             tag: d.tag.clone(),
             _guard: guard,
         }),

@@ -17,9 +17,9 @@ use std::path::Path;
 /// The mode of every socket the daemons bind unless configured: root's alone.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 
-/// Bind a listening unix socket at `path` (which must not exist) with `mode`, never reachable
-/// with any other mode.
-pub fn bind_private(path: &Path, mode: u32) -> io::Result<UnixListener> {
+/// Bind a listening unix socket at `path` (which must not exist) with `mode` (and group `gid`,
+/// for a VMM that runs as a user of that group), never reachable with any other mode or group.
+pub fn bind_private(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixListener> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -30,6 +30,9 @@ pub fn bind_private(path: &Path, mode: u32) -> io::Result<UnixListener> {
         .tempdir_in(dir)?;
     let staged = private.path().join("s");
     let listener = UnixListener::bind(&staged)?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::lchown(&staged, None, Some(gid))?;
+    }
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode & 0o777))?;
     let linked = std::fs::hard_link(&staged, path);
     // The staged name and its directory go now, one by one: confined, the daemon may remove
@@ -68,7 +71,7 @@ mod tests {
     fn bound_with_its_mode_and_never_replacing() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("api.sock");
-        let l = bind_private(&p, 0o600).unwrap();
+        let l = bind_private(&p, 0o600, None).unwrap();
         let m = std::fs::symlink_metadata(&p).unwrap();
         assert!(m.file_type().is_socket());
         assert_eq!(m.mode() & 0o777, 0o600);
@@ -78,9 +81,9 @@ mod tests {
         let (s, _) = l.accept().unwrap();
         assert_eq!(peer_uid(&s).unwrap(), nix::unistd::geteuid().as_raw());
         drop(c);
-        assert!(bind_private(&p, 0o600).is_err());
+        assert!(bind_private(&p, 0o600, None).is_err());
         std::fs::write(d.path().join("file"), b"x").unwrap();
-        assert!(bind_private(&d.path().join("file"), 0o600).is_err());
+        assert!(bind_private(&d.path().join("file"), 0o600, None).is_err());
         assert_eq!(std::fs::read(d.path().join("file")).unwrap(), b"x");
         // Failed binds leave nothing behind either.
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);

@@ -54,6 +54,9 @@ pub struct DaemonConfig {
     pub confine: bool,
     /// Mode of the API and session sockets (default [`crate::socket::DEFAULT_SOCKET_MODE`]).
     pub socket_mode: u32,
+    /// Group of the API and session sockets (with a mode that lets the group in, a VMM running
+    /// as a member connects without root); `None`: root's group.
+    pub socket_gid: Option<u32>,
     /// Besides root, the uids whose processes may use the API (checked with SO_PEERCRED).
     pub api_uids: Vec<u32>,
     /// Serve even if the kernel cannot enforce Landlock (file access then is limited only by
@@ -370,11 +373,11 @@ impl Supervisor {
                 lower_tag: cfg.lower_device.as_ref().map(|d| d.tag.clone()),
             };
             let fs = Arc::new(StrataFs::with_role(&checked, cache, role)?);
-            let listener = listen(&cfg.socket, self.cfg.socket_mode)?;
+            let listener = listen(&cfg.socket, self.cfg.socket_mode, self.cfg.socket_gid)?;
             let layers = match (&cfg.lower_device, layer_guard) {
                 (Some(d), Some(g)) => Some((
                     Arc::new(StrataFs::with_role(&checked, cache, Role::Layers)?),
-                    listen(&d.socket, self.cfg.socket_mode)?,
+                    listen(&d.socket, self.cfg.socket_mode, self.cfg.socket_gid)?,
                     g,
                     d.socket.clone(),
                 )),
@@ -738,12 +741,12 @@ pub fn run(cfg: DaemonConfig, resolver: Resolver) -> Result<(), ServeError> {
         source,
     })?;
     let api_guard = claim_socket(&cfg.api)?;
-    let api = crate::socket::bind_private(&cfg.api, cfg.socket_mode).map_err(|source| {
-        ServeError::Listen {
+    let api = crate::socket::bind_private(&cfg.api, cfg.socket_mode, cfg.socket_gid).map_err(
+        |source| ServeError::Listen {
             path: cfg.api.clone(),
             source,
-        }
-    })?;
+        },
+    )?;
     // Connected before confinement; READY=1 once the API listens under the full sandbox.
     let notifier = crate::notify::Notifier::from_env().map(Arc::new);
     let mut confined = None;

@@ -30,6 +30,7 @@ fn daemon(p: &Path, allow: PathBuf, limits: strata_serve::Limits) -> (Arc<Superv
             limits,
             confine: false,
             socket_mode: strata_serve::socket::DEFAULT_SOCKET_MODE,
+            socket_gid: None,
             api_uids: vec![],
             allow_no_landlock: false,
         },

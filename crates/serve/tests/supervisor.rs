@@ -40,6 +40,7 @@ fn fixture() -> Fixture {
             limits: strata_serve::Limits::default(),
             confine: false,
             socket_mode: strata_serve::socket::DEFAULT_SOCKET_MODE,
+            socket_gid: None,
             api_uids: vec![],
             allow_no_landlock: false,
         },

@@ -24,10 +24,13 @@ pub struct Args {
     /// and runtimes with their own layer store).
     #[arg(long = "allow")]
     allow: Vec<PathBuf>,
-    /// Mode of the API and session sockets, octal (they are root's; e.g. 660 to let the
-    /// socket directory's group in).
+    /// Mode of the API and session sockets, octal (they are root's; e.g. 660 with
+    /// --socket-group to let a VMM that runs as a member of that group connect).
     #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
     socket_mode: u32,
+    /// Group of the API and session sockets: a name or a numeric gid (default: root's).
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    socket_group: Option<u32>,
     /// Also let processes of this uid use the API (repeatable; root always may).
     #[arg(long = "api-uid", value_name = "UID")]
     api_uids: Vec<u32>,
@@ -86,9 +89,22 @@ pub fn run(a: Args) -> Result {
         limits: a.limits.limits(),
         confine: true,
         socket_mode: a.socket_mode,
+        socket_gid: a.socket_group,
         api_uids: a.api_uids,
         allow_no_landlock: a.allow_no_landlock,
     };
     supervisor::run(cfg, resolver)?;
     Ok(())
+}
+
+/// A group by name (from the host's group database) or by number.
+fn parse_group(s: &str) -> std::result::Result<u32, String> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {s:?} on this host")),
+        Err(e) => Err(format!("cannot look up group {s:?}: {e}")),
+    }
 }

@@ -219,3 +219,58 @@ fn the_daemon_tells_systemd_it_is_ready() {
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
+
+/// A VMM running as a user of a group connects to the daemon's sockets made for that group
+/// (`--socket-mode 660 --socket-group G`); other users still cannot.
+#[test]
+fn sockets_for_a_vmm_group() {
+    if !strata_harness::needs("sockets_for_a_vmm_group", true, &["setpriv"]) {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let run = t.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let api = run.join("api.sock");
+    let d = strata_harness::session::DaemonProcess::spawn(
+        crate::strata().path(),
+        &api,
+        &[
+            "--socket-mode".as_ref(),
+            "660".as_ref(),
+            "--socket-group".as_ref(),
+            "nogroup".as_ref(),
+            "--store".as_ref(),
+            t.path().join("store").as_os_str(),
+        ],
+        None,
+        &t.path().join("daemon.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    let m = std::fs::metadata(&api).unwrap();
+    assert_eq!((m.mode() & 0o777, m.gid()), (0o660, nogroup));
+    let may_write = |group: &str| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                &format!("--regid={group}"),
+                "--clear-groups",
+            ])
+            .args(["test", "-w"])
+            .arg(&api)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(may_write("nogroup"), "a member of the group cannot connect");
+    assert!(!may_write("12345"), "a user of another group can connect");
+    let (clean, _) = d.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(clean);
+}
