@@ -153,10 +153,24 @@ impl Source {
     }
 
     pub fn has(&self, name: &str) -> bool {
+        self.probe(name).unwrap_or(false)
+    }
+
+    /// Whether member `name` is there: `Ok(false)` only if it is absent; a member that is
+    /// there but cannot be read (permission denied, not a regular file) is an error that says
+    /// so, not "missing".
+    pub fn probe(&self, name: &str) -> Result<bool> {
         match (self, normalize(name)) {
-            (Source::Dir(_, d), Some(n)) => Source::dir_member(d, &n).is_ok(),
-            (Source::Tar { entries, .. }, Some(n)) => entries.contains_key(&n),
-            _ => false,
+            (Source::Dir(p, d), Some(n)) => match Source::dir_member(d, &n) {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(StoreError::BadSource {
+                    src: p.to_owned(),
+                    reason: format!("{name:?} cannot be read: {e}"),
+                }),
+            },
+            (Source::Tar { entries, .. }, Some(n)) => Ok(entries.contains_key(&n)),
+            _ => Ok(false),
         }
     }
 
@@ -286,9 +300,9 @@ fn host_arch() -> &'static str {
 
 /// Find the image in `src`; `want` picks among several (by ref name or tag).
 pub fn resolve(src: &Source, want: Option<&str>) -> Result<ImageSpec> {
-    if src.has("index.json") {
+    if src.probe("index.json")? {
         resolve_oci(src, want)
-    } else if src.has("manifest.json") {
+    } else if src.probe("manifest.json")? {
         resolve_docker(src, want)
     } else {
         Err(StoreError::BadSource {

@@ -420,3 +420,45 @@ fn transports_and_stdin() {
     // The spool file is gone.
     assert_eq!(std::fs::read_dir(st.join("tmp")).unwrap().count(), 0);
 }
+
+/// A member the importing user may not read is reported as such, not as missing.
+#[test]
+fn an_unreadable_source_says_permission_denied() {
+    if !strata_harness::needs(
+        "an_unreadable_source_says_permission_denied",
+        true,
+        &["setpriv"],
+    ) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tmp.path().join("layout");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("index.json"), "{}").unwrap();
+    std::fs::set_permissions(
+        src.join("index.json"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let home = tmp.path().join("nobody");
+    std::fs::create_dir(&home).unwrap();
+    nix::unistd::chown(&home, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(crate::strata().path())
+        .args(["image", "import"])
+        .arg(&src)
+        .arg("--store")
+        .arg(home.join("store"))
+        .env("STRATA_CONFIG", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("Permission denied") && !err.contains("missing"),
+        "{err}"
+    );
+}
