@@ -34,7 +34,7 @@ pub enum ConfigError {
         "--max-nodes and --max-handles must be at least 1 (the guest cannot even mount with 0)"
     )]
     ZeroLimit,
-    #[error("socket {0:?} is in use by a running server: stop it or pick another --socket")]
+    #[error("socket {0:?} is in use by a running server: stop it, or pick another path (`strata daemon --api`, `strata serve --socket`, `rootfs start --socket`)")]
     SocketInUse(PathBuf),
     #[error("socket path {0:?} exists and is not a socket: remove it or pick another --socket")]
     SocketPathTaken(PathBuf),
