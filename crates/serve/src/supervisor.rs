@@ -137,6 +137,15 @@ impl Session {
     }
 }
 
+impl Sessions {
+    /// Whether entry `x` is listed as a session: a session's own entry, or its layer device
+    /// once the session's entry is gone (the two devices' connections end independently, and
+    /// the session is over, its sockets removed, only when both have).
+    fn stands_for_session(&self, x: &Session) -> bool {
+        x.part_of.is_none_or(|main| !self.by_token.contains_key(&main))
+    }
+}
+
 #[derive(Default)]
 struct Sessions {
     by_token: HashMap<u64, Session>,
@@ -221,9 +230,12 @@ impl Supervisor {
                 let mut sessions: Vec<SessionInfo> = s
                     .by_token
                     .values()
-                    .filter(|x| x.part_of.is_none())
+                    .filter(|x| s.stands_for_session(x))
                     .filter(|x| id.as_ref().is_none_or(|i| *i == x.id))
-                    .map(|x| x.info(None))
+                    .map(|x| match x.part_of {
+                        None => x.info(None),
+                        Some(_) => x.info(Some(SessionState::Stopping)),
+                    })
                     .collect();
                 if let (Some(id), true) = (&id, sessions.is_empty()) {
                     return error(ErrorKind::NotFound, format!("no session {id:?}"));
@@ -603,12 +615,13 @@ impl Supervisor {
         true
     }
 
-    /// Number of sessions (any state; a session's layer device is part of it).
+    /// Number of sessions (any state; a session's layer device is part of it, and keeps it
+    /// alive until its own VMM connection ends too).
     pub fn len(&self) -> usize {
-        self.lock()
-            .by_token
+        let s = self.lock();
+        s.by_token
             .values()
-            .filter(|x| x.part_of.is_none())
+            .filter(|x| s.stands_for_session(x))
             .count()
     }
 
