@@ -142,7 +142,8 @@ impl Sessions {
     /// once the session's entry is gone (the two devices' connections end independently, and
     /// the session is over, its sockets removed, only when both have).
     fn stands_for_session(&self, x: &Session) -> bool {
-        x.part_of.is_none_or(|main| !self.by_token.contains_key(&main))
+        x.part_of
+            .is_none_or(|main| !self.by_token.contains_key(&main))
     }
 }
 
