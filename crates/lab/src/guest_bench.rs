@@ -744,8 +744,8 @@ pub fn bench_initramfs(strata: &Path, kernel: &GuestKernel, out: &Path) -> Resul
             cpio.symlink(&format!("bin/{a}"), "busybox");
         }
     }
-    let mut names: Vec<&str> = GUEST_MODULES.to_vec();
-    names.extend(["libcrc32c", "erofs"]);
+    // GUEST_MODULES has erofs (and libcrc32c) for EROFS layer devices.
+    let names: Vec<&str> = GUEST_MODULES.to_vec();
     let mut order = String::new();
     for m in kernel.modules(&names)? {
         let Some(name) = m.file_name().map(|n| n.to_string_lossy().into_owned()) else {
