@@ -169,8 +169,13 @@ fn erofs_layer_device_matches_host_overlay() {
     .collect();
     let strace_log = root.join("serve.strace");
     let log = root.join("serve.log");
-    let serve = ServeProcess::spawn_argv(&argv, &[socket.clone()], Some(&strace_log), &log)
-        .expect("strata serve starts");
+    let serve = ServeProcess::spawn_argv(
+        &argv,
+        std::slice::from_ref(&socket),
+        Some(&strace_log),
+        &log,
+    )
+    .expect("strata serve starts");
     let images: Vec<PathBuf> = std::fs::read_dir(store.join("erofs"))
         .unwrap()
         .map(|e| e.unwrap().path())
