@@ -102,14 +102,8 @@ impl Store {
             .prefix("erofs-")
             .tempdir_in(&tmp)
             .map_err(StoreError::io("cannot create a directory in", &tmp))?;
-        let stage = work.path().join("tree");
-        let lower = stage.join(EROFS_LOWER_DIR);
-        fs::create_dir_all(&lower).map_err(StoreError::io("cannot create", &lower))?;
-        for l in lowers.iter().rev() {
-            merge_layer(l, &lower).map_err(StoreError::io("cannot stage layer", l))?;
-        }
         let out = work.path().join("image.img");
-        mkfs_erofs(&out, &stage)?;
+        build_merged_image(lowers, work.path(), &out)?;
         let bytes = fs::metadata(&out)
             .map_err(StoreError::io("cannot stat", &out))?
             .len();
@@ -164,6 +158,19 @@ impl Store {
         removed.sort();
         Ok(removed)
     }
+}
+
+/// Write the merged EROFS image of layer directories `lowers` (topmost first) to `out`,
+/// staging the merged tree in `scratch` (an empty directory on the layers' filesystem: the
+/// staged files are hard links to theirs). `scratch` is left for the caller to remove.
+pub fn build_merged_image(lowers: &[PathBuf], scratch: &Path, out: &Path) -> Result<()> {
+    let stage = scratch.join("tree");
+    let lower = stage.join(EROFS_LOWER_DIR);
+    fs::create_dir_all(&lower).map_err(StoreError::io("cannot create", &lower))?;
+    for l in lowers.iter().rev() {
+        merge_layer(l, &lower).map_err(StoreError::io("cannot stage layer", l))?;
+    }
+    mkfs_erofs(out, &stage)
 }
 
 /// Run `mkfs.erofs` on `tree`, writing `out`.

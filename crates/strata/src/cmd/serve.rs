@@ -41,6 +41,11 @@ pub struct Args {
     /// stays on virtio-fs. The qemu arguments for the device are printed on stderr.
     #[arg(long, requires = "rootfs")]
     erofs: bool,
+    /// With --lower: the VMM also attaches the layers' merged EROFS image (as
+    /// `strata image import --erofs` builds it, from these layers) read-only as the
+    /// virtio-blk device with this serial number; the plan sends the guest there.
+    #[arg(long, value_name = "SERIAL", conflicts_with_all = ["rootfs", "erofs"])]
+    lower_block: Option<String>,
     /// virtio-blk serial number of the --erofs device (qemu `serial=`).
     #[arg(long, default_value = strata_plan::DEFAULT_LOWER_SERIAL, requires = "erofs")]
     erofs_serial: String,
@@ -62,8 +67,12 @@ pub fn run(a: Args) -> Result {
             a.work.unwrap_or_default(),
         ),
     };
-    let lower_block = match (&a.rootfs, a.erofs) {
-        (Some(id), true) => Some(erofs_device(&a.store.store, id, &a.erofs_serial)?),
+    let lower_block = match (&a.rootfs, a.erofs, &a.lower_block) {
+        (Some(id), true, _) => Some(erofs_device(&a.store.store, id, &a.erofs_serial)?),
+        (_, _, Some(serial)) => {
+            check_serial(serial)?;
+            Some(strata_plan::LowerBlock::erofs(serial))
+        }
         _ => None,
     };
     let cfg = strata_serve::ServeConfig {
@@ -86,12 +95,7 @@ pub fn run(a: Args) -> Result {
 /// The EROFS image of rootfs `id` (built if missing) as the plan's layer device, with the
 /// qemu arguments that attach it printed on stderr.
 fn erofs_device(store: &Path, id: &str, serial: &str) -> Result<strata_plan::LowerBlock> {
-    if let Some(reason) = strata_plan::serial_problem(serial) {
-        return Err(Error::new(
-            Kind::Refused,
-            format!("--erofs-serial {serial:?}: {reason}"),
-        ));
-    }
+    check_serial(serial)?;
     let img = strata_store::Store::open_existing(store)?.rootfs_erofs(id)?;
     if img.built {
         eprintln!(
@@ -112,4 +116,14 @@ fn qemu_args(image: &Path, serial: &str) -> String {
          -device virtio-blk-pci,drive={serial},serial={serial}",
         image.display()
     )
+}
+
+fn check_serial(serial: &str) -> Result<()> {
+    match strata_plan::serial_problem(serial) {
+        Some(reason) => Err(Error::new(
+            Kind::Refused,
+            format!("virtio-blk serial {serial:?}: {reason}"),
+        )),
+        None => Ok(()),
+    }
 }
