@@ -709,22 +709,17 @@ fn erofs_images(layers: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// The layers' merged EROFS image as the store builds it (`strata image import --erofs`), in
-/// `dir`; rebuilt when missing. Staged next to the layers (hard links need their filesystem).
+/// `dir`; rebuilt when missing.
 fn merged_erofs_image(layers: &[PathBuf], dir: &Path) -> Result<PathBuf> {
     mkdir(dir)?;
     let img = dir.join("merged.erofs");
     if img.is_file() {
         return Ok(img);
     }
-    let base = layers
-        .first()
-        .and_then(|l| l.parent())
-        .unwrap_or(dir)
-        .to_path_buf();
     let scratch = tempfile::Builder::new()
         .prefix(".merged-erofs-")
-        .tempdir_in(&base)
-        .map_err(VmError::io("cannot create a directory in", &base))?;
+        .tempdir_in(dir)
+        .map_err(VmError::io("cannot create a directory in", dir))?;
     let tmp = dir.join("merged.erofs.tmp");
     strata_store::erofs::build_merged_image(layers, scratch.path(), &tmp)
         .map_err(|e| VmError::Serve(format!("merged EROFS image: {e}")))?;
@@ -1227,31 +1222,23 @@ pub fn run(
         report.rootfs.symlinks,
         report.rootfs.bytes as f64 / (1 << 20) as f64
     ));
+    let erofs_dir = match cfg.rootfs {
+        RootfsKind::Debian => layers[0]
+            .parent()
+            .and_then(Path::parent)
+            .map(|p| p.join("erofs"))
+            .unwrap_or_else(|| cfg.workdir.join("erofs")),
+        RootfsKind::Tiny | RootfsKind::Conformance => cfg.workdir.join("erofs"),
+    };
     let images = if setups.contains(&Setup::Erofs) {
         progress("building EROFS images (mkfs.erofs)");
-        let dir = match cfg.rootfs {
-            RootfsKind::Debian => layers[0]
-                .parent()
-                .and_then(Path::parent)
-                .map(|p| p.join("erofs"))
-                .unwrap_or_else(|| cfg.workdir.join("erofs")),
-            RootfsKind::Tiny | RootfsKind::Conformance => cfg.workdir.join("erofs"),
-        };
-        erofs_images(&layers, &dir)?
+        erofs_images(&layers, &erofs_dir)?
     } else {
         Vec::new()
     };
     let merged = if setups.contains(&Setup::StrataErofs) {
         progress("building the merged EROFS image (mkfs.erofs)");
-        let dir = match cfg.rootfs {
-            RootfsKind::Debian => layers[0]
-                .parent()
-                .and_then(Path::parent)
-                .map(|p| p.join("erofs"))
-                .unwrap_or_else(|| cfg.workdir.join("erofs")),
-            RootfsKind::Tiny => cfg.workdir.join("erofs"),
-        };
-        Some(merged_erofs_image(&layers, &dir)?)
+        Some(merged_erofs_image(&layers, &erofs_dir)?)
     } else {
         None
     };

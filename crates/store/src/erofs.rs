@@ -5,10 +5,11 @@
 //! layer count, and the guest overlay looks names up in one lower. The layers are merged the
 //! way overlayfs shows them (whiteouts and opaque directories applied, the topmost entry wins,
 //! a directory's metadata and xattrs from the topmost layer that has it) into a staging tree
-//! under `STORE/tmp` — files are *hard links* into the layer directories, so staging copies no
-//! data and mounts nothing — and `mkfs.erofs` (erofs-utils) writes the image from that tree,
-//! uncompressed, with per-file mtimes and every xattr but overlayfs' own `trusted.overlay.*`.
-//! erofs-utils counts a file's links inside the tree, so the staging links do not show.
+//! under `STORE/tmp` — copies (`copy_file_range`) with owner, mode, xattrs and times, mounting
+//! nothing; not hard links, which would change the link count and ctime that a layer's seal
+//! covers — and `mkfs.erofs` (erofs-utils) writes the image from that tree, uncompressed, with
+//! per-file mtimes and every xattr but overlayfs' own `trusted.overlay.*`. Files linked within
+//! a layer stay linked (erofs-utils counts links inside the tree).
 //!
 //! The image's root holds one directory, [`EROFS_LOWER_DIR`], the merged lower: a mount plan
 //! names it as a plain relative path. Images are content-addressed by the layer stack
@@ -16,12 +17,16 @@
 //! `strata serve --rootfs ID --erofs`), and removed by `gc` once no image or container rootfs
 //! has that stack.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+
+use nix::sys::stat::{mknod, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
 
 use crate::digest::Sha256;
 use crate::error::{Result, StoreError};
@@ -161,8 +166,7 @@ impl Store {
 }
 
 /// Write the merged EROFS image of layer directories `lowers` (topmost first) to `out`,
-/// staging the merged tree in `scratch` (an empty directory on the layers' filesystem: the
-/// staged files are hard links to theirs). `scratch` is left for the caller to remove.
+/// staging the merged tree (a copy) in `scratch`, an empty directory the caller removes.
 pub fn build_merged_image(lowers: &[PathBuf], scratch: &Path, out: &Path) -> Result<()> {
     let stage = scratch.join("tree");
     let lower = stage.join(EROFS_LOWER_DIR);
@@ -220,6 +224,12 @@ fn remove_entry(p: &Path) -> io::Result<()> {
 /// Lay layer directory `src` over the staged tree `dst` (an existing directory), as overlayfs
 /// would show `src` above what `dst` holds.
 fn merge_layer(src: &Path, dst: &Path) -> io::Result<()> {
+    merge_dir(src, dst, &mut HashMap::new())
+}
+
+/// [`merge_layer`] of one directory; `links` maps the (device, inode) of this layer's files
+/// with several links that are staged already to their staged copy.
+fn merge_dir(src: &Path, dst: &Path, links: &mut HashMap<(u64, u64), PathBuf>) -> io::Result<()> {
     for e in fs::read_dir(src)? {
         let e = e?;
         let (s, d) = (e.path(), dst.join(e.file_name()));
@@ -233,21 +243,62 @@ fn merge_layer(src: &Path, dst: &Path) -> io::Result<()> {
                 remove_entry(&d)?;
                 fs::create_dir(&d)?;
             }
-            merge_layer(&s, &d)?;
+            merge_dir(&s, &d, links)?;
         } else {
             remove_entry(&d)?;
-            fs::hard_link(&s, &d)?;
+            stage_entry(&s, &d, &meta, links)?;
         }
     }
-    copy_dir_metadata(src, dst)
+    copy_metadata(src, dst, &fs::symlink_metadata(src)?)
 }
 
-/// Give directory `dst` the owner, mode, xattrs (but `trusted.overlay.*`) and times of `src`
-/// (after its entries are in place: adding them changes the mtime).
-fn copy_dir_metadata(src: &Path, dst: &Path) -> io::Result<()> {
-    let meta = fs::symlink_metadata(src)?;
+/// Stage the non-directory `s` (`meta`) as a copy at `d`: the layer's own files are never
+/// linked to or changed (their link count and ctime are part of the layer's seal). Files with
+/// several links in the layer are copied once and linked to in the staging tree.
+fn stage_entry(
+    s: &Path,
+    d: &Path,
+    meta: &fs::Metadata,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> io::Result<()> {
+    let ft = meta.file_type();
+    let key = (meta.dev(), meta.ino());
+    if ft.is_file() && meta.nlink() > 1 {
+        if let Some(first) = links.get(&key) {
+            return fs::hard_link(first, d);
+        }
+    }
+    if ft.is_file() {
+        fs::copy(s, d)?;
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(s)?, d)?;
+    } else {
+        let kind = if ft.is_char_device() {
+            SFlag::S_IFCHR
+        } else if ft.is_block_device() {
+            SFlag::S_IFBLK
+        } else if ft.is_fifo() {
+            SFlag::S_IFIFO
+        } else {
+            SFlag::S_IFSOCK
+        };
+        mknod(d, kind, Mode::from_bits_truncate(0o600), meta.rdev())?;
+    }
+    copy_metadata(s, d, meta)?;
+    if ft.is_file() && meta.nlink() > 1 {
+        links.insert(key, d.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Give `dst` the owner, mode, xattrs (but `trusted.overlay.*`) and times of `src` (`meta`);
+/// for a directory, after its entries are in place (adding them changes the mtime).
+fn copy_metadata(src: &Path, dst: &Path, meta: &fs::Metadata) -> io::Result<()> {
     std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    if !meta.file_type().is_symlink() {
+        // After the chown, which clears set-id bits.
+        fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
     for name in xattr::list(dst)? {
         xattr::remove(dst, &name)?;
     }
@@ -259,10 +310,14 @@ fn copy_dir_metadata(src: &Path, dst: &Path) -> io::Result<()> {
             xattr::set(dst, &name, &v)?;
         }
     }
-    let times = fs::FileTimes::new()
-        .set_accessed(meta.accessed()?)
-        .set_modified(meta.modified()?);
-    fs::File::open(dst)?.set_times(times)
+    utimensat(
+        None,
+        dst,
+        &TimeSpec::new(meta.atime(), meta.atime_nsec()),
+        &TimeSpec::new(meta.mtime(), meta.mtime_nsec()),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
 }
 
 #[cfg(test)]
@@ -298,6 +353,9 @@ mod tests {
         fs::write(l1.join("x"), "file now").unwrap();
         symlink("d/a", l1.join("s")).unwrap();
         fs::set_permissions(l1.join("d"), fs::Permissions::from_mode(0o701)).unwrap();
+        fs::write(l1.join("suid"), "s").unwrap();
+        fs::set_permissions(l1.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::hard_link(l1.join("suid"), l1.join("suid2")).unwrap();
         merge_layer(&l0, &out).unwrap();
         merge_layer(&l1, &out).unwrap();
         assert_eq!(fs::read_to_string(out.join("d/a")).unwrap(), "a1");
@@ -306,10 +364,18 @@ mod tests {
         assert_eq!(fs::read_link(out.join("s")).unwrap(), Path::new("d/a"));
         let mode = fs::metadata(out.join("d")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o701);
-        // Files are links, not copies.
-        assert_eq!(
+        // Copies: the layers' files keep their link count.
+        assert_ne!(
             fs::metadata(out.join("d/a")).unwrap().ino(),
             fs::metadata(l1.join("d/a")).unwrap().ino()
         );
+        assert_eq!(fs::metadata(l1.join("d/a")).unwrap().nlink(), 1);
+        // Links within a layer stay links; set-id bits survive.
+        let (m1, m2) = (
+            fs::metadata(out.join("suid")).unwrap(),
+            fs::metadata(out.join("suid2")).unwrap(),
+        );
+        assert_eq!((m1.ino(), m1.mode() & 0o7777), (m2.ino(), 0o4755));
+        assert_eq!(fs::metadata(l1.join("suid")).unwrap().nlink(), 2);
     }
 }
