@@ -137,31 +137,43 @@ impl Store {
         })
     }
 
-    /// Remove the images whose stack no image or container rootfs has; their file names.
-    /// Called by [`Store::gc`] with the store lock held exclusively.
-    pub(crate) fn gc_erofs(&self, stacks: &[Vec<String>]) -> Result<Vec<String>> {
+    /// Remove the images whose stack no image or container rootfs has: the file names
+    /// removed, and one line per image that could not be (gc goes on past it). Called by
+    /// [`Store::gc`] with the store lock held exclusively.
+    pub(crate) fn gc_erofs(&self, stacks: &[Vec<String>]) -> (Vec<String>, Vec<String>) {
         let keep: std::collections::HashSet<String> = stacks
             .iter()
             .map(|s| format!("{}.img", erofs_key(s).hex()))
             .collect();
         let dir = self.root().join(EROFS_DIR);
+        let (mut removed, mut failed) = (Vec::new(), Vec::new());
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(StoreError::io("cannot list", &dir)(e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return (removed, failed),
+            Err(e) => {
+                failed.push(StoreError::io("cannot list", &dir)(e).to_string());
+                return (removed, failed);
+            }
         };
-        let mut removed = Vec::new();
         for e in entries {
-            let e = e.map_err(StoreError::io("cannot list", &dir))?;
+            let e = match e {
+                Ok(e) => e,
+                Err(e) => {
+                    failed.push(StoreError::io("cannot list", &dir)(e).to_string());
+                    break;
+                }
+            };
             let name = e.file_name().to_string_lossy().into_owned();
             if keep.contains(&name) {
                 continue;
             }
-            fs::remove_file(e.path()).map_err(StoreError::io("cannot remove", e.path()))?;
-            removed.push(name);
+            match fs::remove_file(e.path()) {
+                Ok(()) => removed.push(name),
+                Err(err) => failed.push(StoreError::io("cannot remove", e.path())(err).to_string()),
+            }
         }
         removed.sort();
-        Ok(removed)
+        (removed, failed)
     }
 }
 

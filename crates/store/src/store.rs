@@ -989,8 +989,10 @@ impl Store {
             keep.extend(r.diff_ids.iter().cloned());
             stacks.push(r.diff_ids.clone());
         }
+        let (erofs_removed, failed) = self.gc_erofs(&stacks);
         let mut report = GcReport {
-            erofs_removed: self.gc_erofs(&stacks)?,
+            erofs_removed,
+            failed,
             ..GcReport::default()
         };
         // No import runs while we hold the lock exclusively: everything in tmp/ is stale.
