@@ -11,7 +11,8 @@
 #   umoci            unpacking OCI images into layers
 #   debootstrap      the Debian image of the workloads VM test (built once, cached)
 #   e2fsprogs        mkfs.ext4 for the lab's scratch disk
-#   erofs-utils      mkfs.erofs for setup (c) of `strata bench guest`
+#   erofs-utils      mkfs.erofs: EROFS layer images (strata image import --erofs, serve
+#                    --erofs), their tests and setups (c), (d) of `strata bench guest`
 #   util-linux, libcap2-bin, e2fsprogs
 #                    setpriv, setcap, chattr: the security tests' local attacks as nobody
 #   clang            compiles strata trace's BPF programs (CO-RE C) at build time

@@ -45,6 +45,27 @@ pub enum GuestError {
     },
 
     #[error(
+        "no virtio-blk device with serial {serial:?} (looked in /sys/block for {waited_ms} ms); \
+         attach the layer image: -drive file=IMG,if=none,readonly=on,format=raw,id=l0 \
+         -device virtio-blk-pci,drive=l0,serial={serial}"
+    )]
+    NoBlockDevice { serial: String, waited_ms: u128 },
+
+    #[error(
+        "cannot mount {device} ({fstype}, read-only) on {}: {errno}; the kernel needs {fstype} \
+         support (module in the initramfs or built in){}",
+        target.display(),
+        kmsg_block(.kmsg)
+    )]
+    BlockMount {
+        device: String,
+        fstype: String,
+        target: PathBuf,
+        errno: Errno,
+        kmsg: Vec<String>,
+    },
+
+    #[error(
         "cannot read mount plan {}: {source}; the tag must be served by `strata serve` (it provides /{})",
         path.display(),
         strata_plan::PLAN_FILE
@@ -126,6 +147,7 @@ impl GuestError {
             GuestError::ApiFs { errno, .. }
             | GuestError::Virtiofs { errno, .. }
             | GuestError::Overlay { errno, .. }
+            | GuestError::BlockMount { errno, .. }
             | GuestError::MoveMount { errno, .. }
             | GuestError::SwitchRoot { errno, .. }
             | GuestError::Fork(errno) => Some(*errno),

@@ -46,6 +46,66 @@ pub(crate) fn lower_staging_dir(tag: &str) -> PathBuf {
     Path::new(STAGING_BASE).join(format!("{tag}.layers"))
 }
 
+/// Where the layer block device of a plan with a `lower_block` is mounted
+/// (`/run/strata/<tag>.block`).
+pub(crate) fn block_staging_dir(tag: &str) -> PathBuf {
+    Path::new(STAGING_BASE).join(format!("{tag}.block"))
+}
+
+/// The `/dev` node of the virtio-blk device whose serial is `serial`, listed under `sys_block`
+/// (`/sys/block`), if there is one now.
+pub(crate) fn find_block_by_serial(sys_block: &Path, serial: &str) -> Option<PathBuf> {
+    let mut names: Vec<String> = std::fs::read_dir(sys_block)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("vd"))
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|n| {
+        let found = std::fs::read_to_string(sys_block.join(&n).join("serial")).ok()?;
+        (found.trim_end_matches(['\n', '\0']) == serial).then(|| Path::new("/dev").join(n))
+    })
+}
+
+/// Mount the plan's layer block device read-only at `target`, waiting up to `wait` for it
+/// to appear.
+pub(crate) fn mount_lower_block(
+    block: &strata_plan::LowerBlock,
+    target: &Path,
+    wait: Duration,
+) -> Result<(), GuestError> {
+    let start = Instant::now();
+    let device = loop {
+        if let Some(d) = find_block_by_serial(Path::new("/sys/block"), &block.serial) {
+            // devtmpfs creates the node right after the disk is added.
+            if d.exists() || start.elapsed() >= wait {
+                break d;
+            }
+        } else if start.elapsed() >= wait {
+            return Err(GuestError::NoBlockDevice {
+                serial: block.serial.clone(),
+                waited_ms: start.elapsed().as_millis(),
+            });
+        }
+        std::thread::sleep(VIRTIOFS_RETRY_EVERY);
+    };
+    let mut kmsg = KmsgWatch::start();
+    mount(
+        Some(device.as_path()),
+        target,
+        Some(block.fstype.as_str()),
+        MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(|errno| GuestError::BlockMount {
+        device: device.display().to_string(),
+        fstype: block.fstype.clone(),
+        target: target.to_path_buf(),
+        errno,
+        kmsg: kmsg.lines(&[block.fstype.as_str(), "virtio_blk"], KMSG_HINT_LINES),
+    })
+}
+
 /// `mkdir -p`.
 pub(crate) fn mkdir_p(path: &Path) -> Result<(), GuestError> {
     std::fs::create_dir_all(path).map_err(|source| GuestError::Mkdir {
@@ -201,17 +261,24 @@ pub(crate) fn overlay_data(
 }
 
 /// Mount the overlay described by `plan` (paths relative to `root`, the tree of tag `tag`) at
-/// `target`. A plan with a `lower_tag` has its layers on that second device: it is mounted
-/// first ([`lower_staging_dir`]), and unmounted again if the overlay fails.
+/// `target`. A plan with a `lower_tag` has its layers on that second device, one with a
+/// `lower_block` on that block device: it is mounted first ([`lower_staging_dir`],
+/// [`block_staging_dir`]), and unmounted again if the overlay fails.
 pub(crate) fn mount_overlay(
     plan: &MountPlan,
     tag: &str,
     root: &Path,
     target: &Path,
 ) -> Result<(), GuestError> {
-    let lower_root = match &plan.lower_tag {
-        None => root.to_path_buf(),
-        Some(lower) => {
+    let lower_root = match (&plan.lower_block, &plan.lower_tag) {
+        (Some(block), _) => {
+            let dir = block_staging_dir(tag);
+            mkdir_p(&dir)?;
+            mount_lower_block(block, &dir, VIRTIOFS_WAIT)?;
+            dir
+        }
+        (None, None) => root.to_path_buf(),
+        (None, Some(lower)) => {
             validate_tag(lower)?;
             if lower == tag {
                 return Err(GuestError::BadTag {
@@ -241,7 +308,7 @@ pub(crate) fn mount_overlay(
             options: data,
         })
     });
-    if result.is_err() && plan.lower_tag.is_some() {
+    if result.is_err() && (plan.lower_tag.is_some() || plan.lower_block.is_some()) {
         let _ = nix::mount::umount(&lower_root);
     }
     result
@@ -350,6 +417,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn block_devices_by_serial() {
+        let sys = tempfile::tempdir().unwrap();
+        for (n, serial) in [
+            ("vda", "other\n"),
+            ("vdb", "strata-lower"),
+            ("sda", "strata-lower"),
+        ] {
+            std::fs::create_dir(sys.path().join(n)).unwrap();
+            std::fs::write(sys.path().join(n).join("serial"), serial).unwrap();
+        }
+        std::fs::create_dir(sys.path().join("vdc")).unwrap();
+        assert_eq!(
+            find_block_by_serial(sys.path(), "strata-lower"),
+            Some(PathBuf::from("/dev/vdb"))
+        );
+        assert_eq!(find_block_by_serial(sys.path(), "none"), None);
+        assert_eq!(find_block_by_serial(&sys.path().join("x"), "other"), None);
+        assert_eq!(
+            block_staging_dir("strata"),
+            Path::new("/run/strata/strata.block")
+        );
     }
 
     #[test]

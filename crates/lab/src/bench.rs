@@ -548,6 +548,7 @@ fn start(
                 tag: strata_plan::DEFAULT_TAG.to_owned(),
                 limits: strata_serve::Limits::default(),
                 lower_device: None,
+                lower_block: None,
             };
             let server = strata_serve::prepare(&cfg, CachePolicy::default()).map_err(|source| {
                 BenchError::Serve {

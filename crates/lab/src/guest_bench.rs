@@ -74,17 +74,26 @@ pub enum Setup {
     Strata,
     /// (c) EROFS images on virtio-blk + guest overlay, upper on a scratch ext4 disk.
     Erofs,
+    /// (d) strata serve for the upper, the layers as one merged EROFS image on virtio-blk.
+    #[serde(rename = "strata-erofs")]
+    StrataErofs,
 }
 
 impl Setup {
     /// The default setups: (a), (b), (c).
-    pub const ALL: [Setup; 3] = [Setup::Virtiofsd, Setup::Strata, Setup::Erofs];
+    pub const ALL: [Setup; 4] = [
+        Setup::Virtiofsd,
+        Setup::Strata,
+        Setup::Erofs,
+        Setup::StrataErofs,
+    ];
     /// Every setup, in table order.
-    pub const EVERY: [Setup; 4] = [
+    pub const EVERY: [Setup; 5] = [
         Setup::Virtiofsd,
         Setup::StrataLayers,
         Setup::Strata,
         Setup::Erofs,
+        Setup::StrataErofs,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -92,6 +101,7 @@ impl Setup {
             Setup::StrataLayers => "strata-layers",
             Setup::Strata => "strata",
             Setup::Erofs => "erofs",
+            Setup::StrataErofs => "strata-erofs",
         }
     }
     /// The long label used in tables and plots.
@@ -101,6 +111,7 @@ impl Setup {
             Setup::StrataLayers => "(b0) strata, one overlay lower per layer",
             Setup::Strata => "(b) strata serve + guest overlay",
             Setup::Erofs => "(c) EROFS on virtio-blk + guest overlay",
+            Setup::StrataErofs => "(d) strata serve upper + merged EROFS lower on virtio-blk",
         }
     }
 }
@@ -697,6 +708,25 @@ fn erofs_images(layers: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The layers' merged EROFS image as the store builds it (`strata image import --erofs`), in
+/// `dir`; rebuilt when missing.
+fn merged_erofs_image(layers: &[PathBuf], dir: &Path) -> Result<PathBuf> {
+    mkdir(dir)?;
+    let img = dir.join("merged.erofs");
+    if img.is_file() {
+        return Ok(img);
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix(".merged-erofs-")
+        .tempdir_in(dir)
+        .map_err(VmError::io("cannot create a directory in", dir))?;
+    let tmp = dir.join("merged.erofs.tmp");
+    strata_store::erofs::build_merged_image(layers, scratch.path(), &tmp)
+        .map_err(|e| VmError::Serve(format!("merged EROFS image: {e}")))?;
+    std::fs::rename(&tmp, &img).map_err(VmError::io("cannot publish", &img))?;
+    Ok(img)
+}
+
 /// Read every file below `dir` (or `dir` itself if a file) once, so the host page cache is warm.
 fn warm_host_cache(path: &Path) {
     let mut buf = vec![0u8; 1 << 20];
@@ -744,8 +774,8 @@ pub fn bench_initramfs(strata: &Path, kernel: &GuestKernel, out: &Path) -> Resul
             cpio.symlink(&format!("bin/{a}"), "busybox");
         }
     }
-    let mut names: Vec<&str> = GUEST_MODULES.to_vec();
-    names.extend(["libcrc32c", "erofs"]);
+    // GUEST_MODULES has erofs (and libcrc32c) for EROFS layer devices.
+    let names: Vec<&str> = GUEST_MODULES.to_vec();
     let mut order = String::new();
     for m in kernel.modules(&names)? {
         let Some(name) = m.file_name().map(|n| n.to_string_lossy().into_owned()) else {
@@ -878,6 +908,8 @@ struct Ctx<'a> {
     initrd: PathBuf,
     layers: Vec<PathBuf>,
     images: Vec<PathBuf>,
+    /// The layers' merged EROFS image, for (d).
+    merged: Option<PathBuf>,
     stop: Arc<AtomicBool>,
 }
 
@@ -973,6 +1005,51 @@ fn boot(
                 &dir.join("serve.log"),
             )?);
             vm.virtiofs = spec.devices();
+        }
+        Setup::StrataErofs => {
+            for d in [&upper, &work] {
+                mkdir(d)?;
+            }
+            std::env::remove_var(SEPARATE_LAYERS_ENV);
+            let image = ctx
+                .merged
+                .as_ref()
+                .ok_or_else(|| VmError::Serve("setup (d) needs the merged EROFS image".into()))?;
+            let serial = strata_plan::DEFAULT_LOWER_SERIAL;
+            let mut argv: Vec<std::ffi::OsString> = vec![
+                ctx.strata.into(),
+                "serve".into(),
+                "--socket".into(),
+                socket.clone().into(),
+                "--upper".into(),
+                upper.clone().into(),
+                "--work".into(),
+                work.clone().into(),
+                "--tag".into(),
+                "strata".into(),
+                "--lower-block".into(),
+                serial.into(),
+            ];
+            for l in &ctx.layers {
+                argv.push("--lower".into());
+                argv.push(l.into());
+            }
+            serve = Some(ServeProcess::spawn_argv(
+                &argv,
+                std::slice::from_ref(&socket),
+                None,
+                &dir.join("serve.log"),
+            )?);
+            vm.virtiofs = vec![(socket.clone(), "strata".into())];
+            vm.extra_args = vec![
+                "-drive".into(),
+                format!(
+                    "file={},if=none,readonly=on,format=raw,id=l0",
+                    image.display()
+                ),
+                "-device".into(),
+                format!("virtio-blk-pci,drive=l0,serial={serial}"),
+            ];
         }
         Setup::Erofs => {
             let scratch = dir.join("scratch.img");
@@ -1145,22 +1222,28 @@ pub fn run(
         report.rootfs.symlinks,
         report.rootfs.bytes as f64 / (1 << 20) as f64
     ));
+    let erofs_dir = match cfg.rootfs {
+        RootfsKind::Debian => layers[0]
+            .parent()
+            .and_then(Path::parent)
+            .map(|p| p.join("erofs"))
+            .unwrap_or_else(|| cfg.workdir.join("erofs")),
+        RootfsKind::Tiny | RootfsKind::Conformance => cfg.workdir.join("erofs"),
+    };
     let images = if setups.contains(&Setup::Erofs) {
         progress("building EROFS images (mkfs.erofs)");
-        let dir = match cfg.rootfs {
-            RootfsKind::Debian => layers[0]
-                .parent()
-                .and_then(Path::parent)
-                .map(|p| p.join("erofs"))
-                .unwrap_or_else(|| cfg.workdir.join("erofs")),
-            RootfsKind::Tiny | RootfsKind::Conformance => cfg.workdir.join("erofs"),
-        };
-        erofs_images(&layers, &dir)?
+        erofs_images(&layers, &erofs_dir)?
     } else {
         Vec::new()
     };
+    let merged = if setups.contains(&Setup::StrataErofs) {
+        progress("building the merged EROFS image (mkfs.erofs)");
+        Some(merged_erofs_image(&layers, &erofs_dir)?)
+    } else {
+        None
+    };
     progress("warming the host page cache (layer files and images)");
-    for p in layers.iter().chain(&images) {
+    for p in layers.iter().chain(&images).chain(&merged) {
         warm_host_cache(p);
     }
     let ctx = Ctx {
@@ -1170,6 +1253,7 @@ pub fn run(
         initrd,
         layers,
         images,
+        merged,
         stop: stop.clone(),
     };
     let workloads = canonical(&cfg.workloads);
@@ -1402,6 +1486,7 @@ pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), St
         RGBColor(240, 150, 150),
         RGBColor(200, 40, 40),
         RGBColor(40, 90, 200),
+        RGBColor(40, 160, 90),
     ];
     let root = SVGBackend::new(out, (760, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
@@ -1437,7 +1522,8 @@ pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), St
         .map_err(|e| e.to_string())?;
     let width = 0.8 / setups.len().max(1) as f64;
     for (si, setup) in setups.iter().enumerate() {
-        let color = colors[Setup::EVERY.iter().position(|s| s == setup).unwrap_or(0) % 4];
+        let color =
+            colors[Setup::EVERY.iter().position(|s| s == setup).unwrap_or(0) % colors.len()];
         let bars: Vec<Rectangle<(f64, f64)>> = workloads
             .iter()
             .enumerate()

@@ -24,6 +24,13 @@
 //! while the upper, on the first device, keeps the xattrs overlayfs needs there. The daemon
 //! only says so when no layer has an xattr a container could read.
 //!
+//! With [`MountPlan::lower_block`] set, the read-only layers come from a virtio-blk device
+//! instead (the guest finds it by its serial number, mounts it read-only with the given
+//! filesystem type, `erofs`), and `lowers` are relative to that filesystem's root; the upper
+//! and work stay on the virtio-fs tree. The VMM attaches the image read-only:
+//! `-drive file=IMG,if=none,readonly=on,format=raw,id=l0 -device
+//! virtio-blk-pci,drive=l0,serial=SERIAL`.
+//!
 //! A container VM also gets a [`ContainerSpec`] (what to run, as whom, with which in-guest
 //! mounts) over the [`control`] protocol on a virtio-serial port.
 
@@ -76,6 +83,54 @@ pub struct MountPlan {
     /// are then relative to that device's root (see the module documentation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lower_tag: Option<String>,
+    /// The block device holding the layers, if they are not on virtio-fs: `lowers` are then
+    /// relative to the root of the filesystem on it (see the module documentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_block: Option<LowerBlock>,
+}
+
+/// A read-only block device holding the layers ([`MountPlan::lower_block`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LowerBlock {
+    /// The virtio-blk serial number the VMM gives the device (`serial=` of `virtio-blk-pci`;
+    /// the guest reads it from `/sys/block/vdX/serial`).
+    pub serial: String,
+    /// The filesystem on it: [`LOWER_BLOCK_FSTYPES`].
+    pub fstype: String,
+}
+
+/// Filesystem types a [`LowerBlock`] may have.
+pub const LOWER_BLOCK_FSTYPES: &[&str] = &["erofs"];
+/// Default serial number of the EROFS layer device.
+pub const DEFAULT_LOWER_SERIAL: &str = "strata-lower";
+/// Longest virtio-blk serial number (`VIRTIO_BLK_ID_BYTES`).
+pub const MAX_SERIAL_LEN: usize = 20;
+
+impl LowerBlock {
+    /// An EROFS device with serial `serial`.
+    pub fn erofs(serial: &str) -> Self {
+        LowerBlock {
+            serial: serial.to_string(),
+            fstype: "erofs".to_string(),
+        }
+    }
+}
+
+/// Why `serial` cannot be the serial of a [`LowerBlock`], or `None` if it can.
+pub fn serial_problem(serial: &str) -> Option<&'static str> {
+    if serial.is_empty() {
+        Some("it is empty")
+    } else if serial.len() > MAX_SERIAL_LEN {
+        Some("virtio-blk serial numbers are at most 20 bytes")
+    } else if !serial
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        Some("use only ASCII letters, digits, '-', '_' and '.'")
+    } else {
+        None
+    }
 }
 
 /// Longest virtio-fs tag (the `tag` field of the device's config space).
@@ -117,6 +172,8 @@ pub enum PlanError {
     BadOption(String),
     #[error("mount plan lower_tag {tag:?} is not a usable virtio-fs tag: {reason}")]
     BadTag { tag: String, reason: &'static str },
+    #[error("mount plan lower_block {what:?} is not usable: {reason}")]
+    BadBlock { what: String, reason: &'static str },
 }
 
 impl MountPlan {
@@ -132,6 +189,7 @@ impl MountPlan {
                 .map(|s| s.to_string())
                 .collect(),
             lower_tag: None,
+            lower_block: None,
         }
     }
 
@@ -148,6 +206,16 @@ impl MountPlan {
     pub fn with_lower_tag(self, tag: &str) -> Self {
         MountPlan {
             lower_tag: Some(tag.to_string()),
+            ..self
+        }
+    }
+
+    /// This plan with its layers on the read-only block device `block`
+    /// ([`MountPlan::lower_block`]): a layer device over virtio-fs, if any, is not used.
+    pub fn with_lower_block(self, block: LowerBlock) -> Self {
+        MountPlan {
+            lower_block: Some(block),
+            lower_tag: None,
             ..self
         }
     }
@@ -192,6 +260,26 @@ impl MountPlan {
                 return Err(PlanError::BadTag {
                     tag: tag.clone(),
                     reason,
+                });
+            }
+        }
+        if let Some(b) = &self.lower_block {
+            if self.lower_tag.is_some() {
+                return Err(PlanError::BadBlock {
+                    what: b.serial.clone(),
+                    reason: "a plan has lower_tag or lower_block, not both",
+                });
+            }
+            if let Some(reason) = serial_problem(&b.serial) {
+                return Err(PlanError::BadBlock {
+                    what: b.serial.clone(),
+                    reason,
+                });
+            }
+            if !LOWER_BLOCK_FSTYPES.contains(&b.fstype.as_str()) {
+                return Err(PlanError::BadBlock {
+                    what: b.fstype.clone(),
+                    reason: "the filesystem type must be erofs",
                 });
             }
         }
@@ -286,6 +374,35 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn lower_block_round_trips_and_is_checked() {
+        let p = MountPlan::merged()
+            .with_lower_tag("strata-lower")
+            .with_lower_block(LowerBlock::erofs(DEFAULT_LOWER_SERIAL));
+        assert_eq!(p.lower_tag, None);
+        let json = String::from_utf8(p.to_json()).unwrap();
+        assert!(json.contains("\"fstype\": \"erofs\""), "{json}");
+        assert_eq!(MountPlan::from_json(json.as_bytes()).unwrap(), p);
+        assert_eq!(
+            p.overlay_options_with("/r", "/b"),
+            "lowerdir=/b/lower,upperdir=/r/upper,workdir=/r/work,\
+             index=off,redirect_dir=off,metacopy=off"
+        );
+        for bad in ["", "a b", "a/b", &"x".repeat(21)] {
+            let p = MountPlan::merged().with_lower_block(LowerBlock::erofs(bad));
+            assert!(
+                matches!(p.validate(), Err(PlanError::BadBlock { .. })),
+                "{bad:?}"
+            );
+        }
+        let mut p = MountPlan::merged().with_lower_block(LowerBlock::erofs("ok"));
+        p.lower_block.as_mut().unwrap().fstype = "ext4".into();
+        assert!(matches!(p.validate(), Err(PlanError::BadBlock { .. })));
+        p.lower_block = Some(LowerBlock::erofs("ok"));
+        p.lower_tag = Some("t".into());
+        assert!(matches!(p.validate(), Err(PlanError::BadBlock { .. })));
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub struct ServeConfig {
     /// A second vhost-user-fs device for the layers, served without xattrs (see
     /// [`LowerDevice`]); `None`: the layers come from the one device.
     pub lower_device: Option<LowerDevice>,
+    /// The layers as a merged EROFS image on a read-only virtio-blk device the VMM attaches
+    /// (`strata serve --erofs`): the plan sends the guest there for its lower; the layers are
+    /// still served (unused by a guest that follows the plan).
+    pub lower_block: Option<strata_plan::LowerBlock>,
 }
 
 /// The layer device: the same layers on a second vhost-user socket, served read-only and
@@ -154,6 +158,7 @@ pub struct Checked {
     pub limits: Limits,
     /// The held directories: `lowers` in order, then upper, then work.
     pub(crate) fds: Vec<Arc<OwnedFd>>,
+    pub lower_block: Option<strata_plan::LowerBlock>,
 }
 
 impl Checked {
@@ -361,6 +366,7 @@ impl ServeConfig {
             work,
             limits: self.limits,
             fds,
+            lower_block: self.lower_block.clone(),
         })
     }
 }
@@ -378,6 +384,7 @@ mod tests {
             tag: "strata".into(),
             limits: Limits::default(),
             lower_device: None,
+            lower_block: None,
         }
     }
 

@@ -747,6 +747,7 @@ impl Harness {
             tag: "fuzz".into(),
             limits,
             lower_device: None,
+            lower_block: None,
         };
         let checked = cfg.check().map_err(std::io::Error::other)?;
         let fs = Arc::new(

@@ -318,6 +318,7 @@ impl Supervisor {
             tag: tag.unwrap_or_else(|| strata_plan::DEFAULT_TAG.to_string()),
             limits: self.cfg.limits,
             lower_device: layer_device,
+            lower_block: None,
         };
         // Explicit dirs must come from an allowed directory: each is opened below the one it
         // is in, following no symlink, and the tree is served from those very fds.

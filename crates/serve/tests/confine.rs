@@ -111,6 +111,7 @@ fn creates_as_the_guest_user(d: &std::path::Path) {
         tag: "t".into(),
         limits: strata_serve::Limits::DEFAULT,
         lower_device: None,
+        lower_block: None,
     }
     .check()
     .unwrap();

@@ -139,6 +139,8 @@ pub enum StoreError {
     Insecure { path: PathBuf, reason: String },
     #[error("store record {path} is not valid: {reason} (remove it or re-import)")]
     BadRecord { path: PathBuf, reason: String },
+    #[error("{tool} failed: {reason}")]
+    Tool { tool: &'static str, reason: String },
 }
 
 fn where_in(after: &str) -> String {

@@ -5,6 +5,7 @@
 //! STORE/layers/sha256/<diff_id hex>/   one unpacked layer (whiteouts = char 0:0, opaque dirs)
 //! STORE/images/<escaped name>.json     image record: name, digests, layers bottom-first, config
 //! STORE/containers/<id>/{upper,work,rootfs.json}   upper flock'ed while served (held.rs)
+//! STORE/erofs/<key hex>.img          EROFS image of a layer stack, merged (erofs.rs)
 //! STORE/tmp/                           imports in progress (removed on failure, by gc)
 //! STORE/lock                           flock: imports share it, gc takes it exclusively
 //! ```
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod digest;
+pub mod erofs;
 pub mod error;
 pub mod held;
 pub mod reference;

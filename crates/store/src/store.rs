@@ -116,6 +116,8 @@ pub struct GcReport {
     pub tmp_removed: usize,
     /// One line per item gc could not remove: what, and why.
     pub failed: Vec<String>,
+    /// EROFS images (`erofs/<key>.img`) of stacks no image or rootfs has any more.
+    pub erofs_removed: Vec<String>,
 }
 
 /// The store's directories and the most each may grant. Like containerd's root, the store's
@@ -123,7 +125,7 @@ pub struct GcReport {
 /// (0700): setuid and file-capability binaries, device nodes and world-writable directories
 /// of images, and whatever guests write into their upper dirs, are unreachable for every
 /// other local user.
-const SKELETON: [(&str, u32); 7] = [
+const SKELETON: [(&str, u32); 8] = [
     ("", 0o711),
     ("layers", 0o700),
     ("layers/sha256", 0o700),
@@ -131,6 +133,7 @@ const SKELETON: [(&str, u32); 7] = [
     ("images", 0o700),
     ("containers", 0o700),
     ("tmp", 0o700),
+    ("erofs", 0o700),
 ];
 
 /// The checks of [`Store::open`] on an existing store, changing nothing: a store directory
@@ -190,7 +193,7 @@ pub struct Store {
 }
 
 /// A held flock on STORE/lock (released on drop).
-struct Lock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+pub(crate) struct Lock(#[allow(dead_code)] nix::fcntl::Flock<File>);
 
 fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 255 && n.chars().all(|c| !c.is_whitespace() && !c.is_control())
@@ -595,7 +598,7 @@ impl Store {
         self.root.join("containers").join(id)
     }
 
-    fn lock(&self, exclusive: bool) -> Result<Lock> {
+    pub(crate) fn lock(&self, exclusive: bool) -> Result<Lock> {
         self.lock_file("lock", exclusive)
     }
 
@@ -972,17 +975,26 @@ impl Store {
         Ok(out)
     }
 
-    /// Remove layers no image or container references, and leftovers of interrupted imports.
+    /// Remove layers no image or container references, their EROFS images, and leftovers of
+    /// interrupted imports.
     pub fn gc(&self) -> Result<GcReport> {
         let _lock = self.lock(true)?;
         let mut keep: HashSet<String> = HashSet::new();
+        let mut stacks: Vec<Vec<String>> = Vec::new();
         for i in self.images()? {
             keep.extend(i.layers.iter().map(|l| l.diff_id.clone()));
+            stacks.push(i.layers.iter().rev().map(|l| l.diff_id.clone()).collect());
         }
         for r in self.rootfs_list()? {
             keep.extend(r.diff_ids.iter().cloned());
+            stacks.push(r.diff_ids.clone());
         }
-        let mut report = GcReport::default();
+        let (erofs_removed, failed) = self.gc_erofs(&stacks);
+        let mut report = GcReport {
+            erofs_removed,
+            failed,
+            ..GcReport::default()
+        };
         // No import runs while we hold the lock exclusively: everything in tmp/ is stale.
         // One item that cannot be removed is reported, and the others still are.
         let tmp = self.tmp();

@@ -36,6 +36,9 @@ pub const GUEST_MODULES: &[&str] = &[
     "fuse",
     "virtiofs",
     "overlay",
+    // EROFS layer images on virtio-blk (a plan's `lower_block`); erofs needs libcrc32c.
+    "libcrc32c",
+    "erofs",
 ];
 
 const APT_HINT: &str =

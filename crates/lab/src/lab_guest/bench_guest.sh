@@ -1,7 +1,7 @@
 #!/bin/sh
 # strata bench guest, inside the VM: /init of the bench initramfs (busybox + strata + modules).
 # Kernel parameters (all required):
-#   bench.setup=virtiofsd|strata|strata-layers|erofs   how the rootfs under test is mounted at /mnt/root
+#   bench.setup=virtiofsd|strata|strata-layers|erofs|strata-erofs   how the rootfs under test is mounted at /mnt/root
 #   bench.workloads=read,walk,...        workloads to run, in this order
 #   bench.layers=N                       (erofs) number of layer images: /dev/vda.. in order
 #   bench.small=N  bench.seq_mib=M       sizes of the create and write workloads
@@ -39,7 +39,7 @@ mkdir -p /mnt/root
 case $SETUP in
   virtiofsd)
     mount -t virtiofs bench /mnt/root || fatal "mount -t virtiofs bench failed" ;;
-  strata|strata-layers)
+  strata|strata-layers|strata-erofs)
     strata guest mount --tag strata --target /mnt/root || fatal "strata guest mount failed" ;;
   erofs)
     lower=""; i=0

@@ -247,6 +247,9 @@ impl PlanSpec {
     /// The base plan, sent to the layer device for its lowers if there is one and no layer has
     /// an xattr a container could read (the layer device serves none).
     fn decide(&self) -> MountPlan {
+        if self.base.lower_block.is_some() {
+            return self.base.clone();
+        }
         let Some(tag) = &self.lower_tag else {
             return self.base.clone();
         };
@@ -376,10 +379,11 @@ impl StrataFs {
         let separate = std::env::var_os("STRATA_SERVE_SEPARATE_LAYERS").is_some_and(|v| v == "1");
         let merged = layers.len() > 1 && !separate;
         let plan_spec = PlanSpec {
-            base: if merged {
-                MountPlan::merged()
-            } else {
-                MountPlan::standard(layers.len())
+            // An EROFS layer device always holds the merged lower (`lower` at its root).
+            base: match (&cfg.lower_block, merged) {
+                (Some(block), _) => MountPlan::merged().with_lower_block(block.clone()),
+                (None, true) => MountPlan::merged(),
+                (None, false) => MountPlan::standard(layers.len()),
             },
             lower_tag: match &role {
                 Role::Tree { lower_tag } => lower_tag.clone(),

@@ -56,6 +56,7 @@ fn config(p: &Path, limits: Limits) -> crate::config::Checked {
         tag: "t".into(),
         limits,
         lower_device: None,
+        lower_block: None,
     }
     .check()
     .unwrap()
@@ -593,6 +594,7 @@ fn zero_limits_are_refused_at_start() {
             ..Limits::DEFAULT
         },
         lower_device: None,
+        lower_block: None,
     };
     let e = cfg.check().unwrap_err().to_string();
     assert!(e.contains("--max-nodes"), "{e}");
@@ -761,6 +763,7 @@ fn merged_lower_applies_whiteouts_and_opaque_dirs() {
         tag: "t".into(),
         limits: Limits::default(),
         lower_device: None,
+        lower_block: None,
     };
     let fs = StrataFs::new(&cfg.check().unwrap(), CachePolicy::default()).unwrap();
     let s = Sandbox { dir, fs };

@@ -17,7 +17,8 @@ pub struct Args {
     /// Guest kernel: 6.1 or 6.12.
     #[arg(long, value_parser = str::parse::<KernelChoice>, default_value = "6.1")]
     kernel: KernelChoice,
-    /// A setup to run; repeat to pick several (default: virtiofsd, strata and erofs).
+    /// A setup to run; repeat to pick several (default: virtiofsd, strata, erofs and
+    /// strata-erofs).
     #[arg(long = "setup", value_enum)]
     setups: Vec<Setup>,
     /// A workload to time; repeat to pick several (default: all).

@@ -16,6 +16,9 @@ pub fn run(a: Args) -> Result {
     for l in &r.layers_removed {
         println!("removed layer {l}");
     }
+    for e in &r.erofs_removed {
+        println!("removed EROFS image {e}");
+    }
     println!(
         "gc: {} layers removed, {} stale temp entries removed",
         r.layers_removed.len(),

@@ -27,6 +27,10 @@ pub enum Cmd {
         /// Limit on bytes unpacked by this import (decompression bombs).
         #[arg(long, default_value_t = DEFAULT_MAX_UNPACKED)]
         max_unpacked: u64,
+        /// Also build the merged EROFS image of the layers now (`strata serve --erofs` would
+        /// build it on first use): `mkfs.erofs`, needs erofs-utils.
+        #[arg(long)]
+        erofs: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -75,6 +79,7 @@ pub fn run(cmd: Cmd) -> Result {
             name,
             select,
             max_unpacked,
+            erofs,
             store,
         } => import(
             &src,
@@ -85,6 +90,7 @@ pub fn run(cmd: Cmd) -> Result {
                 progress: std::io::stderr().is_terminal(),
                 durable: true,
             },
+            erofs,
             &store,
         ),
         Cmd::Ls { json, store } => ls(json.json, &store),
@@ -101,7 +107,7 @@ pub fn run(cmd: Cmd) -> Result {
     }
 }
 
-fn import(src: &str, mut opts: ImportOptions, s: &StoreArg) -> Result {
+fn import(src: &str, mut opts: ImportOptions, erofs: bool, s: &StoreArg) -> Result {
     let t = Instant::now();
     let r = if src == "-" {
         Store::open(&s.store)?.import_stream(&mut std::io::stdin().lock(), &opts)?
@@ -143,6 +149,19 @@ fn import(src: &str, mut opts: ImportOptions, s: &StoreArg) -> Result {
         r.bytes as f64 / (1 << 20) as f64,
         t.elapsed().as_secs_f64()
     );
+    if erofs {
+        let e = Store::open(&s.store)?.image_erofs(&r.image.name)?;
+        println!(
+            "EROFS image {} ({:.1} MiB{})",
+            e.path.display(),
+            e.bytes as f64 / (1 << 20) as f64,
+            if e.built {
+                format!(", built in {:.2} s", e.build_secs)
+            } else {
+                ", already built".to_string()
+            }
+        );
+    }
     Ok(())
 }
 

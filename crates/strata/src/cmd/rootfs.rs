@@ -351,6 +351,7 @@ mod tests {
             tag: "strata".into(),
             limits: strata_serve::Limits::default(),
             lower_device: None,
+            lower_block: None,
         };
         let checked = by_hand.check().unwrap();
         assert_eq!(checked.lowers.len(), 1);

@@ -1,9 +1,9 @@
 //! `strata serve`: one VM's rootfs over vhost-user-fs, from explicit dirs or a store rootfs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::args::{LimitsArgs, SandboxArgs, StoreArg};
-use crate::error::Result;
+use crate::error::{Error, Kind, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,6 +36,19 @@ pub struct Args {
     /// virtio-fs tag the VMM gives the --lower-socket device.
     #[arg(long, default_value = strata_serve::DEFAULT_LOWER_TAG, requires = "lower_socket")]
     lower_tag: String,
+    /// With --rootfs: have the guest read the layers from their merged EROFS image (built in
+    /// the store on first use) on a read-only virtio-blk device the VMM attaches; the upper
+    /// stays on virtio-fs. The qemu arguments for the device are printed on stderr.
+    #[arg(long, requires = "rootfs")]
+    erofs: bool,
+    /// With --lower: the VMM also attaches the layers' merged EROFS image (as
+    /// `strata image import --erofs` builds it, from these layers) read-only as the
+    /// virtio-blk device with this serial number; the plan sends the guest there.
+    #[arg(long, value_name = "SERIAL", conflicts_with_all = ["rootfs", "erofs"])]
+    lower_block: Option<String>,
+    /// virtio-blk serial number of the --erofs device (qemu `serial=`).
+    #[arg(long, default_value = strata_plan::DEFAULT_LOWER_SERIAL, requires = "erofs")]
+    erofs_serial: String,
     #[command(flatten)]
     limits: LimitsArgs,
     #[command(flatten)]
@@ -54,6 +67,14 @@ pub fn run(a: Args) -> Result {
             a.work.unwrap_or_default(),
         ),
     };
+    let lower_block = match (&a.rootfs, a.erofs, &a.lower_block) {
+        (Some(id), true, _) => Some(erofs_device(&a.store.store, id, &a.erofs_serial)?),
+        (_, _, Some(serial)) => {
+            check_serial(serial)?;
+            Some(strata_plan::LowerBlock::erofs(serial))
+        }
+        _ => None,
+    };
     let cfg = strata_serve::ServeConfig {
         lowers,
         upper,
@@ -65,7 +86,44 @@ pub fn run(a: Args) -> Result {
             socket,
             tag: a.lower_tag,
         }),
+        lower_block,
     };
     strata_serve::serve(&cfg, strata_serve::CachePolicy::default())?;
     Ok(())
+}
+
+/// The EROFS image of rootfs `id` (built if missing) as the plan's layer device, with the
+/// qemu arguments that attach it printed on stderr.
+fn erofs_device(store: &Path, id: &str, serial: &str) -> Result<strata_plan::LowerBlock> {
+    check_serial(serial)?;
+    let img = strata_store::Store::open_existing(store)?.rootfs_erofs(id)?;
+    if img.built {
+        eprintln!(
+            "built EROFS image {} ({} bytes) in {:.2} s",
+            img.path.display(),
+            img.bytes,
+            img.build_secs
+        );
+    }
+    eprintln!("{}", qemu_args(&img.path, serial));
+    Ok(strata_plan::LowerBlock::erofs(serial))
+}
+
+/// The qemu arguments attaching `image` read-only as the virtio-blk device `serial`.
+fn qemu_args(image: &Path, serial: &str) -> String {
+    format!(
+        "qemu: -drive file={},if=none,readonly=on,format=raw,id={serial} \
+         -device virtio-blk-pci,drive={serial},serial={serial}",
+        image.display()
+    )
+}
+
+fn check_serial(serial: &str) -> Result<()> {
+    match strata_plan::serial_problem(serial) {
+        Some(reason) => Err(Error::new(
+            Kind::Refused,
+            format!("virtio-blk serial {serial:?}: {reason}"),
+        )),
+        None => Ok(()),
+    }
 }

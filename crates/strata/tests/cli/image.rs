@@ -462,3 +462,66 @@ fn an_unreadable_source_says_permission_denied() {
         "{err}"
     );
 }
+
+/// `image import --erofs` builds the merged EROFS image of the layers once (a second import
+/// reuses it), `gc` keeps it while the image or a rootfs has that layer stack and removes it
+/// after.
+#[test]
+fn erofs_images_are_built_once_and_collected() {
+    if !strata_harness::needs(
+        "erofs_images_are_built_once_and_collected",
+        true,
+        &["mkfs.erofs", "dump.erofs"],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("store");
+    let img = tmp.path().join("img");
+    let l0 = RawTar::default()
+        .dir("d/")
+        .file("d/gone", b"x")
+        .file("d/keep", b"k")
+        .finish();
+    let l1 = RawTar::default()
+        .dir("d/")
+        .file("d/.wh.gone", b"")
+        .file("d/new", b"n")
+        .finish();
+    common::oci_layout(&img, &[l0, l1], Comp::Gzip, "img:1");
+    let o = strata(&["image", "import", "--erofs", img.to_str().unwrap()], &st);
+    assert!(o.ok() && text(&o).contains("built in"), "{}", text(&o));
+    let images: Vec<_> = std::fs::read_dir(st.join("erofs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(images.len(), 1);
+    // The whiteout is applied: the merged lower has keep and new, not gone.
+    let ls = std::process::Command::new("dump.erofs")
+        .arg("--path=/lower/d")
+        .arg("--ls")
+        .arg(&images[0])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        listing.contains("keep") && listing.contains("new") && !listing.contains("gone"),
+        "{listing}"
+    );
+    let o = strata(&["image", "import", "--erofs", img.to_str().unwrap()], &st);
+    // The build left the layers as they were sealed: the second import reuses both.
+    assert!(
+        text(&o).contains("already built") && text(&o).contains("2 already in the store"),
+        "{}",
+        text(&o)
+    );
+    assert!(strata(&["rootfs", "create", "--image", "img:1", "--id", "c1"], &st).ok());
+    assert!(strata(&["image", "rm", "img:1"], &st).ok());
+    let o = strata(&["gc"], &st);
+    assert!(!text(&o).contains("EROFS"), "{}", text(&o));
+    assert!(images[0].exists());
+    assert!(strata(&["rootfs", "rm", "c1"], &st).ok());
+    let o = strata(&["gc"], &st);
+    assert!(text(&o).contains("removed EROFS image"), "{}", text(&o));
+    assert!(!images[0].exists());
+}

@@ -28,7 +28,7 @@ fn short_guest_bench_on_the_tiny_rootfs() {
     assert!(out.status.success(), "strata bench guest failed");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let skipped = v["skipped"].as_array().unwrap();
-    let mut setups = vec!["strata", "erofs"];
+    let mut setups = vec!["strata", "erofs", "strata-erofs"];
     if skipped.is_empty() {
         setups.insert(0, "virtiofsd");
     } else {

@@ -12,7 +12,8 @@
 //! - [`semantics`]: file semantics ordinary software relies on (O_NOFOLLOW, umask, set-id
 //!   creates, device nodes, open flags);
 //! - [`faults`]: the daemon or the VMM killed, a full upper filesystem;
-//! - [`image`]: an umoci image imported into the store and booted;
+//! - [`image`]: an umoci image imported into the store and booted; [`erofs`]: the same with
+//!   its layers as a merged EROFS image on virtio-blk;
 //! - [`workloads`]: apt, dpkg, useradd, Python and tar on a Debian image, against the oracle;
 //! - [`daemon`]: one `strata daemon` serving two guests;
 //! - [`run`]: `strata run` (the container contract: config, stdio, signals, exit codes) and
@@ -26,6 +27,7 @@ mod bench_guest;
 mod boot;
 mod conformance;
 mod daemon;
+mod erofs;
 mod faults;
 mod hostile;
 mod image;
