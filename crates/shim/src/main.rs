@@ -12,10 +12,7 @@
 mod error;
 mod rootfs;
 mod sandbox;
-// Parts used once the sandbox is wired to strata-runtime.
-#[allow(dead_code)]
 mod state;
-#[allow(dead_code)]
 mod task;
 
 use std::path::Path;

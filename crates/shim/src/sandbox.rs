@@ -1,24 +1,339 @@
-//! The real [`Backend`]: each task a strata micro-VM (strata-runtime).
+//! The real [`Backend`]: each task one strata micro-VM ([`strata_runtime::Sandbox`]).
+//!
+//! Create reads the bundle's `config.json` ([`strata_runtime::oci::from_oci`]: host bind
+//! mounts and a tty are refused), turns the request's rootfs into directories
+//! ([`crate::rootfs`]), opens the stdio FIFOs and starts the sandbox paused: `strata serve`
+//! (or a `strata daemon` session) serves the directories, qemu waits with `-S` until Start.
+//!
+//! Configuration comes from the environment containerd gives its shims (documented in
+//! docs/containerd.md): `STRATA_KERNEL` (`6.1`, `6.12` or a path; default 6.1),
+//! `STRATA_INITRAMFS`, `STRATA_MEM_MIB` (512), `STRATA_VCPUS` (2), `STRATA_ACCEL`
+//! (`auto|kvm|tcg`), `STRATA_DAEMON` (the API socket of a running `strata daemon`; default: a
+//! `strata serve` child per container), `STRATA_BIN` (the `strata` binary; default: next to
+//! the shim, else on `PATH`), `STRATA_SHIM_STATE_DIR` (sockets; default `/run/strata/shim`).
 
-use std::sync::Arc;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use strata_runtime::oci_spec::runtime::Spec;
+use strata_runtime::{ExitStatus, Rootfs, Sandbox, SandboxConfig, Server, Stdio, VmSpec};
 
 use crate::error::ShimError;
-use crate::task::{Backend, CreateParams, Vm};
+use crate::rootfs::{self, RootfsSource};
+use crate::state::{remove_path, BundleState};
+use crate::task::{Backend, CreateParams, Vm, VmExit};
+
+/// Default directory of the sandboxes' sockets (short: unix socket paths have 108 bytes).
+pub const DEFAULT_STATE_DIR: &str = "/run/strata/shim";
 
 /// Sandboxes from strata-runtime.
 pub struct StrataBackend;
 
 impl StrataBackend {
-    /// The backend, configured from the environment.
+    /// The backend; its configuration is read at each Create, so a bad setting is that
+    /// Create's error.
     pub fn new() -> StrataBackend {
         StrataBackend
     }
 }
 
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn parse_env<T: std::str::FromStr>(name: &str) -> Result<Option<T>, ShimError>
+where
+    T::Err: std::fmt::Display,
+{
+    env(name)
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|e| ShimError::Sandbox(format!("{name}={v:?}: {e}")))
+        })
+        .transpose()
+}
+
+/// The VM and server settings from the environment.
+fn settings() -> Result<(VmSpec, Server, Option<PathBuf>), ShimError> {
+    let mut vm = VmSpec::default();
+    if let Some(k) = env("STRATA_KERNEL") {
+        vm.kernel = k
+            .parse()
+            .map_err(|e| ShimError::Sandbox(format!("STRATA_KERNEL: {e}")))?;
+    }
+    if let Some(p) = env("STRATA_INITRAMFS") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(ShimError::Sandbox(format!(
+                "STRATA_INITRAMFS: {} is not a file",
+                p.display()
+            )));
+        }
+        vm.initramfs = Some(p);
+    }
+    if let Some(m) = parse_env("STRATA_MEM_MIB")? {
+        vm.mem_mib = m;
+    }
+    if let Some(c) = parse_env("STRATA_VCPUS")? {
+        vm.vcpus = c;
+    }
+    if let Some(a) = parse_env("STRATA_ACCEL")? {
+        vm.accel = a;
+    }
+    vm.debug = env("STRATA_GUEST_DEBUG").is_some_and(|v| v == "1");
+    let server = match env("STRATA_DAEMON") {
+        Some(api) => Server::Daemon {
+            api: PathBuf::from(api),
+            socket_dir: None,
+        },
+        None => Server::Spawn,
+    };
+    Ok((vm, server, env("STRATA_BIN").map(PathBuf::from)))
+}
+
+/// The sandbox's id and socket directory: short and unique per containerd namespace and task.
+fn sandbox_names(namespace: &str, id: &str) -> (String, PathBuf) {
+    let digest = Sha256::digest(format!("{namespace}/{id}").as_bytes());
+    let short: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let name = format!("{namespace}.{id}");
+    let name = if name.len() <= 128 {
+        name
+    } else {
+        short.clone()
+    };
+    let dir = env("STRATA_SHIM_STATE_DIR").unwrap_or_else(|| DEFAULT_STATE_DIR.to_string());
+    (name, PathBuf::from(dir).join(short))
+}
+
+/// Removes what a failed Create made, unless disarmed.
+struct Undo(Vec<PathBuf>);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            remove_path(p);
+        }
+    }
+}
+
 impl Backend for StrataBackend {
     fn create(&self, p: &CreateParams) -> Result<Arc<dyn Vm>, ShimError> {
-        let bundle = std::path::Path::new(&p.bundle);
-        let _ = crate::rootfs::parse(&p.rootfs, bundle, Some("rootfs"))?;
-        Err(ShimError::Sandbox("not yet".into()))
+        let bundle = Path::new(&p.bundle);
+        let config = bundle.join("config.json");
+        let oci = Spec::load(&config)
+            .map_err(|e| ShimError::Spec(format!("{}: {e}", config.display())))?;
+        let spec =
+            strata_runtime::oci::from_oci(&oci).map_err(|e| ShimError::Spec(e.to_string()))?;
+        let root_path = oci
+            .root()
+            .as_ref()
+            .map(|r| r.path().to_string_lossy().into_owned());
+        let source = rootfs::parse(&p.rootfs, bundle, root_path.as_deref())?;
+        let (vm, server, strata) = settings()?;
+
+        let mut undo = Undo(Vec::new());
+        let rootfs = match source {
+            RootfsSource::Overlay {
+                lowers,
+                upper,
+                work,
+            } => Rootfs::Dirs {
+                lowers,
+                upper,
+                work,
+            },
+            RootfsSource::Dir(dir) => {
+                // The prepared directory stays read-only; the container writes in the bundle.
+                let upper = bundle.join("strata-upper");
+                let work = bundle.join("strata-work");
+                for d in [&upper, &work] {
+                    std::fs::create_dir(d)
+                        .map_err(|e| ShimError::io(format!("create {}", d.display()), e))?;
+                    undo.0.push(d.clone());
+                }
+                Rootfs::Dirs {
+                    lowers: vec![dir],
+                    upper,
+                    work,
+                }
+            }
+        };
+        let stdio = open_stdio(p)?;
+        let (name, state_dir) = sandbox_names(&p.namespace, &p.id);
+        if let Some(parent) = state_dir.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| ShimError::io(format!("create {}", parent.display()), e))?;
+        }
+        let mut cfg = SandboxConfig::new(&name, vm, rootfs, spec);
+        cfg.server = server;
+        if let Some(s) = strata {
+            cfg.strata = s;
+        }
+        cfg.state_dir = state_dir.clone();
+        cfg.stdio = stdio;
+        cfg.paused = true;
+        let mut state = BundleState::new(&p.id);
+        state.created = undo.0.clone();
+        state.created.push(state_dir);
+        // Written before the VMM exists: a shim killed during Create still leaves a state the
+        // delete action can clean up from.
+        state.save(bundle)?;
+        undo.0.push(bundle.join(crate::state::STATE_FILE));
+        let sandbox = Sandbox::create(cfg).map_err(|e| ShimError::Sandbox(e.to_string()))?;
+        state.set_vmm(sandbox.pid());
+        state.save(bundle)?;
+        log::info!(
+            "task {}: sandbox {} (qemu pid {}, -accel {})",
+            p.id,
+            name,
+            sandbox.pid(),
+            sandbox.accel()
+        );
+        let created = std::mem::take(&mut undo.0);
+        Ok(Arc::new(StrataVm {
+            pid: sandbox.pid(),
+            sandbox: Mutex::new(Some(Arc::new(sandbox))),
+            created,
+        }))
+    }
+}
+
+/// The request's FIFOs as the sandbox's stdio.
+///
+/// stdout and stderr are opened read-write: that never blocks and never fails for want of a
+/// reader (`ctr run -d` leaves none), and the reader still sees EOF once the sandbox closes its
+/// end. stdin goes through a pipe: a thread opens the FIFO (blocking until the client opens its
+/// end) and copies, so the container sees EOF when the client closes it.
+fn open_stdio(p: &CreateParams) -> Result<Stdio, ShimError> {
+    let out = |path: &str| -> Result<Option<OwnedFd>, ShimError> {
+        if path.is_empty() {
+            return Ok(None);
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| ShimError::Stdio {
+                path: path.to_string(),
+                source,
+            })?;
+        Ok(Some(OwnedFd::from(f)))
+    };
+    let stdout = out(&p.stdout)?;
+    let stderr = out(&p.stderr)?;
+    let stdin = if p.stdin.is_empty() {
+        None
+    } else {
+        let (r, w) = std::io::pipe().map_err(|source| ShimError::Stdio {
+            path: p.stdin.clone(),
+            source,
+        })?;
+        let path = p.stdin.clone();
+        std::thread::spawn(move || copy_stdin(&path, w));
+        Some(OwnedFd::from(r))
+    };
+    Ok(Stdio {
+        stdin,
+        stdout,
+        stderr,
+    })
+}
+
+fn copy_stdin(path: &str, mut w: std::io::PipeWriter) {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("stdin {path}: {e}");
+            return;
+        }
+    };
+    let mut buf = [0u8; 16384];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if w.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::warn!("stdin {path}: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// One task's sandbox.
+struct StrataVm {
+    pid: u32,
+    /// Taken (and dropped: VMM reaped, serving stopped, sockets removed) by [`Vm::destroy`].
+    sandbox: Mutex<Option<Arc<Sandbox>>>,
+    /// The bundle's upper/work dirs (prepared-dir rootfs) and the state file.
+    created: Vec<PathBuf>,
+}
+
+impl StrataVm {
+    fn get(&self) -> Option<Arc<Sandbox>> {
+        self.sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Vm for StrataVm {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn start(&self) -> Result<(), ShimError> {
+        let s = self
+            .get()
+            .ok_or_else(|| ShimError::Sandbox("already deleted".into()))?;
+        s.start().map_err(|e| ShimError::Sandbox(e.to_string()))
+    }
+
+    fn signal(&self, sig: i32) -> Result<(), ShimError> {
+        let Some(s) = self.get() else {
+            return Ok(());
+        };
+        if sig == libc::SIGKILL {
+            // The container's SIGKILL is the VM's end.
+            s.kill();
+            return Ok(());
+        }
+        s.signal(sig).map_err(|e| ShimError::Sandbox(e.to_string()))
+    }
+
+    fn wait(&self) -> VmExit {
+        let Some(s) = self.get() else {
+            return VmExit::Failed("deleted".into());
+        };
+        match s.wait() {
+            ExitStatus::Code(c) => VmExit::Code(c as u32),
+            ExitStatus::Signal(n) => VmExit::Signal(n),
+            ExitStatus::VmFailed(why) => VmExit::Failed(why),
+        }
+    }
+
+    fn destroy(&self) {
+        let s = self
+            .sandbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(s) = s {
+            s.kill();
+            drop(s);
+        }
+        for p in self.created.iter().rev() {
+            remove_path(p);
+        }
     }
 }

@@ -38,12 +38,13 @@ pub enum VmExit {
 }
 
 impl VmExit {
-    /// The status containerd reports: the code, 128 + signal, 255 for a failed VM.
+    /// The status containerd reports: the code, 128 + signal, 125 for a failed VM (as
+    /// `strata run` and `docker run` report their own failures).
     pub fn status(&self) -> u32 {
         match self {
             VmExit::Code(c) => *c,
             VmExit::Signal(s) => 128 + *s as u32,
-            VmExit::Failed(_) => 255,
+            VmExit::Failed(_) => 125,
         }
     }
 }
@@ -721,7 +722,7 @@ mod tests {
         let s = service();
         create(&s, "t1", "exit 0").unwrap();
         let d = delete(&s, "t1").unwrap();
-        assert_eq!(d.exit_status, 255);
+        assert_eq!(d.exit_status, 125);
         assert!(s.tasks().is_empty());
     }
 
