@@ -16,7 +16,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use strata_runtime::oci_spec::runtime::Spec;
@@ -162,7 +164,10 @@ impl Backend for StrataBackend {
                 }
             }
         };
-        let stdio = open_stdio(p)?;
+        let slot: StdinSlot = Arc::new(Mutex::new(SandboxSlot::Pending));
+        let (stdio, stdin) = open_stdio(p, slot.clone())?;
+        // Whatever happens below, the stdin thread must not wait for a sandbox that never was.
+        let fail_slot = FailSlot(slot.clone());
         let (name, state_dir) = sandbox_names(&p.namespace, &p.id);
         if let Some(parent) = state_dir.parent() {
             std::fs::create_dir_all(parent)
@@ -183,7 +188,11 @@ impl Backend for StrataBackend {
         // delete action can clean up from.
         state.save(bundle)?;
         undo.0.push(bundle.join(crate::state::STATE_FILE));
-        let sandbox = Sandbox::create(cfg).map_err(|e| ShimError::Sandbox(e.to_string()))?;
+        let sandbox =
+            Arc::new(Sandbox::create(cfg).map_err(|e| ShimError::Sandbox(e.to_string()))?);
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) =
+            SandboxSlot::Ready(Arc::downgrade(&sandbox));
+        drop(fail_slot);
         state.set_vmm(sandbox.pid());
         state.save(bundle)?;
         log::info!(
@@ -196,9 +205,102 @@ impl Backend for StrataBackend {
         let created = std::mem::take(&mut undo.0);
         Ok(Arc::new(StrataVm {
             pid: sandbox.pid(),
-            sandbox: Mutex::new(Some(Arc::new(sandbox))),
+            sandbox: Mutex::new(Some(sandbox)),
+            stdin,
             created,
         }))
+    }
+}
+
+/// What the stdin thread knows of the sandbox its data goes to.
+enum SandboxSlot {
+    /// Being created.
+    Pending,
+    /// Created.
+    Ready(Weak<Sandbox>),
+    /// Create failed.
+    Failed,
+}
+
+type StdinSlot = Arc<Mutex<SandboxSlot>>;
+
+/// Marks the slot failed if Create returns before filling it.
+struct FailSlot(StdinSlot);
+
+impl Drop for FailSlot {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(*s, SandboxSlot::Pending) {
+            *s = SandboxSlot::Failed;
+        }
+    }
+}
+
+/// Blocks until the container process runs (its stdin port is open in the guest) or the
+/// sandbox is gone: qemu drops what its socket chardev holds when the host side closes before
+/// the guest opened the port, so stdin's EOF must not reach qemu earlier.
+fn wait_container_started(slot: &StdinSlot) {
+    loop {
+        let s = match &*slot.lock().unwrap_or_else(|e| e.into_inner()) {
+            SandboxSlot::Pending => None,
+            SandboxSlot::Ready(w) => match w.upgrade() {
+                Some(s) => Some(s),
+                None => return,
+            },
+            SandboxSlot::Failed => return,
+        };
+        if let Some(s) = s {
+            if s.container_pid().is_some() || s.try_wait().is_some() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The container's stdin on the host side: a pipe whose read end the sandbox copies to the
+/// guest, fed from the request's FIFO by a thread.
+struct StdinPipe {
+    w: Mutex<Option<std::io::PipeWriter>>,
+    /// The FIFO is open (the client opened its end).
+    opened: AtomicBool,
+    slot: StdinSlot,
+}
+
+impl StdinPipe {
+    /// Ends the container's stdin, once the container runs ([`wait_container_started`]).
+    fn close_when_started(&self) {
+        wait_container_started(&self.slot);
+        drop(self.w.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    fn copy_from(&self, path: &str) {
+        let mut f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("stdin {path}: {e}");
+                return;
+            }
+        };
+        self.opened.store(true, Ordering::SeqCst);
+        let mut buf = [0u8; 16384];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let mut w = self.w.lock().unwrap_or_else(|e| e.into_inner());
+                    let written = w.as_mut().map(|w| w.write_all(&buf[..n]).is_ok());
+                    if written != Some(true) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("stdin {path}: {e}");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -207,8 +309,12 @@ impl Backend for StrataBackend {
 /// stdout and stderr are opened read-write: that never blocks and never fails for want of a
 /// reader (`ctr run -d` leaves none), and the reader still sees EOF once the sandbox closes its
 /// end. stdin goes through a pipe: a thread opens the FIFO (blocking until the client opens its
-/// end) and copies, so the container sees EOF when the client closes it.
-fn open_stdio(p: &CreateParams) -> Result<Stdio, ShimError> {
+/// end) and copies; the container sees EOF when the client closes the FIFO, or at CloseIO if
+/// the client never opened it (ctr with an empty stdin closes before the rendezvous).
+fn open_stdio(
+    p: &CreateParams,
+    slot: StdinSlot,
+) -> Result<(Stdio, Option<Arc<StdinPipe>>), ShimError> {
     let out = |path: &str| -> Result<Option<OwnedFd>, ShimError> {
         if path.is_empty() {
             return Ok(None);
@@ -225,48 +331,34 @@ fn open_stdio(p: &CreateParams) -> Result<Stdio, ShimError> {
     };
     let stdout = out(&p.stdout)?;
     let stderr = out(&p.stderr)?;
-    let stdin = if p.stdin.is_empty() {
-        None
+    let (stdin, pipe) = if p.stdin.is_empty() {
+        (None, None)
     } else {
         let (r, w) = std::io::pipe().map_err(|source| ShimError::Stdio {
             path: p.stdin.clone(),
             source,
         })?;
+        let pipe = Arc::new(StdinPipe {
+            w: Mutex::new(Some(w)),
+            opened: AtomicBool::new(false),
+            slot,
+        });
         let path = p.stdin.clone();
-        std::thread::spawn(move || copy_stdin(&path, w));
-        Some(OwnedFd::from(r))
+        let pp = pipe.clone();
+        std::thread::spawn(move || {
+            pp.copy_from(&path);
+            pp.close_when_started();
+        });
+        (Some(OwnedFd::from(r)), Some(pipe))
     };
-    Ok(Stdio {
-        stdin,
-        stdout,
-        stderr,
-    })
-}
-
-fn copy_stdin(path: &str, mut w: std::io::PipeWriter) {
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) => {
-            log::warn!("stdin {path}: {e}");
-            return;
-        }
-    };
-    let mut buf = [0u8; 16384];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => {
-                if w.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                log::warn!("stdin {path}: {e}");
-                return;
-            }
-        }
-    }
+    Ok((
+        Stdio {
+            stdin,
+            stdout,
+            stderr,
+        },
+        pipe,
+    ))
 }
 
 /// One task's sandbox.
@@ -276,6 +368,7 @@ struct StrataVm {
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     /// The bundle's upper/work dirs (prepared-dir rootfs) and the state file.
     created: Vec<PathBuf>,
+    stdin: Option<Arc<StdinPipe>>,
 }
 
 impl StrataVm {
@@ -297,6 +390,15 @@ impl Vm for StrataVm {
             .get()
             .ok_or_else(|| ShimError::Sandbox("already deleted".into()))?;
         s.start().map_err(|e| ShimError::Sandbox(e.to_string()))
+    }
+
+    fn close_stdin(&self) {
+        if let Some(p) = &self.stdin {
+            if !p.opened.load(Ordering::SeqCst) {
+                let p = p.clone();
+                std::thread::spawn(move || p.close_when_started());
+            }
+        }
     }
 
     fn signal(&self, sig: i32) -> Result<(), ShimError> {

@@ -82,6 +82,8 @@ pub trait Vm: Send + Sync {
     fn pid(&self) -> u32;
     /// Lets the container run.
     fn start(&self) -> Result<(), ShimError>;
+    /// The client closed stdin (CloseIO): the container gets EOF.
+    fn close_stdin(&self);
     /// Forwards a signal to the container; SIGKILL stops the VM.
     fn signal(&self, sig: i32) -> Result<(), ShimError>;
     /// Blocks until the container ended (called once, by the waiter thread).
@@ -499,6 +501,14 @@ impl containerd_shim::Task for TaskService {
         Ok(api::Empty::default())
     }
 
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let t = reply("close_io", self.get(&req.id, &req.exec_id))?;
+        if req.stdin {
+            t.vm.close_stdin();
+        }
+        Ok(api::Empty::default())
+    }
+
     fn exec(&self, _ctx: &TtrpcContext, _req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
         reply("exec", Err(ShimError::Unsupported("exec".into())))
     }
@@ -577,6 +587,7 @@ mod tests {
         fn pid(&self) -> u32 {
             self.pid.lock().unwrap().unwrap_or(1)
         }
+        fn close_stdin(&self) {}
         fn start(&self) -> Result<(), ShimError> {
             let child = std::process::Command::new("sh")
                 .args(["-c", &self.cmd])

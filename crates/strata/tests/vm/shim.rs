@@ -442,6 +442,23 @@ fn ctr_runs_containers_in_strata_vms() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(stdout(&out), "bar /srv app /home/app\n");
 
+    // stdin piped through, EOF included (sent before the guest has even booted).
+    let mut cat = c
+        .cmd(&["run", "--runtime", RUNTIME, "--rm", IMAGE, "t2s", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut w = cat.stdin.take().unwrap();
+        w.write_all(b"line one\nline two\n").unwrap();
+    }
+    let out = cat.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}\n{}", text(&out), c.shim_logs());
+    assert_eq!(stdout(&out), "line one\nline two\n");
+
     // Detached: task ls / kill / delete, and Delete of a running task refused.
     c.ok(&[
         "run",
