@@ -287,9 +287,13 @@ impl TaskService {
         {
             let mut st = t.lock();
             if st.phase != Phase::Created {
+                let what = match &st.exit {
+                    Some((VmExit::Failed(why), _)) => format!("the VM failed before start: {why}"),
+                    _ => format!("cannot start a task that is {:?}", st.phase).to_lowercase(),
+                };
                 return Err(ShimError::State {
                     id: req.id.clone(),
-                    what: format!("cannot start a task that is {:?}", st.phase).to_lowercase(),
+                    what,
                 });
             }
             t.vm.start()?;
