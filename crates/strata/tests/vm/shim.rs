@@ -575,6 +575,47 @@ fn ctr_runs_containers_in_strata_vms() {
     };
     assert_eq!(st.code(), Some(125), "{}", c.shim_logs());
 
+    // The shim itself killed: containerd runs `containerd-shim-strata-v2 delete` in the bundle,
+    // which stops the VMM recorded there.
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "t7",
+        "sleep",
+        "600",
+    ]);
+    let vmm = wait_status(&c, "t7", "RUNNING");
+    let alive = || Path::new(&format!("/proc/{vmm}")).exists();
+    let stat = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap();
+    let shim_pid: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    while task_ls(&c, "t7").is_some() || alive() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "after the shim died: task {:?}, VMM alive: {}",
+            task_ls(&c, "t7"),
+            alive()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.ok(&["container", "rm", "t7"]);
+
     no_strata_processes(&c);
     assert_eq!(
         c.leftovers(),
