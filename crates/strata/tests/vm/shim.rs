@@ -2,7 +2,8 @@
 //! test with its own config, root, state and socket (no systemd), an OCI archive built with
 //! umoci + skopeo and `ctr image import`ed, then `ctr run --runtime io.containerd.strata.v2`:
 //! output and exit code, the image's env/cwd/user, `ctr run -d` + `ctr task ls/kill/delete`,
-//! two containers at once, a prepared `--rootfs` dir, a killed VMM, refusals, and 0
+//! two containers at once, a prepared `--rootfs` dir, a killed VMM, a killed shim, a `strata
+//! daemon` session as the server (`STRATA_DAEMON`), refusals, and 0
 //! mount-family syscalls by containerd, the shim and everything they spawn (`strace -f`
 //! attached to containerd; `ctr`'s own temporary mount of the snapshot is counted apart).
 //!
@@ -674,4 +675,73 @@ fn ctr_bad_input_is_refused_and_leaves_nothing() {
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "bundles left: {left:?}");
+}
+
+#[test]
+fn ctr_through_a_strata_daemon_session() {
+    let _machine = crate::shared();
+    strata_harness::require(&[
+        "containerd",
+        "ctr",
+        "umoci",
+        "skopeo",
+        "strace",
+        "qemu-system-x86_64",
+        "busybox",
+    ]);
+    let shim = shim_binary();
+    let d = tempfile::Builder::new()
+        .prefix("strata-dmn")
+        .tempdir()
+        .unwrap();
+    let api = d.path().join("api.sock");
+    let c = Containerd::start(&shim, &[("STRATA_DAEMON", api.to_str().unwrap())]);
+    c.import_test_image();
+    // The daemon may serve what is under containerd's root (the snapshotter's directories).
+    let root = c.dir.path().join("root");
+    let daemon = strata_harness::session::DaemonProcess::spawn(
+        crate::strata().path(),
+        &api,
+        &["--allow".as_ref(), root.as_os_str()],
+        Some(&d.path().join("daemon.strace")),
+        &d.path().join("daemon.log"),
+    )
+    .expect("strata daemon starts");
+    let out = run_rm(&c, "d1", &["sh", "-c", "echo via-daemon; exit 4"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}\n{}\n{}",
+        text(&out),
+        c.shim_logs(),
+        daemon.log_text()
+    );
+    assert_eq!(stdout(&out), "via-daemon\n");
+    assert!(
+        daemon
+            .log_text()
+            .contains("session over session=default.d1"),
+        "{}",
+        daemon.log_text()
+    );
+    no_strata_processes(&c);
+    assert_eq!(
+        c.leftovers(),
+        Vec::<String>::new(),
+        "shim state left behind"
+    );
+    // The session's sockets are gone from the daemon's socket dir.
+    let left: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !["api.sock", "api.sock.lock", "daemon.log", "daemon.strace"].contains(&n.as_str())
+        })
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "daemon socket dir");
+    let (clean, calls) = daemon.stop().unwrap();
+    assert!(clean, "strata daemon stopped cleanly");
+    assert_eq!(calls.mounts, Vec::<String>::new(), "daemon mounts");
+    assert_eq!(calls.processes, Vec::<String>::new(), "daemon processes");
 }
