@@ -3,9 +3,9 @@
 //! umoci + skopeo and `ctr image import`ed, then `ctr run --runtime io.containerd.strata.v2`:
 //! output and exit code, the image's env/cwd/user, `ctr run -d` + `ctr task ls/kill/delete`,
 //! two containers at once, a prepared `--rootfs` dir, a killed VMM, a killed shim, a `strata
-//! daemon` session as the server (`STRATA_DAEMON`), refusals, and 0
-//! mount-family syscalls by containerd, the shim and everything they spawn (`strace -f`
-//! attached to containerd; `ctr`'s own temporary mount of the snapshot is counted apart).
+//! daemon` session as the server (`STRATA_DAEMON`), refusals, and 0 mount-family syscalls by
+//! the shim and everything it spawns (`strace -f -Y` attached to containerd; containerd's own
+//! failed `umount2` of the bundle and `ctr`'s temporary mount of the snapshot are counted apart).
 //!
 //! Needs root, containerd + ctr, umoci, skopeo, strace, qemu-system-x86_64, busybox-static:
 //! `scripts/install-deps.sh`. The shim binary is built by the test (`cargo build -p
