@@ -69,6 +69,7 @@ impl shim::Shim for StrataShim {
             ),
             ..Default::default()
         };
+        remove_dead_socket(&bundle);
         match state::BundleState::load(&bundle)? {
             Some(s) => {
                 resp.pid = s.vmm_pid;
@@ -99,6 +100,22 @@ impl shim::Shim for StrataShim {
         );
         let _ = self.tasks.set(t.clone());
         t
+    }
+}
+
+/// The ttrpc socket of a shim that died (its `address` file in the bundle): removed when
+/// nothing answers on it any more, else it stays in /run/containerd/s for good.
+fn remove_dead_socket(bundle: &Path) {
+    let Ok(addr) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let addr = addr.trim();
+    let path = Path::new(addr.strip_prefix("unix://").unwrap_or(addr));
+    let is_socket = std::fs::symlink_metadata(path)
+        .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        .unwrap_or(false);
+    if is_socket && std::os::unix::net::UnixStream::connect(path).is_err() {
+        state::remove_path(path);
     }
 }
 

@@ -589,6 +589,13 @@ fn ctr_runs_containers_in_strata_vms() {
         "600",
     ]);
     let vmm = wait_status(&c, "t7", "RUNNING");
+    let bundle = c
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task/default/t7");
+    let address = std::fs::read_to_string(bundle.join("address")).unwrap();
+    let socket = PathBuf::from(address.trim().trim_start_matches("unix://"));
+    assert!(socket.exists(), "{}", socket.display());
     let alive = || Path::new(&format!("/proc/{vmm}")).exists();
     let stat = std::fs::read_to_string(format!("/proc/{vmm}/stat")).unwrap();
     let shim_pid: i32 = stat
@@ -616,6 +623,11 @@ fn ctr_runs_containers_in_strata_vms() {
         std::thread::sleep(Duration::from_millis(200));
     }
     c.ok(&["container", "rm", "t7"]);
+    assert!(
+        !socket.exists(),
+        "the dead shim's socket {} is left",
+        socket.display()
+    );
 
     no_strata_processes(&c);
     assert_eq!(
