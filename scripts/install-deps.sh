@@ -15,6 +15,8 @@
 #                    --erofs), their tests and setups (c), (d) of `strata bench guest`
 #   util-linux, libcap2-bin, e2fsprogs
 #                    setpriv, setcap, chattr: the security tests' local attacks as nobody
+#   containerd       containerd 1.6 + ctr + runc: the shim's VM tests and scripts/bench-containerd
+#   skopeo           turns the tests' OCI layouts into OCI archives for `ctr image import`
 #   clang            compiles strata trace's BPF programs (CO-RE C) at build time
 #   pjdfstest        (cargo install, not apt) the POSIX suite of the conformance VM test
 #   libelf-dev, zlib1g-dev, pkg-config
@@ -24,6 +26,7 @@ set -euo pipefail
 
 PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs erofs-utils debootstrap)
 PACKAGES+=(clang libelf-dev zlib1g-dev pkg-config util-linux libcap2-bin)
+PACKAGES+=(containerd skopeo)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
