@@ -9,7 +9,9 @@
 //!   `strace -f`), waits until they listen, and reads what they did.
 //! - [`env`](mod@env) is a two-layer busybox rootfs, its `strata serve` and a Debian guest booted on it.
 //! - [`snapshot`] records a tree's metadata and contents, to show nothing changed.
+//! - [`child`] runs a test's irreversible checks (seccomp, capabilities) in a child process.
 
+pub mod child;
 pub mod env;
 pub mod fixture;
 pub mod session;

@@ -4,16 +4,13 @@
 //! process: this test binary re-executes itself.
 
 use std::os::unix::fs::OpenOptionsExt;
-use std::process::Command;
-
-const CHILD_ENV: &str = "STRATA_CONFINE_CHILD";
 
 #[test]
 fn confined_daemon_reaches_only_its_dirs() {
     if !strata_harness::needs("confined_daemon_reaches_only_its_dirs", true, &[]) {
         return;
     }
-    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+    if let Some(dir) = strata_harness::child::arg("confined_daemon_reaches_only_its_dirs") {
         return child(std::path::Path::new(&dir));
     }
     let d = tempfile::tempdir().unwrap();
@@ -22,20 +19,7 @@ fn confined_daemon_reaches_only_its_dirs() {
     }
     std::fs::write(d.path().join("layer/etc/f"), b"layer").unwrap();
     std::fs::write(d.path().join("outside/secret"), b"secret").unwrap();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "confined_daemon_reaches_only_its_dirs",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, d.path())
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{text}");
-    assert!(text.contains("CHILD-OK"), "child did not run:\n{text}");
+    strata_harness::child::run("confined_daemon_reaches_only_its_dirs", d.path());
 }
 
 fn child(d: &std::path::Path) {

@@ -1,29 +1,12 @@
 //! The seccomp filter really makes the mount family fail. The filter is irreversible and covers
 //! every thread, so the check runs in a child process: this test binary re-executes itself.
 
-use std::process::Command;
-
-const CHILD_ENV: &str = "STRATA_NO_MOUNTS_CHILD";
-
 #[test]
 fn mount_family_fails_under_the_filter() {
-    if std::env::var_os(CHILD_ENV).is_some() {
+    if strata_harness::child::arg("mount_family_fails_under_the_filter").is_some() {
         return child();
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "mount_family_fails_under_the_filter",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{text}");
-    assert!(text.contains("CHILD-OK"), "child did not run:\n{text}");
+    strata_harness::child::run("mount_family_fails_under_the_filter", "");
 }
 
 fn child() {

@@ -4,27 +4,12 @@
 
 use std::process::Command;
 
-const CHILD_ENV: &str = "STRATA_SECCOMP_ARGS_CHILD";
-
 #[test]
 fn argument_filters_hold() {
-    if std::env::var_os(CHILD_ENV).is_some() {
+    if strata_harness::child::arg("argument_filters_hold").is_some() {
         return child();
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "argument_filters_hold",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{text}");
-    assert!(text.contains("CHILD-OK"), "child did not run:\n{text}");
+    strata_harness::child::run("argument_filters_hold", "");
 }
 
 fn child() {
