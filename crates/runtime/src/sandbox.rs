@@ -87,6 +87,10 @@ pub struct SandboxConfig {
     pub paused: bool,
     /// Also serve the layers on the xattr-less layer device (faster lookups; default on).
     pub layer_device: bool,
+    /// Give the guest the layers as the store's merged EROFS image on a read-only virtio-blk
+    /// device (built on first use) instead of over virtio-fs; the upper stays served. Only
+    /// for a store rootfs and a spawned server (default off).
+    pub erofs: bool,
 }
 
 impl SandboxConfig {
@@ -104,6 +108,7 @@ impl SandboxConfig {
             stdio: Stdio::default(),
             paused: false,
             layer_device: true,
+            erofs: false,
         }
     }
 }
@@ -335,6 +340,7 @@ impl Sandbox {
             &cfg.rootfs,
             &dir,
             cfg.layer_device,
+            cfg.erofs,
         )
         .map_err(fail)?;
         let ports = [CONTROL_PORT, STDIN_PORT, STDOUT_PORT, STDERR_PORT];
@@ -366,6 +372,19 @@ impl Sandbox {
         if let Some(l) = &served.lower_socket {
             vm.virtiofs
                 .push((l.clone(), strata_serve::DEFAULT_LOWER_TAG.into()));
+        }
+        if let Some(img) = &served.erofs {
+            // Opened by qemu, read-only: no superblock of the image on the host.
+            let serial = strata_plan::DEFAULT_LOWER_SERIAL;
+            vm.extra_args.extend([
+                "-drive".into(),
+                format!(
+                    "file={},if=none,readonly=on,format=raw,id={serial}",
+                    img.display()
+                ),
+                "-device".into(),
+                format!("virtio-blk-pci,drive={serial},serial={serial}"),
+            ]);
         }
         vm.extra_args
             .extend(["-device".into(), "virtio-serial-pci,id=vser0".into()]);

@@ -20,6 +20,8 @@ pub(crate) struct Served {
     pub socket: PathBuf,
     /// The layer device's socket (tag `strata-lower`), if any.
     pub lower_socket: Option<PathBuf>,
+    /// The layers' merged EROFS image, for a read-only virtio-blk device, if the plan says so.
+    pub erofs: Option<PathBuf>,
     how: How,
 }
 
@@ -51,23 +53,51 @@ pub(crate) fn serve(
     rootfs: &Rootfs,
     state_dir: &Path,
     layer_device: bool,
+    erofs: bool,
 ) -> Result<Served> {
     match server {
-        Server::Spawn => spawn(strata, rootfs, state_dir, layer_device),
+        Server::Spawn => spawn(strata, rootfs, state_dir, layer_device, erofs),
+        Server::Daemon { .. } if erofs => Err(RuntimeError::Invalid(
+            "EROFS layers are served by a `strata serve` child, not through strata daemon".into(),
+        )),
         Server::Daemon { api, socket_dir } => {
             daemon(api, socket_dir.as_deref(), id, rootfs, layer_device)
         }
     }
 }
 
-fn spawn(strata: &Path, rootfs: &Rootfs, state_dir: &Path, layer_device: bool) -> Result<Served> {
+/// The store's merged EROFS image of `rootfs`'s layers (built on first use).
+fn erofs_image(rootfs: &Rootfs) -> Result<PathBuf> {
+    match rootfs {
+        Rootfs::Store { store, id } => Ok(strata_store::Store::open_existing(store)?
+            .rootfs_erofs(id)?
+            .path),
+        Rootfs::Dirs { .. } => Err(RuntimeError::Invalid(
+            "EROFS layers need a store rootfs (its image is built from the store's layers)".into(),
+        )),
+    }
+}
+
+fn spawn(
+    strata: &Path,
+    rootfs: &Rootfs,
+    state_dir: &Path,
+    layer_device: bool,
+    erofs: bool,
+) -> Result<Served> {
     let (lowers, upper, work) = dirs(rootfs)?;
+    let erofs = erofs.then(|| erofs_image(rootfs)).transpose()?;
     let socket = state_dir.join("fs.sock");
-    let lower_socket = layer_device.then(|| state_dir.join("layers.sock"));
+    // With the layers on a block device, the layer device has nothing left to serve.
+    let lower_socket = (layer_device && erofs.is_none()).then(|| state_dir.join("layers.sock"));
     let mut cmd = Command::new(strata);
     cmd.arg("serve").arg("--socket").arg(&socket);
     if let Some(l) = &lower_socket {
         cmd.arg("--lower-socket").arg(l);
+    }
+    if erofs.is_some() {
+        cmd.arg("--lower-block")
+            .arg(strata_plan::DEFAULT_LOWER_SERIAL);
     }
     for l in &lowers {
         cmd.arg("--lower").arg(l);
@@ -111,6 +141,7 @@ fn spawn(strata: &Path, rootfs: &Rootfs, state_dir: &Path, layer_device: bool) -
     Ok(Served {
         socket,
         lower_socket,
+        erofs,
         how: How::Child(child),
     })
 }
@@ -161,6 +192,7 @@ fn daemon(
         Response::Started { session: info } => Ok(Served {
             socket: info.socket,
             lower_socket: info.layer_device.or(lower_socket),
+            erofs: None,
             how: How::Daemon {
                 api: api.to_path_buf(),
                 id: session,

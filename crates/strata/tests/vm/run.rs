@@ -595,3 +595,38 @@ fn run_through_a_daemon() {
     assert!(!status.contains("viad"), "session left: {status}");
     drop(daemon);
 }
+
+/// `strata run --erofs`: the layers come from the store's merged EROFS image on a read-only
+/// virtio-blk device; the image's config, the exit code and the served upper work as before.
+#[test]
+fn run_on_the_erofs_layer_device() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    let r = run(
+        &store,
+        &[
+            "--erofs",
+            "--name",
+            "ero",
+            "-u",
+            "root",
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            "cat data; cat /sys/block/vda/ro; echo new > note; exit 5",
+        ],
+        b"",
+    );
+    assert_eq!(r.code, Some(5), "{}", r.show());
+    // The image's file, read through EROFS from a read-only disk; the new file lands in the
+    // served upper.
+    assert_eq!(r.stdout, "served\n1\n", "{}", r.show());
+    let note = store.join("containers/ero/upper/srv/note");
+    assert_eq!(std::fs::read_to_string(&note).unwrap(), "new\n");
+    assert!(
+        std::fs::read_dir(store.join("erofs")).unwrap().count() >= 1,
+        "no EROFS image in the store"
+    );
+}
