@@ -40,3 +40,10 @@ pub fn run(test: &str, arg: impl AsRef<OsStr>) -> String {
     assert!(text.contains("CHILD-OK"), "child did not run:\n{text}");
     text
 }
+
+/// Spawn `cmd` with this process's fds handed over at fixed numbers: each `(from, to)` makes
+/// fd `from` of this process fd `to` of the child (e.g. a listening socket as fd 3 for
+/// `strata serve --fd 3`); every `to` below 100.
+pub fn pass_fds(cmd: &mut std::process::Command, fds: &[(std::os::fd::RawFd, std::os::fd::RawFd)]) {
+    crate::sys::pass_fds(cmd, fds.to_vec());
+}

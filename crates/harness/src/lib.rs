@@ -17,6 +17,8 @@ pub mod fixture;
 pub mod session;
 pub mod snapshot;
 mod strata;
+#[allow(unsafe_code)]
+mod sys;
 
 pub use strata::{Run, Strata};
 

@@ -545,6 +545,7 @@ fn start(
                 upper: p.upper.clone(),
                 work: p.work.clone(),
                 socket: p.socket.clone(),
+                socket_fd: None,
                 tag: strata_plan::DEFAULT_TAG.to_owned(),
                 limits: strata_serve::Limits::default(),
                 lower_device: None,

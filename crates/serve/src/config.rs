@@ -19,6 +19,10 @@ pub struct ServeConfig {
     pub work: PathBuf,
     /// The vhost-user socket the VMM connects to.
     pub socket: PathBuf,
+    /// A listening unix socket this process inherited (`strata serve --fd N`, from a VMM
+    /// manager or systemd), used instead of binding `socket`: its owner made it and removes
+    /// it, so `socket` is neither claimed nor removed (and may be empty).
+    pub socket_fd: Option<std::os::fd::RawFd>,
     /// virtio-fs tag (informational: the VMM sets the tag; it goes into logs).
     pub tag: String,
     /// What the guest may hold at once (nodes, open handles).
@@ -42,6 +46,8 @@ pub struct ServeConfig {
 pub struct LowerDevice {
     /// Its vhost-user socket (qemu: a second `vhost-user-fs-pci` device).
     pub socket: PathBuf,
+    /// An inherited listening socket used instead of binding `socket` (`--lower-fd`).
+    pub socket_fd: Option<std::os::fd::RawFd>,
     /// The tag the VMM gives it (written into the plan for the guest).
     pub tag: String,
 }
@@ -381,6 +387,7 @@ mod tests {
             upper: root.join(upper),
             work: root.join(work),
             socket: root.join("sock"),
+            socket_fd: None,
             tag: "strata".into(),
             limits: Limits::default(),
             lower_device: None,

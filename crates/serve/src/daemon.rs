@@ -114,16 +114,21 @@ impl Drop for SocketGuard {
 
 /// Stop on SIGTERM/SIGINT: remove the socket and exit. Every guest write has already gone to
 /// the host file by the time it was acknowledged, so there is nothing to flush.
-fn stop_on_signals(socket: PathBuf) -> io::Result<()> {
+fn stop_on_signals(socket: Option<PathBuf>) -> io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     std::thread::Builder::new()
         .name("strata-signals".into())
         .spawn(move || {
             if let Some(sig) = signals.forever().next() {
-                tracing::info!("signal {sig}: stopping, removing {socket:?}");
-                let _ = std::fs::remove_file(&socket);
-                let _ = std::fs::remove_file(lock_path(&socket));
+                match &socket {
+                    Some(socket) => {
+                        tracing::info!("signal {sig}: stopping, removing {socket:?}");
+                        let _ = std::fs::remove_file(socket);
+                        let _ = std::fs::remove_file(lock_path(socket));
+                    }
+                    None => tracing::info!("signal {sig}: stopping"),
+                }
                 std::process::exit(0);
             }
         })?;
@@ -156,13 +161,14 @@ pub struct Prepared {
     stats: Arc<Stats>,
     checked: Checked,
     startup: Duration,
-    guard: SocketGuard,
+    /// The claimed socket path; `None` for an inherited socket (`--fd`).
+    guard: Option<SocketGuard>,
 }
 
 impl Prepared {
-    /// The socket the daemon listens on.
-    pub fn socket(&self) -> &Path {
-        &self.guard.socket
+    /// The socket path the daemon listens on; `None` when it inherited its socket.
+    pub fn socket(&self) -> Option<&Path> {
+        self.guard.as_ref().map(|g| g.socket.as_path())
     }
 
     /// From the start of preparation to the socket listening.
@@ -177,7 +183,7 @@ struct Device {
     backend: Arc<FsBackend>,
     listener: Listener,
     tag: String,
-    _guard: SocketGuard,
+    _guard: Option<SocketGuard>,
 }
 
 /// Accept the VMM on `listener` and serve it until it hangs up: the vhost-user daemon and its
@@ -250,8 +256,16 @@ fn prepare_with(
 ) -> Result<Prepared, ServeError> {
     let t0 = Instant::now();
     let checked = cfg.check()?;
-    let guard = claim_socket(&cfg.socket)?;
-    let lower_guard = match &cfg.lower_device {
+    if let (Some(fd), Some(lower)) = (cfg.socket_fd, &cfg.lower_device) {
+        if lower.socket_fd == Some(fd) {
+            return Err(ConfigError::InheritedSocket(format!(
+                "the tree and the layer device cannot share fd {fd}: each device needs its own socket"
+            ))
+            .into());
+        }
+    }
+    let main = Endpoint::claim(&cfg.socket, cfg.socket_fd)?;
+    let lower_end = match &cfg.lower_device {
         Some(d) => {
             if let Some(reason) = strata_plan::tag_problem(&d.tag) {
                 return Err(ServeError::Session(format!(
@@ -259,7 +273,7 @@ fn prepare_with(
                     d.tag
                 )));
             }
-            Some(claim_socket(&d.socket)?)
+            Some(Endpoint::claim(&d.socket, d.socket_fd)?)
         }
         None => None,
     };
@@ -279,14 +293,17 @@ fn prepare_with(
     };
     before_listen(&checked)?;
     let mode = crate::socket::DEFAULT_SOCKET_MODE;
-    let listener = listen(&cfg.socket, mode, None)?;
-    let lower = match (&cfg.lower_device, lower_backend, lower_guard) {
-        (Some(d), Some(backend), Some(guard)) => Some(Device {
-            backend,
-            listener: listen(&d.socket, mode, None)?,
-            tag: d.tag.clone(),
-            _guard: guard,
-        }),
+    let (listener, guard) = main.listen(mode)?;
+    let lower = match (&cfg.lower_device, lower_backend, lower_end) {
+        (Some(d), Some(backend), Some(end)) => {
+            let (listener, guard) = end.listen(mode)?;
+            Some(Device {
+                backend,
+                listener,
+                tag: d.tag.clone(),
+                _guard: guard,
+            })
+        }
         _ => None,
     };
     Ok(Prepared {
@@ -298,6 +315,32 @@ fn prepare_with(
         startup: t0.elapsed(),
         guard,
     })
+}
+
+/// Where one device listens, between claiming it and listening: a socket path this process
+/// binds (claimed first, removed when the session ends), or a listening socket it inherited
+/// (`--fd`), whose owner made it and removes it.
+enum Endpoint {
+    Path(PathBuf, SocketGuard),
+    Inherited(std::os::unix::net::UnixListener),
+}
+
+impl Endpoint {
+    fn claim(path: &Path, fd: Option<std::os::fd::RawFd>) -> Result<Endpoint, ConfigError> {
+        match fd {
+            Some(fd) => crate::sys::inherited_listener(fd)
+                .map(Endpoint::Inherited)
+                .map_err(ConfigError::InheritedSocket),
+            None => Ok(Endpoint::Path(path.to_owned(), claim_socket(path)?)),
+        }
+    }
+
+    fn listen(self, mode: u32) -> Result<(Listener, Option<SocketGuard>), ServeError> {
+        match self {
+            Endpoint::Path(path, guard) => Ok((listen(&path, mode, None)?, Some(guard))),
+            Endpoint::Inherited(l) => Ok((Listener::from(l), None)),
+        }
+    }
 }
 
 /// Serve one VM: returns when the VMM disconnects.
@@ -316,13 +359,17 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         }
         // Capabilities and Landlock are per thread: confine the only one, before any other
         // (signals, vhost-user workers) exists, so that they all inherit it.
-        let mut c =
-            sandbox::Confinement::new(&checked.lowers, &checked.upper, &checked.work, &cfg.socket);
-        if let Some(d) = &cfg.lower_device {
+        // An inherited socket (`--fd`) needs no directory: it exists, and is its owner's.
+        let mut c = sandbox::Confinement::new(&checked.lowers, &checked.upper, &checked.work);
+        if cfg.socket_fd.is_none() {
+            c.add_socket(&cfg.socket);
+        }
+        if let Some(d) = cfg.lower_device.as_ref().filter(|d| d.socket_fd.is_none()) {
             c.add_socket(&d.socket);
         }
         confined = Some(sandbox::confine(&c)?);
-        stop_on_signals(cfg.socket.clone()).map_err(|e| ServeError::Session(e.to_string()))?;
+        let owned = cfg.socket_fd.is_none().then(|| cfg.socket.clone());
+        stop_on_signals(owned).map_err(|e| ServeError::Session(e.to_string()))?;
         // From here on no thread of this process can mount anything, nor make a syscall the
         // daemon does not need.
         sandbox::forbid_mounts()?;
@@ -339,8 +386,12 @@ pub fn serve(cfg: &ServeConfig, cache: CachePolicy) -> Result<SessionReport, Ser
         startup,
         guard,
     } = prepared;
+    let socket = match cfg.socket_fd {
+        Some(fd) => format!("inherited fd {fd}"),
+        None => format!("{:?}", cfg.socket),
+    };
     tracing::info!(
-        socket = ?cfg.socket,
+        socket = %socket,
         tag = %cfg.tag,
         layers = checked.lowers.len(),
         upper = ?checked.upper,

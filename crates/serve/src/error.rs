@@ -38,6 +38,8 @@ pub enum ConfigError {
     SocketInUse(PathBuf),
     #[error("socket path {0:?} exists and is not a socket: remove it or pick another --socket")]
     SocketPathTaken(PathBuf),
+    #[error("--fd: {0}")]
+    InheritedSocket(String),
     #[error("upper {0:?} is already being served (by another `strata serve` or daemon session): two guest kernels on one upper corrupt it; stop the other one first (`strata rootfs ls` names the holder's pid)")]
     RootfsInUse(PathBuf),
 }

@@ -744,6 +744,7 @@ impl Harness {
             upper: p.join("c/upper"),
             work: p.join("c/work"),
             socket: p.join("sock"),
+            socket_fd: None,
             tag: "fuzz".into(),
             limits,
             lower_device: None,

@@ -431,17 +431,16 @@ pub struct Confinement {
 }
 
 impl Confinement {
-    pub fn new(layers: &[PathBuf], upper: &Path, work: &Path, socket: &Path) -> Confinement {
-        let mut c = Confinement {
+    /// The served directories, and no socket yet ([`Confinement::add_socket`]).
+    pub fn new(layers: &[PathBuf], upper: &Path, work: &Path) -> Confinement {
+        Confinement {
             layers: layers.to_vec(),
             rw: vec![upper.to_owned(), work.to_owned()],
             socket_dirs: Vec::new(),
-        };
-        c.add_socket(socket);
-        c
+        }
     }
 
-    /// One more socket the process binds (the layer device's).
+    /// A socket the process binds (and removes at the end).
     pub fn add_socket(&mut self, socket: &Path) {
         let dir = match socket.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),

@@ -299,7 +299,11 @@ impl Supervisor {
                         format!("layer device tag {tag:?} is not usable: {reason}"),
                     );
                 }
-                Some(crate::config::LowerDevice { socket, tag })
+                Some(crate::config::LowerDevice {
+                    socket,
+                    socket_fd: None,
+                    tag,
+                })
             }
         };
         let explicit = dirs.is_some();
@@ -315,6 +319,7 @@ impl Supervisor {
             upper: dirs.upper,
             work: dirs.work,
             socket: sock.clone(),
+            socket_fd: None,
             tag: tag.unwrap_or_else(|| strata_plan::DEFAULT_TAG.to_string()),
             limits: self.cfg.limits,
             lower_device: layer_device,

@@ -398,6 +398,67 @@ pub fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
+/// One `int` socket option of `fd`.
+fn sockopt_int(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` is writable for `len` bytes and `len` is a valid in/out length; `fd` is live
+    // for the call.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(v)
+}
+
+/// Take ownership of the listening socket this process inherited as fd number `fd`
+/// (`strata serve --fd`, as a VMM manager or systemd hands it over): it must be open, above
+/// the standard streams, a unix stream socket and listening. Close-on-exec is set on it.
+pub fn inherited_listener(fd: RawFd) -> Result<std::os::unix::net::UnixListener, String> {
+    if fd <= 2 {
+        return Err(format!(
+            "fd {fd} is a standard stream, not an inherited socket"
+        ));
+    }
+    // SAFETY: F_GETFD only reads the descriptor table entry; an fd that is not open fails with
+    // EBADF and nothing else happens.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(format!("fd {fd} is not open in this process"));
+    }
+    // SAFETY: `fd` is open (checked just above) and stays open for the borrow's lifetime:
+    // nothing closes it before ownership is taken below.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    let st = stat_fd(b).map_err(|e| format!("fd {fd}: {e}"))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!("fd {fd} is not a socket"));
+    }
+    let domain = sockopt_int(b, libc::SO_DOMAIN).map_err(|e| format!("fd {fd}: {e}"))?;
+    let kind = sockopt_int(b, libc::SO_TYPE).map_err(|e| format!("fd {fd}: {e}"))?;
+    if domain != libc::AF_UNIX || kind != libc::SOCK_STREAM {
+        return Err(format!(
+            "fd {fd} is not a unix stream socket (vhost-user needs one)"
+        ));
+    }
+    if sockopt_int(b, libc::SO_ACCEPTCONN).map_err(|e| format!("fd {fd}: {e}"))? != 1 {
+        return Err(format!(
+            "fd {fd} is a unix socket that is not listening (bind and listen before handing it over)"
+        ));
+    }
+    // SAFETY: `fd` is open, a listening unix stream socket (checked above), and from here on
+    // owned only by the returned listener: the caller hands each inherited number over once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: F_SETFD on an fd this process owns changes only its close-on-exec flag.
+    cvt(unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC) })
+        .map_err(|e| format!("fd {fd}: {e}"))?;
+    Ok(std::os::unix::net::UnixListener::from(owned))
+}
+
 /// The Landlock ABI version of the running kernel; 0 or less if it has none (or it is off).
 pub fn landlock_abi() -> i64 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;

@@ -34,12 +34,12 @@ fn child(d: &std::path::Path) {
     // Capabilities are per thread, and Landlock hides procfs after confining: open this
     // thread's status before, read it after.
     let mut status_file = File::open("/proc/thread-self/status").unwrap();
-    let c = strata_serve::sandbox::Confinement::new(
+    let mut c = strata_serve::sandbox::Confinement::new(
         &[d.join("layer")],
         &d.join("upper"),
         &d.join("work"),
-        &d.join("sock/s"),
     );
+    c.add_socket(&d.join("sock/s"));
     let r = strata_serve::sandbox::confine(&c).expect("confine");
     eprintln!("{}", r.summary());
     let mut status = String::new();
@@ -92,6 +92,7 @@ fn creates_as_the_guest_user(d: &std::path::Path) {
         upper: d.join("upper"),
         work: d.join("work"),
         socket: d.join("sock/s"),
+        socket_fd: None,
         tag: "t".into(),
         limits: strata_serve::Limits::DEFAULT,
         lower_device: None,

@@ -53,6 +53,7 @@ fn config(p: &Path, limits: Limits) -> crate::config::Checked {
         upper: p.join("c/upper"),
         work: p.join("c/work"),
         socket: p.join("sock"),
+        socket_fd: None,
         tag: "t".into(),
         limits,
         lower_device: None,
@@ -587,6 +588,7 @@ fn zero_limits_are_refused_at_start() {
         upper: d.path().join("upper"),
         work: d.path().join("work"),
         socket: d.path().join("sock"),
+        socket_fd: None,
         tag: "t".into(),
         limits: Limits {
             max_nodes: 0,
@@ -760,6 +762,7 @@ fn merged_lower_applies_whiteouts_and_opaque_dirs() {
         upper: p.join("c/upper"),
         work: p.join("c/work"),
         socket: p.join("sock"),
+        socket_fd: None,
         tag: "t".into(),
         limits: Limits::default(),
         lower_device: None,

@@ -348,6 +348,7 @@ mod tests {
             upper: upper.clone(),
             work: work.clone(),
             socket: d.path().join("s"),
+            socket_fd: None,
             tag: "strata".into(),
             limits: strata_serve::Limits::default(),
             lower_device: None,

@@ -8,8 +8,13 @@ use crate::error::{Error, Kind, Result};
 #[derive(clap::Args)]
 pub struct Args {
     /// vhost-user socket for the VMM (qemu `-chardev socket,path=...`).
-    #[arg(long)]
-    socket: PathBuf,
+    #[arg(long, required_unless_present_any = ["fd", "print_sandbox"])]
+    socket: Option<PathBuf>,
+    /// Listen on this inherited file descriptor instead of binding --socket: a unix stream
+    /// socket already bound and listening, handed over by a VMM manager (as virtiofsd's
+    /// `--fd`) or systemd (a socket unit's first socket is fd 3). Its owner removes it.
+    #[arg(long, value_name = "N", conflicts_with = "socket")]
+    fd: Option<i32>,
     /// Read-only layer directory; repeat, topmost first (overlayfs lowerdir order).
     #[arg(long = "lower", required_unless_present_any = ["rootfs", "print_sandbox"])]
     lowers: Vec<PathBuf>,
@@ -31,10 +36,14 @@ pub struct Args {
     /// Also serve the layers on a second vhost-user socket (a second vhost-user-fs device),
     /// without xattrs: the guest's overlay then stops asking for overlay xattrs of every lower
     /// file. Used only if no layer has an xattr a container could read (the log says).
-    #[arg(long)]
+    #[arg(long, group = "lower_endpoint")]
     lower_socket: Option<PathBuf>,
+    /// The layer device on this inherited listening socket instead of --lower-socket (as
+    /// --fd).
+    #[arg(long, value_name = "N", group = "lower_endpoint")]
+    lower_fd: Option<i32>,
     /// virtio-fs tag the VMM gives the --lower-socket device.
-    #[arg(long, default_value = strata_serve::DEFAULT_LOWER_TAG, requires = "lower_socket")]
+    #[arg(long, default_value = strata_serve::DEFAULT_LOWER_TAG, requires = "lower_endpoint")]
     lower_tag: String,
     /// With --rootfs: have the guest read the layers from their merged EROFS image (built in
     /// the store on first use) on a read-only virtio-blk device the VMM attaches; the upper
@@ -79,12 +88,16 @@ pub fn run(a: Args) -> Result {
         lowers,
         upper,
         work,
-        socket: a.socket,
+        socket: a.socket.unwrap_or_default(),
+        socket_fd: a.fd,
         tag: a.tag,
         limits: a.limits.limits(),
-        lower_device: a.lower_socket.map(|socket| strata_serve::LowerDevice {
-            socket,
-            tag: a.lower_tag,
+        lower_device: (a.lower_socket.is_some() || a.lower_fd.is_some()).then(|| {
+            strata_serve::LowerDevice {
+                socket: a.lower_socket.unwrap_or_default(),
+                socket_fd: a.lower_fd,
+                tag: a.lower_tag,
+            }
         }),
         lower_block,
     };

@@ -108,6 +108,80 @@ fn socket_in_use_is_refused_and_sigterm_stops_cleanly() {
     assert!(!r.join("s.sock.lock").exists(), "lock file left behind");
 }
 
+/// `serve --fd 3` (and `--lower-fd 4`): the sockets a VMM manager bound and handed over are
+/// served (a VMM connects and reads the tree), not claimed or removed by the daemon; a
+/// bad number is refused before anything starts.
+#[test]
+fn serve_listens_on_inherited_sockets() {
+    use std::os::fd::AsRawFd;
+    if !strata_harness::needs("serve_listens_on_inherited_sockets", true, &[]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    dirs(r);
+    std::fs::write(r.join("l0/hello"), b"from the layer").unwrap();
+    let tree = std::os::unix::net::UnixListener::bind(r.join("tree.sock")).unwrap();
+    let layers = std::os::unix::net::UnixListener::bind(r.join("layers.sock")).unwrap();
+    let (tree_fd, layers_fd) = (tree.as_raw_fd(), layers.as_raw_fd());
+    let mut cmd = crate::strata().cmd();
+    cmd.args(["serve", "--fd", "3", "--lower-fd", "4", "--lower"])
+        .arg(r.join("l0"))
+        .arg("--upper")
+        .arg(r.join("c/upper"))
+        .arg("--work")
+        .arg(r.join("c/work"))
+        .stderr(std::fs::File::create(r.join("serve.log")).unwrap());
+    strata_harness::child::pass_fds(&mut cmd, &[(tree_fd, 3), (layers_fd, 4)]);
+    let mut child = cmd.spawn().unwrap();
+    drop((tree, layers));
+    let log = || std::fs::read_to_string(r.join("serve.log")).unwrap_or_default();
+    let mut vm = strata_serve::frontend::TestVm::connect(&r.join("tree.sock"))
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", log()));
+    let mut lower = strata_serve::frontend::TestVm::connect(&r.join("layers.sock"))
+        .unwrap_or_else(|e| panic!("connect the layer device: {e}\n{}", log()));
+    assert_eq!(vm.read_file("layers/0/hello").unwrap(), b"from the layer");
+    assert!(vm.read_file("plan.json").is_ok());
+    assert!(lower.list(1).is_ok(), "{}", log());
+    drop((vm, lower));
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!("serve did not end with its VMM\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}\n{}", log());
+    assert!(log().contains("inherited fd 3"), "{}", log());
+    // The sockets are their owner's: left where they were, and no lock file was made.
+    assert!(r.join("tree.sock").exists() && r.join("layers.sock").exists());
+    assert!(!r.join("tree.sock.lock").exists());
+
+    let file = std::fs::File::open(r.join("l0/hello")).unwrap();
+    for (fd, says) in [
+        ("1", "standard stream"),
+        ("9", "not open"),
+        ("3", "not a socket"),
+    ] {
+        let mut cmd = crate::strata().cmd();
+        cmd.args(["serve", "--fd", fd, "--lower"])
+            .arg(r.join("l0"))
+            .arg("--upper")
+            .arg(r.join("c/upper"))
+            .arg("--work")
+            .arg(r.join("c/work"));
+        strata_harness::child::pass_fds(&mut cmd, &[(file.as_raw_fd(), 3)]);
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--fd {fd}: {err}");
+        assert!(err.contains(says), "--fd {fd}: {err:?} lacks {says:?}");
+    }
+}
+
 #[test]
 fn print_sandbox_names_the_denied_syscalls() {
     let out = crate::strata()
