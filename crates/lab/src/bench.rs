@@ -651,6 +651,7 @@ impl Daemon {
             }),
             tag: None,
             layer_device: None,
+            lower_block: None,
         })
     }
 

@@ -125,6 +125,7 @@ impl Tree {
                 }),
                 tag: None,
                 layer_device: None,
+                lower_block: None,
             })
             .map_err(|e| VmError::Serve(format!("daemon API: {e}")))?;
         match r {

@@ -57,11 +57,8 @@ pub(crate) fn serve(
 ) -> Result<Served> {
     match server {
         Server::Spawn => spawn(strata, rootfs, state_dir, layer_device, erofs),
-        Server::Daemon { .. } if erofs => Err(RuntimeError::Invalid(
-            "EROFS layers are served by a `strata serve` child, not through strata daemon".into(),
-        )),
         Server::Daemon { api, socket_dir } => {
-            daemon(api, socket_dir.as_deref(), id, rootfs, layer_device)
+            daemon(api, socket_dir.as_deref(), id, rootfs, layer_device, erofs)
         }
     }
 }
@@ -152,7 +149,11 @@ fn daemon(
     id: &str,
     rootfs: &Rootfs,
     layer_device: bool,
+    erofs: bool,
 ) -> Result<Served> {
+    // The image is built (or found) in this process's store; the daemon only writes the
+    // device's serial into the session's plan, and the VMM opens the image read-only.
+    let erofs = erofs.then(|| erofs_image(rootfs)).transpose()?;
     let socket_dir = socket_dir
         .map(Path::to_path_buf)
         .or_else(|| api.parent().map(Path::to_path_buf))
@@ -174,7 +175,8 @@ fn daemon(
         ),
     };
     let socket = socket_dir.join(format!("{session}.sock"));
-    let lower_socket = layer_device.then(|| socket_dir.join(format!("{session}.layers.sock")));
+    let lower_socket = (layer_device && erofs.is_none())
+        .then(|| socket_dir.join(format!("{session}.layers.sock")));
     let req = Request::Start {
         id: session.clone(),
         socket: socket.clone(),
@@ -184,6 +186,9 @@ fn daemon(
             socket: s.clone(),
             tag: None,
         }),
+        lower_block: erofs
+            .as_ref()
+            .map(|_| strata_plan::LowerBlock::erofs(strata_plan::DEFAULT_LOWER_SERIAL)),
     };
     let resp = Client::connect(api)
         .and_then(|mut c| c.call(&req))
@@ -192,7 +197,7 @@ fn daemon(
         Response::Started { session: info } => Ok(Served {
             socket: info.socket,
             lower_socket: info.layer_device.or(lower_socket),
-            erofs: None,
+            erofs,
             how: How::Daemon {
                 api: api.to_path_buf(),
                 id: session,

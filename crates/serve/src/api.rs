@@ -22,6 +22,8 @@ pub const DEFAULT_API_SOCKET: &str = "/run/strata/api.sock";
 /// A request to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
+// One request per API call, parsed from JSON: the size of a `Start` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Request {
     /// Serve a rootfs on a new vhost-user socket. Returns once the socket accepts a VMM.
     Start {
@@ -41,6 +43,11 @@ pub enum Request {
         /// `strata serve --lower-socket`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         layer_device: Option<LayerDevice>,
+        /// The guest reads the layers from this read-only block device (the store's merged
+        /// EROFS image, attached by the VMM; `strata serve --lower-block`) instead of over
+        /// virtio-fs: the session's plan says so. Not with `layer_device`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lower_block: Option<strata_plan::LowerBlock>,
     },
     /// Stop serving: a session no VMM has connected to is gone at once; a connected one has
     /// its tree dropped (the guest gets EIO from then on) and ends when the VMM hangs up.
@@ -214,6 +221,7 @@ mod tests {
             dirs: None,
             tag: None,
             layer_device: None,
+            lower_block: None,
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),

@@ -153,6 +153,32 @@ struct Sessions {
     by_id: HashMap<String, u64>,
 }
 
+/// Where a session's guest finds its layers besides the tree: a second virtio-fs device, or
+/// a read-only block device (a start request has at most one of them).
+struct Layers {
+    device: Option<api::LayerDevice>,
+    block: Option<strata_plan::LowerBlock>,
+}
+
+impl Layers {
+    fn check(&self) -> Result<(), String> {
+        let Some(b) = &self.block else {
+            return Ok(());
+        };
+        if self.device.is_some() {
+            return Err(
+                "layer_device and lower_block are alternatives: the guest reads its layers \
+                 from one of them"
+                    .into(),
+            );
+        }
+        strata_plan::MountPlan::merged()
+            .with_lower_block(b.clone())
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// The daemon's state, shared by the accept loop, API connections and session threads.
 pub struct Supervisor {
     cfg: DaemonConfig,
@@ -224,7 +250,17 @@ impl Supervisor {
                 dirs,
                 tag,
                 layer_device,
-            } => self.start(id, socket, dirs, tag, layer_device),
+                lower_block,
+            } => self.start(
+                id,
+                socket,
+                dirs,
+                tag,
+                Layers {
+                    device: layer_device,
+                    block: lower_block,
+                },
+            ),
             Request::Stop { id } => self.stop(&id),
             Request::Status { id } => {
                 let s = self.lock();
@@ -253,12 +289,19 @@ impl Supervisor {
         socket: PathBuf,
         dirs: Option<Dirs>,
         tag: Option<String>,
-        layer_device: Option<api::LayerDevice>,
+        layers: Layers,
     ) -> Response {
         let t0 = Instant::now();
         if let Err(m) = api::check_id(&id) {
             return error(ErrorKind::BadRequest, m);
         }
+        if let Err(m) = layers.check() {
+            return error(ErrorKind::BadRequest, m);
+        }
+        let Layers {
+            device: layer_device,
+            block: lower_block,
+        } = layers;
         if self.lock().by_id.contains_key(&id) {
             return error(
                 ErrorKind::Exists,
@@ -323,7 +366,7 @@ impl Supervisor {
             tag: tag.unwrap_or_else(|| strata_plan::DEFAULT_TAG.to_string()),
             limits: self.cfg.limits,
             lower_device: layer_device,
-            lower_block: None,
+            lower_block,
         };
         // Explicit dirs must come from an allowed directory: each is opened below the one it
         // is in, following no symlink, and the tree is served from those very fds.

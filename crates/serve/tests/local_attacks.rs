@@ -103,6 +103,7 @@ fn symlink_swapped_under_an_allowed_dir_never_leads_outside() {
                 }),
                 tag: None,
                 layer_device: None,
+                lower_block: None,
             })
             .unwrap();
         match r {
@@ -151,6 +152,7 @@ fn symlinks_below_an_allowed_dir_are_refused() {
                 }),
                 tag: None,
                 layer_device: None,
+                lower_block: None,
             })
             .unwrap()
     };
@@ -179,6 +181,7 @@ fn start(client: &mut Client, p: &Path, id: &str, lowers: &[&str], base: &Path) 
             }),
             tag: None,
             layer_device: None,
+            lower_block: None,
         })
         .unwrap()
 }

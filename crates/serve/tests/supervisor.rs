@@ -77,6 +77,7 @@ impl Fixture {
                 dirs: Some(self.dirs(id)),
                 tag: None,
                 layer_device: None,
+                lower_block: None,
             })
             .unwrap()
     }
@@ -172,6 +173,7 @@ fn sessions_start_serve_stop_and_crash_alone() {
             dirs: Some(f.dirs("x")),
             tag: None,
             layer_device: None,
+            lower_block: None,
         })
         .unwrap();
     assert!(
@@ -194,6 +196,7 @@ fn sessions_start_serve_stop_and_crash_alone() {
             }),
             tag: None,
             layer_device: None,
+            lower_block: None,
         })
         .unwrap();
     assert!(
@@ -212,6 +215,7 @@ fn sessions_start_serve_stop_and_crash_alone() {
         dirs: None,
         tag: None,
         layer_device: None,
+        lower_block: None,
     });
     assert!(matches!(
         r,
@@ -332,6 +336,7 @@ fn a_session_with_a_layer_device_serves_both_and_stops_both() {
                 socket: layer_socket.to_owned(),
                 tag: None,
             }),
+            lower_block: None,
         })
         .unwrap()
     };
@@ -385,4 +390,54 @@ fn a_session_with_a_layer_device_serves_both_and_stops_both() {
     });
     // Every fd of both devices closed (trees, sockets, vhost-user threads' eventfds).
     wait_for_fds(baseline);
+}
+
+/// A start with `lower_block` (the EROFS layer device, `rootfs start --erofs`): the session's
+/// plan sends the guest to that block device; a bad serial, or both a layer device and a
+/// block device, are refused.
+#[test]
+fn a_session_can_send_its_guest_to_a_block_device_for_the_layers() {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let f = fixture();
+    let mut c = Client::connect(&f.api).unwrap();
+    let start = |c: &mut Client, id: &str, block: &str, device: bool| {
+        c.call(&Request::Start {
+            id: id.into(),
+            socket: f.p().join(format!("run/{id}.sock")),
+            dirs: Some(f.dirs(id)),
+            tag: None,
+            layer_device: device.then(|| LayerDevice {
+                socket: f.p().join(format!("run/{id}.layers.sock")),
+                tag: None,
+            }),
+            lower_block: Some(strata_plan::LowerBlock::erofs(block)),
+        })
+        .unwrap()
+    };
+    for (id, serial, device, says) in [
+        ("b1", "", false, "empty"),
+        ("b2", "a-serial-longer-than-20", false, "20 bytes"),
+        ("b3", "strata-lower", true, "alternatives"),
+    ] {
+        match start(&mut c, id, serial, device) {
+            Response::Error {
+                kind: ErrorKind::BadRequest,
+                message,
+            } => assert!(message.contains(says), "{id}: {message}"),
+            r => panic!("{id}: {r:?}"),
+        }
+        assert!(!f.p().join(format!("run/{id}.sock")).exists());
+    }
+    assert!(matches!(
+        start(&mut c, "blk", "strata-lower", false),
+        Response::Started { .. }
+    ));
+    let mut vm = TestVm::connect(&f.p().join("run/blk.sock")).unwrap();
+    let plan = strata_plan::MountPlan::from_json(&vm.read_file("plan.json").unwrap()).unwrap();
+    assert_eq!(
+        plan.lower_block,
+        Some(strata_plan::LowerBlock::erofs("strata-lower"))
+    );
+    drop(vm);
+    wait_for("the session to end", || f.sup.is_empty());
 }

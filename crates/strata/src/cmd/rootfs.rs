@@ -63,6 +63,20 @@ pub enum Cmd {
         /// virtio-fs tag the VMM gives the --lower-socket device [default: strata-lower].
         #[arg(long, requires = "lower_socket")]
         lower_tag: Option<String>,
+        /// The guest reads the layers from the store rootfs's merged EROFS image (built here
+        /// on first use) on a read-only virtio-blk device the VMM attaches; the daemon serves
+        /// the upper. The qemu arguments for the device are printed on stderr.
+        #[arg(long, conflicts_with_all = ["lowers", "lower_socket"])]
+        erofs: bool,
+        /// virtio-blk serial number of the --erofs device (qemu `serial=`).
+        #[arg(long, default_value = strata_plan::DEFAULT_LOWER_SERIAL, requires = "erofs")]
+        erofs_serial: String,
+        /// With --lower: the VMM attaches these layers' merged EROFS image read-only as the
+        /// virtio-blk device with this serial number (as `strata serve --lower-block`).
+        #[arg(long, value_name = "SERIAL", requires = "lowers", conflicts_with_all = ["erofs", "lower_socket"])]
+        lower_block: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
         #[command(flatten)]
         api: ApiArg,
         #[command(flatten)]
@@ -130,9 +144,25 @@ pub fn run(cmd: Cmd) -> Result {
             work,
             lower_socket,
             lower_tag,
+            erofs,
+            erofs_serial,
+            lower_block,
+            store,
             api,
             json,
         } => {
+            let lower_block = match (erofs, lower_block) {
+                (true, _) => Some(super::serve::erofs_device(
+                    &store.store,
+                    &id,
+                    &erofs_serial,
+                )?),
+                (false, Some(serial)) => {
+                    super::serve::check_serial(&serial)?;
+                    Some(strata_plan::LowerBlock::erofs(&serial))
+                }
+                (false, None) => None,
+            };
             // The daemon resolves relative paths against its own directory: send ours.
             let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
             let dirs = match (upper, work) {
@@ -152,6 +182,7 @@ pub fn run(cmd: Cmd) -> Result {
                     socket: abs(s),
                     tag: lower_tag,
                 }),
+                lower_block,
             };
             call(&api, &req, json.json)
         }

@@ -63,11 +63,11 @@ pub struct Args {
     /// Serve the rootfs through the `strata daemon` listening on this API socket (its store
     /// must be --store). Default: the daemon at /run/strata/api.sock if one answers there and
     /// --store is the default store, else a `strata serve` child.
-    #[arg(long, value_name = "SOCK", conflicts_with = "erofs")]
+    #[arg(long, value_name = "SOCK")]
     api: Option<PathBuf>,
     /// Give the guest the image's layers as the store's merged EROFS image on a read-only
     /// virtio-blk device (built on first use, `image import --erofs` builds it ahead) instead
-    /// of over virtio-fs; the container's upper is still served. Uses a `strata serve` child.
+    /// of over virtio-fs; the container's upper is still served (by the daemon or a child).
     #[arg(long)]
     erofs: bool,
     /// Log every step of the guest's init on its console (`strata.debug=1`); with
@@ -216,7 +216,7 @@ fn boot(a: &Args, id: &str, spec: strata_runtime::ContainerSpec) -> Result<ExitS
         api,
         socket_dir: None,
     };
-    let sandbox = match (&a.api, running_daemon(a).filter(|_| !a.erofs)) {
+    let sandbox = match (&a.api, running_daemon(a)) {
         (Some(api), _) => Sandbox::create(config(daemon(api.clone()))),
         (None, Some(api)) => match Sandbox::create(config(daemon(api.clone()))) {
             // A daemon with another store, or one that refuses: serve it ourselves.

@@ -107,7 +107,11 @@ pub fn run(a: Args) -> Result {
 
 /// The EROFS image of rootfs `id` (built if missing) as the plan's layer device, with the
 /// qemu arguments that attach it printed on stderr.
-fn erofs_device(store: &Path, id: &str, serial: &str) -> Result<strata_plan::LowerBlock> {
+pub(crate) fn erofs_device(
+    store: &Path,
+    id: &str,
+    serial: &str,
+) -> Result<strata_plan::LowerBlock> {
     check_serial(serial)?;
     let img = strata_store::Store::open_existing(store)?.rootfs_erofs(id)?;
     if img.built {
@@ -131,7 +135,7 @@ fn qemu_args(image: &Path, serial: &str) -> String {
     )
 }
 
-fn check_serial(serial: &str) -> Result<()> {
+pub(crate) fn check_serial(serial: &str) -> Result<()> {
     match strata_plan::serial_problem(serial) {
         Some(reason) => Err(Error::new(
             Kind::Refused,

@@ -630,3 +630,54 @@ fn run_on_the_erofs_layer_device() {
         "no EROFS image in the store"
     );
 }
+
+/// `strata run --erofs --api SOCK`: the same through a running `strata daemon` (the image is
+/// built by `strata run`, the daemon's session plan names the block device); the session is
+/// gone afterwards.
+#[test]
+fn run_on_the_erofs_layer_device_through_the_daemon() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    let run_dir = tmp.path().join("run");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let api = run_dir.join("api.sock");
+    let daemon = strata_harness::session::DaemonProcess::spawn(
+        crate::strata().path(),
+        &api,
+        &["--store".as_ref(), store.as_os_str()],
+        None,
+        &tmp.path().join("daemon.log"),
+    )
+    .unwrap();
+    let r = run(
+        &store,
+        &[
+            "--erofs",
+            "--rm",
+            "--api",
+            api.to_str().unwrap(),
+            "--name",
+            "erod",
+            "-u",
+            "root",
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            "cat data; cat /sys/block/vda/ro; exit 6",
+        ],
+        b"",
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (Some(6), "served\n1\n"),
+        "{}",
+        r.show()
+    );
+    let log = std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
+    assert!(log.contains("erod"), "the daemon never served it:\n{log}");
+    let status = crate::strata().ok(["rootfs", "status", "--api", api.to_str().unwrap()]);
+    assert!(!status.contains("erod"), "session left: {status}");
+    drop(daemon);
+}
