@@ -287,7 +287,10 @@ fn claim_state_dir(dir: &Path, id: &str) -> Result<Flock<File>> {
 fn accel_for(a: Accel, vmlinuz: &Path) -> Result<(String, Option<String>)> {
     let tcg = strata_vm::qemu::TCG.to_string();
     match a {
-        Accel::Auto if std::env::var_os("STRATA_ACCEL").is_some() => {
+        // An explicit STRATA_ACCEL (not `auto`) is the user's choice, taken as given.
+        Accel::Auto
+            if std::env::var("STRATA_ACCEL").is_ok_and(|v| !matches!(v.trim(), "" | "auto")) =>
+        {
             Ok((strata_vm::qemu::detect_accel(), None))
         }
         Accel::Auto => match crate::kvm::usable(vmlinuz) {

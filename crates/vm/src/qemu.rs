@@ -425,7 +425,7 @@ pub fn parse_status(console: &str) -> Option<i32> {
 pub const TCG: &str = "tcg,thread=multi";
 
 /// The `-accel` value for a VM a user asked for: `STRATA_ACCEL` when set (`kvm`, `tcg`, or any
-/// qemu `-accel` value), else `kvm` when `/dev/kvm` can be opened for reading and writing, else
+/// qemu `-accel` value; `auto` is the same as unset), else `kvm` when `/dev/kvm` can be opened for reading and writing, else
 /// [`TCG`]. The choice and its reason are logged once per process (info level).
 pub fn detect_accel() -> String {
     static CHOICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -447,7 +447,11 @@ pub fn detect_accel() -> String {
 
 /// [`detect_accel`]'s decision, from the environment's choice and whether `/dev/kvm` opened.
 fn choose_accel(env: Option<&str>, kvm: std::io::Result<()>) -> (String, String) {
-    match (env.map(str::trim).filter(|v| !v.is_empty()), kvm) {
+    // `auto` (as the shim and `strata run --accel` spell the default) is no override.
+    match (
+        env.map(str::trim).filter(|v| !v.is_empty() && *v != "auto"),
+        kvm,
+    ) {
         (Some("tcg"), _) => (TCG.into(), "TCG (emulation), as STRATA_ACCEL says".into()),
         (Some(v), _) => (v.into(), format!("-accel {v}, as STRATA_ACCEL says")),
         (None, Ok(())) => (
@@ -501,6 +505,8 @@ mod tests {
         assert_eq!(choose_accel(Some("tcg"), Ok(())).0, TCG);
         assert_eq!(choose_accel(Some("kvm"), denied()).0, "kvm");
         assert_eq!(choose_accel(Some(" "), Ok(())).0, "kvm");
+        assert_eq!(choose_accel(Some("auto"), Ok(())).0, "kvm");
+        assert_eq!(choose_accel(Some("auto"), denied()).0, TCG);
     }
 
     #[test]
