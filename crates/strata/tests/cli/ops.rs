@@ -274,3 +274,97 @@ fn sockets_for_a_vmm_group() {
     let (clean, _) = d.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(clean);
 }
+
+/// On a kernel without Landlock the daemon refuses to start, and starts with
+/// `--allow-no-landlock`. This kernel has Landlock, so the test takes it away from a child of
+/// its own: a seccomp filter makes every `landlock_*` syscall fail with ENOSYS (what a kernel
+/// built without it answers), inherited by the daemons that child starts.
+#[test]
+fn without_landlock_the_daemon_refuses_unless_told() {
+    // The full test path: the child is this test binary run with `--exact NAME`.
+    const NAME: &str = "ops::without_landlock_the_daemon_refuses_unless_told";
+    if let Some(dir) = strata_harness::child::arg(NAME) {
+        return daemon_without_landlock(std::path::Path::new(&dir));
+    }
+    if !strata_harness::needs(NAME, true, &[]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    strata_harness::child::run(NAME, t.path());
+}
+
+fn daemon_without_landlock(dir: &std::path::Path) {
+    use seccompiler::{SeccompAction, SeccompFilter, TargetArch};
+    let rules = [
+        libc::SYS_landlock_create_ruleset,
+        libc::SYS_landlock_add_rule,
+        libc::SYS_landlock_restrict_self,
+    ]
+    .into_iter()
+    .map(|nr| (nr, vec![]))
+    .collect();
+    let filter: seccompiler::BpfProgram = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
+    seccompiler::apply_filter(&filter).unwrap();
+
+    let daemon = |extra: &[&str]| {
+        let notify = dir.join(format!("notify{}", extra.len()));
+        let manager = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+        manager
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let child = crate::strata()
+            .cmd()
+            .env("NOTIFY_SOCKET", &notify)
+            .env("STRATA_CONFIG", "")
+            .args(["daemon", "--api"])
+            .arg(dir.join("run/api.sock"))
+            .arg("--store")
+            .arg(dir.join("store"))
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child, manager)
+    };
+    let (refused, _m) = daemon(&[]);
+    let out = refused.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without Landlock: {err}");
+    assert!(
+        err.contains("Landlock") && err.contains("--allow-no-landlock"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("run/api.sock").exists(),
+        "a refused daemon bound its API"
+    );
+
+    let (mut started, manager) = daemon(&["--allow-no-landlock"]);
+    let mut buf = [0u8; 256];
+    let ready = manager.recv(&mut buf);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(started.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let status = started.wait().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = started.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    let n = ready.unwrap_or_else(|e| panic!("no READY=1 with --allow-no-landlock ({e}): {err}"));
+    assert!(buf[..n].starts_with(b"READY=1"), "{err}");
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        err.contains("Landlock"),
+        "the log does not say Landlock is off: {err}"
+    );
+    println!("CHILD-OK");
+}
