@@ -23,6 +23,7 @@ use strata_vm::VmError;
 const START_SH: &str = r#"echo "container: kernel $(uname -r), rootfs is $(grep ' / ' /proc/mounts | cut -d' ' -f1-3)"
 echo "container: /etc/motd says: $(cat /etc/motd)"
 echo "container: /app/version (top layer): $(cat /app/version)"
+if [ -e /sys/block/vda/serial ]; then echo "container: the layers are on /dev/vda (serial $(cat /sys/block/vda/serial), read-only: $(cat /sys/block/vda/ro))"; fi
 if [ -e /etc/obsolete.conf ]; then echo "container: /etc/obsolete.conf is visible (wrong)"; else echo "container: /etc/obsolete.conf is gone (whiteout in the top layer)"; fi
 echo "written inside the VM at $(date -u +%H:%M:%S)" > /root/hello.txt
 echo "more" >> /etc/motd
@@ -89,8 +90,10 @@ pub fn describe_upper(upper: &Path) -> String {
     s
 }
 
-/// Run the demo in `dir` with the static `strata` binary at `strata`.
-pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
+/// Run the demo in `dir` with the static `strata` binary at `strata`; with `erofs`, the guest
+/// reads the layers from their merged EROFS image on a read-only virtio-blk disk instead of the
+/// layer device (`strata serve --lower-block`).
+pub fn run(strata: &Path, dir: &Path, erofs: bool) -> Result<bool> {
     let step = |n: u32, what: &str| eprintln!("\n[{n}/5] {what}");
     let t_all = Instant::now();
 
@@ -114,9 +117,27 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
         kernel.release
     );
 
+    let image = if erofs {
+        let t = Instant::now();
+        let img = crate::guest_bench::merged_erofs_image(&lowers, &dir.join("erofs"))?;
+        eprintln!(
+            "      merged EROFS image of both layers (whiteout applied): {} ({} KiB, {:.2} s, mkfs.erofs)",
+            img.display(),
+            std::fs::metadata(&img).map(|m| m.len() / 1024).unwrap_or(0),
+            t.elapsed().as_secs_f64()
+        );
+        Some(img)
+    } else {
+        None
+    };
+
     step(
         3,
-        "starting `strata serve` and its layer device (under strace -f, counting mount-family syscalls)",
+        if erofs {
+            "starting `strata serve --lower-block` for the upper (under strace -f, counting mount-family syscalls)"
+        } else {
+            "starting `strata serve` and its layer device (under strace -f, counting mount-family syscalls)"
+        },
     );
     let spec = ServeSpec {
         lowers: lowers.clone(),
@@ -124,20 +145,43 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
         work: work.clone(),
         socket: dir.join("strata.sock"),
         tag: "strata".into(),
-        lower: Some((
-            dir.join("layers.sock"),
-            strata_serve::DEFAULT_LOWER_TAG.into(),
-        )),
+        lower: (!erofs).then(|| {
+            (
+                dir.join("layers.sock"),
+                strata_serve::DEFAULT_LOWER_TAG.into(),
+            )
+        }),
     };
     let use_strace = strata_vm::qemu::find_in_path("strace").is_some();
     let strace_log = dir.join("serve.strace");
     let mounts_before = host_mount_count();
-    let serve = ServeProcess::spawn(
-        strata,
-        &spec,
-        use_strace.then_some(strace_log.as_path()),
-        &dir.join("serve.log"),
-    )?;
+    let serve_log = dir.join("serve.log");
+    let strace = use_strace.then_some(strace_log.as_path());
+    let serve = if erofs {
+        let mut argv: Vec<std::ffi::OsString> = vec![
+            strata.into(),
+            "serve".into(),
+            "--socket".into(),
+            spec.socket.clone().into(),
+            "--tag".into(),
+            spec.tag.clone().into(),
+            "--lower-block".into(),
+            strata_plan::DEFAULT_LOWER_SERIAL.into(),
+        ];
+        for l in &lowers {
+            argv.extend(["--lower".into(), l.into()]);
+        }
+        argv.extend(["--upper".into(), upper.clone().into()]);
+        argv.extend(["--work".into(), work.clone().into()]);
+        ServeProcess::spawn_argv(
+            &argv,
+            std::slice::from_ref(&spec.socket),
+            strace,
+            &serve_log,
+        )?
+    } else {
+        ServeProcess::spawn(strata, &spec, strace, &serve_log)?
+    };
     eprintln!(
         "      listening on {} after {:.1} ms",
         spec.socket.display(),
@@ -145,12 +189,25 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
     );
 
     step(4, "booting the guest (qemu TCG): strata guest init mounts virtio-fs, builds the overlay, runs /app/start.sh");
-    let vm = VmConfig {
+    let mut vm = VmConfig {
         cmdline: "strata.tag=strata strata.cmd=\"/bin/sh /app/start.sh\"".into(),
         virtiofs: spec.devices(),
         timeout: Duration::from_secs(180),
         ..VmConfig::new(&kernel.vmlinuz, &initrd)
     };
+    if let Some(img) = &image {
+        // Opened by qemu, read-only: the image gets no superblock on the host.
+        let serial = strata_plan::DEFAULT_LOWER_SERIAL;
+        vm.extra_args.extend([
+            "-drive".into(),
+            format!(
+                "file={},if=none,readonly=on,format=raw,id={serial}",
+                img.display()
+            ),
+            "-device".into(),
+            format!("virtio-blk-pci,drive={serial},serial={serial}"),
+        ]);
+    }
     let vm_start = Instant::now();
     let first_container_line = std::sync::Arc::new(std::sync::Mutex::new(None::<Duration>));
     let seen = first_container_line.clone();
@@ -203,7 +260,15 @@ pub fn run(strata: &Path, dir: &Path) -> Result<bool> {
             table_delta == 0
         }
     };
-    let ok = ok && out.status == Some(0);
+    // With --erofs the guest must have found its disk (the guest init fails the boot
+    // otherwise, but say so plainly).
+    let on_disk = out
+        .console
+        .contains("container: the layers are on /dev/vda");
+    if erofs && !on_disk {
+        println!("the container did not see the EROFS disk");
+    }
+    let ok = ok && out.status == Some(0) && on_disk == erofs;
     println!(
         "container command exit status: {}; total demo time {:.1} s",
         out.status

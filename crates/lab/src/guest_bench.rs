@@ -710,7 +710,7 @@ fn erofs_images(layers: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The layers' merged EROFS image as the store builds it (`strata image import --erofs`), in
 /// `dir`; rebuilt when missing.
-fn merged_erofs_image(layers: &[PathBuf], dir: &Path) -> Result<PathBuf> {
+pub(crate) fn merged_erofs_image(layers: &[PathBuf], dir: &Path) -> Result<PathBuf> {
     mkdir(dir)?;
     let img = dir.join("merged.erofs");
     if img.is_file() {

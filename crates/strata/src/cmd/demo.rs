@@ -13,12 +13,17 @@ pub struct Args {
     /// Keep the working directory afterwards.
     #[arg(long)]
     keep: bool,
+    /// Give the guest the layers as their merged EROFS image on a read-only virtio-blk disk
+    /// (built with mkfs.erofs, opened by qemu, mounted by the guest) instead of the layer
+    /// device; the upper is still served.
+    #[arg(long)]
+    erofs: bool,
 }
 
 pub fn run(a: Args) -> Result {
     let mut tmp = None;
     let (strata, dir) = super::binary_and_workdir("demo", a.dir, &mut tmp)?;
-    let result = strata_lab::demo::run(&strata, &dir);
+    let result = strata_lab::demo::run(&strata, &dir, a.erofs);
     if a.keep {
         if let Some(t) = tmp.take() {
             let _ = t.keep();

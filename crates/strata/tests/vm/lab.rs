@@ -113,3 +113,35 @@ fn check_trace(console: &str) {
         "{report}"
     );
 }
+
+/// `strata demo` and `strata demo --erofs`, the guided tour, both succeed (exit 0: the guest saw
+/// the image with its whiteout, the upper got the writes, 0 host mounts), and with --erofs the
+/// container's layers are on the read-only disk.
+#[test]
+fn the_demo_runs_with_the_layer_device_and_with_erofs() {
+    let _machine = crate::shared();
+    for erofs in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let mut cmd = crate::strata().cmd();
+        cmd.arg("demo").arg("--dir").arg(t.path());
+        if erofs {
+            cmd.arg("--erofs");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "demo (erofs: {erofs}) failed:\n{text}"
+        );
+        assert!(
+            text.contains("host mounts during container start: 0"),
+            "{text}"
+        );
+        assert_eq!(
+            text.contains("the layers are on /dev/vda (serial strata-lower, read-only: 1)"),
+            erofs,
+            "{text}"
+        );
+    }
+}

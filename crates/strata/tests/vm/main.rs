@@ -20,7 +20,8 @@
 //!   `strata initramfs`;
 //! - [`security`]: local attacks as `nobody` on the store and the daemon's sockets;
 //! - [`trace`], [`trace_bpf`]: `strata trace` inside 6.1 and 6.12 guests;
-//! - [`bench`], [`sessions`], [`bench_guest`], [`lab`]: short runs of the lab's commands;
+//! - [`bench`], [`sessions`], [`bench_guest`], [`lab`]: short runs of the lab's commands and
+//!   the demo;
 //! - [`shim`]: `containerd-shim-strata-v2` under a real containerd (`ctr run`).
 
 mod bench;
