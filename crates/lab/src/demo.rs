@@ -158,21 +158,14 @@ pub fn run(strata: &Path, dir: &Path, erofs: bool) -> Result<bool> {
     let serve_log = dir.join("serve.log");
     let strace = use_strace.then_some(strace_log.as_path());
     let serve = if erofs {
-        let mut argv: Vec<std::ffi::OsString> = vec![
-            strata.into(),
-            "serve".into(),
-            "--socket".into(),
-            spec.socket.clone().into(),
-            "--tag".into(),
-            spec.tag.clone().into(),
-            "--lower-block".into(),
-            strata_plan::DEFAULT_LOWER_SERIAL.into(),
-        ];
-        for l in &lowers {
-            argv.extend(["--lower".into(), l.into()]);
-        }
-        argv.extend(["--upper".into(), upper.clone().into()]);
-        argv.extend(["--work".into(), work.clone().into()]);
+        let argv = crate::guest_bench::serve_lower_block_argv(
+            strata,
+            &spec.socket,
+            &lowers,
+            &upper,
+            &work,
+            strata_plan::DEFAULT_LOWER_SERIAL,
+        );
         ServeProcess::spawn_argv(
             &argv,
             std::slice::from_ref(&spec.socket),
@@ -196,17 +189,10 @@ pub fn run(strata: &Path, dir: &Path, erofs: bool) -> Result<bool> {
         ..VmConfig::new(&kernel.vmlinuz, &initrd)
     };
     if let Some(img) = &image {
-        // Opened by qemu, read-only: the image gets no superblock on the host.
-        let serial = strata_plan::DEFAULT_LOWER_SERIAL;
-        vm.extra_args.extend([
-            "-drive".into(),
-            format!(
-                "file={},if=none,readonly=on,format=raw,id={serial}",
-                img.display()
-            ),
-            "-device".into(),
-            format!("virtio-blk-pci,drive={serial},serial={serial}"),
-        ]);
+        vm.extra_args.extend(strata_vm::qemu::read_only_disk_args(
+            img,
+            strata_plan::DEFAULT_LOWER_SERIAL,
+        ));
     }
     let vm_start = Instant::now();
     let first_container_line = std::sync::Arc::new(std::sync::Mutex::new(None::<Duration>));

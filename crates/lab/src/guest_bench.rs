@@ -708,6 +708,36 @@ fn erofs_images(layers: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// `strata serve` for the upper and work only, the layers on the EROFS disk `serial`
+/// (`--lower-block`; the layers are still named, as the plan is made from them), tag `strata`.
+pub(crate) fn serve_lower_block_argv(
+    strata: &Path,
+    socket: &Path,
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    serial: &str,
+) -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        strata.into(),
+        "serve".into(),
+        "--socket".into(),
+        socket.into(),
+        "--upper".into(),
+        upper.into(),
+        "--work".into(),
+        work.into(),
+        "--tag".into(),
+        "strata".into(),
+        "--lower-block".into(),
+        serial.into(),
+    ];
+    for l in layers {
+        argv.extend(["--lower".into(), l.into()]);
+    }
+    argv
+}
+
 /// The layers' merged EROFS image as the store builds it (`strata image import --erofs`), in
 /// `dir`; rebuilt when missing.
 pub(crate) fn merged_erofs_image(layers: &[PathBuf], dir: &Path) -> Result<PathBuf> {
@@ -1016,24 +1046,8 @@ fn boot(
                 .as_ref()
                 .ok_or_else(|| VmError::Serve("setup (d) needs the merged EROFS image".into()))?;
             let serial = strata_plan::DEFAULT_LOWER_SERIAL;
-            let mut argv: Vec<std::ffi::OsString> = vec![
-                ctx.strata.into(),
-                "serve".into(),
-                "--socket".into(),
-                socket.clone().into(),
-                "--upper".into(),
-                upper.clone().into(),
-                "--work".into(),
-                work.clone().into(),
-                "--tag".into(),
-                "strata".into(),
-                "--lower-block".into(),
-                serial.into(),
-            ];
-            for l in &ctx.layers {
-                argv.push("--lower".into());
-                argv.push(l.into());
-            }
+            let argv =
+                serve_lower_block_argv(ctx.strata, &socket, &ctx.layers, &upper, &work, serial);
             serve = Some(ServeProcess::spawn_argv(
                 &argv,
                 std::slice::from_ref(&socket),
@@ -1041,15 +1055,7 @@ fn boot(
                 &dir.join("serve.log"),
             )?);
             vm.virtiofs = vec![(socket.clone(), "strata".into())];
-            vm.extra_args = vec![
-                "-drive".into(),
-                format!(
-                    "file={},if=none,readonly=on,format=raw,id=l0",
-                    image.display()
-                ),
-                "-device".into(),
-                format!("virtio-blk-pci,drive=l0,serial={serial}"),
-            ];
+            vm.extra_args = strata_vm::qemu::read_only_disk_args(image, serial).to_vec();
         }
         Setup::Erofs => {
             let scratch = dir.join("scratch.img");

@@ -377,17 +377,10 @@ impl Sandbox {
                 .push((l.clone(), strata_serve::DEFAULT_LOWER_TAG.into()));
         }
         if let Some(img) = &served.erofs {
-            // Opened by qemu, read-only: no superblock of the image on the host.
-            let serial = strata_plan::DEFAULT_LOWER_SERIAL;
-            vm.extra_args.extend([
-                "-drive".into(),
-                format!(
-                    "file={},if=none,readonly=on,format=raw,id={serial}",
-                    img.display()
-                ),
-                "-device".into(),
-                format!("virtio-blk-pci,drive={serial},serial={serial}"),
-            ]);
+            vm.extra_args.extend(strata_vm::qemu::read_only_disk_args(
+                img,
+                strata_plan::DEFAULT_LOWER_SERIAL,
+            ));
         }
         vm.extra_args
             .extend(["-device".into(), "virtio-serial-pci,id=vser0".into()]);

@@ -424,6 +424,21 @@ pub fn parse_status(console: &str) -> Option<i32> {
 /// guests hang after the decompressor.
 pub const TCG: &str = "tcg,thread=multi";
 
+/// The qemu arguments that attach `image` read-only as a virtio-blk disk with serial number
+/// `serial` (the drive's id too), as the guest finds the EROFS layer device: qemu opens the
+/// file, so the image gets no superblock on the host.
+pub fn read_only_disk_args(image: &Path, serial: &str) -> [String; 4] {
+    [
+        "-drive".into(),
+        format!(
+            "file={},if=none,readonly=on,format=raw,id={serial}",
+            image.display()
+        ),
+        "-device".into(),
+        format!("virtio-blk-pci,drive={serial},serial={serial}"),
+    ]
+}
+
 /// The `-accel` value for a VM a user asked for: `STRATA_ACCEL` when set (`kvm`, `tcg`, or any
 /// qemu `-accel` value; `auto` is the same as unset), else `kvm` when `/dev/kvm` can be opened for reading and writing, else
 /// [`TCG`]. The choice and its reason are logged once per process (info level).

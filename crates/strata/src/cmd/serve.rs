@@ -129,9 +129,8 @@ pub(crate) fn erofs_device(
 /// The qemu arguments attaching `image` read-only as the virtio-blk device `serial`.
 fn qemu_args(image: &Path, serial: &str) -> String {
     format!(
-        "qemu: -drive file={},if=none,readonly=on,format=raw,id={serial} \
-         -device virtio-blk-pci,drive={serial},serial={serial}",
-        image.display()
+        "qemu: {}",
+        strata_vm::qemu::read_only_disk_args(image, serial).join(" ")
     )
 }
 

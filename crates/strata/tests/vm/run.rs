@@ -550,14 +550,9 @@ fn run_makes_no_host_mount() {
     assert!(calls.is_empty(), "{calls:#?}");
 }
 
-/// `strata run --api SOCK`: the store rootfs served by a session of that `strata daemon`; the
-/// session ends with the container and `--rm` still removes the rootfs.
-#[test]
-fn run_through_a_daemon() {
-    let _machine = crate::shared();
-    let tmp = tempfile::tempdir().unwrap();
-    let store = busybox_store(tmp.path());
-    let run_dir = tmp.path().join("run");
+/// A `strata daemon` on `store`, its API socket in `dir/run`, its log in `dir/daemon.log`.
+fn daemon_on(dir: &Path, store: &Path) -> (strata_harness::session::DaemonProcess, PathBuf) {
+    let run_dir = dir.join("run");
     std::fs::create_dir_all(&run_dir).unwrap();
     let api = run_dir.join("api.sock");
     let daemon = strata_harness::session::DaemonProcess::spawn(
@@ -565,9 +560,20 @@ fn run_through_a_daemon() {
         &api,
         &["--store".as_ref(), store.as_os_str()],
         None,
-        &tmp.path().join("daemon.log"),
+        &dir.join("daemon.log"),
     )
     .unwrap();
+    (daemon, api)
+}
+
+/// `strata run --api SOCK`: the store rootfs served by a session of that `strata daemon`; the
+/// session ends with the container and `--rm` still removes the rootfs.
+#[test]
+fn run_through_a_daemon() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    let (daemon, api) = daemon_on(tmp.path(), &store);
     let r = run(
         &store,
         &[
@@ -639,17 +645,7 @@ fn run_on_the_erofs_layer_device_through_the_daemon() {
     let _machine = crate::shared();
     let tmp = tempfile::tempdir().unwrap();
     let store = busybox_store(tmp.path());
-    let run_dir = tmp.path().join("run");
-    std::fs::create_dir_all(&run_dir).unwrap();
-    let api = run_dir.join("api.sock");
-    let daemon = strata_harness::session::DaemonProcess::spawn(
-        crate::strata().path(),
-        &api,
-        &["--store".as_ref(), store.as_os_str()],
-        None,
-        &tmp.path().join("daemon.log"),
-    )
-    .unwrap();
+    let (daemon, api) = daemon_on(tmp.path(), &store);
     let r = run(
         &store,
         &[
