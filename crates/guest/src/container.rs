@@ -155,7 +155,7 @@ pub(crate) fn run(ports: Ports, rootfs: Result<(), String>) -> i32 {
             say!("strata: container not started: {msg}");
             let _ = writer.write_all(&control::encode(&GuestMessage::Error(msg)));
             if let Some(r) = reader {
-                let release = control_thread(r, Arc::new(AtomicI32::new(0)));
+                let release = control_thread(r, Arc::new(AtomicI32::new(0)), None);
                 let _ = release.recv_timeout(RELEASE_WAIT);
             }
             125
@@ -187,6 +187,8 @@ struct Prepared {
     user: Resolved,
     rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
     no_new_privileges: bool,
+    /// A pseudo-terminal for the process, of this size (rows, cols) if known.
+    terminal: Option<Option<(u16, u16)>>,
 }
 
 fn cstring(what: &str, s: &[u8]) -> Result<CString, String> {
@@ -250,6 +252,9 @@ fn prepare(spec: &ContainerSpec) -> Result<Prepared, String> {
         user,
         rlimits,
         no_new_privileges: spec.no_new_privileges,
+        terminal: spec
+            .terminal
+            .then(|| spec.console_size.map(|c| (c.rows, c.cols))),
     })
 }
 
@@ -359,30 +364,64 @@ fn spawn(
     reader: &mut Option<BufReader<File>>,
     writer: &mut File,
 ) -> Result<i32, String> {
-    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let io = match p.terminal {
+        Some(size) => ChildIo::terminal(size)?,
+        None => ChildIo::pipes()?,
+    };
     // Init has started no thread yet: the fork's child is a whole copy (see sys::fork).
     let child = match sys::fork().map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child => exec_child(p, stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()),
+        ForkResult::Child => {
+            let (i, o, e) = io.child_fds(stdin.as_raw_fd());
+            exec_child(p, i, o, e, io.is_terminal())
+        }
         ForkResult::Parent { child } => child,
     };
-    drop((out_w, err_w, stdin));
     debug!("strata: container process {child} started");
     let _ = writer.write_all(&control::encode(&GuestMessage::Started(
         child.as_raw() as u32
     )));
     let pid = Arc::new(AtomicI32::new(child.as_raw()));
+    let (out, err, resize) = match io {
+        ChildIo::Pipes {
+            out_r,
+            out_w,
+            err_r,
+            err_w,
+        } => {
+            // The child's ends: the relays see EOF once the container's processes are gone.
+            drop((out_w, err_w, stdin));
+            let out = relay_thread("stdout", out_r, stdout);
+            (out, relay_thread("stderr", err_r, stderr), None)
+        }
+        ChildIo::Terminal { master, slave } => {
+            // The child's end: reading the master fails (EIO, the relay's end) once the
+            // container's processes are gone.
+            drop(slave);
+            // Everything the process writes comes out of the master, on the stdout port;
+            // what the host types goes in through it.
+            let dup = |what: &str| {
+                master
+                    .try_clone()
+                    .map_err(|e| say!("strata: cannot share the terminal with the {what}: {e}"))
+                    .ok()
+            };
+            if let Some(m) = dup("input relay") {
+                let _ = relay_thread("stdin", stdin.into(), File::from(m));
+            }
+            let resize = dup("control thread");
+            drop(stderr);
+            (relay_thread("stdout", master, stdout), None, resize)
+        }
+    };
     let release = match reader.take() {
-        Some(r) => control_thread(r, pid.clone()),
+        Some(r) => control_thread(r, pid.clone(), resize),
         None => mpsc::channel().1,
     };
-    let out = relay_thread("stdout", out_r, stdout);
-    let err = relay_thread("stderr", err_r, stderr);
 
     let (code, signal) = reap(child);
     pid.store(0, Ordering::SeqCst);
     // The container's init is gone: so is the rest of the container (and its hold on the
-    // output pipes).
+    // output pipes, or the terminal).
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     while !matches!(waitpid(Pid::from_raw(-1), None), Err(Errno::ECHILD)) {}
     let join = |h: Option<std::thread::JoinHandle<u64>>| h.and_then(|h| h.join().ok()).unwrap_or(0);
@@ -403,6 +442,55 @@ fn spawn(
         );
     }
     Ok(code.unwrap_or_else(|| 128 + signal.unwrap_or(0)))
+}
+
+/// The process's stdio before the fork: pipes for stdout and stderr (stdin is the port
+/// itself), or one pseudo-terminal for all three.
+enum ChildIo {
+    Pipes {
+        out_r: OwnedFd,
+        out_w: OwnedFd,
+        err_r: OwnedFd,
+        err_w: OwnedFd,
+    },
+    Terminal {
+        master: OwnedFd,
+        slave: OwnedFd,
+    },
+}
+
+impl ChildIo {
+    fn pipes() -> Result<ChildIo, String> {
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        Ok(ChildIo::Pipes {
+            out_r,
+            out_w,
+            err_r,
+            err_w,
+        })
+    }
+
+    fn terminal(size: Option<(u16, u16)>) -> Result<ChildIo, String> {
+        let (master, slave) =
+            sys::open_pty(size).map_err(|e| format!("cannot open a pseudo-terminal: {e}"))?;
+        Ok(ChildIo::Terminal { master, slave })
+    }
+
+    fn is_terminal(&self) -> bool {
+        matches!(self, ChildIo::Terminal { .. })
+    }
+
+    /// In the child: its fds 0, 1, 2 (`stdin` is the stdin port).
+    fn child_fds(&self, stdin: RawFd) -> (RawFd, RawFd, RawFd) {
+        match self {
+            ChildIo::Pipes { out_w, err_w, .. } => (stdin, out_w.as_raw_fd(), err_w.as_raw_fd()),
+            ChildIo::Terminal { slave, .. } => {
+                let t = slave.as_raw_fd();
+                (t, t, t)
+            }
+        }
+    }
 }
 
 /// Reap until `child` ends: (exit code, signal).
@@ -452,7 +540,11 @@ fn relay_thread(name: &str, from: OwnedFd, mut to: File) -> Option<std::thread::
 
 /// Read host messages: signals go to the process (`pid`, 0 when there is none), `release`
 /// is passed on.
-fn control_thread(mut reader: BufReader<File>, pid: Arc<AtomicI32>) -> mpsc::Receiver<()> {
+fn control_thread(
+    mut reader: BufReader<File>,
+    pid: Arc<AtomicI32>,
+    terminal: Option<OwnedFd>,
+) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("control".into())
@@ -474,6 +566,11 @@ fn control_thread(mut reader: BufReader<File>, pid: Arc<AtomicI32>) -> mpsc::Rec
                     Ok(HostMessage::Release {}) => {
                         let _ = tx.send(());
                     }
+                    Ok(HostMessage::Resize(c)) => {
+                        if let Some(t) = &terminal {
+                            let _ = sys::set_winsize(t.as_raw_fd(), c.rows, c.cols);
+                        }
+                    }
                     Ok(HostMessage::Spec(_)) => {}
                     Err(e) => {
                         // A host bug, not a guest one, but never flood the console.
@@ -491,13 +588,17 @@ fn control_thread(mut reader: BufReader<File>, pid: Arc<AtomicI32>) -> mpsc::Rec
     rx
 }
 
-/// In the forked child: stdio, limits, identity, then exec. Never returns.
-fn exec_child(p: &Prepared, stdin: RawFd, out: RawFd, err: RawFd) -> ! {
+/// In the forked child: stdio (a terminal becomes the controlling terminal of its new
+/// session), limits, identity, then exec. Never returns.
+fn exec_child(p: &Prepared, stdin: RawFd, out: RawFd, err: RawFd, terminal: bool) -> ! {
     let _ = setsid();
     for (from, to) in [(stdin, 0), (out, 1), (err, 2)] {
         if from != to {
             let _ = dup2(from, to);
         }
+    }
+    if terminal {
+        let _ = sys::set_controlling_tty(0);
     }
     let fail = |code: i32, msg: String| -> ! {
         let _ = std::io::stderr().write_all(format!("strata: {msg}\n").as_bytes());

@@ -1,6 +1,6 @@
 //! The only `unsafe` code of strata-guest: process plumbing that nix exposes as `unsafe`.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::signal::{signal, SigHandler, Signal};
@@ -23,6 +23,52 @@ pub(crate) fn set_controlling_tty(fd: RawFd) -> nix::Result<()> {
     // an invalid fd only yields an error.
     let r = unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 1 as libc::c_int) };
     Errno::result(r).map(drop)
+}
+
+/// A new pseudo-terminal of the devpts instance at `/dev/pts` (through `/dev/ptmx`):
+/// (master, slave), both close-on-exec, the slave opened without becoming anyone's controlling
+/// terminal, `size` (rows, cols) set on it.
+pub(crate) fn open_pty(size: Option<(u16, u16)>) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let master: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/ptmx")?
+        .into();
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int through the pointer, which points at a live local; the
+    // fd is the master just opened.
+    Errno::result(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd (or -1); it reads and
+    // writes no memory of ours.
+    let slave = Errno::result(unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `slave` is a new fd the kernel just returned to us and nothing else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    if let Some((rows, cols)) = size {
+        set_winsize(master.as_raw_fd(), rows, cols)?;
+    }
+    Ok((master, slave))
+}
+
+/// `ioctl(fd, TIOCSWINSZ)`: the terminal on `fd` (master or slave) is `rows` x `cols`; its
+/// foreground process group gets SIGWINCH.
+pub(crate) fn set_winsize(fd: RawFd, rows: u16, cols: u16) -> nix::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` through the pointer, which points at a
+    // live, fully initialised local; a bad fd only yields an error.
+    Errno::result(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }).map(drop)
 }
 
 /// Restore the default `SIGPIPE` disposition (the Rust runtime ignores it, and an ignored

@@ -59,9 +59,24 @@ pub struct ContainerSpec {
     /// absent).
     #[serde(default = "default_mounts")]
     pub mounts: Vec<Mount>,
-    /// A terminal for the process: not supported (must be false).
+    /// A terminal for the process (`strata run -t`, OCI `process.terminal`): the guest gives
+    /// it a pseudo-terminal as stdin, stdout and stderr (its controlling terminal) and relays
+    /// the terminal's master to the stdout port (nothing goes to the stderr port), the stdin
+    /// port to the master; [`HostMessage::Resize`](crate::control::HostMessage::Resize)
+    /// changes its size.
     #[serde(default)]
     pub terminal: bool,
+    /// The terminal's size at start (with `terminal`; OCI `process.consoleSize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_size: Option<ConsoleSize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 fn root_dir() -> String {
@@ -242,8 +257,8 @@ pub enum SpecError {
     },
     #[error("container spec: option {option:?} of the mount at {destination:?} is not allowed")]
     BadMountOption { destination: String, option: String },
-    #[error("container spec: a terminal (tty) is not supported; run without -t")]
-    Terminal,
+    #[error("container spec: a console size without a terminal")]
+    ConsoleSizeWithoutTerminal,
 }
 
 /// A plain absolute path: starts with `/`, no `.`/`..` components, no NUL.
@@ -265,6 +280,7 @@ impl ContainerSpec {
             no_new_privileges: false,
             mounts: default_mounts(),
             terminal: false,
+            console_size: None,
         }
     }
 
@@ -298,8 +314,8 @@ impl ContainerSpec {
                 found: self.version,
             });
         }
-        if self.terminal {
-            return Err(SpecError::Terminal);
+        if self.console_size.is_some() && !self.terminal {
+            return Err(SpecError::ConsoleSizeWithoutTerminal);
         }
         if self.args.is_empty() || self.args[0].is_empty() {
             return Err(SpecError::NoArgs);
@@ -484,7 +500,10 @@ mod tests {
             &|s| s.mounts.push(Mount::new("x", "tmpfs", "tmpfs", &[])),
             "BadMountPath",
         );
-        check(&|s| s.terminal = true, "Terminal");
+        check(
+            &|s| s.console_size = Some(ConsoleSize { rows: 24, cols: 80 }),
+            "ConsoleSizeWithoutTerminal",
+        );
         assert!(matches!(
             ContainerSpec::from_json(br#"{"version":1,"args":["x"],"bogus":1}"#),
             Err(SpecError::Json(_))

@@ -47,6 +47,8 @@ pub enum HostMessage {
     Signal(i32),
     /// Every byte of output the exit report counted has arrived: the guest may stop.
     Release {},
+    /// The host's terminal changed size: resize the container's (with `terminal`).
+    Resize(crate::container::ConsoleSize),
 }
 
 /// How the container process ended, and how much output it left on its ports.
@@ -148,6 +150,10 @@ mod tests {
             HostMessage::Spec(Box::new(spec.clone())),
             HostMessage::Signal(15),
             HostMessage::Release {},
+            HostMessage::Resize(crate::container::ConsoleSize {
+                rows: 40,
+                cols: 120,
+            }),
         ] {
             let line = encode(&m);
             assert_eq!(line.last(), Some(&b'\n'));
@@ -156,6 +162,13 @@ mod tests {
         }
         assert_eq!(encode(&HostMessage::Signal(2)), b"{\"signal\":2}\n");
         assert_eq!(encode(&HostMessage::Release {}), b"{\"release\":{}}\n");
+        assert_eq!(
+            encode(&HostMessage::Resize(crate::container::ConsoleSize {
+                rows: 2,
+                cols: 3
+            })),
+            b"{\"resize\":{\"rows\":2,\"cols\":3}}\n"
+        );
         let mut bad = spec;
         bad.args.clear();
         assert!(matches!(

@@ -28,11 +28,14 @@ mod qmp;
 pub mod sandbox;
 mod server;
 pub mod spec;
+#[allow(unsafe_code)]
+mod sys;
+pub mod terminal;
 
 pub use error::{Result, RuntimeError};
 pub use oci_spec;
 pub use sandbox::{ExitStatus, Sandbox, SandboxConfig, Stdio};
-pub use strata_plan::container::{ContainerSpec, Mount, Rlimit, User};
+pub use strata_plan::container::{ConsoleSize, ContainerSpec, Mount, Rlimit, User};
 pub use strata_vm::{KernelChoice, KernelSpec};
 
 /// Which accelerator qemu uses.

@@ -1,6 +1,6 @@
 //! A [`ContainerSpec`] from an OCI runtime spec (`config.json` of a bundle, as containerd
 //! hands it to a shim): the process (args, env, cwd, user, rlimits, no_new_privileges,
-//! terminal), the hostname and the mounts.
+//! terminal and its size), the hostname and the mounts.
 //!
 //! Mounts at `/proc`, `/sys` and `/dev` are the guest's own. Other mounts must be
 //! filesystems the guest kernel makes from nothing (tmpfs, devpts, mqueue, proc, sysfs,
@@ -18,11 +18,6 @@ pub fn from_oci(spec: &Spec) -> Result<ContainerSpec> {
         .process()
         .as_ref()
         .ok_or_else(|| RuntimeError::Invalid("the OCI spec has no process".into()))?;
-    if p.terminal().unwrap_or(false) {
-        return Err(RuntimeError::Invalid(
-            "process.terminal: a terminal (tty) is not supported by strata; run without -t".into(),
-        ));
-    }
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err(RuntimeError::Invalid(
@@ -52,6 +47,19 @@ pub fn from_oci(spec: &Spec) -> Result<ContainerSpec> {
         })
         .collect();
     out.no_new_privileges = p.no_new_privileges().unwrap_or(false);
+    // A terminal: the guest makes a pseudo-terminal for the process (ctr run -t).
+    out.terminal = p.terminal().unwrap_or(false);
+    out.console_size = p
+        .console_size()
+        .as_ref()
+        .filter(|_| out.terminal)
+        .and_then(|b| {
+            Some(strata_plan::container::ConsoleSize {
+                rows: u16::try_from(b.height()).ok()?,
+                cols: u16::try_from(b.width()).ok()?,
+            })
+        })
+        .filter(|c| c.rows > 0 && c.cols > 0);
     out.hostname = spec.hostname().clone().filter(|h| !h.is_empty());
     if let Some(mounts) = spec.mounts() {
         out.mounts = mounts.iter().map(mount).collect::<Result<Vec<_>>>()?;
@@ -187,11 +195,19 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("nfs"));
-        let tty = CTR_SPEC.replace(r#""process": {"#, r#""process": {"terminal": true,"#);
-        assert!(from_oci(&parse(&tty))
-            .unwrap_err()
-            .to_string()
-            .contains("tty"));
+        let tty = CTR_SPEC.replace(
+            r#""process": {"#,
+            r#""process": {"terminal": true, "consoleSize": {"height": 30, "width": 100},"#,
+        );
+        let t = from_oci(&parse(&tty)).unwrap();
+        assert!(t.terminal);
+        assert_eq!(
+            t.console_size,
+            Some(strata_plan::container::ConsoleSize {
+                rows: 30,
+                cols: 100
+            })
+        );
         let noargs = CTR_SPEC.replace(r#""args": ["sh", "-c", "exit 3"],"#, "");
         assert!(from_oci(&parse(&noargs)).is_err());
     }

@@ -540,6 +540,20 @@ impl Sandbox {
             .map_err(RuntimeError::io("cannot send a signal on", &self.state_dir))
     }
 
+    /// The container's terminal (a spec with `terminal`) is now `size`: the guest resizes its
+    /// pseudo-terminal and the process gets SIGWINCH. Without a terminal the guest ignores it.
+    pub fn resize(&self, size: strata_plan::container::ConsoleSize) -> Result<()> {
+        if self.shared.lock().vm_end.is_some() {
+            return Err(RuntimeError::State(format!(
+                "sandbox {} is not running",
+                self.id
+            )));
+        }
+        lock_ignore(&self.control)
+            .write_all(&control::encode(&HostMessage::Resize(size)))
+            .map_err(RuntimeError::io("cannot send a resize on", &self.state_dir))
+    }
+
     /// Kill the VMM now (SIGKILL): the container ends with [`ExitStatus::VmFailed`] unless it
     /// had already reported its exit.
     pub fn kill(&self) {

@@ -12,7 +12,7 @@ pub enum ShimError {
     /// The bundle's config.json is unreadable or asks for something strata does not do.
     #[error("config.json: {0}")]
     Spec(String),
-    /// A request the shim does not support (exec, tty, checkpoint, …).
+    /// A request the shim does not support (exec, checkpoint, pause, …).
     #[error("{0} is not supported by io.containerd.strata.v2")]
     Unsupported(String),
     /// No such task in this shim.

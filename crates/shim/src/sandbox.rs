@@ -1,7 +1,7 @@
 //! The real [`Backend`]: each task one strata micro-VM ([`strata_runtime::Sandbox`]).
 //!
 //! Create reads the bundle's `config.json` ([`strata_runtime::oci::from_oci`]: host bind
-//! mounts and a tty are refused), turns the request's rootfs into directories
+//! mounts are refused, a terminal is the guest's), turns the request's rootfs into directories
 //! ([`crate::rootfs`]), opens the stdio FIFOs and starts the sandbox paused: `strata serve`
 //! (or a `strata daemon` session) serves the directories, qemu waits with `-S` until Start.
 //!
@@ -411,6 +411,14 @@ impl Vm for StrataVm {
             return Ok(());
         }
         s.signal(sig).map_err(|e| ShimError::Sandbox(e.to_string()))
+    }
+
+    fn resize(&self, rows: u16, cols: u16) -> Result<(), ShimError> {
+        let Some(s) = self.get() else {
+            return Ok(());
+        };
+        s.resize(strata_runtime::ConsoleSize { rows, cols })
+            .map_err(|e| ShimError::Sandbox(e.to_string()))
     }
 
     fn wait(&self) -> VmExit {

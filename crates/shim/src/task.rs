@@ -3,7 +3,7 @@
 //! Lifecycle: Create starts the sandbox with its VMM paused and a thread waiting for its end;
 //! Start lets it run; Kill forwards the signal (SIGKILL stops the VM); the waiter records the
 //! exit and publishes `/tasks/exit`; Delete stops the session and reaps the VMM; Shutdown ends
-//! the shim once no task is left. Exec, tty, pause, checkpoint and update are refused clearly.
+//! the shim once no task is left. Exec, pause, checkpoint and update are refused clearly.
 //! The VM itself is behind [`Backend`]/[`Vm`] ([`crate::sandbox`] is the real one), so the
 //! lifecycle is tested here on plain processes.
 
@@ -64,8 +64,10 @@ pub struct CreateParams {
     pub stdin: String,
     /// stdout FIFO path.
     pub stdout: String,
-    /// stderr FIFO path.
+    /// stderr FIFO path ("" with a terminal: its output is all on stdout).
     pub stderr: String,
+    /// Whether the process has a terminal (`ctr run -t`).
+    pub terminal: bool,
 }
 
 /// Makes sandboxes.
@@ -86,6 +88,8 @@ pub trait Vm: Send + Sync {
     fn close_stdin(&self);
     /// Forwards a signal to the container; SIGKILL stops the VM.
     fn signal(&self, sig: i32) -> Result<(), ShimError>;
+    /// The client's terminal is now `rows` x `cols` (ResizePty): so is the container's.
+    fn resize(&self, rows: u16, cols: u16) -> Result<(), ShimError>;
     /// Blocks until the container ended (called once, by the waiter thread).
     fn wait(&self) -> VmExit;
     /// Stops the session, reaps the VMM, removes what create made. Idempotent.
@@ -201,11 +205,16 @@ impl TaskService {
             .ok_or_else(|| ShimError::NotFound(id.to_string()))
     }
 
+    /// ResizePty, without the ttrpc wrapping.
+    pub fn do_resize(&self, req: &api::ResizePtyRequest) -> Result<(), ShimError> {
+        let t = self.get(&req.id, &req.exec_id)?;
+        // A size beyond a terminal's u16 cells is clamped.
+        let cell = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+        t.vm.resize(cell(req.height), cell(req.width))
+    }
+
     /// Create, without the ttrpc wrapping.
     pub fn do_create(&self, req: &api::CreateTaskRequest) -> Result<u32, ShimError> {
-        if req.terminal {
-            return Err(ShimError::Unsupported("a terminal (tty)".into()));
-        }
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(ShimError::Unsupported("restoring a checkpoint".into()));
         }
@@ -230,6 +239,7 @@ impl TaskService {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
+            terminal: req.terminal,
         };
         let vm = self.inner.backend.create(&params)?;
         let pid = vm.pid();
@@ -388,7 +398,7 @@ impl TaskService {
             stdin: t.params.stdin.clone(),
             stdout: t.params.stdout.clone(),
             stderr: t.params.stderr.clone(),
-            terminal: false,
+            terminal: t.params.terminal,
             ..Default::default()
         };
         if let Some((exit, at)) = &st.exit {
@@ -520,11 +530,11 @@ impl containerd_shim::Task for TaskService {
     fn resize_pty(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ResizePtyRequest,
+        req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
         reply(
             "resize_pty",
-            Err(ShimError::Unsupported("a terminal (tty)".into())),
+            self.do_resize(&req).map(|()| api::Empty::new()),
         )
     }
 
@@ -572,6 +582,9 @@ mod tests {
         destroyed: Mutex<bool>,
     }
 
+    /// Every resize a [`ProcVm`] got: (its command, rows, cols).
+    static RESIZED: Mutex<Vec<(String, u16, u16)>> = Mutex::new(Vec::new());
+
     impl Backend for ProcBackend {
         fn create(&self, p: &CreateParams) -> Result<Arc<dyn Vm>, ShimError> {
             if p.bundle == "bad" {
@@ -614,6 +627,10 @@ mod tests {
                     Ok(())
                 }
             }
+        }
+        fn resize(&self, rows: u16, cols: u16) -> Result<(), ShimError> {
+            RESIZED.lock().unwrap().push((self.cmd.clone(), rows, cols));
+            Ok(())
         }
         fn wait(&self) -> VmExit {
             let pid = {
@@ -721,6 +738,27 @@ mod tests {
     }
 
     #[test]
+    fn resize_reaches_the_vm() {
+        let s = service();
+        create(&s, "resize-me", "true").unwrap();
+        s.do_resize(&api::ResizePtyRequest {
+            id: "resize-me".into(),
+            width: 132,
+            height: 50,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(RESIZED.lock().unwrap().contains(&("true".into(), 50, 132)));
+        assert!(matches!(
+            s.do_resize(&api::ResizePtyRequest {
+                id: "nope".into(),
+                ..Default::default()
+            }),
+            Err(ShimError::NotFound(_))
+        ));
+    }
+
+    #[test]
     fn kill_forwards_the_signal() {
         let s = service();
         create(&s, "t1", "exec sleep 30").unwrap();
@@ -750,11 +788,11 @@ mod tests {
         let e = s
             .do_create(&api::CreateTaskRequest {
                 id: "t2".into(),
-                terminal: true,
+                checkpoint: "/ckpt".into(),
                 ..Default::default()
             })
             .unwrap_err();
-        assert!(e.to_string().contains("tty"), "{e}");
+        assert!(e.to_string().contains("checkpoint"), "{e}");
         let status: ttrpc::Error = e.into();
         assert!(
             format!("{status:?}").contains("UNIMPLEMENTED"),

@@ -1,8 +1,9 @@
 //! `strata run`: run an image's command in a micro-VM, like `docker run`: the rootfs created
 //! in the store and served without a host mount, the guest booted (KVM when it works, else TCG),
 //! stdin/stdout/stderr wired to this process's, SIGINT/SIGTERM/SIGHUP/SIGQUIT forwarded to the
-//! container, and the container's exit status as ours (128+N for signal N; 125 when strata
-//! itself failed; 126/127 from the guest when the command cannot run or is not found).
+//! container (with `-t`: a terminal in the guest, ours in raw mode), and the container's exit
+//! status as ours (128+N for signal N; 125 when strata itself failed; 126/127 from the guest
+//! when the command cannot run or is not found).
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -51,6 +52,14 @@ pub struct Args {
     /// Mount a tmpfs at DIR in the container (repeatable).
     #[arg(long, value_name = "DIR")]
     tmpfs: Vec<String>,
+    /// Give the container a terminal (a pseudo-terminal in the guest, sized like ours): its
+    /// output comes as one stream on stdout; our terminal is in raw mode meanwhile, so Ctrl-C
+    /// and every other key go to the container's terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Keep stdin attached: it always is (accepted so that docker's `-it` works as typed).
+    #[arg(short = 'i', long)]
+    interactive: bool,
     /// qemu accelerator: auto (KVM when a guest really boots under it, else TCG), kvm, tcg.
     #[arg(long, default_value = "auto")]
     accel: Accel,
@@ -135,8 +144,16 @@ pub fn run(a: Args) -> Result {
         })),
         tmpfs: a.tmpfs.clone(),
     };
-    let spec = container_spec(image.config.as_ref(), &overrides, |k| std::env::var(k).ok())
+    let mut spec = container_spec(image.config.as_ref(), &overrides, |k| std::env::var(k).ok())
         .map_err(run_failed)?;
+    if a.tty {
+        spec.terminal = true;
+        spec.console_size = strata_runtime::terminal::size(std::io::stdout().as_fd());
+        if spec.env_get("TERM").is_none() {
+            let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+            spec.env_set("TERM", &term);
+        }
+    }
     store.create_rootfs(&a.image, &id).map_err(run_failed)?;
     let status = boot(&a, &id, spec);
     if a.rm {
@@ -236,9 +253,37 @@ fn boot(a: &Args, id: &str, spec: strata_runtime::ContainerSpec) -> Result<ExitS
         eprintln!("strata run: KVM is not usable ({why}): running the VM under TCG emulation");
     }
     forward_signals(&sandbox);
+    // Keys for the container's terminal, not ours: raw until the container is gone.
+    let raw = a
+        .tty
+        .then(|| strata_runtime::terminal::RawMode::enter(std::io::stdin().as_fd()))
+        .flatten();
+    if a.tty {
+        forward_resizes(&sandbox);
+    }
     let status = sandbox.wait();
+    drop(raw);
     drop(sandbox);
     Ok(status)
+}
+
+/// With `-t`: our terminal's new size (SIGWINCH) goes to the container's.
+fn forward_resizes(sandbox: &Arc<Sandbox>) {
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGWINCH])
+    else {
+        return;
+    };
+    let weak = Arc::downgrade(sandbox);
+    let _ = std::thread::Builder::new()
+        .name("resize".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                let Some(s) = weak.upgrade() else { return };
+                if let Some(size) = strata_runtime::terminal::size(std::io::stdout().as_fd()) {
+                    let _ = s.resize(size);
+                }
+            }
+        });
 }
 
 /// SIGINT, SIGTERM, SIGHUP and SIGQUIT go to the container; a third one kills the VM.

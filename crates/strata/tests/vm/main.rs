@@ -42,6 +42,7 @@ mod sessions;
 mod shim;
 mod trace;
 mod trace_bpf;
+mod tty;
 mod workloads;
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -677,3 +677,83 @@ fn run_on_the_erofs_layer_device_through_the_daemon() {
     assert!(!status.contains("erod"), "session left: {status}");
     drop(daemon);
 }
+
+/// `strata run --store STORE ARGS…` on a pseudo-terminal of this test (see
+/// [`crate::tty::on_a_terminal`]).
+fn run_on_a_terminal(
+    store: &Path,
+    args: &[&str],
+    size: (u16, u16),
+    interact: impl FnOnce(&mut crate::tty::Terminal, u32),
+) -> Ran {
+    let (code, stdout, stderr) =
+        crate::tty::on_a_terminal(run_cmd(store, args), size, TIMEOUT, interact);
+    Ran {
+        code,
+        stdout,
+        stderr,
+    }
+}
+
+/// `strata run -t`: the container gets a terminal of our size with TERM set, its output comes
+/// back through ours, Ctrl-C typed on ours interrupts it (the guest's line discipline sends
+/// SIGINT: 130), and a resize of ours (SIGWINCH) resizes its terminal.
+#[test]
+fn run_with_a_terminal() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    let root = ["--rm", "-t", "-u", "root", "bb", "--", "sh", "-c"];
+    let with = |script: &'static str| [&root[..], &[script]].concat();
+
+    let r = run_on_a_terminal(
+        &store,
+        &with("tty; stty size; echo term=$TERM; exit 3"),
+        (33, 101),
+        |_, _| {},
+    );
+    assert_eq!(r.code, Some(3), "{}", r.show());
+    for want in ["/dev/pts/", "33 101", "term="] {
+        assert!(r.stdout.contains(want), "{want:?} missing: {}", r.show());
+    }
+    assert!(!r.stdout.contains("term=\r"), "TERM unset: {}", r.show());
+
+    let r = run_on_a_terminal(
+        &store,
+        &with("echo ready; sleep 60; echo not-interrupted"),
+        (24, 80),
+        |t, _| {
+            t.wait_for("ready");
+            t.type_in(&[3]);
+        },
+    );
+    assert_eq!(r.code, Some(130), "{}", r.show());
+    assert!(!r.stdout.contains("not-interrupted"), "{}", r.show());
+
+    let r = run_on_a_terminal(
+        &store,
+        &with("stty size; echo ready; read line; stty size"),
+        (24, 80),
+        |t, pid| {
+            t.wait_for("ready");
+            let st = Command::new("stty")
+                .arg("-F")
+                .arg(&t.path)
+                .args(["rows", "50", "cols", "132"])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGWINCH,
+            )
+            .unwrap();
+            // Give the resize a moment to reach the guest before the shell reads on.
+            std::thread::sleep(Duration::from_millis(500));
+            t.type_in(b"go\r");
+        },
+    );
+    assert_eq!(r.code, Some(0), "{}", r.show());
+    assert!(r.stdout.contains("24 80"), "{}", r.show());
+    assert!(r.stdout.contains("50 132"), "{}", r.show());
+}

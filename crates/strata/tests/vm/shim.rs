@@ -757,3 +757,43 @@ fn ctr_through_a_strata_daemon_session() {
     assert_eq!(calls.mounts, Vec::<String>::new(), "daemon mounts");
     assert_eq!(calls.processes, Vec::<String>::new(), "daemon processes");
 }
+
+/// `ctr run -t` (ctr's own terminal in raw mode, as a user at a shell has it): the container
+/// gets a terminal of that size (ctr sends ResizePty), one output stream, its exit code, and
+/// Ctrl-C typed at ctr's terminal interrupts it.
+#[test]
+fn ctr_runs_a_container_with_a_terminal() {
+    let _machine = crate::shared();
+    strata_harness::require(&["containerd", "ctr", "umoci", "skopeo", "qemu-system-x86_64"]);
+    let shim = shim_binary();
+    let c = Containerd::start(&shim, &[]);
+    c.import_test_image();
+    let timeout = Duration::from_secs(300);
+    let ctr_t = |id: &str, script: &str| {
+        let mut cmd = c.cmd(&["run", "-t", "--runtime", RUNTIME, "--rm", IMAGE, id]);
+        cmd.args(["sh", "-c", script]);
+        cmd
+    };
+    let (code, shown, err) = crate::tty::on_a_terminal(
+        ctr_t("tty1", "tty; stty size; exit 4"),
+        (33, 101),
+        timeout,
+        |_, _| {},
+    );
+    assert_eq!(code, Some(4), "{shown}\n{err}\n{}", c.shim_logs());
+    assert!(shown.contains("/dev/pts/"), "{shown}");
+    assert!(shown.contains("33 101"), "{shown}");
+
+    let (code, shown, err) = crate::tty::on_a_terminal(
+        ctr_t("tty2", "echo ready; sleep 60; echo not-interrupted"),
+        (24, 80),
+        timeout,
+        |t, _| {
+            t.wait_for("ready");
+            t.type_in(&[3]);
+        },
+    );
+    assert_eq!(code, Some(130), "{shown}\n{err}\n{}", c.shim_logs());
+    assert!(!shown.contains("not-interrupted"), "{shown}");
+    assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
