@@ -16,7 +16,10 @@
 #   util-linux, libcap2-bin, e2fsprogs
 #                    setpriv, setcap, chattr: the security tests' local attacks as nobody
 #   containerd       containerd 1.6 + ctr + runc: the shim's VM tests and scripts/bench-containerd
-#   skopeo           turns the tests' OCI layouts into OCI archives for `ctr image import`
+#   skopeo           turns the tests' OCI layouts into OCI archives for `ctr image import`;
+#                    `strata image pull` talks to registries through it
+#   docker-registry  a registry on loopback for the `image pull` test (not started as a
+#                    service: the test runs its own)
 #   clang            compiles strata trace's BPF programs (CO-RE C) at build time
 #   pjdfstest        (cargo install, not apt) the POSIX suite of the conformance VM test
 #   libelf-dev, zlib1g-dev, pkg-config
@@ -26,7 +29,7 @@ set -euo pipefail
 
 PACKAGES=(qemu-system-x86 busybox-static cpio xz-utils strace umoci e2fsprogs erofs-utils debootstrap)
 PACKAGES+=(clang libelf-dev zlib1g-dev pkg-config util-linux libcap2-bin)
-PACKAGES+=(containerd skopeo)
+PACKAGES+=(containerd skopeo docker-registry)
 
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then

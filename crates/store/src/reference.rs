@@ -134,10 +134,13 @@ pub fn transport(src: &str) -> Result<Transport, String> {
             && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             && !std::path::Path::new(src).exists()
         {
+            let pull = src
+                .strip_prefix("docker://")
+                .map(|r| format!(" (from a registry: strata image pull {r})"))
+                .unwrap_or_default();
             return Err(format!(
                 "transport {t:?} is not supported: use oci:DIR[:REF], oci-archive:FILE[:REF], \
-                 docker-archive:FILE[:REF], a path, or - for standard input (pull with skopeo \
-                 copy first)"
+                 docker-archive:FILE[:REF], a path, or - for standard input{pull}"
             ));
         }
     }
@@ -193,7 +196,9 @@ mod tests {
             (Some("/x/s.tar"), Some("ux/app:1"))
         );
         assert_eq!(t("./plain.tar").kind, None);
-        assert!(transport("docker://debian").is_err());
+        assert!(transport("docker://debian")
+            .unwrap_err()
+            .contains("strata image pull debian"));
         assert!(transport("oci:").is_err());
     }
 

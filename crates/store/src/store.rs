@@ -457,6 +457,18 @@ impl<R: Read> Read for Progress<R> {
     }
 }
 
+/// A staging directory in the store ([`Store::staging`]).
+pub struct Staging {
+    dir: tempfile::TempDir,
+    _lock: Lock,
+}
+
+impl Staging {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
 impl Store {
     /// Open the store at `root`, creating its skeleton if needed, and check and repair it: every
     /// store directory owned by this user (else refused) and no more open than the store's
@@ -546,6 +558,18 @@ impl Store {
 
     fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// A fresh directory in the store's `tmp/` (0700, on the store's filesystem) for a source
+    /// fetched before it is imported (`strata image pull`), with the store's shared lock held
+    /// so that `gc` cannot remove it meanwhile. Removed when dropped.
+    pub fn staging(&self, prefix: &str) -> Result<Staging> {
+        let lock = self.lock(false)?;
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.tmp())
+            .map_err(StoreError::io("cannot create temp dir in", self.tmp()))?;
+        Ok(Staging { dir, _lock: lock })
     }
 
     /// The directory of the layer with this diff_id.

@@ -1,4 +1,4 @@
-//! `strata image import|ls|inspect|rm`: OCI images in the layer store.
+//! `strata image import|pull|ls|inspect|rm`: OCI images in the layer store.
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -29,6 +29,33 @@ pub enum Cmd {
         max_unpacked: u64,
         /// Also build the merged EROFS image of the layers now (`strata serve --erofs` would
         /// build it on first use): `mkfs.erofs`, needs erofs-utils.
+        #[arg(long)]
+        erofs: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Pull an image from a registry and import it: skopeo (which must be installed) copies it
+    /// into a staging directory in the store, then it is imported as `image import` does.
+    /// Always the linux/amd64 image (the guests are x86_64). Credentials: skopeo's own
+    /// (`skopeo login`, `~/.docker/config.json`) or --authfile.
+    Pull {
+        /// The image, normalised as docker does (`debian` is
+        /// `docker.io/library/debian:latest`); `NAME@sha256:…` pins a digest.
+        reference: String,
+        /// Name to record (normalised) instead of the reference.
+        #[arg(long)]
+        name: Option<String>,
+        /// The registry speaks plain HTTP or has a certificate that cannot be checked (a
+        /// registry of your own).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry credentials in this file (skopeo's --authfile).
+        #[arg(long, value_name = "FILE")]
+        authfile: Option<std::path::PathBuf>,
+        /// Limit on bytes unpacked by this import (decompression bombs).
+        #[arg(long, default_value_t = DEFAULT_MAX_UNPACKED)]
+        max_unpacked: u64,
+        /// Also build the merged EROFS image of the layers now (as `image import --erofs`).
         #[arg(long)]
         erofs: bool,
         #[command(flatten)]
@@ -65,6 +92,7 @@ impl Cmd {
     pub fn name(&self) -> &'static str {
         match self {
             Cmd::Import { .. } => "image import",
+            Cmd::Pull { .. } => "image pull",
             Cmd::Ls { .. } => "image ls",
             Cmd::Inspect { .. } => "image inspect",
             Cmd::Rm { .. } => "image rm",
@@ -90,6 +118,25 @@ pub fn run(cmd: Cmd) -> Result {
                 progress: std::io::stderr().is_terminal(),
                 durable: true,
             },
+            erofs,
+            &store,
+        ),
+        Cmd::Pull {
+            reference,
+            name,
+            insecure,
+            authfile,
+            max_unpacked,
+            erofs,
+            store,
+        } => pull(
+            &reference,
+            Pull {
+                name,
+                insecure,
+                authfile,
+            },
+            max_unpacked,
             erofs,
             &store,
         ),
@@ -163,6 +210,85 @@ fn import(src: &str, mut opts: ImportOptions, erofs: bool, s: &StoreArg) -> Resu
         );
     }
     Ok(())
+}
+
+/// How `image pull` reaches the registry.
+struct Pull {
+    name: Option<String>,
+    insecure: bool,
+    authfile: Option<std::path::PathBuf>,
+}
+
+/// The tag the staged OCI layout gives the pulled image.
+const STAGED_TAG: &str = "pulled";
+
+fn pull(reference: &str, p: Pull, max_unpacked: u64, erofs: bool, s: &StoreArg) -> Result {
+    let normalized = strata_store::reference::normalize(reference).map_err(Error::refused)?;
+    let store = Store::open(&s.store)?;
+    let staging = store.staging("pull-")?;
+    let layout = staging.path().join("layout");
+    let mut cmd = std::process::Command::new("skopeo");
+    // The guests are x86_64 Linux: from a multi-platform image, take that one.
+    cmd.args(["--override-os", "linux", "--override-arch", "amd64", "copy"]);
+    if !std::io::stderr().is_terminal() {
+        cmd.arg("--quiet");
+    }
+    if p.insecure {
+        cmd.arg("--src-tls-verify=false");
+    }
+    if let Some(a) = &p.authfile {
+        cmd.arg("--authfile").arg(a);
+    }
+    cmd.arg(format!("docker://{normalized}"))
+        .arg(format!("oci:{}:{STAGED_TAG}", layout.display()));
+    // Its progress is not our result: on stderr, with its errors kept to classify them.
+    if let Ok(fd) = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned() {
+        cmd.stdout(fd);
+    }
+    cmd.stderr(std::process::Stdio::piped());
+    let out = cmd.output().map_err(|e| {
+        Error::refused(format!(
+            "image pull talks to registries through skopeo, which cannot be run ({e}): install \
+             it (apt-get install skopeo, or scripts/install-deps.sh)"
+        ))
+    })?;
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        let said = said.trim();
+        let kind = if ["manifest unknown", "name unknown", "not found"]
+            .iter()
+            .any(|w| said.contains(w))
+        {
+            crate::error::Kind::NotFound
+        } else {
+            crate::error::Kind::Failed
+        };
+        let hint = if said.contains("unauthorized") || said.contains("authentication required") {
+            " (credentials: skopeo login REGISTRY, or --authfile)"
+        } else if said.contains("http: server gave HTTP response to HTTPS client")
+            || said.contains("certificate")
+        {
+            " (a registry without TLS, or with a certificate of its own: --insecure)"
+        } else {
+            ""
+        };
+        return Err(Error::new(
+            kind,
+            format!("cannot pull {normalized}{hint}: skopeo: {said}"),
+        ));
+    }
+    import(
+        &format!("oci:{}:{STAGED_TAG}", layout.display()),
+        ImportOptions {
+            name: Some(p.name.unwrap_or(normalized)),
+            select: None,
+            max_unpacked,
+            progress: std::io::stderr().is_terminal(),
+            durable: true,
+        },
+        erofs,
+        s,
+    )
 }
 
 fn ls(json: bool, s: &StoreArg) -> Result {

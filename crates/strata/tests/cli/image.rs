@@ -525,3 +525,152 @@ fn erofs_images_are_built_once_and_collected() {
     assert!(text(&o).contains("removed EROFS image"), "{}", text(&o));
     assert!(!images[0].exists());
 }
+
+/// A registry of the test's own (Debian's docker-registry, on loopback) holding `test/bb:1`
+/// pushed by skopeo from an OCI layout; stopped when dropped.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        // A port the kernel just handed out and took back: free unless something grabs it in
+        // between, which the wait below would notice.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("registry").display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut r = Registry { child, addr };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&r.addr).is_err() {
+            assert!(
+                r.child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline,
+                "docker-registry did not listen on {}: {}",
+                r.addr,
+                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    /// `skopeo copy` the OCI layout `layout` (tag `tag`) to `REGISTRY/name`.
+    fn push(&self, layout: &Path, tag: &str, name: &str) {
+        let st = std::process::Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{name}", self.addr))
+            .status()
+            .unwrap();
+        assert!(st.success(), "skopeo push of {name}");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `strata image pull` from a real registry (on loopback): the image arrives under its
+/// normalised reference with its config, a second pull reuses every layer, a missing image is
+/// "not found" (exit 3), and a registry without TLS needs --insecure.
+#[test]
+fn pull_from_a_registry() {
+    if !strata_harness::needs(
+        "pull_from_a_registry",
+        true,
+        &["docker-registry", "skopeo", "umoci"],
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let st = tmp.path().join("store");
+    let layout = tmp.path().join("layout");
+    let tar = RawTar::default()
+        .dir("bin/")
+        .file("bin/hello", b"hi from the registry")
+        .finish();
+    common::oci_layout(&layout, &[tar], Comp::Gzip, "1");
+    let umoci = |args: &[&str]| {
+        let ok = std::process::Command::new("umoci")
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "umoci {args:?}");
+    };
+    let image = format!("{}:1", layout.display());
+    umoci(&[
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "/bin/hello",
+        "--config.env",
+        "FROM=registry",
+    ]);
+    let reg = Registry::start(tmp.path());
+    reg.push(&layout, "1", "test/bb:1");
+    let reference = format!("{}/test/bb:1", reg.addr);
+
+    let o = strata(&["image", "pull", &reference], &st);
+    assert!(!o.ok(), "pulled over plain HTTP without --insecure");
+    assert!(text(&o).contains("--insecure"), "{}", text(&o));
+
+    let o = strata(&["image", "pull", "--insecure", &reference], &st);
+    assert!(o.ok(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("imported {reference}")),
+        "{}",
+        text(&o)
+    );
+    let o = strata(&["image", "inspect", &reference, "--json"], &st);
+    assert!(o.ok(), "{}", text(&o));
+    assert!(o.stdout.contains("FROM=registry"), "{}", o.stdout);
+    let layer = st.join("layers/sha256");
+    let hello = std::fs::read_dir(&layer)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("bin/hello"))
+        .find(|p| p.exists())
+        .expect("the layer is in the store");
+    assert_eq!(std::fs::read(hello).unwrap(), b"hi from the registry");
+
+    let o = strata(&["image", "pull", "--insecure", &reference], &st);
+    assert!(o.ok(), "{}", text(&o));
+    assert!(text(&o).contains("1 already in the store"), "{}", text(&o));
+
+    let o = strata(
+        &[
+            "image",
+            "pull",
+            "--insecure",
+            &format!("{}/test/nope:1", reg.addr),
+        ],
+        &st,
+    );
+    assert_eq!(o.code(), Some(3), "{}", text(&o));
+    // Nothing staged is left behind.
+    assert_eq!(std::fs::read_dir(st.join("tmp")).unwrap().count(), 0);
+}
