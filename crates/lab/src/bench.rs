@@ -546,6 +546,7 @@ fn start(
                 work: p.work.clone(),
                 socket: p.socket.clone(),
                 socket_fd: None,
+                socket_perms: Default::default(),
                 tag: strata_plan::DEFAULT_TAG.to_owned(),
                 limits: strata_serve::Limits::default(),
                 lower_device: None,

@@ -23,6 +23,8 @@ pub struct ServeConfig {
     /// manager or systemd), used instead of binding `socket`: its owner made it and removes
     /// it, so `socket` is neither claimed nor removed (and may be empty).
     pub socket_fd: Option<std::os::fd::RawFd>,
+    /// Mode and group the sockets this process binds get (not an inherited one).
+    pub socket_perms: SocketPerms,
     /// virtio-fs tag (informational: the VMM sets the tag; it goes into logs).
     pub tag: String,
     /// What the guest may hold at once (nodes, open handles).
@@ -34,6 +36,24 @@ pub struct ServeConfig {
     /// (`strata serve --erofs`): the plan sends the guest there for its lower; the layers are
     /// still served (unused by a guest that follows the plan).
     pub lower_block: Option<strata_plan::LowerBlock>,
+}
+
+/// Mode and group of the vhost-user sockets `strata serve` binds (`--socket-mode`,
+/// `--socket-group`): root's 0600 by default; e.g. 0660 and the VMM's group for a VMM that is
+/// not root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketPerms {
+    pub mode: u32,
+    pub gid: Option<u32>,
+}
+
+impl Default for SocketPerms {
+    fn default() -> Self {
+        SocketPerms {
+            mode: crate::socket::DEFAULT_SOCKET_MODE,
+            gid: None,
+        }
+    }
 }
 
 /// The layer device: the same layers on a second vhost-user socket, served read-only and
@@ -388,6 +408,7 @@ mod tests {
             work: root.join(work),
             socket: root.join("sock"),
             socket_fd: None,
+            socket_perms: Default::default(),
             tag: "strata".into(),
             limits: Limits::default(),
             lower_device: None,

@@ -292,11 +292,11 @@ fn prepare_with(
         None => None,
     };
     before_listen(&checked)?;
-    let mode = crate::socket::DEFAULT_SOCKET_MODE;
-    let (listener, guard) = main.listen(mode)?;
+    let perms = cfg.socket_perms;
+    let (listener, guard) = main.listen(perms)?;
     let lower = match (&cfg.lower_device, lower_backend, lower_end) {
         (Some(d), Some(backend), Some(end)) => {
-            let (listener, guard) = end.listen(mode)?;
+            let (listener, guard) = end.listen(perms)?;
             Some(Device {
                 backend,
                 listener,
@@ -335,9 +335,12 @@ impl Endpoint {
         }
     }
 
-    fn listen(self, mode: u32) -> Result<(Listener, Option<SocketGuard>), ServeError> {
+    fn listen(
+        self,
+        perms: crate::config::SocketPerms,
+    ) -> Result<(Listener, Option<SocketGuard>), ServeError> {
         match self {
-            Endpoint::Path(path, guard) => Ok((listen(&path, mode, None)?, Some(guard))),
+            Endpoint::Path(path, guard) => Ok((listen(&path, perms.mode, perms.gid)?, Some(guard))),
             Endpoint::Inherited(l) => Ok((Listener::from(l), None)),
         }
     }

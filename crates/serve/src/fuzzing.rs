@@ -745,6 +745,7 @@ impl Harness {
             work: p.join("c/work"),
             socket: p.join("sock"),
             socket_fd: None,
+            socket_perms: Default::default(),
             tag: "fuzz".into(),
             limits,
             lower_device: None,

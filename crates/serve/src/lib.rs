@@ -43,7 +43,7 @@ pub mod supervisor;
 pub(crate) mod sys;
 pub mod tree;
 
-pub use config::{LowerDevice, ServeConfig, DEFAULT_LOWER_TAG};
+pub use config::{LowerDevice, ServeConfig, SocketPerms, DEFAULT_LOWER_TAG};
 pub use daemon::{prepare, serve, Prepared};
 pub use error::{ConfigError, ServeError};
 pub use tree::{CachePolicy, Limits, Role, StrataFs};

@@ -31,7 +31,9 @@ pub fn bind_private(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<Unix
     let staged = private.path().join("s");
     let listener = UnixListener::bind(&staged)?;
     if let Some(gid) = gid {
-        std::os::unix::fs::lchown(&staged, None, Some(gid))?;
+        // fchownat, not lchown: the seccomp allow-list has the one, not the other (a daemon
+        // binds session sockets after confining itself).
+        crate::sys::chgrp_nofollow(&staged, gid)?;
     }
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode & 0o777))?;
     let linked = std::fs::hard_link(&staged, path);

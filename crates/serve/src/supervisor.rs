@@ -363,6 +363,10 @@ impl Supervisor {
             work: dirs.work,
             socket: sock.clone(),
             socket_fd: None,
+            socket_perms: crate::config::SocketPerms {
+                mode: self.cfg.socket_mode,
+                gid: self.cfg.socket_gid,
+            },
             tag: tag.unwrap_or_else(|| strata_plan::DEFAULT_TAG.to_string()),
             limits: self.cfg.limits,
             lower_device: layer_device,

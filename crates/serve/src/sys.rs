@@ -398,6 +398,25 @@ pub fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
+/// `fchownat(AT_FDCWD, path, -1, gid, AT_SYMLINK_NOFOLLOW)`: give `path` itself (never what
+/// a symlink there points to) the group `gid`, its owner unchanged.
+pub fn chgrp_nofollow(path: &Path, gid: u32) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated path that lives across the call; uid -1 leaves
+    // the owner as it is.
+    cvt(unsafe {
+        libc::fchownat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::uid_t::MAX,
+            gid,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
 /// One `int` socket option of `fd`.
 fn sockopt_int(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<libc::c_int> {
     let mut v: libc::c_int = 0;

@@ -93,6 +93,7 @@ fn creates_as_the_guest_user(d: &std::path::Path) {
         work: d.join("work"),
         socket: d.join("sock/s"),
         socket_fd: None,
+        socket_perms: Default::default(),
         tag: "t".into(),
         limits: strata_serve::Limits::DEFAULT,
         lower_device: None,

@@ -112,3 +112,23 @@ pub fn json_line(v: &impl serde::Serialize) -> crate::error::Result<String> {
 pub fn json_pretty(v: &impl serde::Serialize) -> crate::error::Result<String> {
     serde_json::to_string_pretty(v).map_err(crate::error::Error::failed)
 }
+
+/// An octal socket mode (`--socket-mode`), at most 0777.
+pub fn parse_mode(s: &str) -> std::result::Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode (e.g. 600)")),
+    }
+}
+
+/// A group by name (from the host's group database) or by number (`--socket-group`).
+pub fn parse_group(s: &str) -> std::result::Result<u32, String> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {s:?} on this host")),
+        Err(e) => Err(format!("cannot look up group {s:?}: {e}")),
+    }
+}

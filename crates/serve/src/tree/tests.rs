@@ -54,6 +54,7 @@ fn config(p: &Path, limits: Limits) -> crate::config::Checked {
         work: p.join("c/work"),
         socket: p.join("sock"),
         socket_fd: None,
+        socket_perms: Default::default(),
         tag: "t".into(),
         limits,
         lower_device: None,
@@ -589,6 +590,7 @@ fn zero_limits_are_refused_at_start() {
         work: d.path().join("work"),
         socket: d.path().join("sock"),
         socket_fd: None,
+        socket_perms: Default::default(),
         tag: "t".into(),
         limits: Limits {
             max_nodes: 0,
@@ -763,6 +765,7 @@ fn merged_lower_applies_whiteouts_and_opaque_dirs() {
         work: p.join("c/work"),
         socket: p.join("sock"),
         socket_fd: None,
+        socket_perms: Default::default(),
         tag: "t".into(),
         limits: Limits::default(),
         lower_device: None,

@@ -26,10 +26,10 @@ pub struct Args {
     allow: Vec<PathBuf>,
     /// Mode of the API and session sockets, octal (they are root's; e.g. 660 with
     /// --socket-group to let a VMM that runs as a member of that group connect).
-    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_mode)]
+    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = crate::args::parse_mode)]
     socket_mode: u32,
     /// Group of the API and session sockets: a name or a numeric gid (default: root's).
-    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    #[arg(long, value_name = "GROUP", value_parser = crate::args::parse_group)]
     socket_group: Option<u32>,
     /// Also let processes of this uid use the API (repeatable; root always may).
     #[arg(long = "api-uid", value_name = "UID")]
@@ -42,13 +42,6 @@ pub struct Args {
     limits: LimitsArgs,
     #[command(flatten)]
     sandbox: SandboxArgs,
-}
-
-fn parse_mode(s: &str) -> std::result::Result<u32, String> {
-    match u32::from_str_radix(s, 8) {
-        Ok(m) if m <= 0o777 => Ok(m),
-        _ => Err(format!("{s:?} is not an octal mode (e.g. 600)")),
-    }
 }
 
 pub fn run(a: Args) -> Result {
@@ -95,16 +88,4 @@ pub fn run(a: Args) -> Result {
     };
     supervisor::run(cfg, resolver)?;
     Ok(())
-}
-
-/// A group by name (from the host's group database) or by number.
-fn parse_group(s: &str) -> std::result::Result<u32, String> {
-    if let Ok(gid) = s.parse::<u32>() {
-        return Ok(gid);
-    }
-    match nix::unistd::Group::from_name(s) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
-        Ok(None) => Err(format!("no group named {s:?} on this host")),
-        Err(e) => Err(format!("cannot look up group {s:?}: {e}")),
-    }
 }

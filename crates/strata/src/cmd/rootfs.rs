@@ -380,6 +380,7 @@ mod tests {
             work: work.clone(),
             socket: d.path().join("s"),
             socket_fd: None,
+            socket_perms: Default::default(),
             tag: "strata".into(),
             limits: strata_serve::Limits::default(),
             lower_device: None,

@@ -15,6 +15,13 @@ pub struct Args {
     /// `--fd`) or systemd (a socket unit's first socket is fd 3). Its owner removes it.
     #[arg(long, value_name = "N", conflicts_with = "socket")]
     fd: Option<i32>,
+    /// Mode of the sockets, octal (root's 0600 by default; e.g. 660 with --socket-group for
+    /// a VMM that is not root but in that group).
+    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = crate::args::parse_mode)]
+    socket_mode: u32,
+    /// Group of the sockets: a name or a numeric gid (default: root's).
+    #[arg(long, value_name = "GROUP", value_parser = crate::args::parse_group)]
+    socket_group: Option<u32>,
     /// Read-only layer directory; repeat, topmost first (overlayfs lowerdir order).
     #[arg(long = "lower", required_unless_present_any = ["rootfs", "print_sandbox"])]
     lowers: Vec<PathBuf>,
@@ -90,6 +97,10 @@ pub fn run(a: Args) -> Result {
         work,
         socket: a.socket.unwrap_or_default(),
         socket_fd: a.fd,
+        socket_perms: strata_serve::SocketPerms {
+            mode: a.socket_mode,
+            gid: a.socket_group,
+        },
         tag: a.tag,
         limits: a.limits.limits(),
         lower_device: (a.lower_socket.is_some() || a.lower_fd.is_some()).then(|| {

@@ -55,7 +55,7 @@ fn logs_to_a_file_are_plain_or_json() {
     for format in ["json", "text"] {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
-        for d in ["l0", "c/upper", "c/work"] {
+        for d in ["l0", "c2/upper", "c2/work"] {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
         let argv: Vec<std::ffi::OsString> = vec![
@@ -68,9 +68,9 @@ fn logs_to_a_file_are_plain_or_json() {
             "--lower".into(),
             r.join("l0").into(),
             "--upper".into(),
-            r.join("c/upper").into(),
+            r.join("c2/upper").into(),
             "--work".into(),
-            r.join("c/work").into(),
+            r.join("c2/work").into(),
         ];
         let log = r.join("serve.log");
         let mut p = ServeProcess::spawn_argv(&argv, &[r.join("s.sock")], None, &log)
@@ -220,8 +220,8 @@ fn the_daemon_tells_systemd_it_is_ready() {
     assert!(child.wait().unwrap().success());
 }
 
-/// A VMM running as a user of a group connects to the daemon's sockets made for that group
-/// (`--socket-mode 660 --socket-group G`); other users still cannot.
+/// A VMM running as a user of a group connects to the daemon's and `strata serve`'s sockets
+/// made for that group (`--socket-mode 660 --socket-group G`); other users still cannot.
 #[test]
 fn sockets_for_a_vmm_group() {
     if !strata_harness::needs("sockets_for_a_vmm_group", true, &["setpriv"]) {
@@ -233,6 +233,9 @@ fn sockets_for_a_vmm_group() {
     let run = t.path().join("run");
     std::fs::create_dir(&run).unwrap();
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o711)).unwrap();
+    for d in ["l0", "c1/upper", "c1/work", "c2/upper", "c2/work"] {
+        std::fs::create_dir_all(t.path().join(d)).unwrap();
+    }
     let api = run.join("api.sock");
     let d = strata_harness::session::DaemonProcess::spawn(
         crate::strata().path(),
@@ -242,6 +245,8 @@ fn sockets_for_a_vmm_group() {
             "660".as_ref(),
             "--socket-group".as_ref(),
             "nogroup".as_ref(),
+            "--allow".as_ref(),
+            t.path().as_os_str(),
             "--store".as_ref(),
             t.path().join("store").as_os_str(),
         ],
@@ -256,7 +261,7 @@ fn sockets_for_a_vmm_group() {
         .as_raw();
     let m = std::fs::metadata(&api).unwrap();
     assert_eq!((m.mode() & 0o777, m.gid()), (0o660, nogroup));
-    let may_write = |group: &str| {
+    let may_write = |sock: &std::path::Path, group: &str| {
         std::process::Command::new("setpriv")
             .args([
                 "--reuid=nobody",
@@ -264,15 +269,88 @@ fn sockets_for_a_vmm_group() {
                 "--clear-groups",
             ])
             .args(["test", "-w"])
-            .arg(&api)
+            .arg(sock)
             .status()
             .unwrap()
             .success()
     };
-    assert!(may_write("nogroup"), "a member of the group cannot connect");
-    assert!(!may_write("12345"), "a user of another group can connect");
+    assert!(
+        may_write(&api, "nogroup"),
+        "a member of the group cannot connect"
+    );
+    assert!(
+        !may_write(&api, "12345"),
+        "a user of another group can connect"
+    );
+    // A session's socket, bound once the daemon is confined, the same.
+    let dir = |d: &str| t.path().join(d).to_str().unwrap().to_owned();
+    let session = run.join("s1.sock");
+    crate::strata().ok([
+        "rootfs",
+        "start",
+        "s1",
+        "--socket",
+        session.to_str().unwrap(),
+        "--lower",
+        &dir("l0"),
+        "--upper",
+        &dir("c1/upper"),
+        "--work",
+        &dir("c1/work"),
+        "--api",
+        api.to_str().unwrap(),
+    ]);
+    let m = std::fs::metadata(&session).unwrap();
+    assert_eq!((m.mode() & 0o777, m.gid()), (0o660, nogroup));
+    assert!(may_write(&session, "nogroup"));
+    assert!(!may_write(&session, "12345"));
     let (clean, _) = d.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(clean);
+
+    // `strata serve` binds its sockets the same way.
+    let sock = run.join("vm.sock");
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        crate::strata().path().into(),
+        "serve".into(),
+        "--socket".into(),
+        sock.clone().into(),
+        "--socket-mode".into(),
+        "660".into(),
+        "--socket-group".into(),
+        "nogroup".into(),
+    ];
+    for (flag, dir) in [
+        ("--lower", "l0"),
+        ("--upper", "c2/upper"),
+        ("--work", "c2/work"),
+    ] {
+        argv.extend([flag.into(), t.path().join(dir).into()]);
+    }
+    let mut serve = ServeProcess::spawn_argv(
+        &argv,
+        std::slice::from_ref(&sock),
+        None,
+        &t.path().join("serve.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let m = std::fs::metadata(&sock).unwrap();
+    assert_eq!((m.mode() & 0o777, m.gid()), (0o660, nogroup));
+    assert!(
+        may_write(&sock, "nogroup"),
+        "a member of the group cannot connect"
+    );
+    assert!(
+        !may_write(&sock, "12345"),
+        "a user of another group can connect"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    assert!(serve
+        .wait_exit(Duration::from_secs(10))
+        .expect("serve stops on SIGTERM")
+        .success());
 }
 
 /// On a kernel without Landlock the daemon refuses to start, and starts with
