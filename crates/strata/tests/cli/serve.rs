@@ -164,7 +164,7 @@ fn serve_listens_on_inherited_sockets() {
     let file = std::fs::File::open(r.join("l0/hello")).unwrap();
     for (fd, says) in [
         ("1", "standard stream"),
-        ("9", "not open"),
+        ("987", "not open"),
         ("3", "not a socket"),
     ] {
         let mut cmd = crate::strata().cmd();
