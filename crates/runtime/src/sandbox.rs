@@ -529,20 +529,17 @@ impl Sandbox {
 
     /// Send signal `sig` to the container process (forwarded over the control port).
     pub fn signal(&self, sig: i32) -> Result<()> {
-        if self.shared.lock().vm_end.is_some() {
-            return Err(RuntimeError::State(format!(
-                "sandbox {} is not running",
-                self.id
-            )));
-        }
-        lock_ignore(&self.control)
-            .write_all(&control::encode(&HostMessage::Signal(sig)))
-            .map_err(RuntimeError::io("cannot send a signal on", &self.state_dir))
+        self.send(&HostMessage::Signal(sig), "cannot send a signal on")
     }
 
     /// The container's terminal (a spec with `terminal`) is now `size`: the guest resizes its
     /// pseudo-terminal and the process gets SIGWINCH. Without a terminal the guest ignores it.
     pub fn resize(&self, size: strata_plan::container::ConsoleSize) -> Result<()> {
+        self.send(&HostMessage::Resize(size), "cannot send a resize on")
+    }
+
+    /// One control message to a running guest (`failure` says what failed, for the error).
+    fn send(&self, msg: &HostMessage, failure: &'static str) -> Result<()> {
         if self.shared.lock().vm_end.is_some() {
             return Err(RuntimeError::State(format!(
                 "sandbox {} is not running",
@@ -550,8 +547,8 @@ impl Sandbox {
             )));
         }
         lock_ignore(&self.control)
-            .write_all(&control::encode(&HostMessage::Resize(size)))
-            .map_err(RuntimeError::io("cannot send a resize on", &self.state_dir))
+            .write_all(&control::encode(msg))
+            .map_err(RuntimeError::io(failure, &self.state_dir))
     }
 
     /// Kill the VMM now (SIGKILL): the container ends with [`ExitStatus::VmFailed`] unless it

@@ -24,15 +24,8 @@ pub enum Cmd {
         /// The image to take from a source that holds several (its name or tag).
         #[arg(long = "ref")]
         select: Option<String>,
-        /// Limit on bytes unpacked by this import (decompression bombs).
-        #[arg(long, default_value_t = DEFAULT_MAX_UNPACKED)]
-        max_unpacked: u64,
-        /// Also build the merged EROFS image of the layers now (`strata serve --erofs` would
-        /// build it on first use): `mkfs.erofs`, needs erofs-utils.
-        #[arg(long)]
-        erofs: bool,
         #[command(flatten)]
-        store: StoreArg,
+        import: ImportArgs,
     },
     /// Pull an image from a registry and import it: skopeo (which must be installed) copies it
     /// into a staging directory in the store, then it is imported as `image import` does.
@@ -52,14 +45,8 @@ pub enum Cmd {
         /// Registry credentials in this file (skopeo's --authfile).
         #[arg(long, value_name = "FILE")]
         authfile: Option<std::path::PathBuf>,
-        /// Limit on bytes unpacked by this import (decompression bombs).
-        #[arg(long, default_value_t = DEFAULT_MAX_UNPACKED)]
-        max_unpacked: u64,
-        /// Also build the merged EROFS image of the layers now (as `image import --erofs`).
-        #[arg(long)]
-        erofs: bool,
         #[command(flatten)]
-        store: StoreArg,
+        import: ImportArgs,
     },
     /// List images.
     Ls {
@@ -87,6 +74,20 @@ pub enum Cmd {
     },
 }
 
+/// What `image import` and `image pull` share: how the layers are taken into the store.
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// Limit on bytes unpacked by this import (decompression bombs).
+    #[arg(long, default_value_t = DEFAULT_MAX_UNPACKED)]
+    max_unpacked: u64,
+    /// Also build the merged EROFS image of the layers now (`strata serve --erofs` would
+    /// build it on first use): `mkfs.erofs`, needs erofs-utils.
+    #[arg(long)]
+    erofs: bool,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
 impl Cmd {
     /// `image VERB`, for messages.
     pub fn name(&self) -> &'static str {
@@ -106,29 +107,14 @@ pub fn run(cmd: Cmd) -> Result {
             src,
             name,
             select,
-            max_unpacked,
-            erofs,
-            store,
-        } => import(
-            &src,
-            ImportOptions {
-                name,
-                select,
-                max_unpacked,
-                progress: std::io::stderr().is_terminal(),
-                durable: true,
-            },
-            erofs,
-            &store,
-        ),
+            import: a,
+        } => import(&src, name, select, &a),
         Cmd::Pull {
             reference,
             name,
             insecure,
             authfile,
-            max_unpacked,
-            erofs,
-            store,
+            import: a,
         } => pull(
             &reference,
             Pull {
@@ -136,9 +122,7 @@ pub fn run(cmd: Cmd) -> Result {
                 insecure,
                 authfile,
             },
-            max_unpacked,
-            erofs,
-            &store,
+            &a,
         ),
         Cmd::Ls { json, store } => ls(json.json, &store),
         Cmd::Inspect {
@@ -154,7 +138,15 @@ pub fn run(cmd: Cmd) -> Result {
     }
 }
 
-fn import(src: &str, mut opts: ImportOptions, erofs: bool, s: &StoreArg) -> Result {
+fn import(src: &str, name: Option<String>, select: Option<String>, a: &ImportArgs) -> Result {
+    let (s, erofs) = (&a.store, a.erofs);
+    let mut opts = ImportOptions {
+        name,
+        select,
+        max_unpacked: a.max_unpacked,
+        progress: std::io::stderr().is_terminal(),
+        durable: true,
+    };
     let t = Instant::now();
     let r = if src == "-" {
         Store::open(&s.store)?.import_stream(&mut std::io::stdin().lock(), &opts)?
@@ -222,9 +214,9 @@ struct Pull {
 /// The tag the staged OCI layout gives the pulled image.
 const STAGED_TAG: &str = "pulled";
 
-fn pull(reference: &str, p: Pull, max_unpacked: u64, erofs: bool, s: &StoreArg) -> Result {
+fn pull(reference: &str, p: Pull, a: &ImportArgs) -> Result {
     let normalized = strata_store::reference::normalize(reference).map_err(Error::refused)?;
-    let store = Store::open(&s.store)?;
+    let store = Store::open(&a.store.store)?;
     let staging = store.staging("pull-")?;
     let layout = staging.path().join("layout");
     let mut cmd = std::process::Command::new("skopeo");
@@ -279,15 +271,9 @@ fn pull(reference: &str, p: Pull, max_unpacked: u64, erofs: bool, s: &StoreArg) 
     }
     import(
         &format!("oci:{}:{STAGED_TAG}", layout.display()),
-        ImportOptions {
-            name: Some(p.name.unwrap_or(normalized)),
-            select: None,
-            max_unpacked,
-            progress: std::io::stderr().is_terminal(),
-            durable: true,
-        },
-        erofs,
-        s,
+        Some(p.name.unwrap_or(normalized)),
+        None,
+        a,
     )
 }
 
