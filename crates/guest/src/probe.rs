@@ -22,7 +22,8 @@ pub enum Probe {
     },
     /// `open(2)` (or `openat(2)` relative to an `O_PATH` fd on `at`) with the given flags and
     /// mode, optionally as another uid:gid and under another umask; prints `ok MODE` (the new
-    /// fd's permission bits, octal) or the errno's name (`ELOOP`). Exit status 0 either way.
+    /// fd's permission bits, octal; after writing `write` through it, if given) or the errno's
+    /// name (`ELOOP`). Exit status 0 either way.
     Open {
         path: String,
         /// Comma-separated: rdonly, wronly, rdwr, creat, excl, trunc, append, nofollow,
@@ -32,6 +33,7 @@ pub enum Probe {
         at: Option<String>,
         as_user: Option<(u32, u32)>,
         umask: Option<u32>,
+        write: Option<String>,
     },
 }
 
@@ -58,11 +60,15 @@ pub fn run(p: &Probe) -> Result<(), String> {
             at,
             as_user,
             umask,
+            write,
         } => {
-            println!(
-                "{}",
-                open(path, flags, *mode, at.as_deref(), *as_user, *umask)?
-            );
+            let how = OpenHow {
+                at: at.as_deref(),
+                as_user: *as_user,
+                umask: *umask,
+                write: write.as_deref(),
+            };
+            println!("{}", open(path, flags, *mode, &how)?);
             Ok(())
         }
     }
@@ -95,16 +101,24 @@ fn open_flags(names: &str) -> Result<nix::fcntl::OFlag, String> {
     Ok(f)
 }
 
-fn open(
-    path: &str,
-    flags: &str,
-    mode: u32,
-    at: Option<&str>,
+/// How the `open` probe opens: relative to `at`, as another user, under a umask, and what it
+/// writes afterwards.
+struct OpenHow<'a> {
+    at: Option<&'a str>,
     as_user: Option<(u32, u32)>,
     umask: Option<u32>,
-) -> Result<String, String> {
+    write: Option<&'a str>,
+}
+
+fn open(path: &str, flags: &str, mode: u32, how: &OpenHow<'_>) -> Result<String, String> {
     use nix::fcntl::{open, openat, OFlag};
     use nix::sys::stat::{fstat, Mode};
+    let OpenHow {
+        at,
+        as_user,
+        umask,
+        write,
+    } = *how;
     let flags = open_flags(flags)? | OFlag::O_CLOEXEC;
     let dir = match at {
         Some(d) => Some(
@@ -126,6 +140,18 @@ fn open(
         Some(d) => openat(Some(d), path, flags, mode),
         None => open(path, flags, mode),
     };
+    if let (Ok(fd), Some(data)) = (&r, write) {
+        // Through the fd's /proc link (this nix's write wants an owned fd): the same file, the
+        // same credentials.
+        use std::io::Write;
+        let w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(format!("/proc/self/fd/{fd}"))
+            .and_then(|mut f| f.write_all(data.as_bytes()));
+        if let Err(e) = w {
+            return Ok(format!("{} on write", e.kind()));
+        }
+    }
     Ok(match r {
         Ok(fd) => match fstat(fd) {
             Ok(st) => format!("ok {:o}", st.st_mode & 0o7777),

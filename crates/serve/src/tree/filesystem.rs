@@ -28,7 +28,11 @@ impl FileSystem for StrataFs {
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         // Deliberately not asked for: SUBMOUNTS (overlayfs refuses automount points as layers),
-        // WRITEBACK_CACHE (keep upper writes ordered as the guest issued them), EXPORT_SUPPORT.
+        // WRITEBACK_CACHE (keep upper writes ordered as the guest issued them), EXPORT_SUPPORT,
+        // HANDLE_KILLPRIV_V2: it would spare the two `security.capability` GETXATTRs of every
+        // write(2), but the guest's overlayfs writes and truncates the upper with its mounter's
+        // credentials, so the kernel never flags a user's write as one that must clear set-id
+        // bits, and they would survive (guest/semantics.sh: "a user's write clears set-id bits").
         let wanted = FsOptions::ASYNC_READ
             | FsOptions::BIG_WRITES
             | FsOptions::ATOMIC_O_TRUNC

@@ -56,6 +56,9 @@ pub enum ProbeCmd {
         /// Set this umask (octal) first.
         #[arg(long, value_parser = parse_octal)]
         umask: Option<u32>,
+        /// Then write DATA through the new fd (the printed mode is the one after the write).
+        #[arg(long)]
+        write: Option<String>,
     },
 }
 
@@ -101,6 +104,7 @@ pub fn run(cmd: Cmd) -> Result {
                     at,
                     as_user,
                     umask,
+                    write,
                 } => Probe::Open {
                     path,
                     flags,
@@ -108,6 +112,7 @@ pub fn run(cmd: Cmd) -> Result {
                     at,
                     as_user,
                     umask,
+                    write,
                 },
             };
             strata_guest::probe::run(&p).map_err(Error::failed)

@@ -3,7 +3,8 @@
 //! once from the layer device (`--lower-socket`): `guest/semantics.sh` opens lower, upper, new
 //! files and symlinks with O_NOFOLLOW (plain and `openat`; apt, dpkg, useradd and Python's
 //! tempfile do), creates under umasks, creates set-id files as a guest user, lists `.`/`..` of
-//! an image-only directory, makes device nodes and copies up an image's one, and passes the
+//! an image-only directory, clears set-id bits on a user's write or truncate (not on root's),
+//! makes device nodes and copies up an image's one, and passes the
 //! other open flags through, and writes past 4 GiB. Afterwards the host checks owners, modes and the device node in the
 //! upper dir.
 //!
@@ -80,6 +81,15 @@ fn run(layer_device: bool) {
     let meta = |n: &str| std::fs::symlink_metadata(up.join(n)).unwrap();
     let m = meta("shared/suid");
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o6755));
+    let modes: Vec<u32> = ["shared/w", "shared/wg", "shared/t", "shared/r"]
+        .iter()
+        .map(|n| meta(n).mode() & 0o7777)
+        .collect();
+    assert_eq!(
+        modes,
+        [0o777, 0o2766, 0o777, 0o6755],
+        "set-id bits after writes"
+    );
     assert_eq!(meta("m777").mode() & 0o7777, 0o777);
     assert_eq!(meta("d777").mode() & 0o7777, 0o777);
     let dev = meta("devnull");

@@ -44,6 +44,16 @@ check "set-id bits of a file a user creates" eq "$($P wronly,creat,excl $D/share
 check "owner of a file a user creates" eq "$(stat -c %u:%g:%a $D/shared/suid)" "1000:1000:6755"
 check "a user creates in a dir only it may write" sh -c "mkdir $D/home && chown 1000:1000 $D/home && chmod 700 $D/home && [ \"\$($P wronly,creat,excl $D/home/f 600 --as 1000:1000)\" = 'ok 600' ]"
 
+# A write or O_TRUNC open by a user without CAP_FSETID takes set-id bits away (set-group-ID only
+# with group execute), as on a local filesystem; root's write keeps them.
+touch $D/shared/w $D/shared/wg $D/shared/t $D/shared/r
+chmod 6777 $D/shared/w $D/shared/t && chmod 2766 $D/shared/wg && chmod 6755 $D/shared/r
+check "a user's write clears set-id bits" eq "$($P wronly,append $D/shared/w --as 1000:1000 --write x)" "ok 777"
+check "a user's write keeps set-group-ID without group execute" eq "$($P wronly,append $D/shared/wg --as 1000:1000 --write x)" "ok 2766"
+check "a user's O_TRUNC open clears set-id bits" eq "$($P wronly,trunc $D/shared/t --as 1000:1000)" "ok 777"
+check "root's write keeps set-id bits" eq "$($P wronly,append $D/shared/r --write x)" "ok 6755"
+check "set-id bits after the writes, seen again" eq "$(stat -c %a $D/shared/w $D/shared/wg $D/shared/t $D/shared/r | tr '\n' ' ')" "777 2766 777 6755 "
+
 # `.` and `..` of a directory that exists only in the image.
 check "ls -a of an image-only dir lists . and .." eq "$(ls -a $D/lowerdir | tr '\n' ' ')" ". .. inner "
 
