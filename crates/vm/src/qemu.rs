@@ -149,7 +149,7 @@ impl VmConfig {
             c.push(qemu_escape(sock.as_os_str()));
             a.push(c);
             a.push("-device".into());
-            a.push(format!("vhost-user-fs-pci,chardev=c{i},tag={tag}").into());
+            a.push(format!("vhost-user-fs-pci,chardev=c{i},tag={tag},queue-size=1024").into());
         }
         for d in &self.disks {
             let mut s = OsString::from("file=");
@@ -563,9 +563,11 @@ mod tests {
             .contains("-append console=ttyS0 quiet panic=-1 no_timer_check strata.cmd=/bin/true"));
         assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
         assert!(a.contains(&"socket,id=c0,path=/run/a,,b.sock".to_string()));
-        assert!(a.contains(&"vhost-user-fs-pci,chardev=c0,tag=strata".to_string()));
+        assert!(a.contains(&"vhost-user-fs-pci,chardev=c0,tag=strata,queue-size=1024".to_string()));
         assert!(a.contains(&"socket,id=c1,path=/run/l.sock".to_string()));
-        assert!(a.contains(&"vhost-user-fs-pci,chardev=c1,tag=strata-lower".to_string()));
+        assert!(a.contains(
+            &"vhost-user-fs-pci,chardev=c1,tag=strata-lower,queue-size=1024".to_string()
+        ));
         assert_eq!(joined.matches("memory-backend-memfd").count(), 1);
         assert!(a.contains(&"file=/d.img,format=raw,if=virtio,cache=unsafe".to_string()));
         assert!(joined.starts_with(
