@@ -77,6 +77,11 @@ pub enum Setup {
     /// (d) strata serve for the upper, the layers as one merged EROFS image on virtio-blk.
     #[serde(rename = "strata-erofs")]
     StrataErofs,
+    /// (e) strata serve as in (b), the workloads run in the served upper dir itself, with no
+    /// guest overlay on their path: the bound for a daemon that served the merged read-write
+    /// tree; create, write and seqread only, and only when asked for.
+    #[serde(rename = "strata-upper")]
+    StrataUpper,
 }
 
 impl Setup {
@@ -88,13 +93,19 @@ impl Setup {
         Setup::StrataErofs,
     ];
     /// Every setup, in table order.
-    pub const EVERY: [Setup; 5] = [
+    pub const EVERY: [Setup; 6] = [
         Setup::Virtiofsd,
         Setup::StrataLayers,
         Setup::Strata,
         Setup::Erofs,
         Setup::StrataErofs,
+        Setup::StrataUpper,
     ];
+    /// The workloads a setup can time: (e) has no image under its root.
+    pub fn times(self, w: Workload) -> bool {
+        self != Setup::StrataUpper
+            || matches!(w, Workload::Create | Workload::Write | Workload::Seqread)
+    }
     pub fn name(self) -> &'static str {
         match self {
             Setup::Virtiofsd => "virtiofsd",
@@ -102,6 +113,7 @@ impl Setup {
             Setup::Strata => "strata",
             Setup::Erofs => "erofs",
             Setup::StrataErofs => "strata-erofs",
+            Setup::StrataUpper => "strata-upper",
         }
     }
     /// The long label used in tables and plots.
@@ -112,6 +124,9 @@ impl Setup {
             Setup::Strata => "(b) strata serve + guest overlay",
             Setup::Erofs => "(c) EROFS on virtio-blk + guest overlay",
             Setup::StrataErofs => "(d) strata serve upper + merged EROFS lower on virtio-blk",
+            Setup::StrataUpper => {
+                "(e) strata serve, workloads in the served upper (no guest overlay)"
+            }
         }
     }
 }
@@ -1003,7 +1018,7 @@ fn boot(
             )?);
             vm.virtiofs = vec![(socket.clone(), "bench".into())];
         }
-        Setup::Strata | Setup::StrataLayers => {
+        Setup::Strata | Setup::StrataLayers | Setup::StrataUpper => {
             for d in [&upper, &work] {
                 mkdir(d)?;
             }
@@ -1021,7 +1036,7 @@ fn boot(
                 tag: "strata".into(),
                 // (b) gets its layers from the layer device (no xattrs); (b0) keeps one
                 // device, as before the merged lower existed.
-                lower: (setup == Setup::Strata).then(|| {
+                lower: (setup != Setup::StrataLayers).then(|| {
                     (
                         dir.join("layers.sock"),
                         strata_serve::DEFAULT_LOWER_TAG.into(),
@@ -1182,6 +1197,16 @@ pub fn run(
     stop: Arc<AtomicBool>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<GuestBenchReport> {
+    for &setup in &cfg.setups {
+        if let Some(w) = cfg.workloads.iter().find(|w| !setup.times(**w)) {
+            return Err(VmError::Serve(format!(
+                "setup {} runs its workloads in an empty upper dir: it times create, write \
+                 and seqread, not {}",
+                setup.name(),
+                w.name()
+            )));
+        }
+    }
     if !nix::unistd::geteuid().is_root() {
         return Err(VmError::Serve(
             "strata bench guest needs root (the host overlay mount of setup (a), whiteouts and \

@@ -1,7 +1,9 @@
 #!/bin/sh
 # strata bench guest, inside the VM: /init of the bench initramfs (busybox + strata + modules).
 # Kernel parameters (all required):
-#   bench.setup=virtiofsd|strata|strata-layers|erofs|strata-erofs   how the rootfs under test is mounted at /mnt/root
+#   bench.setup=virtiofsd|strata|strata-layers|erofs|strata-erofs|strata-upper
+#                                        how the rootfs under test is mounted at /mnt/root
+#                                        (strata-upper: the workloads run in the served upper)
 #   bench.workloads=read,walk,...        workloads to run, in this order
 #   bench.layers=N                       (erofs) number of layer images: /dev/vda.. in order
 #   bench.small=N  bench.seq_mib=M       sizes of the create and write workloads
@@ -39,7 +41,7 @@ mkdir -p /mnt/root
 case $SETUP in
   virtiofsd)
     mount -t virtiofs bench /mnt/root || fatal "mount -t virtiofs bench failed" ;;
-  strata|strata-layers|strata-erofs)
+  strata|strata-layers|strata-erofs|strata-upper)
     strata guest mount --tag strata --target /mnt/root || fatal "strata guest mount failed" ;;
   erofs)
     lower=""; i=0
@@ -59,10 +61,14 @@ case $SETUP in
   *) fatal "unknown bench.setup=$SETUP" ;;
 esac
 echo "@phase $SETUP mounted; $(grep -c . /proc/mounts) mounts"
+ROOT=/mnt/root
+# (e): the served tree's own upper dir, a plain virtio-fs directory (strata guest mount stages
+# the tag at /run/strata/<tag>).
+[ "$SETUP" = strata-upper ] && ROOT=/run/strata/strata/upper
 rc=0
 for w in $WORKLOADS; do
   echo "@phase $SETUP: $w"
-  if out=$(strata bench guest-io "$w" /mnt/root --small "$SMALL" --seq-mib "$SEQ" 2>&1); then
+  if out=$(strata bench guest-io "$w" "$ROOT" --small "$SMALL" --seq-mib "$SEQ" 2>&1); then
     echo "$out"
   else
     echo "@fatal $w: $out"; rc=1; break

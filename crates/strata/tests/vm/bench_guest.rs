@@ -1,7 +1,7 @@
 //! A short `strata bench guest` on the tiny rootfs so the harness can't rot: one run, small
 //! workloads, no timing assertions — only that every setup produced a number for every
 //! workload, strata's FUSE request counts came back, and the outputs (table, JSON, SVG) exist.
-//! Setup (a) needs virtiofsd (`scripts/bench-guest` installs it); without it the bench skips
+//! Setup (e), opt-in, gets its own short run. Setup (a) needs virtiofsd (`scripts/bench-guest` installs it); without it the bench skips
 //! (a) and says so, and so does this test.
 
 #[test]
@@ -64,4 +64,53 @@ fn short_guest_bench_on_the_tiny_rootfs() {
     );
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.contains("<svg") && svg.contains("virtiofsd"), "no plot");
+}
+
+/// Setup (e) runs create/write/seqread in the served upper itself: the guest sends FUSE CREATE
+/// (its overlayfs never does, it makes MKNOD + OPEN), and a workload that needs the image is
+/// refused before anything boots.
+#[test]
+fn setup_e_times_the_served_upper_without_a_guest_overlay() {
+    let _machine = crate::alone();
+    let t = tempfile::tempdir().unwrap();
+    let json = t.path().join("bench.json");
+    let bench = |extra: &[&str]| {
+        crate::strata()
+            .cmd()
+            .args(["bench", "guest", "--rootfs", "tiny", "--runs", "1"])
+            .args(["--small", "50", "--seq-mib", "4", "--timeout", "300"])
+            .args(["--setup", "strata-upper"])
+            .args(extra)
+            .arg("--workdir")
+            .arg(t.path().join("work"))
+            .arg("--output")
+            .arg(&json)
+            .output()
+            .unwrap()
+    };
+    let refused = bench(&["--workload", "walk"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("times create, write and seqread, not walk"),
+        "{stderr}"
+    );
+
+    let out = bench(&["--workload", "create", "--workload", "seqread"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "strata bench guest failed");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let summary = v["summary"].as_array().unwrap();
+    for w in ["create", "write", "seqread"] {
+        let row = summary
+            .iter()
+            .find(|x| x["setup"] == "strata-upper" && x["workload"] == w)
+            .unwrap_or_else(|| panic!("no strata-upper {w} in {summary:?}"));
+        assert!(row["median_s"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    let ops = &v["opstats"]["run1"];
+    assert!(ops["create"].as_u64().unwrap_or(0) >= 50, "{ops}");
+    // The boot's own overlay mount makes one (its work dir's whiteout); the files made none.
+    assert!(ops["mknod"].as_u64().unwrap_or(0) < 50, "{ops}");
 }
