@@ -34,7 +34,7 @@ pub mod terminal;
 
 pub use error::{Result, RuntimeError};
 pub use oci_spec;
-pub use sandbox::{ExitStatus, Sandbox, SandboxConfig, Stdio};
+pub use sandbox::{ExitStatus, Sandbox, SandboxConfig, Stdio, DEFAULT_EROFS_CACHE};
 pub use strata_plan::container::{ConsoleSize, ContainerSpec, Mount, Rlimit, User};
 pub use strata_vm::{KernelChoice, KernelSpec};
 

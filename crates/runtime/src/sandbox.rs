@@ -87,11 +87,17 @@ pub struct SandboxConfig {
     pub paused: bool,
     /// Also serve the layers on the xattr-less layer device (faster lookups; default on).
     pub layer_device: bool,
-    /// Give the guest the layers as the store's merged EROFS image on a read-only virtio-blk
-    /// device (built on first use) instead of over virtio-fs; the upper stays served. Only
-    /// for a store rootfs and a spawned server (default off).
+    /// Give the guest the layers as one merged EROFS image on a read-only virtio-blk device
+    /// (built on first use) instead of over virtio-fs; the upper stays served (default off).
+    /// A store rootfs uses the store's image; plain directories one in [`Self::erofs_cache`].
     pub erofs: bool,
+    /// Where the EROFS images of plain layer directories are kept
+    /// (default [`DEFAULT_EROFS_CACHE`]); a build removes the images whose directories are gone.
+    pub erofs_cache: PathBuf,
 }
+
+/// Default cache of the EROFS images of plain layer directories: on disk, not under `/run`.
+pub const DEFAULT_EROFS_CACHE: &str = "/var/cache/strata/erofs-dirs";
 
 impl SandboxConfig {
     /// A config with the defaults: spawned server, this strata binary, state dir under
@@ -109,6 +115,7 @@ impl SandboxConfig {
             paused: false,
             layer_device: true,
             erofs: false,
+            erofs_cache: PathBuf::from(DEFAULT_EROFS_CACHE),
         }
     }
 }
@@ -343,7 +350,7 @@ impl Sandbox {
             &cfg.rootfs,
             &dir,
             cfg.layer_device,
-            cfg.erofs,
+            cfg.erofs.then_some(cfg.erofs_cache.as_path()),
         )
         .map_err(fail)?;
         let ports = [CONTROL_PORT, STDIN_PORT, STDOUT_PORT, STDERR_PORT];

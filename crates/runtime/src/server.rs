@@ -53,7 +53,7 @@ pub(crate) fn serve(
     rootfs: &Rootfs,
     state_dir: &Path,
     layer_device: bool,
-    erofs: bool,
+    erofs: Option<&Path>,
 ) -> Result<Served> {
     match server {
         Server::Spawn => spawn(strata, rootfs, state_dir, layer_device, erofs),
@@ -63,15 +63,17 @@ pub(crate) fn serve(
     }
 }
 
-/// The store's merged EROFS image of `rootfs`'s layers (built on first use).
-fn erofs_image(rootfs: &Rootfs) -> Result<PathBuf> {
+/// The merged EROFS image of `rootfs`'s layers, built on first use: the store's for a store
+/// rootfs, one in `cache` keyed by the directories' identity for plain directories (the
+/// overlayfs snapshotter's snapshots).
+fn erofs_image(rootfs: &Rootfs, cache: &Path) -> Result<PathBuf> {
     match rootfs {
         Rootfs::Store { store, id } => Ok(strata_store::Store::open_existing(store)?
             .rootfs_erofs(id)?
             .path),
-        Rootfs::Dirs { .. } => Err(RuntimeError::Invalid(
-            "EROFS layers need a store rootfs (its image is built from the store's layers)".into(),
-        )),
+        Rootfs::Dirs { lowers, .. } => {
+            Ok(strata_store::erofs_dirs::dirs_erofs_image(cache, lowers)?.path)
+        }
     }
 }
 
@@ -80,10 +82,10 @@ fn spawn(
     rootfs: &Rootfs,
     state_dir: &Path,
     layer_device: bool,
-    erofs: bool,
+    erofs: Option<&Path>,
 ) -> Result<Served> {
     let (lowers, upper, work) = dirs(rootfs)?;
-    let erofs = erofs.then(|| erofs_image(rootfs)).transpose()?;
+    let erofs = erofs.map(|cache| erofs_image(rootfs, cache)).transpose()?;
     let socket = state_dir.join("fs.sock");
     // With the layers on a block device, the layer device has nothing left to serve.
     let lower_socket = (layer_device && erofs.is_none()).then(|| state_dir.join("layers.sock"));
@@ -149,11 +151,11 @@ fn daemon(
     id: &str,
     rootfs: &Rootfs,
     layer_device: bool,
-    erofs: bool,
+    erofs: Option<&Path>,
 ) -> Result<Served> {
     // The image is built (or found) in this process's store; the daemon only writes the
     // device's serial into the session's plan, and the VMM opens the image read-only.
-    let erofs = erofs.then(|| erofs_image(rootfs)).transpose()?;
+    let erofs = erofs.map(|cache| erofs_image(rootfs, cache)).transpose()?;
     let socket_dir = socket_dir
         .map(Path::to_path_buf)
         .or_else(|| api.parent().map(Path::to_path_buf))

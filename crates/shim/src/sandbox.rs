@@ -10,7 +10,10 @@
 //! `STRATA_INITRAMFS`, `STRATA_MEM_MIB` (512), `STRATA_VCPUS` (2), `STRATA_ACCEL`
 //! (`auto|kvm|tcg`), `STRATA_DAEMON` (the API socket of a running `strata daemon`; default: a
 //! `strata serve` child per container), `STRATA_BIN` (the `strata` binary; default: next to
-//! the shim, else on `PATH`), `STRATA_SHIM_STATE_DIR` (sockets; default `/run/strata/shim`).
+//! the shim, else on `PATH`), `STRATA_SHIM_STATE_DIR` (sockets; default `/run/strata/shim`),
+//! `STRATA_EROFS` (`1`: the snapshot's layers as one EROFS image on a read-only virtio-blk
+//! device, built at the first Create of a layer chain; default `0`) and `STRATA_EROFS_CACHE`
+//! (those images; default `/var/cache/strata/erofs-dirs`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -97,6 +100,25 @@ fn settings() -> Result<(VmSpec, Server, Option<PathBuf>), ShimError> {
     Ok((vm, server, env("STRATA_BIN").map(PathBuf::from)))
 }
 
+/// `STRATA_EROFS`/`STRATA_EROFS_CACHE`: the EROFS image cache, if the layers go on a block
+/// device.
+fn erofs_settings() -> Result<Option<PathBuf>, ShimError> {
+    let on = match env("STRATA_EROFS").as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(v) => {
+            return Err(ShimError::Sandbox(format!(
+                "STRATA_EROFS={v:?}: use 1 (layers as an EROFS image) or 0"
+            )))
+        }
+    };
+    Ok(on.then(|| {
+        env("STRATA_EROFS_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(strata_runtime::DEFAULT_EROFS_CACHE))
+    }))
+}
+
 /// The sandbox's id and socket directory: short and unique per containerd namespace and task.
 fn sandbox_names(namespace: &str, id: &str) -> (String, PathBuf) {
     let digest = Sha256::digest(format!("{namespace}/{id}").as_bytes());
@@ -136,6 +158,7 @@ impl Backend for StrataBackend {
             .map(|r| r.path().to_string_lossy().into_owned());
         let source = rootfs::parse(&p.rootfs, bundle, root_path.as_deref())?;
         let (vm, server, strata) = settings()?;
+        let mut erofs = erofs_settings()?;
 
         let mut undo = Undo(Vec::new());
         let rootfs = match source {
@@ -149,6 +172,16 @@ impl Backend for StrataBackend {
                 work,
             },
             RootfsSource::Dir(dir) => {
+                // A prepared directory may still change: an image keyed by its identity could
+                // go stale, so it is served as it is.
+                if erofs.take().is_some() {
+                    log::warn!(
+                        "task {}: STRATA_EROFS applies to snapshotter layers, not to a rootfs \
+                         directory ({}); serving it over virtio-fs",
+                        p.id,
+                        dir.display()
+                    );
+                }
                 // The prepared directory stays read-only; the container writes in the bundle.
                 let upper = bundle.join("strata-upper");
                 let work = bundle.join("strata-work");
@@ -180,6 +213,10 @@ impl Backend for StrataBackend {
         }
         cfg.state_dir = state_dir.clone();
         cfg.stdio = stdio;
+        if let Some(cache) = erofs {
+            cfg.erofs = true;
+            cfg.erofs_cache = cache;
+        }
         cfg.paused = true;
         let mut state = BundleState::new(&p.id);
         state.created = undo.0.clone();

@@ -62,6 +62,19 @@ pub struct ErofsImage {
     pub build_secs: f64,
 }
 
+impl ErofsImage {
+    /// The image at `path`, if one is there (already built).
+    pub(crate) fn existing(path: &Path) -> Option<ErofsImage> {
+        let m = fs::metadata(path).ok()?;
+        Some(ErofsImage {
+            path: path.to_path_buf(),
+            bytes: m.len(),
+            built: false,
+            build_secs: 0.0,
+        })
+    }
+}
+
 impl Store {
     /// Where the image of the stack with key `key` lives.
     pub fn erofs_path(&self, key: &Sha256) -> PathBuf {
@@ -90,51 +103,13 @@ impl Store {
     pub fn erofs_image(&self, lowers: &[PathBuf], diff_ids: &[String]) -> Result<ErofsImage> {
         let key = erofs_key(diff_ids);
         let path = self.erofs_path(&key);
-        if let Ok(m) = fs::metadata(&path) {
-            return Ok(ErofsImage {
-                path,
-                bytes: m.len(),
-                built: false,
-                build_secs: 0.0,
-            });
+        if let Some(found) = ErofsImage::existing(&path) {
+            return Ok(found);
         }
         let _lock = self.lock(false)?;
-        let t0 = Instant::now();
         let dir = self.root().join(EROFS_DIR);
         fs::create_dir_all(&dir).map_err(StoreError::io("cannot create", &dir))?;
-        let tmp = self.root().join("tmp");
-        let work = tempfile::Builder::new()
-            .prefix("erofs-")
-            .tempdir_in(&tmp)
-            .map_err(StoreError::io("cannot create a directory in", &tmp))?;
-        let out = work.path().join("image.img");
-        build_merged_image(lowers, work.path(), &out)?;
-        let bytes = fs::metadata(&out)
-            .map_err(StoreError::io("cannot stat", &out))?
-            .len();
-        // Never replace: an image that is there is the same image.
-        match nix::fcntl::renameat2(
-            None,
-            &out,
-            None,
-            &path,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        ) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => {
-                return Err(StoreError::Io {
-                    what: "cannot publish",
-                    path,
-                    source: e.into(),
-                })
-            }
-        }
-        Ok(ErofsImage {
-            path,
-            bytes,
-            built: true,
-            build_secs: t0.elapsed().as_secs_f64(),
-        })
+        build_and_publish(lowers, &self.root().join("tmp"), path)
     }
 
     /// Remove the images whose stack no image or container rootfs has: the file names
@@ -175,6 +150,48 @@ impl Store {
         removed.sort();
         (removed, failed)
     }
+}
+
+/// Build the merged image of `lowers` in a temporary directory under `tmp` and publish it at
+/// `path` (never replacing: an image that is there is the same image, from a concurrent
+/// builder).
+pub(crate) fn build_and_publish(
+    lowers: &[PathBuf],
+    tmp: &Path,
+    path: PathBuf,
+) -> Result<ErofsImage> {
+    let t0 = Instant::now();
+    let work = tempfile::Builder::new()
+        .prefix("erofs-")
+        .tempdir_in(tmp)
+        .map_err(StoreError::io("cannot create a directory in", tmp))?;
+    let out = work.path().join("image.img");
+    build_merged_image(lowers, work.path(), &out)?;
+    let bytes = fs::metadata(&out)
+        .map_err(StoreError::io("cannot stat", &out))?
+        .len();
+    match nix::fcntl::renameat2(
+        None,
+        &out,
+        None,
+        &path,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => {
+            return Err(StoreError::Io {
+                what: "cannot publish",
+                path,
+                source: e.into(),
+            })
+        }
+    }
+    Ok(ErofsImage {
+        path,
+        bytes,
+        built: true,
+        build_secs: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// Write the merged EROFS image of layer directories `lowers` (topmost first) to `out`,

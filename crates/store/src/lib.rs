@@ -15,6 +15,7 @@
 pub mod config;
 pub mod digest;
 pub mod erofs;
+pub mod erofs_dirs;
 pub mod error;
 pub mod held;
 pub mod reference;

@@ -307,10 +307,36 @@ fn ctr_traced(c: &Containerd, log: &Path, args: &[&str]) -> (Output, Vec<String>
     )
 }
 
+/// The tools every test here needs (a real containerd, the test image's makers, a VM), and
+/// `extra`.
+fn require_engine(extra: &[&str]) {
+    let mut tools = vec![
+        "containerd",
+        "ctr",
+        "umoci",
+        "skopeo",
+        "qemu-system-x86_64",
+        "busybox",
+    ];
+    tools.extend_from_slice(extra);
+    strata_harness::require(&tools);
+}
+
 fn run_rm(c: &Containerd, id: &str, cmd: &[&str]) -> Output {
     let mut args = vec!["run", "--runtime", RUNTIME, "--rm", IMAGE, id];
     args.extend_from_slice(cmd);
     c.ctr(&args)
+}
+
+/// `ctr`'s exit status is the container's: `code`, else show ctr's output and the shim's log.
+fn assert_exit(out: &Output, c: &Containerd, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}\n{}",
+        text(out),
+        c.shim_logs()
+    );
 }
 
 fn stdout(out: &Output) -> String {
@@ -372,15 +398,7 @@ fn no_strata_processes(c: &Containerd) {
 #[test]
 fn ctr_runs_containers_in_strata_vms() {
     let _machine = crate::alone();
-    strata_harness::require(&[
-        "containerd",
-        "ctr",
-        "umoci",
-        "skopeo",
-        "strace",
-        "qemu-system-x86_64",
-        "busybox",
-    ]);
+    require_engine(&["strace"]);
     let shim = shim_binary();
     let c = Containerd::start(&shim, &[]);
     c.import_test_image();
@@ -403,13 +421,7 @@ fn ctr_runs_containers_in_strata_vms() {
         ],
     );
     let engine_mounts = trace.finish();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}\n{}",
-        text(&out),
-        c.shim_logs()
-    );
+    assert_exit(&out, &c, 3);
     assert_eq!(stdout(&out), "hi\n");
     // `-Y` names each caller: containerd's own threads are `containerd`; the shim, `strata
     // serve` and qemu are everything else.
@@ -692,15 +704,7 @@ fn ctr_bad_input_is_refused_and_leaves_nothing() {
 #[test]
 fn ctr_through_a_strata_daemon_session() {
     let _machine = crate::shared();
-    strata_harness::require(&[
-        "containerd",
-        "ctr",
-        "umoci",
-        "skopeo",
-        "strace",
-        "qemu-system-x86_64",
-        "busybox",
-    ]);
+    require_engine(&["strace"]);
     let shim = shim_binary();
     let d = tempfile::Builder::new()
         .prefix("strata-dmn")
@@ -764,7 +768,7 @@ fn ctr_through_a_strata_daemon_session() {
 #[test]
 fn ctr_runs_a_container_with_a_terminal() {
     let _machine = crate::shared();
-    strata_harness::require(&["containerd", "ctr", "umoci", "skopeo", "qemu-system-x86_64"]);
+    require_engine(&[]);
     let shim = shim_binary();
     let c = Containerd::start(&shim, &[]);
     c.import_test_image();
@@ -796,4 +800,55 @@ fn ctr_runs_a_container_with_a_terminal() {
     assert_eq!(code, Some(130), "{shown}\n{err}\n{}", c.shim_logs());
     assert!(!shown.contains("not-interrupted"), "{shown}");
     assert!(c.leftovers().is_empty(), "{:?}", c.leftovers());
+}
+
+/// `STRATA_EROFS=1`: the shim gives the guest the snapshot's layers as one EROFS image on a
+/// read-only virtio-blk device, built at the first Create of that layer chain in
+/// `STRATA_EROFS_CACHE` and reused by the next; the upper is still served.
+#[test]
+fn ctr_runs_containers_on_an_erofs_layer_image() {
+    let _machine = crate::shared();
+    require_engine(&["mkfs.erofs"]);
+    let shim = shim_binary();
+    let cache = tempfile::tempdir().unwrap();
+    let c = Containerd::start(
+        &shim,
+        &[
+            ("STRATA_EROFS", "1"),
+            ("STRATA_EROFS_CACHE", cache.path().to_str().unwrap()),
+        ],
+    );
+    c.import_test_image();
+    let images = || -> Vec<(String, std::time::SystemTime)> {
+        let mut v: Vec<_> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".img"))
+            .map(|e| {
+                let m = e.metadata().unwrap().modified().unwrap();
+                (e.file_name().to_string_lossy().into_owned(), m)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // The guest has a block device only when the layers came as the image (the container's
+    // own /proc/mounts shows its root, not the guest's erofs mount).
+    let script = "ls /sys/block | grep -c '^vd'; head -n 1 /etc/group; echo $FOO; exit 3";
+    let out = run_rm(&c, "e1", &["sh", "-c", script]);
+    eprintln!("{}", text(&out));
+    assert_exit(&out, &c, 3);
+    let first = images();
+    assert_eq!(first.len(), 1, "one image for the chain: {first:?}");
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(lines, ["1", "root:x:0:", "bar"], "{lines:?}");
+    let out = run_rm(&c, "e2", &["sh", "-c", script]);
+    assert_exit(&out, &c, 3);
+    assert_eq!(images(), first, "the second container reused the image");
+    no_strata_processes(&c);
+    assert_eq!(
+        c.leftovers(),
+        Vec::<String>::new(),
+        "shim state left behind"
+    );
 }
