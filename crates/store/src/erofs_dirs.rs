@@ -15,6 +15,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +115,38 @@ pub fn dirs_erofs_image(cache: &Path, lowers: &[PathBuf]) -> Result<ErofsImage> 
     Ok(image)
 }
 
+/// How old an unfinished build's staging must be before a sweep takes it for dead: far longer
+/// than any build (mkfs.erofs writes about 0.1 GiB/s here, see docs/erofs.md).
+pub const STALE_STAGING: Duration = Duration::from_secs(6 * 3600);
+
+/// Remove the entries of `tmp` last modified more than `age` ago (a builder killed mid-build
+/// leaves its staging tree or record there); the names removed. Best effort.
+fn sweep_staging(tmp: &Path, age: Duration) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|d| d > age));
+        if !old {
+            continue;
+        }
+        let p = e.path();
+        let gone = if p.is_dir() {
+            fs::remove_dir_all(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        if gone.is_ok() {
+            removed.push(format!("{TMP_DIR}/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    removed
+}
+
 /// Is this recorded chain still on disk, directory for directory?
 fn chain_exists(r: &Record) -> bool {
     r.format == FORMAT
@@ -122,9 +155,10 @@ fn chain_exists(r: &Record) -> bool {
         })
 }
 
-/// Remove the images (and records) of `cache` whose chain is gone; the names removed.
+/// Remove the images (and records) of `cache` whose chain is gone, and staging left by
+/// builders that died more than [`STALE_STAGING`] ago; the names removed.
 pub fn sweep(cache: &Path) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
+    let mut removed = sweep_staging(&cache.join(TMP_DIR), STALE_STAGING);
     let entries = fs::read_dir(cache).map_err(StoreError::io("cannot list", cache))?;
     for e in entries {
         let e = e.map_err(StoreError::io("cannot list", cache))?;
@@ -196,6 +230,21 @@ mod tests {
             .filter(|n| n.ends_with(".img") || n.ends_with(".lowers"))
             .collect();
         assert_eq!(left.len(), 4, "{left:?}");
+    }
+
+    /// A builder killed mid-build leaves staging; only old staging is taken for dead.
+    #[test]
+    fn dead_builders_staging_goes_live_ones_stays() {
+        let t = tempfile::tempdir().unwrap();
+        let tmp = t.path().join(TMP_DIR);
+        fs::create_dir_all(tmp.join("erofs-dead/tree")).unwrap();
+        fs::create_dir_all(tmp.join("erofs-live")).unwrap();
+        let old = std::time::SystemTime::now() - STALE_STAGING - Duration::from_secs(60);
+        let dead = fs::File::open(tmp.join("erofs-dead")).unwrap();
+        dead.set_modified(old).unwrap();
+        let removed = sweep(t.path()).unwrap();
+        assert_eq!(removed, ["tmp/erofs-dead"]);
+        assert!(tmp.join("erofs-live").exists());
     }
 
     #[test]
