@@ -21,7 +21,7 @@ const VIRTIOFS_RETRY_EVERY: Duration = Duration::from_millis(20);
 /// Read-ahead of a virtio-fs mount, in KiB. FUSE starts every mount at 128 KiB, so a
 /// sequential read of a served file is one READ round trip per 128 KiB although a request may
 /// carry 1 MiB (`max_pages` 256 with the VMM's `queue-size=1024`); 1 MiB cuts those round trips
-/// by 8 (`strata bench guest --workload seqread --opstats`: 2048 → 256 READs for 256 MiB).
+/// by 8 (`strata bench guest --workload seqread --opstats`: 2049 → 257 READs for 256 MiB).
 pub(crate) const VIRTIOFS_READAHEAD_KB: u32 = 1024;
 /// mount(2) copies at most one page of option data, NUL included.
 pub(crate) const MOUNT_DATA_MAX: usize = 4095;
