@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Sha256;
 use crate::erofs::{build_and_publish, ErofsImage};
 use crate::error::{Result, StoreError};
+use crate::store::check_dir;
 
 /// Bumped when the image layout or the key changes.
 const FORMAT: &str = "strata-erofs-dirs-1";
@@ -78,6 +79,29 @@ fn key(lowers: &[PathBuf]) -> Result<(Sha256, Vec<Lower>)> {
     Ok((Sha256::of(s.as_bytes()), ids))
 }
 
+/// Create `dir` (and its parents) 0700 if missing, and refuse it unless it is a directory of
+/// ours that no other user may enter: the images hold whatever the layers hold (shadow files,
+/// keys), and their names are predictable, so a cache another user could write into would let
+/// them plant the rootfs of the next container.
+fn private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(StoreError::io("cannot create", dir))?;
+    let meta = fs::symlink_metadata(dir).map_err(StoreError::io("cannot stat", dir))?;
+    if check_dir(dir, &meta, 0o700)? {
+        return Err(StoreError::Insecure {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "mode {:o} lets other users in (an EROFS image cache must be 700): chmod 700 it",
+                meta.mode() & 0o7777
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The merged EROFS image of the layer directories `lowers` (topmost first) in `cache`,
 /// built if missing. Concurrent builders of one chain each build and the first rename wins.
 pub fn dirs_erofs_image(cache: &Path, lowers: &[PathBuf]) -> Result<ErofsImage> {
@@ -88,17 +112,13 @@ pub fn dirs_erofs_image(cache: &Path, lowers: &[PathBuf]) -> Result<ErofsImage> 
         });
     }
     let (key, ids) = key(lowers)?;
+    private_dir(cache)?;
     let path = cache.join(format!("{}.img", key.hex()));
     if let Some(found) = ErofsImage::existing(&path) {
         return Ok(found);
     }
     let tmp = cache.join(TMP_DIR);
-    // 0700 like the store: the images hold whatever the layers hold (shadow files, keys).
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&tmp)
-        .map_err(StoreError::io("cannot create", &tmp))?;
+    private_dir(&tmp)?;
     // The record first: a sweep that finds an image finds what it was made of.
     let record = cache.join(format!("{}.lowers", key.hex()));
     let json = serde_json::to_vec(&Record {
@@ -245,6 +265,23 @@ mod tests {
         let removed = sweep(t.path()).unwrap();
         assert_eq!(removed, ["tmp/erofs-dead"]);
         assert!(tmp.join("erofs-live").exists());
+    }
+
+    /// A cache other users may write into is refused before any image in it is trusted.
+    #[test]
+    fn a_cache_others_can_enter_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (cache, lower) = (t.path().join("cache"), t.path().join("l"));
+        fs::create_dir_all(&lower).unwrap();
+        fs::create_dir_all(&cache).unwrap();
+        fs::set_permissions(&cache, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = dirs_erofs_image(&cache, std::slice::from_ref(&lower)).unwrap_err();
+        assert!(matches!(e, StoreError::Insecure { .. }), "{e}");
+        assert!(e.to_string().contains("chmod 700"), "{e}");
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&cache, &link).unwrap();
+        let e = dirs_erofs_image(&link, &[lower]).unwrap_err();
+        assert!(matches!(e, StoreError::Insecure { .. }), "{e}");
     }
 
     #[test]

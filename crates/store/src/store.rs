@@ -167,7 +167,7 @@ fn check_existing(root: &Path) -> Result<()> {
 
 /// Check one store directory (`meta` of `path`): a directory owned by whoever runs this,
 /// granting nothing beyond `max`. `Ok(true)`: its mode must be narrowed to `max`.
-fn check_dir(path: &Path, meta: &fs::Metadata, max: u32) -> Result<bool> {
+pub(crate) fn check_dir(path: &Path, meta: &fs::Metadata, max: u32) -> Result<bool> {
     let insecure = |reason: String| StoreError::Insecure {
         path: path.to_owned(),
         reason,
