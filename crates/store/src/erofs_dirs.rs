@@ -90,11 +90,15 @@ fn private_dir(dir: &Path) -> Result<()> {
         .create(dir)
         .map_err(StoreError::io("cannot create", dir))?;
     let meta = fs::symlink_metadata(dir).map_err(StoreError::io("cannot stat", dir))?;
-    if check_dir(dir, &meta, 0o700)? {
-        return Err(StoreError::Insecure {
+    let narrow = check_dir(dir, &meta, 0o700).map_err(|e| match e {
+        StoreError::Insecure { path, reason } => StoreError::InsecureCache { path, reason },
+        other => other,
+    })?;
+    if narrow {
+        return Err(StoreError::InsecureCache {
             path: dir.to_path_buf(),
             reason: format!(
-                "mode {:o} lets other users in (an EROFS image cache must be 700): chmod 700 it",
+                "mode {:o} lets other users in (at most 700): chmod 700 it",
                 meta.mode() & 0o7777
             ),
         });
@@ -276,12 +280,12 @@ mod tests {
         fs::create_dir_all(&cache).unwrap();
         fs::set_permissions(&cache, fs::Permissions::from_mode(0o777)).unwrap();
         let e = dirs_erofs_image(&cache, std::slice::from_ref(&lower)).unwrap_err();
-        assert!(matches!(e, StoreError::Insecure { .. }), "{e}");
+        assert!(matches!(e, StoreError::InsecureCache { .. }), "{e}");
         assert!(e.to_string().contains("chmod 700"), "{e}");
         let link = t.path().join("link");
         std::os::unix::fs::symlink(&cache, &link).unwrap();
         let e = dirs_erofs_image(&link, &[lower]).unwrap_err();
-        assert!(matches!(e, StoreError::Insecure { .. }), "{e}");
+        assert!(matches!(e, StoreError::InsecureCache { .. }), "{e}");
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub enum StoreError {
     LayerMissing(String),
     #[error("store directory {path} is not safe: {reason}")]
     Insecure { path: PathBuf, reason: String },
+    #[error("EROFS image cache {path} is not safe: {reason}")]
+    InsecureCache { path: PathBuf, reason: String },
     #[error("store record {path} is not valid: {reason} (remove it or re-import)")]
     BadRecord { path: PathBuf, reason: String },
     #[error("{tool} failed: {reason}")]

@@ -117,7 +117,8 @@ impl From<StoreError> for Error {
             StoreError::BadName(_)
             | StoreError::BadId(_)
             | StoreError::BadSource { .. }
-            | StoreError::Insecure { .. } => Kind::Refused,
+            | StoreError::Insecure { .. }
+            | StoreError::InsecureCache { .. } => Kind::Refused,
             _ => Kind::Failed,
         };
         Error::new(kind, e)

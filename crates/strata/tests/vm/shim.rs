@@ -810,17 +810,19 @@ fn ctr_runs_containers_on_an_erofs_layer_image() {
     let _machine = crate::shared();
     require_engine(&["mkfs.erofs"]);
     let shim = shim_binary();
-    let cache = tempfile::tempdir().unwrap();
+    // A directory the shim creates (0700): the shim refuses a cache others may enter.
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("erofs");
     let c = Containerd::start(
         &shim,
         &[
             ("STRATA_EROFS", "1"),
-            ("STRATA_EROFS_CACHE", cache.path().to_str().unwrap()),
+            ("STRATA_EROFS_CACHE", cache.to_str().unwrap()),
         ],
     );
     c.import_test_image();
     let images = || -> Vec<(String, std::time::SystemTime)> {
-        let mut v: Vec<_> = std::fs::read_dir(cache.path())
+        let mut v: Vec<_> = std::fs::read_dir(&cache)
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".img"))
