@@ -116,6 +116,17 @@ pub enum GuestError {
         errno: Errno,
     },
 
+    #[error(
+        "cannot bind the root the daemon merged ({}) at {}: {errno}",
+        from.display(),
+        to.display()
+    )]
+    BindRoot {
+        from: PathBuf,
+        to: PathBuf,
+        errno: Errno,
+    },
+
     #[error("cannot switch root into {}: {step} failed: {errno}", newroot.display())]
     SwitchRoot {
         newroot: PathBuf,
@@ -149,6 +160,7 @@ impl GuestError {
             | GuestError::Overlay { errno, .. }
             | GuestError::BlockMount { errno, .. }
             | GuestError::MoveMount { errno, .. }
+            | GuestError::BindRoot { errno, .. }
             | GuestError::SwitchRoot { errno, .. }
             | GuestError::Fork(errno) => Some(*errno),
             GuestError::Mkdir { source, .. }

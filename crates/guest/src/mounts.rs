@@ -301,6 +301,22 @@ pub(crate) fn mount_overlay(
     root: &Path,
     target: &Path,
 ) -> Result<(), GuestError> {
+    if let Some(dir) = &plan.rootfs {
+        // Merged by the daemon: the tree's directory is the root as it is.
+        let from = root.join(dir);
+        return mount(
+            Some(&from),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|errno| GuestError::BindRoot {
+            from,
+            to: target.to_path_buf(),
+            errno,
+        });
+    }
     let lower_root = match (&plan.lower_block, &plan.lower_tag) {
         (Some(block), _) => {
             let dir = block_staging_dir(tag);

@@ -114,6 +114,8 @@ pub struct ServeSpec {
     pub tag: String,
     /// The layer device (`--lower-socket`, `--lower-tag`): the layers again, without xattrs.
     pub lower: Option<(PathBuf, String)>,
+    /// `--union`: the daemon merges upper and layers itself (`lower` must be `None`).
+    pub union: bool,
 }
 
 impl ServeSpec {
@@ -173,6 +175,9 @@ impl ServeProcess {
         for l in &spec.lowers {
             args.push("--lower".as_ref());
             args.push(l.as_os_str());
+        }
+        if spec.union {
+            args.push("--union".as_ref());
         }
         if let Some((socket, tag)) = &spec.lower {
             args.extend([

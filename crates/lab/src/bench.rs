@@ -551,6 +551,7 @@ fn start(
                 limits: strata_serve::Limits::default(),
                 lower_device: None,
                 lower_block: None,
+                union: false,
             };
             let server = strata_serve::prepare(&cfg, CachePolicy::default()).map_err(|source| {
                 BenchError::Serve {
@@ -653,6 +654,7 @@ impl Daemon {
             tag: None,
             layer_device: None,
             lower_block: None,
+            union: false,
         })
     }
 

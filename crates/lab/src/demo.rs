@@ -151,6 +151,7 @@ pub fn run(strata: &Path, dir: &Path, erofs: bool) -> Result<bool> {
                 strata_serve::DEFAULT_LOWER_TAG.into(),
             )
         }),
+        union: false,
     };
     let use_strace = strata_vm::qemu::find_in_path("strace").is_some();
     let strace_log = dir.join("serve.strace");

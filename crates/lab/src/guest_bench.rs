@@ -82,24 +82,30 @@ pub enum Setup {
     /// tree; create, write and seqread only, and only when asked for.
     #[serde(rename = "strata-upper")]
     StrataUpper,
+    /// (f) strata serve --union: the daemon merges upper and layers itself and the guest mounts
+    /// the result as its root, with no overlay of its own.
+    #[serde(rename = "strata-union")]
+    StrataUnion,
 }
 
 impl Setup {
-    /// The default setups: (a), (b), (c).
-    pub const ALL: [Setup; 4] = [
+    /// The default setups: (a), (b), (c), (d), (f).
+    pub const ALL: [Setup; 5] = [
         Setup::Virtiofsd,
         Setup::Strata,
         Setup::Erofs,
         Setup::StrataErofs,
+        Setup::StrataUnion,
     ];
     /// Every setup, in table order.
-    pub const EVERY: [Setup; 6] = [
+    pub const EVERY: [Setup; 7] = [
         Setup::Virtiofsd,
         Setup::StrataLayers,
         Setup::Strata,
         Setup::Erofs,
         Setup::StrataErofs,
         Setup::StrataUpper,
+        Setup::StrataUnion,
     ];
     /// The workloads a setup can time: (e) has no image under its root.
     pub fn times(self, w: Workload) -> bool {
@@ -114,6 +120,7 @@ impl Setup {
             Setup::Erofs => "erofs",
             Setup::StrataErofs => "strata-erofs",
             Setup::StrataUpper => "strata-upper",
+            Setup::StrataUnion => "strata-union",
         }
     }
     /// The long label used in tables and plots.
@@ -126,6 +133,9 @@ impl Setup {
             Setup::StrataErofs => "(d) strata serve upper + merged EROFS lower on virtio-blk",
             Setup::StrataUpper => {
                 "(e) strata serve, workloads in the served upper (no guest overlay)"
+            }
+            Setup::StrataUnion => {
+                "(f) strata serve --union: merged by the daemon, no guest overlay"
             }
         }
     }
@@ -753,6 +763,33 @@ pub(crate) fn serve_lower_block_argv(
     argv
 }
 
+/// `strata serve --union` of the layers, upper and work, tag `strata`: setup (f).
+pub(crate) fn serve_union_argv(
+    strata: &Path,
+    socket: &Path,
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+) -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        strata.into(),
+        "serve".into(),
+        "--socket".into(),
+        socket.into(),
+        "--upper".into(),
+        upper.into(),
+        "--work".into(),
+        work.into(),
+        "--tag".into(),
+        "strata".into(),
+        "--union".into(),
+    ];
+    for l in layers {
+        argv.extend(["--lower".into(), l.into()]);
+    }
+    argv
+}
+
 /// The layers' merged EROFS image as the store builds it (`strata image import --erofs`), in
 /// `dir`; rebuilt when missing.
 pub(crate) fn merged_erofs_image(layers: &[PathBuf], dir: &Path) -> Result<PathBuf> {
@@ -1042,6 +1079,7 @@ fn boot(
                         strata_serve::DEFAULT_LOWER_TAG.into(),
                     )
                 }),
+                union: false,
             };
             serve = Some(ServeProcess::spawn(
                 ctx.strata,
@@ -1050,6 +1088,20 @@ fn boot(
                 &dir.join("serve.log"),
             )?);
             vm.virtiofs = spec.devices();
+        }
+        Setup::StrataUnion => {
+            for d in [&upper, &work] {
+                mkdir(d)?;
+            }
+            std::env::remove_var(SEPARATE_LAYERS_ENV);
+            let argv = serve_union_argv(ctx.strata, &socket, &ctx.layers, &upper, &work);
+            serve = Some(ServeProcess::spawn_argv(
+                &argv,
+                std::slice::from_ref(&socket),
+                None,
+                &dir.join("serve.log"),
+            )?);
+            vm.virtiofs = vec![(socket.clone(), "strata".into())];
         }
         Setup::StrataErofs => {
             for d in [&upper, &work] {
@@ -1319,7 +1371,15 @@ pub fn run(
             report.errors.extend(b.errors);
         }
     }
-    if cfg.opstats && setups.contains(&Setup::Strata) {
+    for opsetup in [Setup::Strata, Setup::StrataUnion] {
+        if !cfg.opstats || !setups.contains(&opsetup) {
+            continue;
+        }
+        // (b)'s counts keep their plain names; (f)'s are prefixed with its name.
+        let prefix = match opsetup {
+            Setup::Strata => String::new(),
+            s => format!("{}/", s.name()),
+        };
         // One boot with no workload (mount + unmount), then one per workload; the difference
         // is the workload's requests.
         let mut per: Vec<(String, Vec<Workload>)> = vec![("boot".into(), vec![])];
@@ -1334,9 +1394,11 @@ pub fn run(
         let mut base: BTreeMap<String, u64> = BTreeMap::new();
         let mut write_only: BTreeMap<String, u64> = BTreeMap::new();
         for (label, ws) in per {
-            progress(&format!("opstats: strata, {label}"));
-            let dir = cfg.workdir.join(format!("opstats-{label}"));
-            let b = boot(&ctx, Setup::Strata, &ws, &dir, progress)?;
+            progress(&format!("opstats: {}, {label}", opsetup.name()));
+            let dir = cfg
+                .workdir
+                .join(format!("opstats-{}-{label}", opsetup.name()));
+            let b = boot(&ctx, opsetup, &ws, &dir, progress)?;
             let _ = std::fs::remove_dir_all(&dir);
             report.errors.extend(b.errors);
             let Some(o) = b.opstats else {
@@ -1357,9 +1419,10 @@ pub fn run(
             if label == "write" {
                 write_only = o.clone();
             }
-            report
-                .opstats
-                .insert(label.clone(), if label == "boot" { o } else { d });
+            report.opstats.insert(
+                format!("{prefix}{label}"),
+                if label == "boot" { o } else { d },
+            );
         }
     }
     report.summary = summarize(&report.samples);

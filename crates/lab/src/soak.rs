@@ -126,6 +126,7 @@ impl Tree {
                 tag: None,
                 layer_device: None,
                 lower_block: None,
+                union: false,
             })
             .map_err(|e| VmError::Serve(format!("daemon API: {e}")))?;
         match r {

@@ -308,6 +308,7 @@ pub fn run_kernel(
         socket: dir.join("lab.sock"),
         tag: "strata".into(),
         lower: None,
+        union: false,
     };
     let serve = ServeProcess::spawn(strata, &spec, None, &dir.join("serve.log"))?;
     let vm = VmConfig {

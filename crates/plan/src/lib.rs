@@ -31,6 +31,11 @@
 //! `-drive file=IMG,if=none,readonly=on,format=raw,id=l0 -device
 //! virtio-blk-pci,drive=l0,serial=SERIAL`.
 //!
+//! With [`MountPlan::rootfs`] set, the daemon has merged the upper dir and the layers itself
+//! (`strata serve --union`) and serves the result as that directory of the tree: the guest
+//! bind-mounts it as the container root and mounts no overlay (`lowers`, `upper` and `work`
+//! then only say where the daemon keeps them).
+//!
 //! A container VM also gets a [`ContainerSpec`] (what to run, as whom, with which in-guest
 //! mounts) over the [`control`] protocol on a virtio-serial port.
 
@@ -54,6 +59,8 @@ pub const MERGED_LOWER_DIR: &str = "lower";
 pub const UPPER_DIR: &str = "upper";
 /// The overlayfs work directory.
 pub const WORK_DIR: &str = "work";
+/// The container root merged by the daemon ([`MountPlan::rootfs`]).
+pub const UNION_ROOTFS_DIR: &str = "rootfs";
 /// Default virtio-fs tag.
 pub const DEFAULT_TAG: &str = "strata";
 /// The plan format version this build writes and understands.
@@ -87,6 +94,10 @@ pub struct MountPlan {
     /// relative to the root of the filesystem on it (see the module documentation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lower_block: Option<LowerBlock>,
+    /// The directory of the tree that is the container root, merged by the daemon: the guest
+    /// bind-mounts it instead of mounting an overlay (see the module documentation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
 }
 
 /// A read-only block device holding the layers ([`MountPlan::lower_block`]).
@@ -190,6 +201,7 @@ impl MountPlan {
                 .collect(),
             lower_tag: None,
             lower_block: None,
+            rootfs: None,
         }
     }
 
@@ -220,6 +232,16 @@ impl MountPlan {
         }
     }
 
+    /// This plan with the container root merged by the daemon in `dir` ([`MountPlan::rootfs`]).
+    pub fn with_rootfs(self, dir: &str) -> Self {
+        MountPlan {
+            rootfs: Some(dir.to_string()),
+            lower_tag: None,
+            lower_block: None,
+            ..self
+        }
+    }
+
     /// Parse and validate a plan.
     pub fn from_json(bytes: &[u8]) -> Result<Self, PlanError> {
         let plan: MountPlan = serde_json::from_slice(bytes)?;
@@ -246,7 +268,17 @@ impl MountPlan {
         if self.lowers.is_empty() {
             return Err(PlanError::NoLayers);
         }
-        for p in self.lowers.iter().chain([&self.upper, &self.work]) {
+        if self.rootfs.is_some() && (self.lower_tag.is_some() || self.lower_block.is_some()) {
+            return Err(PlanError::BadPath(
+                "rootfs with lower_tag or lower_block (the daemon merges the layers itself)".into(),
+            ));
+        }
+        for p in self
+            .lowers
+            .iter()
+            .chain([&self.upper, &self.work])
+            .chain(self.rootfs.as_ref())
+        {
             let plain = !p.is_empty()
                 && !p.starts_with('/')
                 && !p.contains([',', ':', '\\', '\0'])

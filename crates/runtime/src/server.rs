@@ -52,15 +52,25 @@ pub(crate) fn serve(
     id: &str,
     rootfs: &Rootfs,
     state_dir: &Path,
-    layer_device: bool,
-    erofs: Option<&Path>,
+    layers: LayerMode<'_>,
 ) -> Result<Served> {
     match server {
-        Server::Spawn => spawn(strata, rootfs, state_dir, layer_device, erofs),
+        Server::Spawn => spawn(strata, rootfs, state_dir, layers),
         Server::Daemon { api, socket_dir } => {
-            daemon(api, socket_dir.as_deref(), id, rootfs, layer_device, erofs)
+            daemon(api, socket_dir.as_deref(), id, rootfs, layers)
         }
     }
+}
+
+/// How the guest gets the image's layers besides the served tree.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerMode<'a> {
+    /// Also on the xattr-less layer device.
+    pub layer_device: bool,
+    /// As a merged EROFS image (built in this cache for plain directories).
+    pub erofs: Option<&'a Path>,
+    /// Merged with the upper by the server (`strata serve --union`): neither of the above.
+    pub union: bool,
 }
 
 /// The merged EROFS image of `rootfs`'s layers, built on first use: the store's for a store
@@ -81,16 +91,26 @@ fn spawn(
     strata: &Path,
     rootfs: &Rootfs,
     state_dir: &Path,
-    layer_device: bool,
-    erofs: Option<&Path>,
+    layers: LayerMode<'_>,
 ) -> Result<Served> {
     let (lowers, upper, work) = dirs(rootfs)?;
-    let erofs = erofs.map(|cache| erofs_image(rootfs, cache)).transpose()?;
+    let erofs = match layers.union {
+        true => None,
+        false => layers
+            .erofs
+            .map(|cache| erofs_image(rootfs, cache))
+            .transpose()?,
+    };
     let socket = state_dir.join("fs.sock");
-    // With the layers on a block device, the layer device has nothing left to serve.
-    let lower_socket = (layer_device && erofs.is_none()).then(|| state_dir.join("layers.sock"));
+    // With the layers on a block device, or merged with the upper, the layer device has
+    // nothing left to serve.
+    let lower_socket = (layers.layer_device && erofs.is_none() && !layers.union)
+        .then(|| state_dir.join("layers.sock"));
     let mut cmd = Command::new(strata);
     cmd.arg("serve").arg("--socket").arg(&socket);
+    if layers.union {
+        cmd.arg("--union");
+    }
     if let Some(l) = &lower_socket {
         cmd.arg("--lower-socket").arg(l);
     }
@@ -150,12 +170,18 @@ fn daemon(
     socket_dir: Option<&Path>,
     id: &str,
     rootfs: &Rootfs,
-    layer_device: bool,
-    erofs: Option<&Path>,
+    layers: LayerMode<'_>,
 ) -> Result<Served> {
     // The image is built (or found) in this process's store; the daemon only writes the
     // device's serial into the session's plan, and the VMM opens the image read-only.
-    let erofs = erofs.map(|cache| erofs_image(rootfs, cache)).transpose()?;
+    let erofs = match layers.union {
+        true => None,
+        false => layers
+            .erofs
+            .map(|cache| erofs_image(rootfs, cache))
+            .transpose()?,
+    };
+    let layer_device = layers.layer_device && !layers.union;
     let socket_dir = socket_dir
         .map(Path::to_path_buf)
         .or_else(|| api.parent().map(Path::to_path_buf))
@@ -191,6 +217,7 @@ fn daemon(
         lower_block: erofs
             .as_ref()
             .map(|_| strata_plan::LowerBlock::erofs(strata_plan::DEFAULT_LOWER_SERIAL)),
+        union: layers.union,
     };
     let resp = Client::connect(api)
         .and_then(|mut c| c.call(&req))

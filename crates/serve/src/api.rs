@@ -48,6 +48,11 @@ pub enum Request {
         /// virtio-fs: the session's plan says so. Not with `layer_device`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lower_block: Option<strata_plan::LowerBlock>,
+        /// Merge upper and layers in the daemon and send the guest to `rootfs/` for its root,
+        /// with no overlay of its own (`strata serve --union`). Not with `layer_device` or
+        /// `lower_block`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        union: bool,
     },
     /// Stop serving: a session no VMM has connected to is gone at once; a connected one has
     /// its tree dropped (the guest gets EIO from then on) and ends when the VMM hangs up.
@@ -222,6 +227,7 @@ mod tests {
             tag: None,
             layer_device: None,
             lower_block: None,
+            union: false,
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),

@@ -36,6 +36,9 @@ pub struct ServeConfig {
     /// (`strata serve --erofs`): the plan sends the guest there for its lower; the layers are
     /// still served (unused by a guest that follows the plan).
     pub lower_block: Option<strata_plan::LowerBlock>,
+    /// Serve `/rootfs`, the upper dir and the layers merged by the daemon, and send the guest
+    /// there for its root instead of its own overlay (`strata serve --union`).
+    pub union: bool,
 }
 
 /// Mode and group of the vhost-user sockets `strata serve` binds (`--socket-mode`,
@@ -185,6 +188,7 @@ pub struct Checked {
     /// The held directories: `lowers` in order, then upper, then work.
     pub(crate) fds: Vec<Arc<OwnedFd>>,
     pub lower_block: Option<strata_plan::LowerBlock>,
+    pub union: bool,
 }
 
 impl Checked {
@@ -393,6 +397,7 @@ impl ServeConfig {
             limits: self.limits,
             fds,
             lower_block: self.lower_block.clone(),
+            union: self.union,
         })
     }
 }
@@ -413,6 +418,7 @@ mod tests {
             limits: Limits::default(),
             lower_device: None,
             lower_block: None,
+            union: false,
         }
     }
 

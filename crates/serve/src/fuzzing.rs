@@ -750,6 +750,7 @@ impl Harness {
             limits,
             lower_device: None,
             lower_block: None,
+            union: false,
         };
         let checked = cfg.check().map_err(std::io::Error::other)?;
         let fs = Arc::new(

@@ -136,6 +136,8 @@ pub fn allowed_syscalls() -> Vec<(&'static str, i64)> {
         SYS_utimensat,
         SYS_ftruncate,
         SYS_fallocate,
+        // copy-up of a layer file into the upper dir (`--union`): in-kernel copy or reflink
+        SYS_copy_file_range,
         SYS_fsync,
         SYS_fdatasync,
         SYS_getxattr,

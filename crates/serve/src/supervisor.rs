@@ -158,10 +158,19 @@ struct Sessions {
 struct Layers {
     device: Option<api::LayerDevice>,
     block: Option<strata_plan::LowerBlock>,
+    /// The daemon merges them with the upper (`rootfs/`): no second device.
+    union: bool,
 }
 
 impl Layers {
     fn check(&self) -> Result<(), String> {
+        if self.union && (self.device.is_some() || self.block.is_some()) {
+            return Err(
+                "union serves the layers merged with the upper on the one device: not with \
+                 layer_device or lower_block"
+                    .into(),
+            );
+        }
         let Some(b) = &self.block else {
             return Ok(());
         };
@@ -251,6 +260,7 @@ impl Supervisor {
                 tag,
                 layer_device,
                 lower_block,
+                union,
             } => self.start(
                 id,
                 socket,
@@ -259,6 +269,7 @@ impl Supervisor {
                 Layers {
                     device: layer_device,
                     block: lower_block,
+                    union,
                 },
             ),
             Request::Stop { id } => self.stop(&id),
@@ -301,6 +312,7 @@ impl Supervisor {
         let Layers {
             device: layer_device,
             block: lower_block,
+            union,
         } = layers;
         if self.lock().by_id.contains_key(&id) {
             return error(
@@ -371,6 +383,7 @@ impl Supervisor {
             limits: self.cfg.limits,
             lower_device: layer_device,
             lower_block,
+            union,
         };
         // Explicit dirs must come from an allowed directory: each is opened below the one it
         // is in, following no symlink, and the tree is served from those very fds.

@@ -98,6 +98,7 @@ fn creates_as_the_guest_user(d: &std::path::Path) {
         limits: strata_serve::Limits::DEFAULT,
         lower_device: None,
         lower_block: None,
+        union: false,
     }
     .check()
     .unwrap();

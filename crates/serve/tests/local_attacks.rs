@@ -104,6 +104,7 @@ fn symlink_swapped_under_an_allowed_dir_never_leads_outside() {
                 tag: None,
                 layer_device: None,
                 lower_block: None,
+                union: false,
             })
             .unwrap();
         match r {
@@ -153,6 +154,7 @@ fn symlinks_below_an_allowed_dir_are_refused() {
                 tag: None,
                 layer_device: None,
                 lower_block: None,
+                union: false,
             })
             .unwrap()
     };
@@ -182,6 +184,7 @@ fn start(client: &mut Client, p: &Path, id: &str, lowers: &[&str], base: &Path) 
             tag: None,
             layer_device: None,
             lower_block: None,
+            union: false,
         })
         .unwrap()
 }

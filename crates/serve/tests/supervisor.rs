@@ -78,6 +78,7 @@ impl Fixture {
                 tag: None,
                 layer_device: None,
                 lower_block: None,
+                union: false,
             })
             .unwrap()
     }
@@ -174,6 +175,7 @@ fn sessions_start_serve_stop_and_crash_alone() {
             tag: None,
             layer_device: None,
             lower_block: None,
+            union: false,
         })
         .unwrap();
     assert!(
@@ -197,6 +199,7 @@ fn sessions_start_serve_stop_and_crash_alone() {
             tag: None,
             layer_device: None,
             lower_block: None,
+            union: false,
         })
         .unwrap();
     assert!(
@@ -216,6 +219,7 @@ fn sessions_start_serve_stop_and_crash_alone() {
         tag: None,
         layer_device: None,
         lower_block: None,
+        union: false,
     });
     assert!(matches!(
         r,
@@ -337,6 +341,7 @@ fn a_session_with_a_layer_device_serves_both_and_stops_both() {
                 tag: None,
             }),
             lower_block: None,
+            union: false,
         })
         .unwrap()
     };
@@ -411,6 +416,7 @@ fn a_session_can_send_its_guest_to_a_block_device_for_the_layers() {
                 tag: None,
             }),
             lower_block: Some(strata_plan::LowerBlock::erofs(block)),
+            union: false,
         })
         .unwrap()
     };

@@ -13,7 +13,9 @@
 //! the shim, else on `PATH`), `STRATA_SHIM_STATE_DIR` (sockets; default `/run/strata/shim`),
 //! `STRATA_EROFS` (`1`: the snapshot's layers as one EROFS image on a read-only virtio-blk
 //! device, built at the first Create of a layer chain; default `0`) and `STRATA_EROFS_CACHE`
-//! (those images; default `/var/cache/strata/erofs-dirs`).
+//! (those images; default `/var/cache/strata/erofs-dirs`), `STRATA_UNION` (`1`: the server
+//! merges the snapshot's layers and upper itself and the guest mounts no overlay, as
+//! `strata run --union`; default `0`; not with `STRATA_EROFS=1`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -119,6 +121,22 @@ fn erofs_settings() -> Result<Option<PathBuf>, ShimError> {
     }))
 }
 
+/// `STRATA_UNION`: whether the server merges layers and upper itself.
+fn union_setting() -> Result<bool, ShimError> {
+    match env("STRATA_UNION").as_deref() {
+        None | Some("0") => Ok(false),
+        Some("1") if env("STRATA_EROFS").as_deref() == Some("1") => Err(ShimError::Sandbox(
+            "STRATA_UNION=1 and STRATA_EROFS=1 are alternatives: the layers are either merged \
+             by the server or read from an EROFS image"
+                .into(),
+        )),
+        Some("1") => Ok(true),
+        Some(v) => Err(ShimError::Sandbox(format!(
+            "STRATA_UNION={v:?}: use 1 (merged by the server, no guest overlay) or 0"
+        ))),
+    }
+}
+
 /// The sandbox's id and socket directory: short and unique per containerd namespace and task.
 fn sandbox_names(namespace: &str, id: &str) -> (String, PathBuf) {
     let digest = Sha256::digest(format!("{namespace}/{id}").as_bytes());
@@ -159,6 +177,7 @@ impl Backend for StrataBackend {
         let source = rootfs::parse(&p.rootfs, bundle, root_path.as_deref())?;
         let (vm, server, strata) = settings()?;
         let mut erofs = erofs_settings()?;
+        let union = union_setting()?;
 
         let mut undo = Undo(Vec::new());
         let rootfs = match source {
@@ -217,6 +236,7 @@ impl Backend for StrataBackend {
             cfg.erofs = true;
             cfg.erofs_cache = cache;
         }
+        cfg.union = union;
         cfg.paused = true;
         let mut state = BundleState::new(&p.id);
         state.created = undo.0.clone();

@@ -1,7 +1,7 @@
 #!/bin/sh
 # strata bench guest, inside the VM: /init of the bench initramfs (busybox + strata + modules).
 # Kernel parameters (all required):
-#   bench.setup=virtiofsd|strata|strata-layers|erofs|strata-erofs|strata-upper
+#   bench.setup=virtiofsd|strata|strata-layers|erofs|strata-erofs|strata-upper|strata-union
 #                                        how the rootfs under test is mounted at /mnt/root
 #                                        (strata-upper: the workloads run in the served upper)
 #   bench.workloads=read,walk,...        workloads to run, in this order
@@ -41,7 +41,7 @@ mkdir -p /mnt/root
 case $SETUP in
   virtiofsd)
     mount -t virtiofs bench /mnt/root || fatal "mount -t virtiofs bench failed" ;;
-  strata|strata-layers|strata-erofs|strata-upper)
+  strata|strata-layers|strata-erofs|strata-upper|strata-union)
     strata guest mount --tag strata --target /mnt/root || fatal "strata guest mount failed" ;;
   erofs)
     lower=""; i=0

@@ -3,7 +3,7 @@
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use fuse_backend_rs::api::filesystem::{Context, DirEntry, Entry};
 
@@ -53,6 +53,11 @@ impl StrataFs {
                     return Err(err(libc::ENOTDIR));
                 }
                 self.handle_room()?;
+                if h.area == Area::Union {
+                    // Made at each OPENDIR: unlike a `/lower` directory's, it changes.
+                    let entries = Arc::new(self.union_listing(&h)?);
+                    return Ok(Some(self.add_handle(Handle::Merged { entries })?));
+                }
                 if h.area == Area::Merged {
                     let entries = self.merged_listing_shared(&h)?;
                     return Ok(Some(self.add_handle(Handle::Merged { entries })?));
@@ -75,7 +80,7 @@ impl StrataFs {
     ) -> io::Result<()> {
         match self.node(inode)? {
             Node::Root => {
-                const TREE: [(&[u8], u64, u32); 7] = [
+                const TREE: [(&[u8], u64, u32); 8] = [
                     (b".", ROOT, libc::DT_DIR as u32),
                     (b"..", ROOT, libc::DT_DIR as u32),
                     (b"layers", LAYERS, libc::DT_DIR as u32),
@@ -83,12 +88,13 @@ impl StrataFs {
                     (b"plan.json", PLAN, libc::DT_REG as u32),
                     (b"upper", ROOT, libc::DT_DIR as u32),
                     (b"work", ROOT, libc::DT_DIR as u32),
+                    (b"rootfs", ROOT, libc::DT_DIR as u32),
                 ];
-                // The layer device lists only what it serves.
-                let names = if self.is_tree() {
-                    &TREE[..]
-                } else {
-                    &TREE[..4]
+                // The layer device lists only what it serves; `rootfs` only with --union.
+                let names = match (self.is_tree(), self.union) {
+                    (true, true) => &TREE[..],
+                    (true, false) => &TREE[..7],
+                    (false, _) => &TREE[..4],
                 };
                 for (i, (name, ino, type_)) in names.iter().enumerate().skip(offset as usize) {
                     let e = DirEntry {
@@ -222,9 +228,15 @@ impl StrataFs {
         umask: u32,
     ) -> io::Result<Entry> {
         check_name(name)?;
+        let perm = mode & !umask & 0o7777;
+        if let Some(dir) = self.union_node(parent)? {
+            let made = self.union_make(ctx, &dir, name, libc::S_IFDIR | perm, |d, n| {
+                sys::mkdir_at(d, n, perm)
+            });
+            return made.map(|(e, ())| e);
+        }
         let dir = self.rw_dir(parent)?;
         self.node_room()?;
-        let perm = mode & !umask & 0o7777;
         self.created(ctx, &dir, name, libc::S_IFDIR | perm, || {
             sys::mkdir_at(dir.fd.as_fd(), name, perm)
         })
@@ -240,7 +252,7 @@ impl StrataFs {
         umask: u32,
     ) -> io::Result<Entry> {
         check_name(name)?;
-        let dir = self.rw_dir(parent)?;
+        let union = self.union_node(parent)?;
         let kind = mode & libc::S_IFMT;
         // Fifos, sockets, plain files and the overlayfs whiteout (char 0:0) always; block and
         // char devices unless refused (`--no-device-nodes`). The daemon never opens a device
@@ -253,8 +265,19 @@ impl StrataFs {
         if !allowed {
             return Err(err(libc::EPERM));
         }
-        self.node_room()?;
         let perm = mode & !umask & 0o7777;
+        if let Some(dir) = union {
+            // In `/rootfs` a char 0:0 is a whiteout: the guest cannot make one (as overlayfs).
+            if kind == libc::S_IFCHR && rdev == 0 {
+                return Err(err(libc::EPERM));
+            }
+            let made = self.union_make(ctx, &dir, name, kind | perm, |d, n| {
+                sys::mknod_at(d, n, kind | perm, rdev as u64)
+            });
+            return made.map(|(e, ())| e);
+        }
+        let dir = self.rw_dir(parent)?;
+        self.node_room()?;
         self.created(ctx, &dir, name, kind | perm, || {
             sys::mknod_at(dir.fd.as_fd(), name, kind | perm, rdev as u64)
         })
@@ -271,6 +294,12 @@ impl StrataFs {
         if target.to_bytes().is_empty() || target.to_bytes().len() >= libc::PATH_MAX as usize {
             return Err(err(libc::EINVAL));
         }
+        if let Some(dir) = self.union_node(parent)? {
+            let made = self.union_make(ctx, &dir, name, libc::S_IFLNK | 0o777, |d, n| {
+                sys::symlink_at(target, d, n)
+            });
+            return made.map(|(e, ())| e);
+        }
         let dir = self.rw_dir(parent)?;
         self.node_room()?;
         // The target is stored as text; the daemon never follows it.
@@ -281,6 +310,9 @@ impl StrataFs {
 
     pub(crate) fn do_unlink(&self, parent: u64, name: &CStr, flags: i32) -> io::Result<()> {
         check_name(name)?;
+        if let Some(dir) = self.union_node(parent)? {
+            return self.union_remove(&dir, name, flags == libc::AT_REMOVEDIR);
+        }
         let dir = self.rw_dir(parent)?;
         sys::unlink_at(dir.fd.as_fd(), name, flags)
     }
@@ -298,6 +330,14 @@ impl StrataFs {
         if flags & !RENAME_FLAGS != 0 {
             return Err(err(libc::EINVAL));
         }
+        match (self.union_node(olddir)?, self.union_node(newdir)?) {
+            (Some(from), Some(to)) => {
+                return self.union_rename(&from, oldname, &to, newname, flags)
+            }
+            (None, None) => {}
+            // Between `/rootfs` and the upper dir itself: different trees to the guest.
+            _ => return Err(err(libc::EXDEV)),
+        }
         let from = self.rw_dir(olddir)?;
         let to = self.rw_dir(newdir)?;
         sys::rename_at(from.fd.as_fd(), oldname, to.fd.as_fd(), newname, flags)
@@ -306,6 +346,11 @@ impl StrataFs {
     pub(crate) fn do_link(&self, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         check_name(newname)?;
         let src = self.host(inode, libc::EPERM)?;
+        match (src.area == Area::Union, self.union_node(newparent)?) {
+            (true, Some(dir)) => return self.union_link(&src, &dir, newname),
+            (false, None) => {}
+            _ => return Err(err(libc::EXDEV)),
+        }
         // A hard link from a layer into the upper dir would make a shared, immutable layer
         // file writable by this guest: report it like a link across filesystems.
         if !src.area.writable() {

@@ -7,8 +7,9 @@ use std::os::fd::AsFd;
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, OpenOptions};
 use fuse_backend_rs::api::filesystem::{Context, Entry, ZeroCopyReader, ZeroCopyWriter};
 
-use super::{check_name, err, Area, Handle, Node, StrataFs, PLAN};
+use super::{check_name, err, Area, Handle, HostNode, Node, StrataFs, PLAN};
 use crate::sys;
+use std::sync::Arc;
 
 /// Open flags the guest may pass through to the host open. Not `O_DIRECT` (as virtiofsd
 /// without `--allow-direct-io`): the guest's own page cache and FUSE's direct I/O path already
@@ -39,6 +40,9 @@ impl StrataFs {
             // daemon: the guest's overlay never needs either, so refuse them.
             _ => return Err(err(libc::EACCES)),
         }
+        if h.area == Area::Union {
+            return self.union_open(&h, flags);
+        }
         if !h.area.writable() && wants_write(flags) {
             return Err(err(libc::EROFS));
         }
@@ -48,8 +52,27 @@ impl StrataFs {
         let id = self.add_handle(Handle::File { file, area: h.area })?;
         let opts = match h.area {
             Area::Layer(_) | Area::Merged => OpenOptions::KEEP_CACHE,
-            Area::Rw => OpenOptions::empty(),
+            Area::Rw | Area::Union => OpenOptions::empty(),
         };
+        Ok((Some(id), opts))
+    }
+
+    /// OPEN of a `/rootfs` file: copied up first if opened for writing. A file still in its
+    /// layer is opened there, read-only, and its page cache kept (a later copy-up has the same
+    /// content).
+    fn union_open(&self, h: &HostNode, flags: i32) -> io::Result<(Option<u64>, OpenOptions)> {
+        if wants_write(flags) {
+            self.copy_up(h)?;
+        }
+        self.handle_room()?;
+        let upper = h.upper().is_some();
+        let file = sys::reopen(h.cur(), flags)?;
+        let (area, opts) = if upper {
+            (Area::Rw, OpenOptions::empty())
+        } else {
+            (Area::Layer(0), OpenOptions::KEEP_CACHE)
+        };
+        let id = self.add_handle(Handle::File { file, area })?;
         Ok((Some(id), opts))
     }
 
@@ -61,6 +84,9 @@ impl StrataFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions)> {
         check_name(name)?;
+        if let Some(dir) = self.union_node(parent)? {
+            return self.union_create(ctx, &dir, name, args);
+        }
         let dir = self.rw_dir(parent)?;
         // Room for the new node and its handle before anything exists on the host.
         self.node_room()?;
@@ -100,6 +126,63 @@ impl StrataFs {
             area: dir.area,
         })?;
         Ok((entry, Some(id), OpenOptions::empty()))
+    }
+
+    /// CREATE in a `/rootfs` directory: a new file in the upper dir, or, without `O_EXCL`, an
+    /// existing regular file opened as OPEN would.
+    fn union_create(
+        &self,
+        ctx: &Context,
+        dir: &Arc<HostNode>,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions)> {
+        self.handle_room()?;
+        let mode = args.mode & !args.umask & 0o7777;
+        let flags = host_flags(args.flags);
+        let made = self.union_make(ctx, dir, name, libc::S_IFREG | mode, |d, n| {
+            sys::create_at(d, n, flags | libc::O_EXCL, mode)
+        });
+        match made {
+            Ok((entry, file)) => {
+                let id = self.add_handle(Handle::File {
+                    file,
+                    area: Area::Rw,
+                })?;
+                Ok((entry, Some(id), OpenOptions::empty()))
+            }
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && args.flags & libc::O_EXCL as u32 == 0 =>
+            {
+                let entry = self.union_lookup(dir, name)?;
+                let opened = self
+                    .host(entry.inode, libc::ENOENT)
+                    .and_then(|h| match h.kind {
+                        libc::S_IFREG => self.union_open(&h, flags),
+                        libc::S_IFDIR => Err(err(libc::EISDIR)),
+                        libc::S_IFLNK => Err(err(libc::ELOOP)),
+                        _ => Err(err(libc::EACCES)),
+                    });
+                match opened {
+                    Ok((h, opts)) => {
+                        // Attributes after a copy-up or O_TRUNC.
+                        let mut entry = entry;
+                        if let Ok(n) = self.host(entry.inode, libc::ENOENT) {
+                            entry.attr = sys::stat_fd(n.cur())?;
+                        }
+                        Ok((entry, h, opts))
+                    }
+                    Err(e) => {
+                        if entry.inode != 0 {
+                            self.forget_node(entry.inode, 1);
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub(crate) fn do_read(

@@ -41,6 +41,14 @@ impl FileSystem for StrataFs {
             // Directory listings carry each entry's lookup: a guest walk (and the guest
             // overlay's lookups in the layers it just listed) needs no LOOKUP per name.
             | FsOptions::DO_READDIRPLUS;
+        // With `/rootfs` the guest runs no overlay: its kernel flags exactly the writes,
+        // truncates and O_TRUNC opens of callers without CAP_FSETID, and the daemon clears
+        // set-id bits for them (`union.rs`); no `security.capability` GETXATTR per write(2).
+        let wanted = if self.union {
+            wanted | FsOptions::HANDLE_KILLPRIV_V2
+        } else {
+            wanted
+        };
         Ok(capable & wanted)
     }
 
@@ -172,10 +180,11 @@ impl FileSystem for StrataFs {
         _ctx: &Context,
         inode: u64,
         flags: u32,
-        _fuse_flags: u32,
+        fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         self.count_op("open");
         let (h, opts) = self.do_open(inode, flags)?;
+        self.kill_suidgid_on_open(h, flags, fuse_flags)?;
         Ok((h, opts, None))
     }
 
@@ -187,7 +196,9 @@ impl FileSystem for StrataFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.count_op("create");
+        let (flags, fuse_flags) = (args.flags, args.fuse_flags);
         let (e, h, opts) = self.do_create(ctx, parent, name, args)?;
+        self.kill_suidgid_on_open(h, flags, fuse_flags)?;
         Ok((e, h, opts, None))
     }
 
@@ -217,9 +228,12 @@ impl FileSystem for StrataFs {
         _lock_owner: Option<u64>,
         _delayed_write: bool,
         _flags: u32,
-        _fuse_flags: u32,
+        fuse_flags: u32,
     ) -> io::Result<usize> {
         self.count_op("write");
+        if fuse_flags & fuse_backend_rs::abi::fuse_abi::WRITE_KILL_PRIV != 0 {
+            self.kill_suidgid_handle(handle)?;
+        }
         self.do_write(handle, r, size, offset)
     }
 

@@ -24,6 +24,7 @@ impl StrataFs {
                     b"layers" => Ok(self.virtual_entry(LAYERS)),
                     b"plan.json" if self.is_tree() => Ok(self.virtual_entry(PLAN)),
                     b"lower" => self.merged_root(),
+                    b"rootfs" if self.is_tree() => self.union_root(),
                     _ => {
                         let (fd, area) = self.anchor(b).ok_or_else(|| err(libc::ENOENT))?;
                         self.register(sys::open_path_at(fd, c".")?, area)
@@ -45,8 +46,10 @@ impl StrataFs {
                 // `..` would leave the served subtree at its top: the kernel never needs it
                 // (it walks `..` in its own dcache), so refuse it everywhere below the root.
                 check_name(name)?;
-                if dir.area == Area::Merged {
-                    return self.merged_lookup(&dir, name);
+                match dir.area {
+                    Area::Merged => return self.merged_lookup(&dir, name),
+                    Area::Union => return self.union_lookup(&dir, name),
+                    _ => {}
                 }
                 match sys::open_path_at(dir.fd.as_fd(), name) {
                     Ok(fd) => self.register(fd, dir.area),
@@ -72,7 +75,7 @@ impl StrataFs {
 
     pub(crate) fn do_getattr(&self, inode: u64) -> io::Result<(stat64, Duration)> {
         match self.node(inode)? {
-            Node::Host(h) => Ok((sys::stat_fd(h.fd.as_fd())?, self.timeout(h.area))),
+            Node::Host(h) => Ok((sys::stat_fd(h.cur())?, self.timeout(h.area))),
             _ => Ok((self.virtual_attr(inode), self.cache.layer)),
         }
     }
@@ -85,10 +88,12 @@ impl StrataFs {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         let h = self.host(inode, libc::EROFS)?;
-        if !h.area.writable() {
+        if h.area == Area::Union {
+            self.copy_up(&h)?;
+        } else if !h.area.writable() {
             return Err(err(libc::EROFS));
         }
-        let fd = h.fd.as_fd();
+        let fd = h.cur();
         if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
             let uid = if valid.contains(SetattrValid::UID) {
                 attr.st_uid
@@ -162,6 +167,10 @@ impl StrataFs {
             ];
             sys::utimens_fd(fd, times)?;
         }
+        // HANDLE_KILLPRIV_V2 (`/rootfs` only): a truncate by a caller without CAP_FSETID.
+        if valid.contains(SetattrValid::SIZE | SetattrValid::KILL_SUIDGID) {
+            super::union::kill_suidgid(fd)?;
+        }
         Ok((sys::stat_fd(fd)?, self.timeout(h.area)))
     }
 
@@ -170,12 +179,12 @@ impl StrataFs {
         if h.kind != libc::S_IFLNK {
             return Err(err(libc::EINVAL));
         }
-        sys::readlink_fd(h.fd.as_fd())
+        sys::readlink_fd(h.cur())
     }
 
     pub(crate) fn do_statfs(&self, inode: u64) -> io::Result<statvfs64> {
         match self.node(inode)? {
-            Node::Host(h) => sys::statfs_fd(h.fd.as_fd()),
+            Node::Host(h) => sys::statfs_fd(h.cur()),
             // The virtual part reports the writable filesystem: that is where space matters.
             _ => sys::statfs_fd(
                 self.anchor(b"upper")

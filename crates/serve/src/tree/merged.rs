@@ -25,7 +25,8 @@ use fuse_backend_rs::api::filesystem::{DirEntry, Entry};
 use super::{err, Area, HostNode, StrataFs};
 use crate::sys;
 
-const OPAQUE: &CStr = c"trusted.overlay.opaque";
+/// overlayfs' opaque-directory mark.
+pub(crate) const OPAQUE: &CStr = c"trusted.overlay.opaque";
 
 /// One name of a merged listing.
 pub(crate) struct MergedEntry {
@@ -35,7 +36,7 @@ pub(crate) struct MergedEntry {
 }
 
 /// What a name is in one layer directory.
-enum Found {
+pub(crate) enum Found {
     Missing,
     Whiteout,
     Dir(OwnedFd),
@@ -46,7 +47,7 @@ fn is_whiteout(st: &sys::stat64) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0
 }
 
-fn find(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Found> {
+pub(crate) fn find(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Found> {
     let fd = match sys::open_path_at(dir, name) {
         Ok(fd) => fd,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Found::Missing),
@@ -60,8 +61,102 @@ fn find(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Found> {
     })
 }
 
+/// What a name is in a stack of layer directories (topmost first), by overlayfs' rules.
+pub(crate) enum LowerFound {
+    Missing,
+    /// A non-directory, in the topmost layer that has the name.
+    File(u16, OwnedFd),
+    /// Directories, topmost first, down to the first opaque one, whiteout or non-directory.
+    Dirs(Vec<(u16, OwnedFd)>),
+}
+
+/// Look `name` up in the layer directories `stack` (topmost first).
+pub(crate) fn lower_find<'a>(
+    stack: impl Iterator<Item = (u16, BorrowedFd<'a>)>,
+    name: &CStr,
+) -> io::Result<LowerFound> {
+    let mut dirs: Vec<(u16, OwnedFd)> = Vec::new();
+    for (layer, fd) in stack {
+        match find(fd, name)? {
+            Found::Missing => continue,
+            Found::Whiteout => break,
+            Found::Other(f) => {
+                if dirs.is_empty() {
+                    return Ok(LowerFound::File(layer, f));
+                }
+                break;
+            }
+            Found::Dir(d) => {
+                let opaque = is_opaque(d.as_fd());
+                dirs.push((layer, d));
+                if opaque {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(if dirs.is_empty() {
+        LowerFound::Missing
+    } else {
+        LowerFound::Dirs(dirs)
+    })
+}
+
+/// The listing of the directories `stack` merged (topmost first): `.`, `..`, then the union
+/// of their entries without whiteouts and the names they hide. `.` and `..` carry the topmost
+/// directory's inode numbers (as its own listing has them): glibc's readdir skips entries with
+/// inode 0, so `ls -a` would miss them.
+pub(crate) fn listing<'a>(
+    stack: impl Iterator<Item = BorrowedFd<'a>>,
+) -> io::Result<Vec<MergedEntry>> {
+    let mut out = vec![
+        MergedEntry {
+            name: b".".to_vec(),
+            kind: libc::DT_DIR,
+            ino: 0,
+        },
+        MergedEntry {
+            name: b"..".to_vec(),
+            kind: libc::DT_DIR,
+            ino: 0,
+        },
+    ];
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    for (depth, fd) in stack.enumerate() {
+        let f = sys::reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        loop {
+            let n = sys::getdents(&f, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            for d in super::dir::dirents(&buf[..n]) {
+                if depth == 0 && (d.name == b"." || d.name == b"..") {
+                    out[d.name.len() - 1].ino = d.ino;
+                    continue;
+                }
+                if d.name == b"." || d.name == b".." || !seen.insert(d.name.to_vec()) {
+                    continue;
+                }
+                if d.kind == libc::DT_CHR || d.kind == libc::DT_UNKNOWN {
+                    let c = CString::new(d.name).map_err(|_| err(libc::EIO))?;
+                    if matches!(find(fd, &c)?, Found::Whiteout) {
+                        continue; // hides the name below, and is not listed itself
+                    }
+                }
+                out.push(MergedEntry {
+                    name: d.name.to_vec(),
+                    kind: d.kind,
+                    ino: d.ino,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// overlayfs' test: the xattr is exactly `y`.
-fn is_opaque(dir: BorrowedFd<'_>) -> bool {
+pub(crate) fn is_opaque(dir: BorrowedFd<'_>) -> bool {
     matches!(sys::xattr::get(dir, OPAQUE, 16), Ok(v) if v == b"y")
 }
 
@@ -77,33 +172,14 @@ impl StrataFs {
 
     /// Look `name` up in the merged directory `dir`.
     pub(crate) fn merged_lookup(&self, dir: &HostNode, name: &CStr) -> io::Result<Entry> {
-        let mut dirs: Vec<(u16, OwnedFd)> = Vec::new();
-        for (layer, fd) in dir.stack() {
-            match find(fd, name)? {
-                Found::Missing => continue,
-                Found::Whiteout => break,
-                Found::Other(f) => {
-                    if dirs.is_empty() {
-                        return self.register(f, Area::Layer(layer));
-                    }
-                    break;
-                }
-                Found::Dir(d) => {
-                    let opaque = is_opaque(d.as_fd());
-                    dirs.push((layer, d));
-                    if opaque {
-                        break;
-                    }
-                }
-            }
-        }
-        if dirs.is_empty() {
-            return Ok(Entry {
+        match lower_find(dir.stack(), name)? {
+            LowerFound::Missing => Ok(Entry {
                 entry_timeout: self.cache.layer,
                 ..Entry::default()
-            });
+            }),
+            LowerFound::File(layer, f) => self.register(f, Area::Layer(layer)),
+            LowerFound::Dirs(dirs) => self.register_merged(dirs),
         }
-        self.register_merged(dirs)
     }
 
     /// The listing of merged directory `dir`, made once per node and shared by every handle
@@ -120,60 +196,24 @@ impl StrataFs {
         Ok(dir.listing.get_or_init(|| made).clone())
     }
 
-    /// The listing of merged directory `dir`: `.`, `..`, then the union of its stack. `.` and
-    /// `..` carry the topmost directory's inode numbers (as its own listing has them): glibc's
-    /// readdir skips entries with inode 0, so `ls -a` would miss them.
+    /// The listing of merged directory `dir` ([`listing`] of its stack).
     pub(crate) fn merged_listing(&self, dir: &HostNode) -> io::Result<Vec<MergedEntry>> {
-        let mut out = vec![
-            MergedEntry {
-                name: b".".to_vec(),
-                kind: libc::DT_DIR,
-                ino: 0,
-            },
-            MergedEntry {
-                name: b"..".to_vec(),
-                kind: libc::DT_DIR,
-                ino: 0,
-            },
-        ];
-        let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        for (depth, (_, fd)) in dir.stack().enumerate() {
-            let f = sys::reopen(fd, libc::O_RDONLY | libc::O_DIRECTORY)?;
-            loop {
-                let n = sys::getdents(&f, &mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                for d in super::dir::dirents(&buf[..n]) {
-                    if depth == 0 && (d.name == b"." || d.name == b"..") {
-                        out[d.name.len() - 1].ino = d.ino;
-                        continue;
-                    }
-                    if d.name == b"." || d.name == b".." || !seen.insert(d.name.to_vec()) {
-                        continue;
-                    }
-                    if d.kind == libc::DT_CHR || d.kind == libc::DT_UNKNOWN {
-                        let c = CString::new(d.name).map_err(|_| err(libc::EIO))?;
-                        if matches!(find(fd, &c)?, Found::Whiteout) {
-                            continue; // hides the name below, and is not listed itself
-                        }
-                    }
-                    out.push(MergedEntry {
-                        name: d.name.to_vec(),
-                        kind: d.kind,
-                        ino: d.ino,
-                    });
-                }
-            }
+        listing(dir.stack().map(|(_, fd)| fd))
+    }
+
+    /// The lookup READDIRPLUS gives with each name of a listed directory.
+    fn lookup_in_listed(&self, dir: &Arc<HostNode>, name: &CStr) -> io::Result<Entry> {
+        if dir.area == Area::Union {
+            self.union_lookup(dir, name)
+        } else {
+            self.merged_lookup(dir, name)
         }
-        Ok(out)
     }
 
     /// READDIR(PLUS) of a merged listing from `offset` (entry index).
     pub(crate) fn merged_readdir(
         &self,
-        dir: &HostNode,
+        dir: &Arc<HostNode>,
         entries: &[MergedEntry],
         offset: u64,
         plus: bool,
@@ -190,7 +230,7 @@ impl StrataFs {
             let entry = if plus && i >= 2 {
                 CString::new(m.name.as_slice())
                     .ok()
-                    .and_then(|c| self.merged_lookup(dir, &c).ok())
+                    .and_then(|c| self.lookup_in_listed(dir, &c).ok())
                     .unwrap_or_default()
             } else {
                 Entry::default()

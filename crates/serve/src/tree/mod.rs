@@ -14,6 +14,7 @@
 //! - `file.rs`: open/create/read/write/fsync/release;
 //! - `xattr.rs`: extended attributes and which namespaces a guest may write;
 //! - `merged.rs`: `/lower`, the layers merged with overlayfs' rules (the plan's one lower);
+//! - `union.rs`: `/rootfs`, upper and layers merged by the daemon (`--union`: no guest overlay);
 //! - `opstats.rs`: request counts for benchmarks (`STRATA_SERVE_OPSTATS=1`);
 //! - `filesystem.rs`: the `FileSystem` trait impl that dispatches to the above.
 
@@ -23,6 +24,7 @@ mod filesystem;
 mod lookup;
 mod merged;
 pub mod opstats;
+mod union;
 mod xattr;
 
 use std::collections::HashMap;
@@ -59,6 +61,9 @@ pub enum Area {
     Merged,
     /// The writable area: upper and work.
     Rw,
+    /// A node of `/rootfs`, the upper dir and the layers merged by the daemon: changed only
+    /// through the operations of `union.rs` (copy-up first), never as a plain host inode.
+    Union,
 }
 
 impl Area {
@@ -168,6 +173,16 @@ fn log_refusal(what: &str, limit: usize, n: u64) {
     }
 }
 
+/// What identifies a node, so that a second lookup of it gives the same node id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum NodeKey {
+    /// A host inode of an area.
+    Inode(Area, u64, u64),
+    /// A `/rootfs` name still in a layer: its directory's node (address) and name. Not the
+    /// layer inode: layers may share inodes (hard links), and each name copies up alone.
+    Path(usize, Box<[u8]>),
+}
+
 /// A host inode the guest holds a reference to.
 pub(crate) struct HostNode {
     /// `O_PATH | O_NOFOLLOW` fd on the inode: every operation goes through it.
@@ -175,7 +190,7 @@ pub(crate) struct HostNode {
     pub area: Area,
     /// File type bits (`S_IFMT`) at lookup time; the type of an inode never changes.
     pub kind: u32,
-    key: (Area, u64, u64),
+    key: Mutex<NodeKey>,
     /// Outstanding guest lookups (FUSE nlookup).
     refs: AtomicU64,
     /// For a `Merged` directory: the layer of `fd`, and the same directory in the layers below
@@ -184,6 +199,8 @@ pub(crate) struct HostNode {
     /// For a `Merged` directory: its listing, made at the first OPENDIR and shared by every
     /// handle on it (layers never change), so N handles cost one listing, not N.
     pub(crate) listing: std::sync::OnceLock<Arc<Vec<merged::MergedEntry>>>,
+    /// For a `/rootfs` node: where it is and what it merges.
+    pub(crate) union: Option<union::UnionNode>,
     /// `fd` and the stack's fds, counted in the process's fd budget.
     _fds: crate::fdbudget::Permit,
 }
@@ -216,7 +233,7 @@ pub(crate) enum Node {
 #[derive(Default)]
 struct NodeTable {
     by_id: HashMap<u64, Arc<HostNode>>,
-    by_key: HashMap<(Area, u64, u64), u64>,
+    by_key: HashMap<NodeKey, u64>,
 }
 
 /// An open file or directory.
@@ -241,12 +258,17 @@ struct PlanSpec {
     lower_tag: Option<String>,
     lowers: Vec<std::path::PathBuf>,
     merged: bool,
+    /// `/rootfs` is served: the guest mounts it, no overlay.
+    union: bool,
 }
 
 impl PlanSpec {
     /// The base plan, sent to the layer device for its lowers if there is one and no layer has
     /// an xattr a container could read (the layer device serves none).
     fn decide(&self) -> MountPlan {
+        if self.union {
+            return self.base.clone().with_rootfs(strata_plan::UNION_ROOTFS_DIR);
+        }
         if self.base.lower_block.is_some() {
             return self.base.clone();
         }
@@ -291,6 +313,12 @@ pub struct StrataFs {
     refused: Refusals,
     /// Request counts (`STRATA_SERVE_OPSTATS=1`), printed on FUSE DESTROY.
     ops: Option<opstats::OpStats>,
+    /// Whether `/rootfs` is served (`--union`).
+    union: bool,
+    /// One copy-up at a time (`union.rs`).
+    copy_lock: Mutex<()>,
+    /// Names of things being built in `work`.
+    next_temp: AtomicU64,
 }
 
 pub(crate) fn err(errno: i32) -> io::Error {
@@ -391,6 +419,7 @@ impl StrataFs {
             },
             lowers: cfg.lowers.clone(),
             merged,
+            union: cfg.union,
         };
         let limits = cfg.limits;
         if limits.device_nodes
@@ -438,6 +467,9 @@ impl StrataFs {
             limits,
             refused: Refusals::default(),
             ops: opstats::OpStats::from_env(),
+            union: cfg.union,
+            copy_lock: Mutex::new(()),
+            next_temp: AtomicU64::new(0),
         })
     }
 
@@ -573,7 +605,7 @@ impl StrataFs {
     pub(crate) fn timeout(&self, area: Area) -> Duration {
         match area {
             Area::Layer(_) | Area::Merged => self.cache.layer,
-            Area::Rw => self.cache.rw,
+            Area::Rw | Area::Union => self.cache.rw,
         }
     }
 
@@ -623,7 +655,7 @@ impl StrataFs {
 
     /// Register (or find) the host inode behind `fd` and count one guest lookup of it.
     pub(crate) fn register(&self, fd: OwnedFd, area: Area) -> io::Result<Entry> {
-        self.register_inner(fd, area, true, None)
+        self.register_inner(fd, area, true, None, None)
     }
 
     /// [`register`](Self::register) for a name this request just created on the host, after
@@ -631,7 +663,30 @@ impl StrataFs {
     /// an error for a change that happened. Concurrent creates may overshoot the limit by at
     /// most one node each (the requests in flight: one per vhost-user worker thread).
     pub(crate) fn register_new(&self, fd: OwnedFd, area: Area) -> io::Result<Entry> {
-        self.register_inner(fd, area, false, None)
+        self.register_inner(fd, area, false, None, None)
+    }
+
+    /// Register (or find) a `/rootfs` node; `enforce`: refuse past the node limit (a lookup),
+    /// or not (a name this request just made).
+    pub(crate) fn register_union(
+        &self,
+        fd: OwnedFd,
+        node: union::UnionNode,
+        enforce: bool,
+    ) -> io::Result<Entry> {
+        self.register_inner(fd, Area::Union, enforce, None, Some(node))
+    }
+
+    /// Key `node` by its new upper inode (after a copy-up): a lookup of the name now finds the
+    /// upper inode, and must give the same node id.
+    pub(crate) fn rekey(&self, node: &HostNode, key: NodeKey) -> io::Result<()> {
+        let mut t = self.nodes.write().map_err(|_| lock_poisoned())?;
+        let mut k = node.key.lock().map_err(|_| lock_poisoned())?;
+        if let Some(id) = t.by_key.remove(&*k) {
+            t.by_key.insert(key.clone(), id);
+        }
+        *k = key;
+        Ok(())
     }
 
     /// Register (or find) the merged directory whose stack is `stack` (topmost first, not
@@ -641,7 +696,7 @@ impl StrataFs {
             return Err(err(libc::ENOENT));
         }
         let (top, fd) = stack.remove(0);
-        self.register_inner(fd, Area::Merged, true, Some((top, stack)))
+        self.register_inner(fd, Area::Merged, true, Some((top, stack)), None)
     }
 
     fn register_inner(
@@ -650,9 +705,17 @@ impl StrataFs {
         area: Area,
         enforce: bool,
         merged: Option<(u16, Vec<(u16, OwnedFd)>)>,
+        union: Option<union::UnionNode>,
     ) -> io::Result<Entry> {
         let st = sys::stat_fd(fd.as_fd())?;
-        let key = (area, st.st_dev, st.st_ino);
+        let key = match &union {
+            Some(u) if !u.in_upper => {
+                let (dir, name) = u.parent.as_ref().ok_or_else(|| err(libc::EIO))?;
+                NodeKey::Path(Arc::as_ptr(dir) as usize, name.to_bytes().into())
+            }
+            _ => NodeKey::Inode(area, st.st_dev, st.st_ino),
+        };
+        let t_layer_only = matches!(key, NodeKey::Path(..));
         let mut t = self.nodes.write().map_err(|_| lock_poisoned())?;
         let id = match t.by_key.get(&key) {
             Some(&id) => {
@@ -666,7 +729,9 @@ impl StrataFs {
                     drop(t);
                     return Err(self.refuse_node());
                 }
-                let fds = 1 + merged.as_ref().map_or(0, |(_, below)| below.len());
+                let fds = 1
+                    + merged.as_ref().map_or(0, |(_, below)| below.len())
+                    + union.as_ref().map_or(0, |u| u.lowers.len());
                 if enforce {
                     fd_room(fds)?;
                 }
@@ -675,10 +740,11 @@ impl StrataFs {
                     fd,
                     area,
                     kind: st.st_mode & libc::S_IFMT,
-                    key,
+                    key: Mutex::new(key.clone()),
                     refs: AtomicU64::new(1),
                     merged,
                     listing: std::sync::OnceLock::new(),
+                    union,
                     _fds: crate::fdbudget::Permit::take(fds),
                 };
                 t.by_id.insert(id, Arc::new(node));
@@ -687,7 +753,12 @@ impl StrataFs {
             }
         };
         drop(t);
-        let tmo = self.timeout(area);
+        // A `/rootfs` name still in a layer changes only through this guest (a copy-up keeps
+        // the node): cached as long as a layer's.
+        let tmo = match t_layer_only {
+            true => self.cache.layer,
+            false => self.timeout(area),
+        };
         Ok(Entry {
             inode: id,
             generation: 0,
@@ -714,7 +785,11 @@ impl StrataFs {
         n.refs.store(left, Ordering::Relaxed);
         if left == 0 {
             if let Some(n) = t.by_id.remove(&id) {
-                t.by_key.remove(&n.key);
+                if let Ok(k) = n.key.lock() {
+                    if t.by_key.get(&*k) == Some(&id) {
+                        t.by_key.remove(&*k);
+                    }
+                }
             }
         }
     }
@@ -820,3 +895,5 @@ fn zeroed_stat() -> stat64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod union_tests;

@@ -59,6 +59,7 @@ fn config(p: &Path, limits: Limits) -> crate::config::Checked {
         limits,
         lower_device: None,
         lower_block: None,
+        union: false,
     }
     .check()
     .unwrap()
@@ -599,6 +600,7 @@ fn zero_limits_are_refused_at_start() {
         },
         lower_device: None,
         lower_block: None,
+        union: false,
     };
     let e = cfg.check().unwrap_err().to_string();
     assert!(e.contains("--max-nodes"), "{e}");
@@ -770,6 +772,7 @@ fn merged_lower_applies_whiteouts_and_opaque_dirs() {
         limits: Limits::default(),
         lower_device: None,
         lower_block: None,
+        union: false,
     };
     let fs = StrataFs::new(&cfg.check().unwrap(), CachePolicy::default()).unwrap();
     let s = Sandbox { dir, fs };

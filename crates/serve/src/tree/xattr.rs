@@ -8,8 +8,10 @@ use std::os::fd::AsFd;
 
 use fuse_backend_rs::api::filesystem::{GetxattrReply, ListxattrReply};
 
-use super::{err, StrataFs};
+use super::union::is_private_xattr;
+use super::{err, Area, HostNode, StrataFs};
 use crate::sys::xattr;
+use std::sync::Arc;
 
 /// Largest xattr value or list the kernel accepts (XATTR_SIZE_MAX / XATTR_LIST_MAX).
 const XATTR_MAX: u32 = 65536;
@@ -51,11 +53,15 @@ impl StrataFs {
         size: u32,
     ) -> io::Result<GetxattrReply> {
         let h = self.host(inode, libc::ENODATA)?;
+        if h.area == Area::Union && is_private_xattr(name.to_bytes()) {
+            return Err(err(libc::ENODATA));
+        }
+        let fd = h.cur();
         if size == 0 {
-            let n = xattr::len(h.fd.as_fd(), name)?;
+            let n = xattr::len(fd, name)?;
             return Ok(GetxattrReply::Count(n as u32));
         }
-        let v = xattr::get(h.fd.as_fd(), name, size.min(XATTR_MAX) as usize)?;
+        let v = xattr::get(fd, name, size.min(XATTR_MAX) as usize)?;
         Ok(GetxattrReply::Value(v))
     }
 
@@ -67,6 +73,24 @@ impl StrataFs {
                 ListxattrReply::Names(Vec::new())
             });
         };
+        if h.area == Area::Union {
+            // Without overlayfs' own attributes: listed in full, then filtered.
+            let all = xattr::list(h.cur(), XATTR_MAX as usize)?;
+            let mut names = Vec::with_capacity(all.len());
+            for n in all.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+                if !is_private_xattr(n) {
+                    names.extend_from_slice(n);
+                    names.push(0);
+                }
+            }
+            if size == 0 {
+                return Ok(ListxattrReply::Count(names.len() as u32));
+            }
+            if names.len() > size as usize {
+                return Err(err(libc::ERANGE));
+            }
+            return Ok(ListxattrReply::Names(names));
+        }
         if size == 0 {
             let n = xattr::list(h.fd.as_fd(), 0)?.len();
             return Ok(ListxattrReply::Count(n as u32));
@@ -82,24 +106,32 @@ impl StrataFs {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        let h = self.host(inode, libc::EROFS)?;
-        if !h.area.writable() {
-            return Err(err(libc::EROFS));
-        }
-        if !guest_may_write(name.to_bytes()) {
-            return Err(err(libc::EPERM));
-        }
-        xattr::set(h.fd.as_fd(), name, value, flags as i32)
+        let h = self.writable_for_xattr(inode, name)?;
+        xattr::set(h.cur(), name, value, flags as i32)
     }
 
     pub(crate) fn do_removexattr(&self, inode: u64, name: &CStr) -> io::Result<()> {
+        let h = self.writable_for_xattr(inode, name)?;
+        xattr::remove(h.cur(), name)
+    }
+
+    /// The node whose attribute `name` the guest changes, if it may: in the writable area, or
+    /// a `/rootfs` node (copied up first), never overlayfs' own attributes there.
+    fn writable_for_xattr(&self, inode: u64, name: &CStr) -> io::Result<Arc<HostNode>> {
         let h = self.host(inode, libc::EROFS)?;
+        if h.area == Area::Union {
+            if is_private_xattr(name.to_bytes()) || !guest_may_write(name.to_bytes()) {
+                return Err(err(libc::EPERM));
+            }
+            self.copy_up(&h)?;
+            return Ok(h);
+        }
         if !h.area.writable() {
             return Err(err(libc::EROFS));
         }
         if !guest_may_write(name.to_bytes()) {
             return Err(err(libc::EPERM));
         }
-        xattr::remove(h.fd.as_fd(), name)
+        Ok(h)
     }
 }

@@ -75,6 +75,10 @@ pub enum Cmd {
         /// virtio-blk device with this serial number (as `strata serve --lower-block`).
         #[arg(long, value_name = "SERIAL", requires = "lowers", conflicts_with_all = ["erofs", "lower_socket"])]
         lower_block: Option<String>,
+        /// The daemon merges the upper and the layers itself and serves them as `rootfs/`
+        /// (as `strata serve --union`): the guest mounts no overlay.
+        #[arg(long, conflicts_with_all = ["erofs", "lower_block", "lower_socket"])]
+        union: bool,
         #[command(flatten)]
         store: StoreArg,
         #[command(flatten)]
@@ -147,6 +151,7 @@ pub fn run(cmd: Cmd) -> Result {
             erofs,
             erofs_serial,
             lower_block,
+            union,
             store,
             api,
             json,
@@ -183,6 +188,7 @@ pub fn run(cmd: Cmd) -> Result {
                     tag: lower_tag,
                 }),
                 lower_block,
+                union,
             };
             call(&api, &req, json.json)
         }
@@ -385,6 +391,7 @@ mod tests {
             limits: strata_serve::Limits::default(),
             lower_device: None,
             lower_block: None,
+            union: false,
         };
         let checked = by_hand.check().unwrap();
         assert_eq!(checked.lowers.len(), 1);

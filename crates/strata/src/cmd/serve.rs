@@ -62,6 +62,12 @@ pub struct Args {
     /// virtio-blk device with this serial number; the plan sends the guest there.
     #[arg(long, value_name = "SERIAL", conflicts_with_all = ["rootfs", "erofs"])]
     lower_block: Option<String>,
+    /// Merge the upper dir and the layers in the daemon and serve them as `rootfs/`: the plan
+    /// sends the guest there for its root, with no overlay of its own (a create is 4 FUSE
+    /// round trips instead of 11). The upper dir keeps overlayfs' on-disk format. Directories
+    /// with layer content cannot be renamed (EXDEV), as with overlayfs' redirect_dir=off.
+    #[arg(long, conflicts_with_all = ["erofs", "lower_block", "lower_endpoint"])]
+    union: bool,
     /// virtio-blk serial number of the --erofs device (qemu `serial=`).
     #[arg(long, default_value = strata_plan::DEFAULT_LOWER_SERIAL, requires = "erofs")]
     erofs_serial: String,
@@ -111,6 +117,7 @@ pub fn run(a: Args) -> Result {
             }
         }),
         lower_block,
+        union: a.union,
     };
     strata_serve::serve(&cfg, strata_serve::CachePolicy::default())?;
     Ok(())

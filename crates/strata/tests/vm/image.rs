@@ -91,6 +91,7 @@ fn umoci_image_boots_from_the_store() {
         tag: "strata".into(),
         // The image has no xattrs but overlayfs' own: its layers come from the layer device.
         lower: Some((root.join("layers.sock"), "strata-lower".into())),
+        union: false,
     };
     let serve = ServeProcess::spawn(strata.path(), &spec, None, &root.join("serve.log"))
         .expect("strata serve starts");

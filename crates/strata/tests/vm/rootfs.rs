@@ -113,6 +113,7 @@ fn guest_rootfs_over_virtio_fs_matches_host_overlay() {
         // The layers carry no xattrs but overlayfs' own: the guest reads them from the layer
         // device (no xattrs), and everything below must still match the host overlay.
         lower: Some((root.join("layers.sock"), "strata-lower".into())),
+        union: false,
     };
     let mounts_before = host_mount_count();
     let strace_log = root.join("serve.strace");

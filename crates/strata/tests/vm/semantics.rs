@@ -1,6 +1,7 @@
 //! Guest file semantics that ordinary software relies on, in a Debian 6.1 guest booted on a
-//! two-layer busybox rootfs served by `strata serve`, once with the layers on the one device and
-//! once from the layer device (`--lower-socket`): `guest/semantics.sh` opens lower, upper, new
+//! two-layer busybox rootfs served by `strata serve`, once with the layers on the one device,
+//! once from the layer device (`--lower-socket`) and once merged by the daemon (`--union`, no
+//! guest overlay): `guest/semantics.sh` opens lower, upper, new
 //! files and symlinks with O_NOFOLLOW (plain and `openat`; apt, dpkg, useradd and Python's
 //! tempfile do), creates under umasks, creates set-id files as a guest user, lists `.`/`..` of
 //! an image-only directory, clears set-id bits on a user's write or truncate (not on root's),
@@ -18,7 +19,15 @@ use strata_harness::fixture::write;
 
 const SEMANTICS_SH: &str = include_str!("guest/semantics.sh");
 
-fn run(layer_device: bool) {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    OneDevice,
+    LayerDevice,
+    Union,
+}
+
+fn run(mode: Mode) {
+    let layer_device = mode == Mode::LayerDevice;
     let _machine = crate::shared();
     let env = Env::new(&crate::strata(), &[("semantics.sh", SEMANTICS_SH)]);
     let data = env.bottom.join("data");
@@ -43,15 +52,15 @@ fn run(layer_device: bool) {
     write(&env.top.join("data/top.txt"), "top\n");
 
     let lower_sock = env.root().join("layers.sock");
-    let extra: Vec<String> = if layer_device {
-        vec![
+    let extra: Vec<String> = match mode {
+        Mode::LayerDevice => vec![
             "--lower-socket".into(),
             lower_sock.display().to_string(),
             "--lower-tag".into(),
             "strata-lower".into(),
-        ]
-    } else {
-        Vec::new()
+        ],
+        Mode::Union => vec!["--union".into()],
+        Mode::OneDevice => Vec::new(),
     };
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let mut daemon = env.serve(&[], &extra);
@@ -110,10 +119,15 @@ fn run(layer_device: bool) {
 
 #[test]
 fn guest_file_semantics_one_device() {
-    run(false);
+    run(Mode::OneDevice);
 }
 
 #[test]
 fn guest_file_semantics_layer_device() {
-    run(true);
+    run(Mode::LayerDevice);
+}
+
+#[test]
+fn guest_file_semantics_daemon_merged_root() {
+    run(Mode::Union);
 }

@@ -6,7 +6,9 @@
 //! and `dpkg -r`, `useradd`/`userdel`, Python's `tempfile.mkstemp` (as root and as a user) and
 //! `tar x`: each opens files with O_NOFOLLOW or creates what the fixes of issue #18 are about.
 //! After the VM stops, a host overlay mount of the same layers and upper (the oracle) must show
-//! what the guest saw in every directory the workloads changed.
+//! what the guest saw in every directory the workloads changed. Twice: with the guest's own
+//! overlay, and with `strata serve --union` (the daemon merges; its upper dir must read back
+//! the same under the host's overlayfs).
 //!
 //! Needs root, debootstrap (and the network the first time), umoci, qemu-system-x86_64 and
 //! busybox-static: `scripts/install-deps.sh`.
@@ -84,6 +86,15 @@ fn manifest(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn debian_workloads_run_and_match_the_host_overlay() {
+    workloads(false);
+}
+
+#[test]
+fn debian_workloads_run_on_the_daemon_merged_root_and_match_the_host_overlay() {
+    workloads(true);
+}
+
+fn workloads(union: bool) {
     let _machine = crate::shared();
     strata_harness::require(&[
         "debootstrap",
@@ -152,7 +163,8 @@ fn debian_workloads_run_and_match_the_host_overlay() {
         work: path(&rec["work"]),
         socket: root.join("vfs.sock"),
         tag: "strata".into(),
-        lower: Some((root.join("layers.sock"), "strata-lower".into())),
+        lower: (!union).then(|| (root.join("layers.sock"), "strata-lower".into())),
+        union,
     };
     let serve = ServeProcess::spawn(strata.path(), &spec, None, &root.join("serve.log"))
         .expect("strata serve starts");
@@ -171,6 +183,12 @@ fn debian_workloads_run_and_match_the_host_overlay() {
         out.elapsed
     );
     strata_harness::env::assert_guest_script_passed(&out, "summary:", "workloads.sh");
+    if union {
+        assert!(
+            !console.contains("lowerdir="),
+            "the guest mounted an overlay of its own"
+        );
+    }
 
     // The oracle: a host overlay of the same layers and upper shows what the guest saw.
     let guest_view = manifest(console);
