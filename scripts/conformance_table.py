@@ -14,6 +14,7 @@ LABELS = {
     "virtiofsd": "(a) virtiofsd",
     "strata-layers": "(b) strata",
     "strata": "(b2) strata+layer dev",
+    "strata-union": "(f) strata --union",
 }
 
 

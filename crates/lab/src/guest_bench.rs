@@ -491,9 +491,10 @@ pub struct GuestBenchReport {
     pub rootfs: RootfsInfo,
     pub samples: Vec<Sample>,
     pub summary: Vec<Summary>,
-    /// FUSE requests strata served, per boot label (`run1`, …, or the workload with
-    /// `--opstats`, `boot` = mount and unmount only), by operation: `{"lookup": 123, …}`;
-    /// failed requests as `lookup!ENOENT`.
+    /// FUSE requests strata served, per boot label (`run1`, … for (b), `SETUP/run1`, … for the
+    /// other strata setups, or the workload with `--opstats`, `boot` = mount and unmount only;
+    /// (f)'s prefixed `strata-union/`), by operation: `{"lookup": 123, …}`; failed requests as
+    /// `lookup!ENOENT`.
     #[serde(default)]
     pub opstats: BTreeMap<String, BTreeMap<String, u64>>,
     /// Setups skipped, with why.
@@ -1366,7 +1367,12 @@ pub fn run(
                 });
             }
             if let Some(o) = b.opstats {
-                report.opstats.insert(format!("run{run}"), o);
+                // (b)'s keep their plain names; every other strata setup's are prefixed.
+                let key = match setup {
+                    Setup::Strata => format!("run{run}"),
+                    s => format!("{}/run{run}", s.name()),
+                };
+                report.opstats.insert(key, o);
             }
             report.errors.extend(b.errors);
         }

@@ -134,6 +134,9 @@ impl StrataFs {
                 Ok(())
             }
             Node::Plan => Err(err(libc::ENOTDIR)),
+            Node::Host(node) if handle == 0 => {
+                self.readdir_unopened(&node, size, offset, false, &mut |e, _| add_entry(e))
+            }
             Node::Host(node) => {
                 let h = self.handle(handle)?;
                 let dir = match &*h {
@@ -170,6 +173,9 @@ impl StrataFs {
                 })
             }
         };
+        if handle == 0 {
+            return self.readdir_unopened(&dir, size, offset, true, add_entry);
+        }
         let h = self.handle(handle)?;
         let file = match &*h {
             Handle::Dir { dir } => dir,
@@ -178,6 +184,53 @@ impl StrataFs {
             }
             Handle::File { .. } => return Err(err(libc::EBADF)),
         };
+        self.host_readdirplus(&dir, file, size, offset, add_entry)
+    }
+
+    /// READDIR(PLUS) of a host directory the guest did not open (OPENDIR is answered ENOSYS,
+    /// so the kernel sends none, and no RELEASEDIR either: two round trips less per directory
+    /// a walk lists). Each request starts from its offset: a merged listing is the node's
+    /// (made once, or, in `/rootfs`, once per namespace generation); a host directory is opened
+    /// again and sought to the offset (a cookie of the host filesystem, stable across opens).
+    fn readdir_unopened(
+        &self,
+        dir: &Arc<HostNode>,
+        size: u32,
+        offset: u64,
+        plus: bool,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        if !dir.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        let entries = match dir.area {
+            Area::Union => self.union_listing_cached(dir)?,
+            Area::Merged => self.merged_listing_shared(dir)?,
+            Area::Layer(_) | Area::Rw => {
+                let f = Mutex::new(sys::reopen(
+                    dir.fd.as_fd(),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )?);
+                if plus {
+                    return self.host_readdirplus(dir, &f, size, offset, add_entry);
+                }
+                return host_dirents(&f, size, offset, &mut |e| {
+                    Ok(add_entry(e, Entry::default())? != 0)
+                });
+            }
+        };
+        self.merged_readdir(dir, &entries, offset, plus, add_entry)
+    }
+
+    /// READDIRPLUS of an open host directory: each entry with its lookup.
+    fn host_readdirplus(
+        &self,
+        dir: &HostNode,
+        file: &Mutex<std::fs::File>,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
         host_dirents(file, size, offset, &mut |e| {
             let entry = if e.name == b"." || e.name == b".." {
                 Entry::default()

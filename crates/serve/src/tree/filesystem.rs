@@ -16,6 +16,11 @@ use fuse_backend_rs::api::filesystem::{
 
 use super::StrataFs;
 
+/// `STRATA_SERVE_OPENDIR=1`: answer OPENDIR with a handle (and get RELEASEDIR) as before
+/// directories were read without one, for comparisons.
+static OPENDIR: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var_os("STRATA_SERVE_OPENDIR").is_some_and(|v| v == "1"));
+
 /// `STRATA_SERVE_LAYER_ENODATA=1`: the layer device answers GETXATTR with ENODATA (per request)
 /// instead of ENOSYS (once), for measurements.
 static LAYER_ENODATA: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
@@ -354,6 +359,14 @@ impl FileSystem for StrataFs {
         _flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions)> {
         self.count_op("opendir");
+        if !*OPENDIR {
+            // ENOSYS: the kernel stops sending OPENDIR and RELEASEDIR on this connection and
+            // reads directories with handle 0 (`readdir_unopened`): two round trips less per
+            // directory opened. It also keeps listings in its page cache across opens
+            // (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR), dropped when the guest changes the
+            // directory or, after the attribute timeout, its mtime moved.
+            return Err(super::err(libc::ENOSYS));
+        }
         let h = self.do_opendir(inode)?;
         Ok((h, OpenOptions::empty()))
     }

@@ -319,6 +319,8 @@ pub struct StrataFs {
     copy_lock: Mutex<()>,
     /// Names of things being built in `work`.
     next_temp: AtomicU64,
+    /// Bumped after every change to a `/rootfs` name: cached listings older than it are stale.
+    union_gen: AtomicU64,
 }
 
 pub(crate) fn err(errno: i32) -> io::Error {
@@ -470,6 +472,7 @@ impl StrataFs {
             union: cfg.union,
             copy_lock: Mutex::new(()),
             next_temp: AtomicU64::new(0),
+            union_gen: AtomicU64::new(0),
         })
     }
 

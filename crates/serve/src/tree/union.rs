@@ -48,6 +48,9 @@ pub(crate) struct UnionNode {
     /// A directory's layer directories below `fd` (or below the upper dir), topmost first,
     /// ending at an opaque one.
     pub lowers: Vec<(u16, OwnedFd)>,
+    /// A directory's listing and the namespace generation it was made at
+    /// ([`StrataFs::union_listing_cached`]).
+    pub listing: std::sync::Mutex<Option<(u64, Arc<Vec<MergedEntry>>)>>,
 }
 
 impl Drop for UnionNode {
@@ -166,13 +169,7 @@ impl StrataFs {
                 break;
             }
         }
-        let node = UnionNode {
-            parent: None,
-            in_upper: true,
-            layer: 0,
-            copied: OnceLock::new(),
-            lowers,
-        };
+        let node = upper_node(None, lowers);
         self.register_union(sys::open_path_at(self.upper.as_fd(), c".")?, node, true)
     }
 
@@ -216,9 +213,33 @@ impl StrataFs {
         self.register_union(fd, node, true)
     }
 
-    /// The listing of `/rootfs` directory `dir`, made at each OPENDIR (it changes).
+    /// The listing of `/rootfs` directory `dir`, made anew.
     pub(crate) fn union_listing(&self, dir: &HostNode) -> io::Result<Vec<MergedEntry>> {
         merged::listing(dir.union_stack().into_iter())
+    }
+
+    /// The listing of `/rootfs` directory `dir` for READDIR without a handle (the guest sends
+    /// no OPENDIR: one READDIRPLUS after another, each from an offset into the listing): kept
+    /// with the node until the namespace changes, so a large directory read 4 KiB at a time is
+    /// listed once, not once per request.
+    pub(crate) fn union_listing_cached(&self, dir: &HostNode) -> io::Result<Arc<Vec<MergedEntry>>> {
+        let u = dir.union.as_ref().ok_or_else(|| err(libc::EIO))?;
+        // Read before listing: a change that lands meanwhile bumps it, and the next request
+        // lists again.
+        let gen = self.union_gen.load(Ordering::Acquire);
+        if let Some((g, l)) = &*u.listing.lock().map_err(|_| super::lock_poisoned())? {
+            if *g == gen {
+                return Ok(l.clone());
+            }
+        }
+        let made = Arc::new(self.union_listing(dir)?);
+        *u.listing.lock().map_err(|_| super::lock_poisoned())? = Some((gen, made.clone()));
+        Ok(made)
+    }
+
+    /// A name of `/rootfs` changed: cached listings are stale (after the change, never before).
+    fn namespace_changed(&self) {
+        self.union_gen.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The node behind `id` if it is a `/rootfs` node.
@@ -414,6 +435,7 @@ impl StrataFs {
         } else {
             self.make_as_caller(ctx, mode, || make(up, name), || sys::open_path_at(up, name))?
         };
+        self.namespace_changed();
         let node = upper_node(Some((dir.clone(), name.to_owned())), Vec::new());
         Ok((self.register_union(fd, node, false)?, made))
     }
@@ -441,7 +463,7 @@ impl StrataFs {
         self.copy_up(dir)?;
         let up = dir.upper().ok_or_else(|| err(libc::EIO))?;
         let flags = if rmdir { libc::AT_REMOVEDIR } else { 0 };
-        match (&st.upper, st.lower_positive()) {
+        let removed = match (&st.upper, st.lower_positive()) {
             (Found::Missing, _) => make_whiteout(up, name),
             (Found::Dir(d), positive) if rmdir => {
                 clear_whiteouts(d.as_fd())?;
@@ -453,7 +475,9 @@ impl StrataFs {
             }
             (_, true) => self.remove_leaving_whiteout(up, name, flags),
             (_, false) => sys::unlink_at(up, name, flags),
-        }
+        };
+        self.namespace_changed();
+        removed
     }
 
     /// Replace `dir/name` by a whiteout in one step, then remove what it was.
@@ -556,18 +580,22 @@ impl StrataFs {
         if is_dir && matches!(dst.upper, Found::Whiteout) {
             // A directory cannot replace the whiteout (a char device): swap them, and the
             // whiteout lands on the old name, which needs one if a layer has it.
-            sys::rename_at(up_from, oldname, up_to, newname, libc::RENAME_EXCHANGE)?;
-            if !src.lower_positive() {
-                sys::unlink_at(up_from, oldname, 0)?;
-            }
-            return Ok(());
+            let swapped = sys::rename_at(up_from, oldname, up_to, newname, libc::RENAME_EXCHANGE)
+                .and_then(|()| match src.lower_positive() {
+                    true => Ok(()),
+                    false => sys::unlink_at(up_from, oldname, 0),
+                });
+            self.namespace_changed();
+            return swapped;
         }
         let wh = if src.lower_positive() {
             libc::RENAME_WHITEOUT
         } else {
             0
         };
-        sys::rename_at(up_from, oldname, up_to, newname, wh | flags)
+        let renamed = sys::rename_at(up_from, oldname, up_to, newname, wh | flags);
+        self.namespace_changed();
+        renamed
     }
 
     /// LINK of `node` as `dir/name` in `/rootfs`: a layer file is copied up first.
@@ -604,6 +632,7 @@ impl StrataFs {
         } else {
             sys::link_at(src, up, name)?;
         }
+        self.namespace_changed();
         let fd = sys::open_path_at(up, name)?;
         let node = upper_node(Some((dir.clone(), name.to_owned())), Vec::new());
         self.register_union(fd, node, false)
@@ -617,6 +646,7 @@ fn upper_node(parent: Option<(Arc<HostNode>, CString)>, lowers: Vec<(u16, OwnedF
         layer: 0,
         copied: OnceLock::new(),
         lowers,
+        listing: Default::default(),
     }
 }
 
@@ -631,6 +661,7 @@ fn lower_node(
         layer,
         copied: OnceLock::new(),
         lowers,
+        listing: Default::default(),
     }
 }
 

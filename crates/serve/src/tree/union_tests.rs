@@ -618,3 +618,99 @@ fn a_copy_up_thousands_of_directories_deep_needs_no_deep_stack() {
         .unwrap();
     assert!(p.join("c/upper").join(&deep).join("bottom").is_dir());
 }
+
+/// Every name of directory `id`, read without a handle (as the guest does once OPENDIR is
+/// answered ENOSYS) three entries per request, each request from the last one's offset.
+fn list_unopened(fs: &StrataFs, id: u64, plus: bool) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let mut got = 0;
+        let mut next = offset;
+        let mut add = |d: DirEntry, e: Entry| -> io::Result<usize> {
+            if got == 3 {
+                if e.inode != 0 {
+                    fs.forget_node(e.inode, 1);
+                }
+                return Ok(0);
+            }
+            got += 1;
+            next = d.offset;
+            if d.name != b"." && d.name != b".." {
+                names.push(String::from_utf8(d.name.to_vec()).unwrap());
+                assert!(!plus || e.inode != 0, "{:?} without its lookup", d.name);
+            }
+            Ok(1)
+        };
+        if plus {
+            fs.do_readdirplus(id, 0, 4096, offset, &mut add).unwrap();
+        } else {
+            fs.do_readdir(id, 0, 4096, offset, &mut |d| add(d, Entry::default()))
+                .unwrap();
+        }
+        if got == 0 {
+            break;
+        }
+        offset = next;
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn directories_read_without_a_handle_list_what_an_opened_one_lists() {
+    if !strata_harness::needs("directories_read_without_a_handle", true, &[]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    layers(p);
+    for i in 0..20 {
+        std::fs::write(p.join(format!("l1/usr/lib/f{i}")), "x").unwrap();
+    }
+    let fs = union_fs(p);
+    let opened = |id: u64| -> Vec<String> {
+        let h = fs.do_opendir(id).unwrap().unwrap();
+        let mut names = Vec::new();
+        fs.do_readdir(id, h, 65536, 0, &mut |d: DirEntry| {
+            if d.name != b"." && d.name != b".." {
+                names.push(String::from_utf8(d.name.to_vec()).unwrap());
+            }
+            Ok(1)
+        })
+        .unwrap();
+        fs.drop_handle(h);
+        names.sort();
+        names
+    };
+    let lookup = |path: &str| -> u64 {
+        let mut id = ROOT;
+        for comp in path.split('/') {
+            id = fs.do_lookup(id, &c(comp)).unwrap().inode;
+        }
+        id
+    };
+    // `/rootfs`, `/lower` (merged), a layer and the upper dir.
+    assert_eq!(union_apply(&fs, Op::Create("usr/lib/new", "n")), 0);
+    assert_eq!(union_apply(&fs, Op::Unlink("usr/lib/f3")), 0);
+    for path in [
+        "rootfs/usr/lib",
+        "lower/usr/lib",
+        "layers/1/usr/lib",
+        "upper/usr/lib",
+    ] {
+        let id = lookup(path);
+        let want = opened(id);
+        assert!(!want.is_empty(), "{path}: {want:?}");
+        for plus in [false, true] {
+            assert_eq!(list_unopened(&fs, id, plus), want, "{path} plus={plus}");
+        }
+    }
+    // A change made between two readings shows in the second.
+    let lib = lookup("rootfs/usr/lib");
+    let before = list_unopened(&fs, lib, true);
+    assert_eq!(union_apply(&fs, Op::Unlink("usr/lib/f4")), 0);
+    let after = list_unopened(&fs, lib, true);
+    assert_eq!(before.len(), after.len() + 1);
+    assert!(!after.contains(&"f4".to_string()));
+}

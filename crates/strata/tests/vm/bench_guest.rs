@@ -1,8 +1,10 @@
 //! A short `strata bench guest` on the tiny rootfs so the harness can't rot: one run, small
 //! workloads, no timing assertions — only that every setup produced a number for every
 //! workload, strata's FUSE request counts came back, and the outputs (table, JSON, SVG) exist.
-//! Setup (e), opt-in, gets its own short run. Setup (a) needs virtiofsd (`scripts/bench-guest` installs it); without it the bench skips
-//! (a) and says so, and so does this test.
+//! Setup (f), the root merged by the daemon, is one of the defaults and must see the same tiny
+//! rootfs (a whiteout, an opaque dir). Setup (e), opt-in, gets its own short run. Setup (a)
+//! needs virtiofsd (`scripts/bench-guest` installs it); without it the bench skips (a) and
+//! says so, and so does this test.
 
 #[test]
 fn short_guest_bench_on_the_tiny_rootfs() {
@@ -28,7 +30,7 @@ fn short_guest_bench_on_the_tiny_rootfs() {
     assert!(out.status.success(), "strata bench guest failed");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let skipped = v["skipped"].as_array().unwrap();
-    let mut setups = vec!["strata", "erofs", "strata-erofs"];
+    let mut setups = vec!["strata", "erofs", "strata-erofs", "strata-union"];
     if skipped.is_empty() {
         setups.insert(0, "virtiofsd");
     } else {
@@ -109,7 +111,7 @@ fn setup_e_times_the_served_upper_without_a_guest_overlay() {
             .unwrap_or_else(|| panic!("no strata-upper {w} in {summary:?}"));
         assert!(row["median_s"].as_f64().unwrap() > 0.0, "{row}");
     }
-    let ops = &v["opstats"]["run1"];
+    let ops = &v["opstats"]["strata-upper/run1"];
     assert!(ops["create"].as_u64().unwrap_or(0) >= 50, "{ops}");
     // The boot's own overlay mount makes one (its work dir's whiteout); the files made none.
     assert!(ops["mknod"].as_u64().unwrap_or(0) < 50, "{ops}");

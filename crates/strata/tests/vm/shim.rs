@@ -854,3 +854,32 @@ fn ctr_runs_containers_on_an_erofs_layer_image() {
         "shim state left behind"
     );
 }
+
+/// `STRATA_UNION=1`: the server merges the snapshot's layers and upper itself and the guest
+/// mounts no overlay (its root is the virtio-fs tree's `rootfs/`); a change to an image file is
+/// a copy-up done by the server.
+#[test]
+fn ctr_runs_containers_on_the_root_merged_by_the_server() {
+    let _machine = crate::shared();
+    require_engine(&[]);
+    let shim = shim_binary();
+    let c = Containerd::start(&shim, &[("STRATA_UNION", "1")]);
+    c.import_test_image();
+    let script = "grep ' / ' /proc/mounts | cut -d' ' -f3; head -n 1 /etc/group; echo $FOO; \
+                  echo extra >> /etc/group; tail -n 1 /etc/group; exit 3";
+    let out = run_rm(&c, "u1", &["sh", "-c", script]);
+    eprintln!("{}", text(&out));
+    assert_exit(&out, &c, 3);
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        ["virtiofs", "root:x:0:", "bar", "extra"],
+        "{lines:?}"
+    );
+    no_strata_processes(&c);
+    assert_eq!(
+        c.leftovers(),
+        Vec::<String>::new(),
+        "shim state left behind"
+    );
+}
