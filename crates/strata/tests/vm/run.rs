@@ -678,6 +678,63 @@ fn run_on_the_erofs_layer_device_through_the_daemon() {
     drop(daemon);
 }
 
+/// `strata run --union`: the server merges the image's layers and the container's upper and
+/// the guest mounts no overlay (its root is the virtio-fs tree's `rootfs/`); an image file the
+/// container appends to is copied up into the upper. Once with a `strata serve` child, once
+/// through a `strata daemon` session.
+#[test]
+fn run_on_the_root_merged_by_the_server() {
+    let _machine = crate::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = busybox_store(tmp.path());
+    let script = "grep ' / ' /proc/mounts | cut -d' ' -f3; echo more >> data; cat data; exit 4";
+    let r = run(
+        &store,
+        &[
+            "--union", "--name", "uni", "-u", "root", "bb", "--", "sh", "-c", script,
+        ],
+        b"",
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (Some(4), "virtiofs\nserved\nmore\n"),
+        "{}",
+        r.show()
+    );
+    let data = store.join("containers/uni/upper/srv/data");
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "served\nmore\n");
+
+    let (daemon, api) = daemon_on(tmp.path(), &store);
+    let r = run(
+        &store,
+        &[
+            "--union",
+            "--rm",
+            "--api",
+            api.to_str().unwrap(),
+            "--name",
+            "unid",
+            "-u",
+            "root",
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"",
+    );
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (Some(4), "virtiofs\nserved\nmore\n"),
+        "{}",
+        r.show()
+    );
+    let log = std::fs::read_to_string(tmp.path().join("daemon.log")).unwrap_or_default();
+    assert!(log.contains("unid"), "the daemon never served it:\n{log}");
+    drop(daemon);
+}
+
 /// `strata run --store STORE ARGS…` on a pseudo-terminal of this test (see
 /// [`crate::tty::on_a_terminal`]).
 fn run_on_a_terminal(

@@ -158,8 +158,8 @@ impl Containerd {
             .collect()
     }
 
-    /// Builds the test image (busybox, a user `app`, Env FOO=bar, WorkingDir /srv, User app)
-    /// as an OCI archive and imports it.
+    /// Builds the test image (busybox, a user `app`, Env FOO=bar, WorkingDir /srv with a file
+    /// `notes` of app's, User app) as an OCI archive and imports it.
     pub fn import_test_image(&self) {
         let d = self.dir.path();
         let layout = d.join("layout");
@@ -176,6 +176,9 @@ impl Containerd {
         );
         write(&r.join("etc/group"), "root:x:0:\napp:x:1000:\n");
         std::fs::create_dir_all(r.join("srv")).unwrap();
+        // A file of the image its user may change (a copy-up when the server merges).
+        write(&r.join("srv/notes"), "notes\n");
+        std::os::unix::fs::chown(r.join("srv/notes"), Some(1000), Some(1000)).unwrap();
         umoci(&["repack", "--image", &img, b.to_str().unwrap()]);
         umoci(&[
             "config",
@@ -866,14 +869,14 @@ fn ctr_runs_containers_on_the_root_merged_by_the_server() {
     let c = Containerd::start(&shim, &[("STRATA_UNION", "1")]);
     c.import_test_image();
     let script = "grep ' / ' /proc/mounts | cut -d' ' -f3; head -n 1 /etc/group; echo $FOO; \
-                  echo extra >> /etc/group; tail -n 1 /etc/group; exit 3";
+                  echo extra >> notes; cat notes; exit 3";
     let out = run_rm(&c, "u1", &["sh", "-c", script]);
     eprintln!("{}", text(&out));
     assert_exit(&out, &c, 3);
     let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
     assert_eq!(
         lines,
-        ["virtiofs", "root:x:0:", "bar", "extra"],
+        ["virtiofs", "root:x:0:", "bar", "notes", "extra"],
         "{lines:?}"
     );
     no_strata_processes(&c);
