@@ -11,7 +11,8 @@
 //!
 //! Checked after every run (and fds every 1000 requests): no panic; nothing outside upper/work
 //! changed (layers, `outside` and the temp root: type, mode, owner, size, links, mtime, ctime);
-//! the open fds never exceed the anchors plus live nodes plus open handles; and after the guest
+//! the open fds never exceed the anchors plus what the fd budget counts (nodes, their layer
+//! dirs and copied-up inodes, open handles); and after the guest
 //! releases every handle and forgets every node, no fd is left over.
 //!
 //! `cargo test -p strata-serve --test fuzz_requests` runs a short version;
@@ -207,6 +208,7 @@ fn open_fds() -> usize {
 /// Words a guest would use, and a few it should not.
 const NAMES: &[&[u8]] = &[
     b"upper",
+    b"rootfs",
     b"work",
     b"layers",
     b"plan.json",
@@ -692,6 +694,8 @@ pub struct Harness {
     stats: Stats,
     before: Snapshot,
     fds_base: usize,
+    /// fds in the budget when the harness was built (other harnesses of this process).
+    held_base: usize,
     /// When set, every request after INIT is appended here in [`run_bytes`]' format.
     record: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
     recording: bool,
@@ -706,12 +710,17 @@ impl Harness {
 
     /// [`Harness::new`] with the given per-session limits.
     pub fn with_limits(limits: crate::tree::Limits) -> std::io::Result<Harness> {
-        Harness::with_setup(limits, Role::Tree { lower_tag: None })
+        Harness::with_setup(limits, Role::Tree { lower_tag: None }, false)
     }
 
     /// [`Harness::new`] with the given per-session limits, serving the tree as `role` (the
-    /// whole tree, or the layer device).
-    pub fn with_setup(limits: crate::tree::Limits, role: Role) -> std::io::Result<Harness> {
+    /// whole tree, or the layer device), with `/rootfs` (the root merged by the daemon) if
+    /// `union`.
+    pub fn with_setup(
+        limits: crate::tree::Limits,
+        role: Role,
+        union: bool,
+    ) -> std::io::Result<Harness> {
         let dir = tempfile::tempdir()?;
         let p = dir.path();
         for d in [
@@ -750,7 +759,7 @@ impl Harness {
             limits,
             lower_device: None,
             lower_block: None,
-            union: false,
+            union,
         };
         let checked = cfg.check().map_err(std::io::Error::other)?;
         let fs = Arc::new(
@@ -779,6 +788,7 @@ impl Harness {
             stats: Stats::default(),
             before,
             fds_base: open_fds(),
+            held_base: crate::fdbudget::held(),
             record: None,
             recording: false,
         })
@@ -902,7 +912,14 @@ impl Harness {
         }
         self.roundtrip(None, &Self::request_bytes(op::INIT, 0, &init.0, None));
         self.recording = true;
-        let walk: &[(u64, &[u8])] = &[(1, b"upper\0"), (1, b"work\0"), (2, b"0\0"), (2, b"1\0")];
+        // `rootfs` exists only with `/rootfs` (union seeds).
+        let walk: &[(u64, &[u8])] = &[
+            (1, b"upper\0"),
+            (1, b"work\0"),
+            (2, b"0\0"),
+            (2, b"1\0"),
+            (1, b"rootfs\0"),
+        ];
         // Twenty times over: the guest holds those lookups, so random FORGETs take a while.
         for &(parent, name) in walk.iter().cycle().take(20 * walk.len()) {
             let r = self.roundtrip(None, &Self::request_bytes(op::LOOKUP, parent, name, None));
@@ -1015,14 +1032,19 @@ impl Harness {
                 });
             }
             if i % 1000 == 999 {
+                // Every fd a node or handle holds is in the fd budget: a node's own, a merged
+                // or `/rootfs` directory's layer dirs, a copied-up inode, and those of the
+                // `/rootfs` parents a held node keeps alive.
                 let fds = open_fds();
-                let allowed = self.fds_base + self.fs.live_nodes() + self.fs.open_handles();
+                let held = crate::fdbudget::held().saturating_sub(self.held_base);
+                let allowed = self.fds_base + held;
                 if fds > allowed {
                     return Err(Finding {
                         seed,
                         request: i,
                         what: format!(
-                            "fd leak: {fds} open, {allowed} allowed (base {} + nodes {} + handles {})",
+                            "fd leak: {fds} open, {allowed} allowed (base {} + budgeted {held}; \
+                             {} nodes, {} handles)",
                             self.fds_base,
                             self.fs.live_nodes(),
                             self.fs.open_handles()
@@ -1144,6 +1166,12 @@ pub fn role_for(seed: u64) -> Role {
     }
 }
 
+/// Seeds 2, 6, 10, … serve `/rootfs` (the root merged by the daemon: copy-ups, whiteouts)
+/// besides the tree.
+pub fn union_for(seed: u64) -> bool {
+    seed % 4 == 2
+}
+
 /// Run `n` requests from `seed` on a fresh harness.
 pub fn run_seed(seed: u64, n: u64) -> Result<RunStats, Finding> {
     run_seed_with(seed, n, || Ok(()))
@@ -1162,7 +1190,7 @@ pub fn run_seed_with(
         what,
         bytes: String::new(),
     };
-    let h = Harness::with_setup(limits_for(seed), role_for(seed))
+    let h = Harness::with_setup(limits_for(seed), role_for(seed), union_for(seed))
         .map_err(|e| fail(format!("harness: {e}")))?;
     setup().map_err(|e| fail(format!("setup: {e}")))?;
     h.run(seed, n)
@@ -1172,12 +1200,15 @@ pub fn run_seed_with(
 /// corpus for the coverage-guided fuzzer that starts past the handshake, with node ids and
 /// handles that exist. (The chain shapes of the structured run are not kept.)
 pub fn stream_for_seed(seed: u64, n: u64) -> Result<Vec<u8>, Finding> {
-    let mut h = Harness::with_setup(limits_for(seed), role_for(seed)).map_err(|e| Finding {
-        seed,
-        request: 0,
-        what: format!("harness: {e}"),
-        bytes: String::new(),
-    })?;
+    let mut h =
+        Harness::with_setup(limits_for(seed), role_for(seed), union_for(seed)).map_err(|e| {
+            Finding {
+                seed,
+                request: 0,
+                what: format!("harness: {e}"),
+                bytes: String::new(),
+            }
+        })?;
     let rec = Arc::new(std::sync::Mutex::new(Vec::new()));
     h.record = Some(rec.clone());
     h.run(seed, n)?;

@@ -42,8 +42,11 @@ fn random_request_streams_fail_cleanly() {
 fn request_path_stays_inside_the_seccomp_allow_list() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const CHILD: &str = "STRATA_FUZZ_ALLOW_LIST_CHILD";
-    if std::env::var_os(CHILD).is_some() {
-        let st = strata_serve::fuzzing::run_seed_with(11, 5000, || {
+    if let Some(seed) = std::env::var(CHILD)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        let st = strata_serve::fuzzing::run_seed_with(seed, 5000, || {
             strata_serve::sandbox::forbid_mounts().map_err(|e| e.to_string())?;
             let f = strata_serve::sandbox::allow_list_filter(seccompiler::SeccompAction::Trap)
                 .map_err(|e| e.to_string())?;
@@ -53,23 +56,27 @@ fn request_path_stays_inside_the_seccomp_allow_list() {
         println!("CHILD-OK {st:?}");
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "request_path_stays_inside_the_seccomp_allow_list",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && text.contains("CHILD-OK"),
-        "child under the allow-list failed ({}):\n{text}",
-        out.status
-    );
+    // Seed 11 serves the tree; seed 14 `/rootfs` too (copy-ups, whiteouts).
+    for seed in [11u64, 14] {
+        assert_eq!(strata_serve::fuzzing::union_for(seed), seed == 14);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "request_path_stays_inside_the_seccomp_allow_list",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, seed.to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("CHILD-OK"),
+            "seed {seed}: child under the allow-list failed ({}):\n{text}",
+            out.status
+        );
+    }
 }
 
 /// The coverage-guided target's entry point (`fuzz/fuzz_targets/requests.rs` is one call to
