@@ -734,6 +734,35 @@ fn erofs_images(layers: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// `strata serve` of `layers`, `upper` and `work` on `socket`, tag `strata`, with `extra`
+/// options.
+fn serve_argv(
+    strata: &Path,
+    socket: &Path,
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    extra: &[&str],
+) -> Vec<std::ffi::OsString> {
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        strata.into(),
+        "serve".into(),
+        "--socket".into(),
+        socket.into(),
+        "--upper".into(),
+        upper.into(),
+        "--work".into(),
+        work.into(),
+        "--tag".into(),
+        "strata".into(),
+    ];
+    argv.extend(extra.iter().map(Into::into));
+    for l in layers {
+        argv.extend(["--lower".into(), l.into()]);
+    }
+    argv
+}
+
 /// `strata serve` for the upper and work only, the layers on the EROFS disk `serial`
 /// (`--lower-block`; the layers are still named, as the plan is made from them), tag `strata`.
 pub(crate) fn serve_lower_block_argv(
@@ -744,24 +773,14 @@ pub(crate) fn serve_lower_block_argv(
     work: &Path,
     serial: &str,
 ) -> Vec<std::ffi::OsString> {
-    let mut argv: Vec<std::ffi::OsString> = vec![
-        strata.into(),
-        "serve".into(),
-        "--socket".into(),
-        socket.into(),
-        "--upper".into(),
-        upper.into(),
-        "--work".into(),
-        work.into(),
-        "--tag".into(),
-        "strata".into(),
-        "--lower-block".into(),
-        serial.into(),
-    ];
-    for l in layers {
-        argv.extend(["--lower".into(), l.into()]);
-    }
-    argv
+    serve_argv(
+        strata,
+        socket,
+        layers,
+        upper,
+        work,
+        &["--lower-block", serial],
+    )
 }
 
 /// `strata serve --union` of the layers, upper and work, tag `strata`: setup (f).
@@ -772,23 +791,7 @@ pub(crate) fn serve_union_argv(
     upper: &Path,
     work: &Path,
 ) -> Vec<std::ffi::OsString> {
-    let mut argv: Vec<std::ffi::OsString> = vec![
-        strata.into(),
-        "serve".into(),
-        "--socket".into(),
-        socket.into(),
-        "--upper".into(),
-        upper.into(),
-        "--work".into(),
-        work.into(),
-        "--tag".into(),
-        "strata".into(),
-        "--union".into(),
-    ];
-    for l in layers {
-        argv.extend(["--lower".into(), l.into()]);
-    }
-    argv
+    serve_argv(strata, socket, layers, upper, work, &["--union"])
 }
 
 /// The layers' merged EROFS image as the store builds it (`strata image import --erofs`), in
@@ -1090,12 +1093,24 @@ fn boot(
             )?);
             vm.virtiofs = spec.devices();
         }
-        Setup::StrataUnion => {
+        Setup::StrataUnion | Setup::StrataErofs => {
             for d in [&upper, &work] {
                 mkdir(d)?;
             }
             std::env::remove_var(SEPARATE_LAYERS_ENV);
-            let argv = serve_union_argv(ctx.strata, &socket, &ctx.layers, &upper, &work);
+            let (argv, disk) = if setup == Setup::StrataUnion {
+                let argv = serve_union_argv(ctx.strata, &socket, &ctx.layers, &upper, &work);
+                (argv, Vec::new())
+            } else {
+                let image = ctx.merged.as_ref().ok_or_else(|| {
+                    VmError::Serve("setup (d) needs the merged EROFS image".into())
+                })?;
+                let serial = strata_plan::DEFAULT_LOWER_SERIAL;
+                let argv =
+                    serve_lower_block_argv(ctx.strata, &socket, &ctx.layers, &upper, &work, serial);
+                let disk = strata_vm::qemu::read_only_disk_args(image, serial).to_vec();
+                (argv, disk)
+            };
             serve = Some(ServeProcess::spawn_argv(
                 &argv,
                 std::slice::from_ref(&socket),
@@ -1103,27 +1118,7 @@ fn boot(
                 &dir.join("serve.log"),
             )?);
             vm.virtiofs = vec![(socket.clone(), "strata".into())];
-        }
-        Setup::StrataErofs => {
-            for d in [&upper, &work] {
-                mkdir(d)?;
-            }
-            std::env::remove_var(SEPARATE_LAYERS_ENV);
-            let image = ctx
-                .merged
-                .as_ref()
-                .ok_or_else(|| VmError::Serve("setup (d) needs the merged EROFS image".into()))?;
-            let serial = strata_plan::DEFAULT_LOWER_SERIAL;
-            let argv =
-                serve_lower_block_argv(ctx.strata, &socket, &ctx.layers, &upper, &work, serial);
-            serve = Some(ServeProcess::spawn_argv(
-                &argv,
-                std::slice::from_ref(&socket),
-                None,
-                &dir.join("serve.log"),
-            )?);
-            vm.virtiofs = vec![(socket.clone(), "strata".into())];
-            vm.extra_args = strata_vm::qemu::read_only_disk_args(image, serial).to_vec();
+            vm.extra_args = disk;
         }
         Setup::Erofs => {
             let scratch = dir.join("scratch.img");

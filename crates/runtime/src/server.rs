@@ -73,6 +73,17 @@ pub(crate) struct LayerMode<'a> {
     pub union: bool,
 }
 
+impl LayerMode<'_> {
+    /// The EROFS image of `rootfs`'s layers if the guest reads them from one (built on first
+    /// use); never with `union`.
+    fn erofs_image(&self, rootfs: &Rootfs) -> Result<Option<PathBuf>> {
+        match (self.union, self.erofs) {
+            (false, Some(cache)) => erofs_image(rootfs, cache).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// The merged EROFS image of `rootfs`'s layers, built on first use: the store's for a store
 /// rootfs, one in `cache` keyed by the directories' identity for plain directories (the
 /// overlayfs snapshotter's snapshots).
@@ -94,13 +105,7 @@ fn spawn(
     layers: LayerMode<'_>,
 ) -> Result<Served> {
     let (lowers, upper, work) = dirs(rootfs)?;
-    let erofs = match layers.union {
-        true => None,
-        false => layers
-            .erofs
-            .map(|cache| erofs_image(rootfs, cache))
-            .transpose()?,
-    };
+    let erofs = layers.erofs_image(rootfs)?;
     let socket = state_dir.join("fs.sock");
     // With the layers on a block device, or merged with the upper, the layer device has
     // nothing left to serve.
@@ -174,13 +179,7 @@ fn daemon(
 ) -> Result<Served> {
     // The image is built (or found) in this process's store; the daemon only writes the
     // device's serial into the session's plan, and the VMM opens the image read-only.
-    let erofs = match layers.union {
-        true => None,
-        false => layers
-            .erofs
-            .map(|cache| erofs_image(rootfs, cache))
-            .transpose()?,
-    };
+    let erofs = layers.erofs_image(rootfs)?;
     let layer_device = layers.layer_device && !layers.union;
     let socket_dir = socket_dir
         .map(Path::to_path_buf)

@@ -283,14 +283,13 @@ impl StrataFs {
         let kind = st.st_mode & libc::S_IFMT;
         match merged::find(pdir, name)? {
             Found::Missing => {}
-            // Copied up under this name by another node of the same layer inode (a hard
-            // link), or made anew after the guest removed this one: use what is there if it is
-            // of the same type, as overlayfs' lookup would.
-            Found::Dir(fd) | Found::Other(fd)
-                if sys::stat_fd(fd.as_fd())?.st_mode & libc::S_IFMT == kind =>
-            {
-                return self.set_copied(node, fd);
-            }
+            // A directory copied up already through a newer node of the same name (the guest
+            // forgot this one and looked the name up again, while a child it still holds keeps
+            // this one alive): the same directory.
+            Found::Dir(fd) if kind == libc::S_IFDIR => return self.set_copied(node, fd),
+            // A file has one node per name while the guest holds it, so a file in the upper
+            // dir under its name is another one, made after this was removed: changing it
+            // would change the wrong file.
             _ => return Err(err(libc::ESTALE)),
         }
         let tmp = self.temp_name();
@@ -398,15 +397,7 @@ impl StrataFs {
         mode: u32,
         make: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<R>,
     ) -> io::Result<(Entry, R)> {
-        check_name(name)?;
-        if !dir.is_dir() {
-            return Err(err(libc::ENOTDIR));
-        }
-        self.node_room()?;
-        let st = self.name_state(dir, name)?;
-        if st.visible() {
-            return Err(err(libc::EEXIST));
-        }
+        let st = self.new_name(dir, name)?;
         self.copy_up(dir)?;
         let up = dir.upper().ok_or_else(|| err(libc::EIO))?;
         let (made, fd) = if matches!(st.upper, Found::Whiteout) {
@@ -438,6 +429,21 @@ impl StrataFs {
         self.namespace_changed();
         let node = upper_node(Some((dir.clone(), name.to_owned())), Vec::new());
         Ok((self.register_union(fd, node, false)?, made))
+    }
+
+    /// What `name` is in `dir` before a new node is made there: EEXIST if it is visible,
+    /// ENFILE if the guest holds all the nodes it may.
+    fn new_name(&self, dir: &HostNode, name: &CStr) -> io::Result<NameState> {
+        check_name(name)?;
+        if !dir.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        self.node_room()?;
+        let st = self.name_state(dir, name)?;
+        if st.visible() {
+            return Err(err(libc::EEXIST));
+        }
+        Ok(st)
     }
 
     /// UNLINK / RMDIR of `name` in `/rootfs` directory `dir`.
@@ -605,18 +611,10 @@ impl StrataFs {
         dir: &Arc<HostNode>,
         name: &CStr,
     ) -> io::Result<Entry> {
-        check_name(name)?;
         if node.is_dir() {
             return Err(err(libc::EPERM));
         }
-        if !dir.is_dir() {
-            return Err(err(libc::ENOTDIR));
-        }
-        self.node_room()?;
-        let st = self.name_state(dir, name)?;
-        if st.visible() {
-            return Err(err(libc::EEXIST));
-        }
+        let st = self.new_name(dir, name)?;
         self.copy_up(node)?;
         self.copy_up(dir)?;
         let src = node.upper().ok_or_else(|| err(libc::EIO))?;

@@ -714,3 +714,26 @@ fn directories_read_without_a_handle_list_what_an_opened_one_lists() {
     assert_eq!(before.len(), after.len() + 1);
     assert!(!after.contains(&"f4".to_string()));
 }
+
+#[test]
+fn a_removed_layer_file_held_by_the_guest_never_changes_its_successor() {
+    if !strata_harness::needs("a_removed_layer_file_held", true, &[]) {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path();
+    layers(p);
+    let fs = union_fs(p);
+    // The guest holds etc/passwd (an open file keeps its node), removes the name and makes a
+    // new file there; writing through the old node must not reach the new file.
+    let old = walk(&fs, "etc/passwd").unwrap();
+    assert_eq!(union_apply(&fs, Op::Unlink("etc/passwd")), 0);
+    assert_eq!(union_apply(&fs, Op::Create("etc/passwd", "new")), 0);
+    let r = fs.do_open(old, libc::O_WRONLY as u32);
+    assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::ESTALE));
+    assert_eq!(std::fs::read(p.join("c/upper/etc/passwd")).unwrap(), b"new");
+    assert_eq!(
+        std::fs::read(p.join("l1/etc/passwd")).unwrap(),
+        b"root:x:0:0"
+    );
+}
