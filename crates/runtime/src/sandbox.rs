@@ -95,7 +95,7 @@ pub struct SandboxConfig {
     /// (default [`DEFAULT_EROFS_CACHE`]); a build removes the images whose directories are gone.
     pub erofs_cache: PathBuf,
     /// Have the server merge the upper and the layers itself (`strata serve --union`): the
-    /// guest mounts no overlay, a create is 4 FUSE round trips instead of 11 (default off;
+    /// guest mounts no overlay, a create is 6 FUSE round trips instead of 11 (default off;
     /// not with [`Self::erofs`], and the layer device is then not used).
     pub union: bool,
 }

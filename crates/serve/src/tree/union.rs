@@ -4,8 +4,8 @@
 //!
 //! Why: a guest overlay over a FUSE upper pays 11 round trips per new file (a negative lookup
 //! it drops and redoes, MKNOD + OPEN instead of CREATE, three xattr probes); served merged,
-//! a create is LOOKUP + CREATE + WRITE + RELEASE, and a walk's lookups fall through the layers
-//! on the host, natively (docs/benchmarks.md, setup (f)).
+//! a create is 6 (LOOKUP, CREATE, GETATTR, the new inode's one GETXATTR, WRITE, RELEASE), and a
+//! walk's lookups fall through the layers on the host, natively (docs/benchmarks.md, setup (f)).
 //!
 //! The upper dir keeps the overlayfs on-disk format a host `mount -t overlay` reads back
 //! (the oracle in this module's tests): a removed name that a layer still has becomes a

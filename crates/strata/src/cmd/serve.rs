@@ -63,7 +63,7 @@ pub struct Args {
     #[arg(long, value_name = "SERIAL", conflicts_with_all = ["rootfs", "erofs"])]
     lower_block: Option<String>,
     /// Merge the upper dir and the layers in the daemon and serve them as `rootfs/`: the plan
-    /// sends the guest there for its root, with no overlay of its own (a create is 4 FUSE
+    /// sends the guest there for its root, with no overlay of its own (a create is 6 FUSE
     /// round trips instead of 11). The upper dir keeps overlayfs' on-disk format. Directories
     /// with layer content cannot be renamed (EXDEV), as with overlayfs' redirect_dir=off.
     #[arg(long, conflicts_with_all = ["erofs", "lower_block", "lower_endpoint"])]
