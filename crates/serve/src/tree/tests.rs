@@ -674,7 +674,8 @@ fn readdirplus_lists_with_lookups_and_keeps_counts_balanced() {
 }
 
 /// Lists a directory of the served tree through opendir + readdir (plus: readdirplus).
-fn list(fs: &StrataFs, dir: u64, plus: bool) -> Vec<String> {
+/// The names of directory `dir` (sorted, without `.` and `..`), read through an opened handle.
+pub(super) fn list(fs: &StrataFs, dir: u64, plus: bool) -> Vec<String> {
     let h = fs.do_opendir(dir).unwrap().unwrap_or(0);
     let mut names = Vec::new();
     let mut add = |name: &[u8]| {

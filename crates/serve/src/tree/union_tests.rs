@@ -417,17 +417,7 @@ fn union_tree(fs: &StrataFs) -> BTreeMap<String, Desc> {
             },
         );
         if kind == libc::S_IFDIR {
-            let h = fs.do_opendir(id).unwrap().unwrap();
-            let mut names = Vec::new();
-            fs.do_readdir(id, h, 65536, 0, &mut |d: DirEntry| {
-                if d.name != b"." && d.name != b".." {
-                    names.push(String::from_utf8(d.name.to_vec()).unwrap());
-                }
-                Ok(1)
-            })
-            .unwrap();
-            fs.drop_handle(h);
-            for name in names {
+            for name in super::tests::list(fs, id, false) {
                 let e = fs.do_lookup(id, &c(&name)).unwrap();
                 assert_ne!(e.inode, 0, "{rel}/{name} listed but not found");
                 let child = if rel.is_empty() {
@@ -669,20 +659,7 @@ fn directories_read_without_a_handle_list_what_an_opened_one_lists() {
         std::fs::write(p.join(format!("l1/usr/lib/f{i}")), "x").unwrap();
     }
     let fs = union_fs(p);
-    let opened = |id: u64| -> Vec<String> {
-        let h = fs.do_opendir(id).unwrap().unwrap();
-        let mut names = Vec::new();
-        fs.do_readdir(id, h, 65536, 0, &mut |d: DirEntry| {
-            if d.name != b"." && d.name != b".." {
-                names.push(String::from_utf8(d.name.to_vec()).unwrap());
-            }
-            Ok(1)
-        })
-        .unwrap();
-        fs.drop_handle(h);
-        names.sort();
-        names
-    };
+    let opened = |id: u64| super::tests::list(&fs, id, false);
     let lookup = |path: &str| -> u64 {
         let mut id = ROOT;
         for comp in path.split('/') {
