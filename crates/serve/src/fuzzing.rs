@@ -284,8 +284,9 @@ impl Gen {
         }
     }
     fn fh(&mut self) -> u64 {
+        // Handle 0 often: it is what every READ and WRITE carries when OPEN answers ENOSYS.
         if self.fhs.is_empty() || self.rng.pct(15) {
-            return self.rng.pick(&[0, 1, 2, u64::MAX, self.rng.0 % 100]);
+            return self.rng.pick(&[0, 0, 0, 1, 2, u64::MAX, self.rng.0 % 100]);
         }
         let i = self.rng.below(self.fhs.len() as u64) as usize;
         self.fhs[i]
@@ -710,16 +711,17 @@ impl Harness {
 
     /// [`Harness::new`] with the given per-session limits.
     pub fn with_limits(limits: crate::tree::Limits) -> std::io::Result<Harness> {
-        Harness::with_setup(limits, Role::Tree { lower_tag: None }, false)
+        Harness::with_setup(limits, Role::Tree { lower_tag: None }, false, false)
     }
 
     /// [`Harness::new`] with the given per-session limits, serving the tree as `role` (the
     /// whole tree, or the layer device), with `/rootfs` (the root merged by the daemon) if
-    /// `union`.
+    /// `union`, OPEN making handles if `file_handles` (else answered ENOSYS, the default).
     pub fn with_setup(
         limits: crate::tree::Limits,
         role: Role,
         union: bool,
+        file_handles: bool,
     ) -> std::io::Result<Harness> {
         let dir = tempfile::tempdir()?;
         let p = dir.path();
@@ -762,10 +764,10 @@ impl Harness {
             union,
         };
         let checked = cfg.check().map_err(std::io::Error::other)?;
-        let fs = Arc::new(
-            StrataFs::with_role(&checked, CachePolicy::default(), role)
-                .map_err(std::io::Error::other)?,
-        );
+        let mut fs = StrataFs::with_role(&checked, CachePolicy::default(), role)
+            .map_err(std::io::Error::other)?;
+        fs.set_file_handles(file_handles);
+        let fs = Arc::new(fs);
         let server = Server::new(fs.clone());
         let mm = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
             .map_err(std::io::Error::other)?;
@@ -1172,6 +1174,12 @@ pub fn union_for(seed: u64) -> bool {
     seed % 4 == 2
 }
 
+/// Seeds 0, 3, 6, … answer OPEN with handles (`STRATA_SERVE_OPEN=1`); the others with ENOSYS,
+/// as the daemon does by default, so their reads and writes name inodes with handle 0.
+pub fn handles_for(seed: u64) -> bool {
+    seed.is_multiple_of(3)
+}
+
 /// Run `n` requests from `seed` on a fresh harness.
 pub fn run_seed(seed: u64, n: u64) -> Result<RunStats, Finding> {
     run_seed_with(seed, n, || Ok(()))
@@ -1190,8 +1198,13 @@ pub fn run_seed_with(
         what,
         bytes: String::new(),
     };
-    let h = Harness::with_setup(limits_for(seed), role_for(seed), union_for(seed))
-        .map_err(|e| fail(format!("harness: {e}")))?;
+    let h = Harness::with_setup(
+        limits_for(seed),
+        role_for(seed),
+        union_for(seed),
+        handles_for(seed),
+    )
+    .map_err(|e| fail(format!("harness: {e}")))?;
     setup().map_err(|e| fail(format!("setup: {e}")))?;
     h.run(seed, n)
 }
@@ -1200,15 +1213,18 @@ pub fn run_seed_with(
 /// corpus for the coverage-guided fuzzer that starts past the handshake, with node ids and
 /// handles that exist. (The chain shapes of the structured run are not kept.)
 pub fn stream_for_seed(seed: u64, n: u64) -> Result<Vec<u8>, Finding> {
-    let mut h =
-        Harness::with_setup(limits_for(seed), role_for(seed), union_for(seed)).map_err(|e| {
-            Finding {
-                seed,
-                request: 0,
-                what: format!("harness: {e}"),
-                bytes: String::new(),
-            }
-        })?;
+    let mut h = Harness::with_setup(
+        limits_for(seed),
+        role_for(seed),
+        union_for(seed),
+        handles_for(seed),
+    )
+    .map_err(|e| Finding {
+        seed,
+        request: 0,
+        what: format!("harness: {e}"),
+        bytes: String::new(),
+    })?;
     let rec = Arc::new(std::sync::Mutex::new(Vec::new()));
     h.record = Some(rec.clone());
     h.run(seed, n)?;

@@ -231,9 +231,10 @@ fn one_guest_cannot_spend_the_process_fds() {
         assert!(created < 10_000, "never refused");
     };
     assert_eq!(errno(&refused), Some(libc::ENFILE), "{refused}");
-    // A CREATE checks for room, then holds a node and a handle: at most one fd over.
+    // A CREATE checks for room, then holds a node (and no handle: OPEN is answered ENOSYS,
+    // so the daemon keeps no file open for the guest): at most one fd over.
     assert!(strata_serve::fdbudget::held() <= before + 301);
-    println!("hostile guest: {created} files created and held open, then ENFILE");
+    println!("hostile guest: {created} files created and held, then ENFILE");
     // The victim still reads what it holds; a new session starts and serves.
     assert_eq!(
         victim.read(motd.node, vfh, 0, 100).unwrap(),

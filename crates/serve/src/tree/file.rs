@@ -1,4 +1,14 @@
 //! Open files: open/create, read/write, sync, release.
+//!
+//! OPEN is answered ENOSYS unless `STRATA_SERVE_OPEN=1` ([`StrataFs::set_file_handles`]): the
+//! guest kernel then sends neither OPEN nor RELEASE on the connection (fc->no_open), two round
+//! trips less per file it opens, and READ, WRITE, FSYNC, FALLOCATE and LSEEK come with handle
+//! 0 and the inode. The daemon opens that inode for the one request ([`IoFile`]); a write to a
+//! `/rootfs` file still in its layer copies it up first. What an OPEN did besides opening
+//! happens elsewhere then: permission checks in the guest kernel (virtio-fs mounts with
+//! `default_permissions`), `O_TRUNC` as a SETATTR of the size (ATOMIC_O_TRUNC is not asked
+//! for without handles, or the kernel would trust OPEN to have truncated), `O_APPEND` as the
+//! kernel's own offset, `O_SYNC` as FSYNC after each write.
 
 use std::ffi::CStr;
 use std::io;
@@ -22,6 +32,26 @@ pub(crate) fn host_flags(flags: u32) -> i32 {
 
 fn wants_write(flags: i32) -> bool {
     (flags & libc::O_ACCMODE) != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// The host file one READ, WRITE, FSYNC, FALLOCATE or LSEEK works on.
+pub(crate) enum IoFile {
+    /// What an OPEN or CREATE opened (`STRATA_SERVE_OPEN=1`).
+    Handle(Arc<Handle>),
+    /// Handle 0: the node's inode, opened for this one request and closed after it.
+    Inode(std::fs::File),
+}
+
+impl IoFile {
+    pub(crate) fn file(&self) -> io::Result<&std::fs::File> {
+        match self {
+            IoFile::Inode(f) => Ok(f),
+            IoFile::Handle(h) => match &**h {
+                Handle::File { file, .. } => Ok(file),
+                Handle::Dir { .. } | Handle::Merged { .. } => Err(err(libc::EISDIR)),
+            },
+        }
+    }
 }
 
 impl StrataFs {
@@ -185,6 +215,52 @@ impl StrataFs {
         }
     }
 
+    /// The file a READ (`write` false) or WRITE, FALLOCATE (`write` true) works on: the open
+    /// `handle`, or with handle 0 the inode itself, opened now. Only regular files: a guest
+    /// naming a fifo or device node would otherwise have the daemon open a host fifo (and
+    /// block) or a host device. A write to a `/rootfs` file still in its layer copies it up
+    /// first, as an OPEN for writing would have; a node whose name was removed or replaced
+    /// since gets ESTALE there instead.
+    pub(crate) fn io_file(&self, inode: u64, handle: u64, write: bool) -> io::Result<IoFile> {
+        if handle != 0 {
+            let h = self.handle(handle)?;
+            return match &*h {
+                Handle::File { area, .. } if write && !area.writable() => Err(err(libc::EROFS)),
+                Handle::File { .. } => Ok(IoFile::Handle(h)),
+                Handle::Dir { .. } | Handle::Merged { .. } => Err(err(libc::EISDIR)),
+            };
+        }
+        let h = match self.node(inode)? {
+            Node::Host(h) => h,
+            Node::Plan if write => return Err(err(libc::EROFS)),
+            Node::Plan => return Err(err(libc::EBADF)),
+            Node::Root | Node::Layers => return Err(err(libc::EISDIR)),
+        };
+        match h.kind {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(err(libc::EISDIR)),
+            _ => return Err(err(libc::EINVAL)),
+        }
+        if write {
+            if h.area == Area::Union {
+                self.copy_up(&h)?;
+            } else if !h.area.writable() {
+                return Err(err(libc::EROFS));
+            }
+        }
+        // O_NONBLOCK: were the inode ever not a regular file after all, opening it must not
+        // wait for a fifo's other end. Regular files ignore it.
+        let access = if write {
+            libc::O_WRONLY
+        } else {
+            libc::O_RDONLY
+        };
+        Ok(IoFile::Inode(sys::reopen(
+            h.cur(),
+            access | libc::O_NONBLOCK,
+        )?))
+    }
+
     pub(crate) fn do_read(
         &self,
         inode: u64,
@@ -201,62 +277,67 @@ impl StrataFs {
             let end = start.saturating_add(size as usize).min(plan.len());
             return w.write(&plan[start..end]);
         }
-        let h = self.handle(handle)?;
-        let Handle::File { file, .. } = &*h else {
-            return Err(err(libc::EISDIR));
-        };
-        sys::with_file_mut(file, |f| w.write_from(f, size as usize, offset))
+        let f = self.io_file(inode, handle, false)?;
+        sys::with_file_mut(f.file()?, |f| w.write_from(f, size as usize, offset))
     }
 
+    /// WRITE; `kill_suidgid`: the guest kernel flagged it as a write by a caller without
+    /// CAP_FSETID (HANDLE_KILLPRIV_V2, `/rootfs` only), so set-id bits go first.
     pub(crate) fn do_write(
         &self,
+        inode: u64,
         handle: u64,
         r: &mut dyn ZeroCopyReader,
         size: u32,
         offset: u64,
+        kill_suidgid: bool,
     ) -> io::Result<usize> {
-        let h = self.handle(handle)?;
-        let Handle::File { file, area } = &*h else {
-            return Err(err(libc::EISDIR));
-        };
-        if !area.writable() {
-            return Err(err(libc::EROFS));
+        let f = self.io_file(inode, handle, true)?;
+        let file = f.file()?;
+        if kill_suidgid && self.union {
+            super::union::kill_suidgid(file.as_fd())?;
         }
         sys::with_file_mut(file, |f| r.read_to(f, size as usize, offset))
     }
 
-    pub(crate) fn do_fsync(&self, handle: u64, datasync: bool) -> io::Result<()> {
-        let h = self.handle(handle)?;
-        match &*h {
-            Handle::File { file, .. } if datasync => file.sync_data(),
-            Handle::File { file, .. } => file.sync_all(),
-            Handle::Dir { dir } => dir.lock().map_err(|_| err(libc::EIO))?.sync_all(),
-            Handle::Merged { .. } => Ok(()),
+    pub(crate) fn do_fsync(&self, inode: u64, handle: u64, datasync: bool) -> io::Result<()> {
+        if handle != 0 {
+            if let Handle::Dir { dir } = &*self.handle(handle)? {
+                return dir.lock().map_err(|_| err(libc::EIO))?.sync_all();
+            }
+        }
+        match self.io_file(inode, handle, false) {
+            Ok(f) if datasync => f.file()?.sync_data(),
+            Ok(f) => f.file()?.sync_all(),
+            // A `/lower` listing's handle: nothing on the host to sync.
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) && handle != 0 => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
     pub(crate) fn do_fallocate(
         &self,
+        inode: u64,
         handle: u64,
         mode: u32,
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        let h = self.handle(handle)?;
-        match &*h {
-            Handle::File { file, area } if area.writable() => {
-                sys::fallocate(file, mode, offset, length)
-            }
-            Handle::File { .. } => Err(err(libc::EROFS)),
-            Handle::Dir { .. } | Handle::Merged { .. } => Err(err(libc::EISDIR)),
-        }
+        let f = self.io_file(inode, handle, true)?;
+        sys::fallocate(f.file()?, mode, offset, length)
     }
 
-    pub(crate) fn do_lseek(&self, handle: u64, offset: u64, whence: u32) -> io::Result<u64> {
-        let h = self.handle(handle)?;
-        match &*h {
-            Handle::File { file, .. } => sys::lseek(file, offset, whence),
-            Handle::Dir { .. } | Handle::Merged { .. } => Err(err(libc::EINVAL)),
+    pub(crate) fn do_lseek(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        match self.io_file(inode, handle, false) {
+            Ok(f) => sys::lseek(f.file()?, offset, whence),
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(err(libc::EINVAL)),
+            Err(e) => Err(e),
         }
     }
 }

@@ -40,7 +40,6 @@ impl FileSystem for StrataFs {
         // bits, and they would survive (guest/semantics.sh: "a user's write clears set-id bits").
         let wanted = FsOptions::ASYNC_READ
             | FsOptions::BIG_WRITES
-            | FsOptions::ATOMIC_O_TRUNC
             | FsOptions::PARALLEL_DIROPS
             | FsOptions::MAX_PAGES
             // Directory listings carry each entry's lookup: a guest walk (and the guest
@@ -51,6 +50,14 @@ impl FileSystem for StrataFs {
         // set-id bits for them (`union.rs`); no `security.capability` GETXATTR per write(2).
         let wanted = if self.union {
             wanted | FsOptions::HANDLE_KILLPRIV_V2
+        } else {
+            wanted
+        };
+        // `O_TRUNC` done by OPEN itself: only when OPEN is answered. Without handles the
+        // kernel must send the truncation as a SETATTR (with ATOMIC_O_TRUNC and no OPEN it
+        // would drop the file's size in its cache and truncate nothing).
+        let wanted = if self.file_handles() {
+            wanted | FsOptions::ATOMIC_O_TRUNC
         } else {
             wanted
         };
@@ -188,6 +195,11 @@ impl FileSystem for StrataFs {
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         self.count_op("open");
+        if !self.file_handles() {
+            // ENOSYS: the kernel stops sending OPEN and RELEASE on this connection and names
+            // the inode, with handle 0, in every READ and WRITE (`file.rs`).
+            return Err(super::err(libc::ENOSYS));
+        }
         let (h, opts) = self.do_open(inode, flags)?;
         self.kill_suidgid_on_open(h, flags, fuse_flags)?;
         Ok((h, opts, None))
@@ -204,6 +216,14 @@ impl FileSystem for StrataFs {
         let (flags, fuse_flags) = (args.flags, args.fuse_flags);
         let (e, h, opts) = self.do_create(ctx, parent, name, args)?;
         self.kill_suidgid_on_open(h, flags, fuse_flags)?;
+        if !self.file_handles() {
+            // The kernel sends no RELEASE once an OPEN was answered ENOSYS: keep nothing
+            // open, and let its reads and writes name the inode.
+            if let Some(h) = h {
+                self.drop_handle(h);
+            }
+            return Ok((e, None, opts, None));
+        }
         Ok((e, h, opts, None))
     }
 
@@ -225,7 +245,7 @@ impl FileSystem for StrataFs {
     fn write(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         r: &mut dyn ZeroCopyReader,
         size: u32,
@@ -236,10 +256,8 @@ impl FileSystem for StrataFs {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.count_op("write");
-        if fuse_flags & fuse_backend_rs::abi::fuse_abi::WRITE_KILL_PRIV != 0 {
-            self.kill_suidgid_handle(handle)?;
-        }
-        self.do_write(handle, r, size, offset)
+        let kill = fuse_flags & fuse_backend_rs::abi::fuse_abi::WRITE_KILL_PRIV != 0;
+        self.do_write(inode, handle, r, size, offset, kill)
     }
 
     fn flush(&self, _ctx: &Context, _inode: u64, _handle: u64, _lock_owner: u64) -> io::Result<()> {
@@ -250,22 +268,22 @@ impl FileSystem for StrataFs {
         Err(super::err(libc::ENOSYS))
     }
 
-    fn fsync(&self, _ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+    fn fsync(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         self.count_op("fsync");
-        self.do_fsync(handle, datasync)
+        self.do_fsync(inode, handle, datasync)
     }
 
     fn fallocate(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         mode: u32,
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
         self.count_op("fallocate");
-        self.do_fallocate(handle, mode, offset, length)
+        self.do_fallocate(inode, handle, mode, offset, length)
     }
 
     fn release(
@@ -397,12 +415,12 @@ impl FileSystem for StrataFs {
         self.do_readdirplus(inode, handle, size, offset, add_entry)
     }
 
-    fn fsyncdir(&self, _ctx: &Context, _inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+    fn fsyncdir(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
         self.count_op("fsyncdir");
         if handle == 0 {
             return Ok(());
         }
-        self.do_fsync(handle, datasync)
+        self.do_fsync(inode, handle, datasync)
     }
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
@@ -414,12 +432,12 @@ impl FileSystem for StrataFs {
     fn lseek(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         handle: u64,
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
         self.count_op("lseek");
-        self.do_lseek(handle, offset, whence)
+        self.do_lseek(inode, handle, offset, whence)
     }
 }

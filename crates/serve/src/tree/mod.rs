@@ -315,6 +315,10 @@ pub struct StrataFs {
     ops: Option<opstats::OpStats>,
     /// Whether `/rootfs` is served (`--union`).
     union: bool,
+    /// Whether OPEN makes handles (`STRATA_SERVE_OPEN=1`). Off by default: OPEN is answered
+    /// ENOSYS, the guest kernel then sends neither OPEN nor RELEASE, and reads and writes name
+    /// the inode with handle 0 ([`file`]).
+    file_handles: bool,
     /// One copy-up at a time (`union.rs`).
     copy_lock: Mutex<()>,
     /// Names of things being built in `work`.
@@ -470,6 +474,7 @@ impl StrataFs {
             refused: Refusals::default(),
             ops: opstats::OpStats::from_env(),
             union: cfg.union,
+            file_handles: std::env::var_os("STRATA_SERVE_OPEN").is_some_and(|v| v == "1"),
             copy_lock: Mutex::new(()),
             next_temp: AtomicU64::new(0),
             union_gen: AtomicU64::new(0),
@@ -498,6 +503,17 @@ impl StrataFs {
         if let Some(o) = &self.ops {
             eprintln!("strata serve: opstats {}", o.to_json());
         }
+    }
+
+    /// Answer OPEN with a handle (`true`, as with `STRATA_SERVE_OPEN=1`) or with ENOSYS
+    /// (`false`, the default): for tests and the request fuzzer, which run both.
+    pub fn set_file_handles(&mut self, on: bool) {
+        self.file_handles = on;
+    }
+
+    /// Whether OPEN makes handles ([`StrataFs::set_file_handles`]).
+    pub fn file_handles(&self) -> bool {
+        self.file_handles
     }
 
     /// Which device this tree is.

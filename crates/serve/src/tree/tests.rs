@@ -498,7 +498,11 @@ fn bad_names_are_refused() {
     assert!(!Path::new(&s.path("c/upper/a")).exists());
     // Unknown node ids and handles are errors, not panics.
     assert_eq!(errno(s.fs.do_getattr(123_456)), libc::EBADF);
-    assert_eq!(errno(s.fs.do_fsync(777, false)), libc::EBADF);
+    assert_eq!(errno(s.fs.do_fsync(upper, 777, false)), libc::EBADF);
+    // Handle 0 names the inode: unknown inodes and directories are refused.
+    assert_eq!(errno(s.fs.do_fsync(123_456, 0, false)), libc::EBADF);
+    assert_eq!(errno(s.fs.io_file(upper, 0, true).map(drop)), libc::EISDIR);
+    assert_eq!(errno(s.fs.io_file(PLAN, 0, true).map(drop)), libc::EROFS);
 }
 
 /// A guest that looks up or opens everything and never forgets cannot grow the daemon's fds:

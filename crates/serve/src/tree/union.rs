@@ -700,8 +700,8 @@ impl StrataFs {
         }
     }
 
-    /// A flagged WRITE (`WRITE_KILL_PRIV`) or open: clear the set-id bits of the open file.
-    pub(crate) fn kill_suidgid_handle(&self, handle: u64) -> io::Result<()> {
+    /// A flagged open: clear the set-id bits of the open file.
+    fn kill_suidgid_handle(&self, handle: u64) -> io::Result<()> {
         if !self.union {
             return Ok(());
         }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, CreateIn, SetattrValid};
-use fuse_backend_rs::api::filesystem::{Context, DirEntry, GetxattrReply, ListxattrReply};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, FileSystem, GetxattrReply, ListxattrReply,
+};
 
 use super::*;
 use crate::config::ServeConfig;
@@ -221,6 +223,36 @@ fn write_handle(fs: &StrataFs, h: u64, data: &str) {
     fs.drop_handle(h);
 }
 
+/// Write `data` at `offset` of node `id` as the guest kernel does once OPEN is answered ENOSYS:
+/// a WRITE with handle 0.
+fn write_inode(fs: &StrataFs, id: u64, offset: u64, data: &str) -> io::Result<()> {
+    let f = fs.io_file(id, 0, true)?;
+    std::os::unix::fs::FileExt::write_all_at(f.file()?, data.as_bytes(), offset)
+}
+
+/// `open(f, O_WRONLY | extra)` and a write of `data`, as the guest kernel sends them: with
+/// handles, an OPEN and a WRITE through its handle; without, `O_TRUNC` as a SETATTR of the size
+/// (no ATOMIC_O_TRUNC then), `O_APPEND` as the offset the kernel knows (the size), and a WRITE
+/// with handle 0.
+fn open_write(fs: &StrataFs, id: u64, extra: i32, data: &str) -> io::Result<()> {
+    if fs.file_handles() {
+        let (h, _) = fs.do_open(id, (libc::O_WRONLY | extra) as u32)?;
+        write_handle(fs, h.ok_or_else(|| err(libc::EIO))?, data);
+        return Ok(());
+    }
+    let mut st: stat64 = Entry::default().attr;
+    if extra & libc::O_TRUNC != 0 {
+        st.st_size = 0;
+        fs.do_setattr(id, st, None, SetattrValid::SIZE)?;
+    }
+    let at = if extra & libc::O_APPEND != 0 {
+        fs.do_getattr(id)?.0.st_size as u64
+    } else {
+        0
+    };
+    write_inode(fs, id, at, data)
+}
+
 /// Apply `op` through the served tree.
 fn union_apply(fs: &StrataFs, op: Op) -> i32 {
     let ctx = Context::default();
@@ -228,19 +260,13 @@ fn union_apply(fs: &StrataFs, op: Op) -> i32 {
         let (d, n) = split(path);
         Ok((walk(fs, d)?, c(n)))
     };
-    let open = |f: &'static str, flags: i32| -> io::Result<u64> {
-        let (h, _) = fs.do_open(walk(fs, f)?, flags as u32)?;
-        h.ok_or_else(|| err(libc::EIO))
-    };
     let setattr = |f: &'static str, st: stat64, valid: SetattrValid| -> io::Result<()> {
         fs.do_setattr(walk(fs, f)?, st, None, valid).map(drop)
     };
     let mut st: stat64 = Entry::default().attr;
     let r: io::Result<()> = match op {
-        Op::Write(f, d) => open(f, libc::O_WRONLY | libc::O_TRUNC).map(|h| write_handle(fs, h, d)),
-        Op::Append(f, d) => {
-            open(f, libc::O_WRONLY | libc::O_APPEND).map(|h| write_handle(fs, h, d))
-        }
+        Op::Write(f, d) => walk(fs, f).and_then(|id| open_write(fs, id, libc::O_TRUNC, d)),
+        Op::Append(f, d) => walk(fs, f).and_then(|id| open_write(fs, id, libc::O_APPEND, d)),
         Op::Create(f, d) => in_dir(f).and_then(|(dir, n)| {
             let args = CreateIn {
                 flags: (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL) as u32,
@@ -248,9 +274,15 @@ fn union_apply(fs: &StrataFs, op: Op) -> i32 {
                 umask: 0,
                 fuse_flags: 0,
             };
-            let (_, h, _) = fs.do_create(&ctx, dir, &n, args)?;
-            write_handle(fs, h.unwrap(), d);
-            Ok(())
+            // Through the dispatcher: without handles it keeps none open.
+            let (e, h, _, _) = FileSystem::create(fs, &ctx, dir, &n, args)?;
+            match h {
+                Some(h) => {
+                    write_handle(fs, h, d);
+                    Ok(())
+                }
+                None => write_inode(fs, e.inode, 0, d),
+            }
         }),
         Op::Mkdir(d) => {
             in_dir(d).and_then(|(dir, n)| fs.do_mkdir(&ctx, dir, &n, 0o755, 0).map(drop))
@@ -504,10 +536,24 @@ fn rootfs_changes_match_the_kernel_overlay() {
     if !strata_harness::needs("rootfs_changes_match_the_kernel_overlay", true, &["mount"]) {
         return;
     }
+    match_the_kernel_overlay(false);
+}
+
+/// The same with OPEN answered with handles (`STRATA_SERVE_OPEN=1`).
+#[test]
+fn rootfs_changes_through_open_handles_match_the_kernel_overlay() {
+    if !strata_harness::needs("rootfs_changes_through_open_handles", true, &["mount"]) {
+        return;
+    }
+    match_the_kernel_overlay(true);
+}
+
+fn match_the_kernel_overlay(file_handles: bool) {
     let t = tempfile::tempdir().unwrap();
     let p = t.path();
     layers(p);
-    let fs = union_fs(p);
+    let mut fs = union_fs(p);
+    fs.set_file_handles(file_handles);
     let k = KernelOverlay::mount(
         p,
         &p.join("k/upper"),
@@ -708,6 +754,15 @@ fn a_removed_layer_file_held_by_the_guest_never_changes_its_successor() {
     assert_eq!(union_apply(&fs, Op::Create("etc/passwd", "new")), 0);
     let r = fs.do_open(old, libc::O_WRONLY as u32);
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::ESTALE));
+    // A WRITE with handle 0 (OPEN answered ENOSYS: the copy-up comes with the first write).
+    let r = fs.io_file(old, 0, true).map(drop);
+    assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::ESTALE));
+    // Reading it still reads what the guest opened.
+    let f = fs.io_file(old, 0, false).unwrap();
+    assert_eq!(
+        std::io::read_to_string(f.file().unwrap()).unwrap(),
+        "root:x:0:0"
+    );
     assert_eq!(std::fs::read(p.join("c/upper/etc/passwd")).unwrap(), b"new");
     assert_eq!(
         std::fs::read(p.join("l1/etc/passwd")).unwrap(),
