@@ -1,5 +1,6 @@
 //! A hostile guest against tight session limits: a Debian 6.1 guest under qemu, on a rootfs
-//! served by `strata serve --max-nodes 1000 --max-handles 64 --no-device-nodes`, runs `guest/hostile2.sh` on the
+//! served by `strata serve --max-nodes 1000 --max-handles 64 --no-device-nodes` (with
+//! `STRATA_SERVE_OPEN=1`, so that OPEN makes handles), runs `guest/hostile2.sh` on the
 //! raw virtio-fs tree: races between rename and open with a symlink to a host path, renames and
 //! links into layers, device nodes an image ships (a host block device, /dev/kvm's numbers),
 //! xattrs outside the allowed namespaces, and exhausting the daemon's nodes and open handles
@@ -52,8 +53,10 @@ fn hostile_guest_hits_limits_and_races_and_the_daemon_keeps_serving() {
     let secret_before = snapshot(&env.root().join("outside"), &[]);
 
     // --no-device-nodes: the guest may not make block/char devices in its upper either.
+    // STRATA_SERVE_OPEN=1: OPEN makes handles, so files held open count against --max-handles
+    // (by default OPEN is answered ENOSYS and a held file costs only its node).
     let mut daemon = env.serve(
-        &[],
+        &["env", "STRATA_SERVE_OPEN=1"],
         &[
             "--max-nodes",
             "1000",
