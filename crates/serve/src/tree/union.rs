@@ -2,9 +2,9 @@
 //! layers, with overlayfs' rules — so the guest mounts this directory as its root and runs no
 //! overlay of its own (`strata serve --union`, plan field `rootfs`).
 //!
-//! Why: a guest overlay over a FUSE upper pays 11 round trips per new file (a negative lookup
-//! it drops and redoes, MKNOD + OPEN instead of CREATE, three xattr probes); served merged,
-//! a create is 6 (LOOKUP, CREATE, GETATTR, the new inode's one GETXATTR, WRITE, RELEASE), and a
+//! Why: a guest overlay over a FUSE upper pays 8 round trips per new file (a negative lookup
+//! it drops and redoes, MKNOD instead of CREATE, three xattr probes); served merged, a create
+//! is 5 (LOOKUP, CREATE, GETATTR, the new inode's one GETXATTR, WRITE), and a
 //! walk's lookups fall through the layers on the host, natively (docs/benchmarks.md, setup (f)).
 //!
 //! The upper dir keeps the overlayfs on-disk format a host `mount -t overlay` reads back
