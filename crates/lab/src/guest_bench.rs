@@ -500,6 +500,10 @@ pub struct GuestBenchReport {
     /// Setups skipped, with why.
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// Where every setup's upper, work dir and scratch disk lived: a fresh journaled ext4 the
+    /// bench loop-mounts, or the workdir's filesystem without loop devices.
+    #[serde(default)]
+    pub data_fs: String,
     pub errors: Vec<String>,
 }
 
@@ -915,6 +919,86 @@ impl Drop for HostOverlay {
     }
 }
 
+/// Where every setup's upper, work dir, host overlay and scratch disk live: a fresh journaled
+/// ext4 in a sparse file under the workdir, loop-mounted, unmounted and deleted when dropped.
+///
+/// Why not the workdir itself: creates on the host's filesystem then depend on what it did
+/// before. On an ext4 without a journal (this project's CI machine) the kernel skips inodes
+/// freed within the last 60-360 s when it allocates one (`recently_deleted` in
+/// fs/ext4/ialloc.c): 5000 creates near earlier deletions took 2-10x as long, by the order
+/// of the setups. A journaled ext4, as on a production host, does not do that, and a fresh
+/// one is the same for every setup and run. Without loop devices the workdir is used.
+struct DataFs {
+    dir: PathBuf,
+    img: Option<PathBuf>,
+    what: String,
+}
+
+impl DataFs {
+    /// Size of the sparse image: one boot's data at a time (the 256 MiB write, a scratch disk).
+    const SIZE: &'static str = "8G";
+
+    fn new(workdir: &Path) -> DataFs {
+        let dir = workdir.join("data");
+        let img = workdir.join("data.ext4");
+        match Self::mount(&dir, &img) {
+            Ok(()) => DataFs {
+                dir,
+                img: Some(img),
+                what: format!(
+                    "a fresh journaled ext4 ({} sparse file, loop-mounted)",
+                    Self::SIZE
+                ),
+            },
+            Err(e) => {
+                let _ = std::fs::remove_file(&img);
+                let _ = std::fs::create_dir_all(&dir);
+                DataFs {
+                    dir,
+                    img: None,
+                    what: format!("the workdir's filesystem (no loop-mounted ext4: {e})"),
+                }
+            }
+        }
+    }
+
+    fn mount(dir: &Path, img: &Path) -> Result<()> {
+        mkdir(dir)?;
+        let _ = std::fs::remove_file(img);
+        strata_vm::cmd::run(
+            Command::new("truncate").args(["-s", Self::SIZE]).arg(img),
+            "truncate",
+            "install coreutils",
+        )?;
+        // Inode tables and journal written now: no ext4lazyinit thread writing during the runs.
+        strata_vm::cmd::run(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+                .arg(img),
+            "mkfs.ext4",
+            "install e2fsprogs",
+        )?;
+        strata_vm::cmd::run(
+            Command::new("mount").args(["-o", "loop"]).arg(img).arg(dir),
+            "mount -o loop",
+            "needs root and loop devices (/dev/loop-control)",
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for DataFs {
+    fn drop(&mut self) {
+        if let Some(img) = &self.img {
+            if nix::mount::umount(&self.dir).is_err() {
+                let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+            }
+            let _ = std::fs::remove_file(img);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A running virtiofsd; killed when dropped.
 struct Virtiofsd(Child);
 
@@ -996,6 +1080,8 @@ struct Ctx<'a> {
     images: Vec<PathBuf>,
     /// The layers' merged EROFS image, for (d).
     merged: Option<PathBuf>,
+    /// Where each boot's upper, work dir, host overlay and scratch disk go ([`DataFs`]).
+    data: PathBuf,
     stop: Arc<AtomicBool>,
 }
 
@@ -1031,6 +1117,10 @@ fn boot(
 ) -> Result<Boot> {
     let _ = std::fs::remove_dir_all(dir);
     mkdir(dir)?;
+    // Sockets, logs and the console stay in `dir`; what the guest writes goes to `data`.
+    let data = ctx.data.join(dir.file_name().unwrap_or_default());
+    let _ = std::fs::remove_dir_all(&data);
+    mkdir(&data)?;
     let cfg = ctx.cfg;
     let mut vm = VmConfig {
         cmdline: kernel_cmdline(setup, workloads, cfg, ctx.layers.len()),
@@ -1039,7 +1129,7 @@ fn boot(
         timeout: cfg.timeout,
         ..VmConfig::new(&ctx.kernel.vmlinuz, &ctx.initrd)
     };
-    let (upper, work) = (dir.join("upper"), dir.join("work"));
+    let (upper, work) = (data.join("upper"), data.join("work"));
     let socket = dir.join("vm.sock");
     // Keep these alive for the whole boot; dropping them cleans up (also on errors).
     let mut _overlay = None;
@@ -1047,7 +1137,7 @@ fn boot(
     let mut serve = None;
     match setup {
         Setup::Virtiofsd => {
-            let merged = dir.join("merged");
+            let merged = data.join("merged");
             for d in [&upper, &work, &merged] {
                 mkdir(d)?;
             }
@@ -1121,7 +1211,7 @@ fn boot(
             vm.extra_args = disk;
         }
         Setup::Erofs => {
-            let scratch = dir.join("scratch.img");
+            let scratch = data.join("scratch.img");
             let f =
                 std::fs::File::create(&scratch).map_err(VmError::io("cannot create", &scratch))?;
             f.set_len((cfg.seq_mib + 512) << 20)
@@ -1280,6 +1370,7 @@ pub fn run(
         summary: Vec::new(),
         opstats: BTreeMap::new(),
         skipped: Vec::new(),
+        data_fs: String::new(),
         errors: Vec::new(),
     };
     let mut setups = cfg.setups.clone();
@@ -1325,6 +1416,9 @@ pub fn run(
     for p in layers.iter().chain(&images).chain(&merged) {
         warm_host_cache(p);
     }
+    let data_fs = DataFs::new(&cfg.workdir);
+    report.data_fs = data_fs.what.clone();
+    progress(&format!("uppers and scratch disks on {}", data_fs.what));
     let ctx = Ctx {
         strata,
         cfg,
@@ -1333,29 +1427,18 @@ pub fn run(
         layers,
         images,
         merged,
+        data: data_fs.dir.clone(),
         stop: stop.clone(),
     };
     let workloads = canonical(&cfg.workloads);
-    // Every timed boot's upper is kept here until the timed runs end, not deleted after its
-    // boot: on an ext4 without a journal the kernel skips inodes freed in the last 60-360 s
-    // when it allocates one (`recently_deleted` in fs/ext4/ialloc.c), so 5000 files deleted
-    // before a setup's boot made its 5000 creates scan them (create 5 s or 10 s by order).
-    // The window is 60 s once the inode tables are written back. And nothing a boot left
-    // dirty in the host page cache may be written back during the next one (the guest's
-    // syncfs and fsync reach the host's filesystem): the big files go, the rest is synced,
-    // as is what was deleted before the bench started.
-    let trash = cfg.workdir.join("trash");
-    mkdir(&trash)?;
-    nix::unistd::sync();
     for run in 1..=cfg.runs {
         for &setup in &setups {
             progress(&format!("run {run}/{}: {}", cfg.runs, setup.label()));
-            let name = format!("{}-{run}", setup.name());
-            let dir = cfg.workdir.join(&name);
+            let dir = cfg.workdir.join(format!("{}-{run}", setup.name()));
             let b = boot(&ctx, setup, &workloads, &dir, progress)?;
-            remove_big_files(&dir.join("upper"));
-            let _ = std::fs::rename(dir.join("upper"), trash.join(&name));
-            let _ = std::fs::remove_file(dir.join("scratch.img"));
+            let _ = std::fs::remove_dir_all(ctx.data.join(dir.file_name().unwrap_or_default()));
+            // Nothing a boot left dirty on the host is written back during the next one (the
+            // guest's syncfs and fsync reach the host's filesystem).
             nix::unistd::sync();
             for (w, r) in b.results {
                 progress(&format!(
@@ -1386,7 +1469,6 @@ pub fn run(
             report.errors.extend(b.errors);
         }
     }
-    let _ = std::fs::remove_dir_all(&trash);
     for opsetup in [Setup::Strata, Setup::StrataUnion] {
         if !cfg.opstats || !setups.contains(&opsetup) {
             continue;
@@ -1416,6 +1498,7 @@ pub fn run(
                 .join(format!("opstats-{}-{label}", opsetup.name()));
             let b = boot(&ctx, opsetup, &ws, &dir, progress)?;
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(ctx.data.join(dir.file_name().unwrap_or_default()));
             report.errors.extend(b.errors);
             let Some(o) = b.opstats else {
                 report
@@ -1443,22 +1526,6 @@ pub fn run(
     }
     report.summary = summarize(&report.samples);
     Ok(report)
-}
-
-/// Delete the regular files of 1 MiB or more below `dir` (the `write` workload's), keeping
-/// the small ones: a few freed inodes, and no dirty pages left to write back.
-fn remove_big_files(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let Ok(ft) = e.file_type() else { continue };
-        if ft.is_dir() {
-            remove_big_files(&e.path());
-        } else if ft.is_file() && e.metadata().is_ok_and(|m| m.len() >= 1 << 20) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
 }
 
 fn diff(a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
