@@ -1085,6 +1085,13 @@ struct Ctx<'a> {
     stop: Arc<AtomicBool>,
 }
 
+impl Ctx<'_> {
+    /// The data dir of the boot whose sockets and logs are in `dir`.
+    fn data_dir(&self, dir: &Path) -> PathBuf {
+        self.data.join(dir.file_name().unwrap_or_default())
+    }
+}
+
 fn kernel_cmdline(
     setup: Setup,
     workloads: &[Workload],
@@ -1118,7 +1125,7 @@ fn boot(
     let _ = std::fs::remove_dir_all(dir);
     mkdir(dir)?;
     // Sockets, logs and the console stay in `dir`; what the guest writes goes to `data`.
-    let data = ctx.data.join(dir.file_name().unwrap_or_default());
+    let data = ctx.data_dir(dir);
     let _ = std::fs::remove_dir_all(&data);
     mkdir(&data)?;
     let cfg = ctx.cfg;
@@ -1436,7 +1443,7 @@ pub fn run(
             progress(&format!("run {run}/{}: {}", cfg.runs, setup.label()));
             let dir = cfg.workdir.join(format!("{}-{run}", setup.name()));
             let b = boot(&ctx, setup, &workloads, &dir, progress)?;
-            let _ = std::fs::remove_dir_all(ctx.data.join(dir.file_name().unwrap_or_default()));
+            let _ = std::fs::remove_dir_all(ctx.data_dir(&dir));
             // Nothing a boot left dirty on the host is written back during the next one (the
             // guest's syncfs and fsync reach the host's filesystem).
             nix::unistd::sync();
@@ -1498,7 +1505,7 @@ pub fn run(
                 .join(format!("opstats-{}-{label}", opsetup.name()));
             let b = boot(&ctx, opsetup, &ws, &dir, progress)?;
             let _ = std::fs::remove_dir_all(&dir);
-            let _ = std::fs::remove_dir_all(ctx.data.join(dir.file_name().unwrap_or_default()));
+            let _ = std::fs::remove_dir_all(ctx.data_dir(&dir));
             report.errors.extend(b.errors);
             let Some(o) = b.opstats else {
                 report

@@ -114,19 +114,14 @@ pub fn run(a: Args) -> Result {
         seq_mib: a.seq_mib,
         mem_mib: a.mem_mib,
         cpus: 2,
-        workdir: workdir.clone(),
+        workdir,
         timeout: Duration::from_secs(a.timeout),
         opstats: a.opstats,
     };
     let mut progress = |s: &str| eprintln!("bench guest: {s}");
+    // A given workdir keeps consoles and logs; the uppers and scratch disks went with the
+    // bench's own filesystem.
     let result = guest_bench::run(&strata, &cfg, stop.clone(), &mut progress);
-    if a.workdir.is_some() {
-        // A given workdir keeps consoles and logs; drop only the big per-boot files.
-        for e in std::fs::read_dir(&workdir).into_iter().flatten().flatten() {
-            let _ = std::fs::remove_file(e.path().join("scratch.img"));
-            let _ = std::fs::remove_dir_all(e.path().join("upper"));
-        }
-    }
     drop(tmp);
     match result {
         Ok(report) => finish(&a, &report),
