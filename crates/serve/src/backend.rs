@@ -262,12 +262,16 @@ impl Poll {
 
     /// The guest kicked the queue: adjust the window by how long the worker slept.
     fn woken(&self) {
+        self.woken_at(Self::now_us());
+    }
+
+    fn woken_at(&self, now_us: u64) {
         let max = *POLL_MAX_US;
         let slept_at = self.slept_at_us.swap(0, Ordering::Relaxed);
         if max == 0 || slept_at == 0 {
             return;
         }
-        let slept = Self::now_us().saturating_sub(slept_at);
+        let slept = now_us.saturating_sub(slept_at);
         let w = self.window_us.load(Ordering::Relaxed);
         let w = if slept <= max {
             (w * 2).clamp(Self::START_US, max)
@@ -461,5 +465,42 @@ impl LeakedFds {
                 tracing::warn!("cannot close leaked exit eventfd {fd}: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sleep for `us` µs, as far as the window is concerned.
+    fn slept(p: &Poll, us: u64) {
+        p.slept_at_us.store(1_000, Ordering::Relaxed);
+        p.woken_at(1_000 + us);
+    }
+
+    #[test]
+    fn the_poll_window_grows_on_quick_requests_and_shrinks_to_zero_when_idle() {
+        let max = *POLL_MAX_US;
+        if max < Poll::START_US * 4 {
+            return; // polling turned off or tiny in this environment
+        }
+        let p = Poll::default();
+        assert_eq!(p.window(), None, "no polling before the first sleep");
+        slept(&p, 1);
+        assert_eq!(p.window(), Some(Duration::from_micros(Poll::START_US)));
+        for _ in 0..20 {
+            slept(&p, 1);
+        }
+        assert_eq!(
+            p.window(),
+            Some(Duration::from_micros(max)),
+            "capped at the maximum"
+        );
+        slept(&p, max * 100);
+        assert_eq!(p.window(), Some(Duration::from_micros(max / 2)));
+        for _ in 0..20 {
+            slept(&p, 1_000_000);
+        }
+        assert_eq!(p.window(), None, "an idle queue stops polling");
     }
 }
