@@ -200,8 +200,9 @@ impl FsBackend {
         Ok(())
     }
 
-    /// Spin for up to `window` (notifications still off) until the guest queues another
-    /// request: `true` if it did.
+    /// Poll for up to `window` (notifications still off) until the guest queues another
+    /// request: `true` if it did. Each turn yields the CPU (`sched_yield`): alone on a core
+    /// this is a spin, but a runnable vCPU or qemu thread on the same core runs first.
     fn wait_avail(&self, vring: &VringMutex, window: Duration) -> bool {
         let Some(mem) = self.mem.read().ok().and_then(|m| m.clone()) else {
             return false;
@@ -221,7 +222,7 @@ impl FsBackend {
             if t0.elapsed() >= window {
                 return false;
             }
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
     }
 }
@@ -229,21 +230,32 @@ impl FsBackend {
 /// Adaptive polling of one queue, as KVM's halt polling does for a vCPU: after serving, the
 /// worker spins for up to a window before it sleeps in epoll, so a guest that answers a reply
 /// with its next request right away (a create is 5-8 requests in a row) is served without a
-/// sleep, a wake-up and a kick. The window doubles (from 10 µs, up to
-/// `STRATA_SERVE_POLL_US`) each time the next request came within the maximum after a sleep,
-/// and halves (to 0 below 10 µs) each time it came later: an idle guest costs nothing.
+/// sleep, a wake-up and a kick.
+///
+/// What decides is the *gap*, counted as KVM counts a halt: from the moment the worker ran
+/// out of requests (polling included) to the guest's next kick. After a sleep, a gap within
+/// the maximum (`STRATA_SERVE_POLL_US`) means a longer window would have caught it: the
+/// window doubles (from 10 µs). A gap beyond the maximum means polling could not have
+/// helped: the window halves (to 0 below 10 µs). An idle guest costs nothing, and a guest
+/// whose every round trip takes longer than the maximum stops the polling.
+///
+/// The poll yields the CPU on every turn ([`FsBackend::wait_avail`]). On a 2-core host
+/// running a TCG guest (vCPU threads and qemu's main loop want both cores), a pure spin made
+/// each FUSE round trip slower than no polling at all (182 µs vs 147 µs, `statfs` workload
+/// of `strata bench guest`); yielding made it faster (129 µs).
 #[derive(Default)]
 struct Poll {
     /// Current window, µs.
     window_us: AtomicU64,
-    /// When the worker last went to sleep, µs since [`EPOCH`] (0: awake).
-    slept_at_us: AtomicU64,
+    /// When the worker last ran out of requests, µs since [`EPOCH`], if it then slept
+    /// (0: awake, or the last poll caught the next request).
+    idle_since_us: AtomicU64,
 }
 
 /// The most a worker polls, µs: `STRATA_SERVE_POLL_US`, 0 never polls. 150 by default: in
 /// `strata bench guest` (docs/benchmarks.md) it took creates through the guest overlay from
-/// 1.30× to 1.04× virtiofsd's time; a fixed spin of 50 µs did not help, and one of 300 µs
-/// took the CPU that TCG needed on 2 cores.
+/// 1.30× to 1.04× virtiofsd's time on one 2-core host and saved 8 % on another, where a FUSE
+/// round trip alone takes 130-180 µs; a fixed spin of 50 µs did not help.
 static POLL_MAX_US: LazyLock<u64> = LazyLock::new(|| {
     std::env::var("STRATA_SERVE_POLL_US")
         .ok()
@@ -260,20 +272,24 @@ impl Poll {
         EPOCH.elapsed().as_micros() as u64 + 1
     }
 
-    /// The guest kicked the queue: adjust the window by how long the worker slept.
+    /// The guest kicked the queue: adjust the window by the gap since the worker ran out of
+    /// requests.
     fn woken(&self) {
         self.woken_at(Self::now_us());
     }
 
     fn woken_at(&self, now_us: u64) {
-        let max = *POLL_MAX_US;
-        let slept_at = self.slept_at_us.swap(0, Ordering::Relaxed);
-        if max == 0 || slept_at == 0 {
+        self.adjust(*POLL_MAX_US, now_us);
+    }
+
+    fn adjust(&self, max: u64, now_us: u64) {
+        let idle_since = self.idle_since_us.swap(0, Ordering::Relaxed);
+        if max == 0 || idle_since == 0 {
             return;
         }
-        let slept = now_us.saturating_sub(slept_at);
+        let gap = now_us.saturating_sub(idle_since);
         let w = self.window_us.load(Ordering::Relaxed);
-        let w = if slept <= max {
+        let w = if gap <= max {
             (w * 2).clamp(Self::START_US, max)
         } else if w / 2 < Self::START_US {
             0
@@ -283,10 +299,11 @@ impl Poll {
         self.window_us.store(w, Ordering::Relaxed);
     }
 
-    /// The worker goes to sleep.
-    fn sleeping(&self) {
+    /// The worker ran out of requests at `idle_since_us` (polled since, if it had a window)
+    /// and now goes to sleep.
+    fn sleeping(&self, idle_since_us: u64) {
         if *POLL_MAX_US > 0 {
-            self.slept_at_us.store(Self::now_us(), Ordering::Relaxed);
+            self.idle_since_us.store(idle_since_us, Ordering::Relaxed);
         }
     }
 
@@ -414,11 +431,12 @@ impl VhostUserBackend for FsBackend {
                 loop {
                     vring.disable_notification().map_err(io::Error::other)?;
                     self.process_queue(vring)?;
+                    let idle_since = Poll::now_us();
                     if poll.is_some_and(|p| p.window().is_some_and(|w| self.wait_avail(vring, w))) {
                         continue;
                     }
                     if let Some(p) = poll {
-                        p.sleeping();
+                        p.sleeping(idle_since);
                     }
                     if !vring.enable_notification().map_err(io::Error::other)? {
                         break;
@@ -472,18 +490,17 @@ impl LeakedFds {
 mod tests {
     use super::*;
 
-    /// Sleep for `us` µs, as far as the window is concerned.
+    const MAX: u64 = 150;
+
+    /// The next request came `us` µs after the worker ran out of requests (and slept).
     fn slept(p: &Poll, us: u64) {
-        p.slept_at_us.store(1_000, Ordering::Relaxed);
-        p.woken_at(1_000 + us);
+        p.idle_since_us.store(1_000, Ordering::Relaxed);
+        p.adjust(MAX, 1_000 + us);
     }
 
     #[test]
     fn the_poll_window_grows_on_quick_requests_and_shrinks_to_zero_when_idle() {
-        let max = *POLL_MAX_US;
-        if max < Poll::START_US * 4 {
-            return; // polling turned off or tiny in this environment
-        }
+        let max = MAX;
         let p = Poll::default();
         assert_eq!(p.window(), None, "no polling before the first sleep");
         slept(&p, 1);
@@ -502,5 +519,20 @@ mod tests {
             slept(&p, 1_000_000);
         }
         assert_eq!(p.window(), None, "an idle queue stops polling");
+    }
+
+    #[test]
+    fn a_guest_slower_than_the_maximum_turns_polling_off() {
+        let p = Poll::default();
+        for _ in 0..20 {
+            slept(&p, 1);
+        }
+        assert_eq!(p.window(), Some(Duration::from_micros(MAX)));
+        // Every request comes a little after a full window of spinning: polling never
+        // catches one, so it must stop rather than burn the window every time.
+        for _ in 0..10 {
+            slept(&p, MAX + 20);
+        }
+        assert_eq!(p.window(), None);
     }
 }
