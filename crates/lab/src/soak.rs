@@ -6,7 +6,9 @@
 //!   and after they all end.
 //! - [`soak`] (`strata bench soak`): sessions doing mixed I/O (reads across layers, creates,
 //!   writes, fsyncs, unlinks, directory listings) for a fixed time, reconnecting now and then,
-//!   with the daemon's RSS, open fds and threads sampled every second: flat is the goal.
+//!   with the daemon's RSS, open fds and threads sampled every second: flat is the goal. Its
+//!   CPU time too: per request under load, and with every session connected but idle (the
+//!   request workers poll adaptively before sleeping; idle they must cost nothing).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +36,9 @@ pub struct ProcSample {
     pub shared_kib: u64,
     pub threads: u64,
     pub fds: u64,
+    /// CPU time the daemon used since it started (user + system), ms.
+    #[serde(default)]
+    pub cpu_ms: u64,
 }
 
 fn status_field(status: &str, key: &str) -> u64 {
@@ -45,7 +50,25 @@ fn status_field(status: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Read `/proc/PID/status` and `/proc/PID/fd` of the daemon.
+/// User + system CPU time of a process so far, ms (`/proc/PID/stat` fields 14 and 15, in
+/// clock ticks of 1/100 s: Linux's fixed USER_HZ on every architecture strata builds for).
+pub fn cpu_ms(pid: u32) -> u64 {
+    const TICK_MS: u64 = 10;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0;
+    };
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11) // fields 3..=13
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() * TICK_MS
+}
+
+/// Read `/proc/PID/status`, `/proc/PID/stat` and `/proc/PID/fd` of the daemon.
 pub fn sample(pid: u32, t0: Instant, sessions: usize) -> ProcSample {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -59,6 +82,7 @@ pub fn sample(pid: u32, t0: Instant, sessions: usize) -> ProcSample {
         shared_kib: status_field(&status, "RssFile:") + status_field(&status, "RssShmem:"),
         threads: status_field(&status, "Threads:"),
         fds,
+        cpu_ms: cpu_ms(pid),
     }
 }
 
@@ -148,7 +172,8 @@ fn spawn_daemon(strata: &Path, tree: &Tree) -> Result<DaemonProcess, VmError> {
 
 fn connect(tree: &Tree, client: &mut Client, id: &str) -> Result<TestVm, VmError> {
     let socket = tree.start(client, id)?;
-    TestVm::connect(&socket).map_err(|e| VmError::Serve(format!("connect {id}: {e}")))
+    // EVENT_IDX, as qemu negotiates it: the daemon polls and suppresses kicks as with a VM.
+    TestVm::connect_event_idx(&socket).map_err(|e| VmError::Serve(format!("connect {id}: {e}")))
 }
 
 /// A small deterministic random source (xorshift), so runs are repeatable.
@@ -278,7 +303,17 @@ pub struct SoakReport {
     pub errors: u64,
     pub first_error: Option<String>,
     pub samples: Vec<ProcSample>,
+    /// Daemon CPU time over the loaded run, s.
+    #[serde(default)]
+    pub cpu_s: f64,
+    /// Daemon CPU with every session still connected but idle, in % of one core (measured
+    /// over [`IDLE_WINDOW`] after the load stops).
+    #[serde(default)]
+    pub idle_cpu_pct: f64,
 }
+
+/// How long a soak watches the daemon's CPU with its sessions connected and idle.
+pub const IDLE_WINDOW: Duration = Duration::from_secs(3);
 
 impl SoakReport {
     /// Mean of `f` over the first and last fifth of the samples: (start, end).
@@ -303,7 +338,9 @@ impl SoakReport {
             "soak: {} sessions, {:.0} s, {} FUSE requests ({:.0}/s), {} reconnects, {} errors\n\
              daemon RSS  first fifth {:.0} KiB -> last fifth {:.0} KiB ({:+.1} %)\n\
              daemon fds  first fifth {:.1} -> last fifth {:.1}\n\
-             threads     first fifth {:.1} -> last fifth {:.1}{}",
+             threads     first fifth {:.1} -> last fifth {:.1}\n\
+             daemon CPU  {:.1} s under load ({:.1} µs per request); {:.2} % of a core with \
+             {} sessions connected and idle{}",
             self.sessions,
             self.seconds,
             self.requests,
@@ -321,6 +358,10 @@ impl SoakReport {
             f1,
             t0,
             t1,
+            self.cpu_s,
+            self.cpu_s * 1e6 / (self.requests.max(1) as f64),
+            self.idle_cpu_pct,
+            self.sessions,
             self.first_error
                 .as_ref()
                 .map(|e| format!("\nfirst error: {e}"))
@@ -348,16 +389,22 @@ pub fn soak(
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let stop = Arc::new(AtomicBool::new(false));
+    // Workers that stopped their I/O but keep their session until `release`.
+    let parked = Arc::new(AtomicU64::new(0));
+    let release = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
+    let cpu0 = cpu_ms(pid);
     let mut workers = Vec::new();
     for w in 0..n {
-        let (tree, requests, reconnects, errors, first_error, stop) = (
+        let (tree, requests, reconnects, errors, first_error, stop, parked, release) = (
             tree.clone(),
             requests.clone(),
             reconnects.clone(),
             errors.clone(),
             first_error.clone(),
             stop.clone(),
+            parked.clone(),
+            release.clone(),
         );
         workers.push(std::thread::spawn(move || -> Result<(), VmError> {
             let mut client = Client::connect(&tree.api())
@@ -404,6 +451,12 @@ pub fn soak(
                     reconnects.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            // Connected and idle until the daemon's idle CPU is measured.
+            parked.fetch_add(1, Ordering::Relaxed);
+            while !release.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            drop(vm);
             Ok(())
         }));
     }
@@ -418,6 +471,22 @@ pub fn soak(
         }
     }
     stop.store(true, Ordering::Relaxed);
+    let loaded_s = t0.elapsed().as_secs_f64();
+    let t = Instant::now();
+    while parked.load(Ordering::Relaxed) < n as u64
+        && !workers.iter().any(|w| w.is_finished())
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cpu_s = cpu_ms(pid).saturating_sub(cpu0) as f64 / 1000.0;
+    // Let the poll windows run down, then watch the idle daemon.
+    std::thread::sleep(Duration::from_millis(200));
+    let (c0, i0) = (cpu_ms(pid), Instant::now());
+    std::thread::sleep(IDLE_WINDOW);
+    let idle_cpu_pct =
+        cpu_ms(pid).saturating_sub(c0) as f64 / 10.0 / i0.elapsed().as_secs_f64().max(1e-3);
+    release.store(true, Ordering::Relaxed);
     for w in workers {
         match w.join() {
             Ok(Ok(())) => {}
@@ -427,7 +496,9 @@ pub fn soak(
     }
     let report = SoakReport {
         sessions: n,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: loaded_s,
+        cpu_s,
+        idle_cpu_pct,
         requests: requests.load(Ordering::Relaxed),
         reconnects: reconnects.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),

@@ -3,6 +3,9 @@
 //! on a 2-core machine). It does what qemu does on the socket — feature negotiation, a
 //! memfd-like shared memory table, two virtqueues with kick/call eventfds — and then sends
 //! real FUSE requests through the request queue, one at a time, the way a guest driver would.
+//! [`TestVm::connect_event_idx`] also negotiates `VIRTIO_RING_F_EVENT_IDX` as qemu does, so
+//! the daemon takes its real path (notifications suppressed while it polls, kicks only when
+//! it asks for one).
 //!
 //! Everything here is the *client*: it is trusted test code, not part of the served path.
 
@@ -17,6 +20,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -70,6 +74,10 @@ pub struct TestVm {
     used_seen: u16,
     unique: u64,
     timeout: Duration,
+    /// `VIRTIO_RING_F_EVENT_IDX` negotiated.
+    event_idx: bool,
+    /// Kicks sent (with EVENT_IDX, fewer than requests while the daemon polls).
+    pub kicks_sent: u64,
 }
 
 fn verr(e: impl std::fmt::Display) -> io::Error {
@@ -120,9 +128,22 @@ impl TestVm {
     /// Connect to a vhost-user-fs socket and set the device up as qemu does, then send
     /// FUSE_INIT.
     pub fn connect(socket: &Path) -> io::Result<TestVm> {
+        Self::connect_with(socket, false)
+    }
+
+    /// [`TestVm::connect`] with `VIRTIO_RING_F_EVENT_IDX`, as qemu negotiates it.
+    pub fn connect_event_idx(socket: &Path) -> io::Result<TestVm> {
+        Self::connect_with(socket, true)
+    }
+
+    fn connect_with(socket: &Path, event_idx: bool) -> io::Result<TestVm> {
         let mut fe = Frontend::connect(socket, 2).map_err(verr)?;
         let features = fe.get_features().map_err(verr)?;
-        let want = (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let mut want =
+            (1u64 << VIRTIO_F_VERSION_1) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        if event_idx {
+            want |= 1 << VIRTIO_RING_F_EVENT_IDX;
+        }
         if features & want != want {
             return Err(verr(format!(
                 "backend lacks features {want:#x} (has {features:#x})"
@@ -194,6 +215,8 @@ impl TestVm {
             used_seen: 0,
             unique: 0,
             timeout: Duration::from_secs(10),
+            event_idx,
+            kicks_sent: 0,
         };
         let mut init = Vec::new();
         for v in [7u32, 31, 128 << 10, 0] {
@@ -237,10 +260,35 @@ impl TestVm {
         let slot = (self.avail_idx % QSIZE) as u64;
         m.write_obj(0u16, GuestAddress(avail + 4 + 2 * slot))
             .map_err(verr)?;
+        if self.event_idx {
+            // used_event (after the avail ring): interrupt me when this request completes.
+            m.store(
+                self.used_seen,
+                GuestAddress(avail + 4 + 2 * QSIZE as u64),
+                Ordering::Release,
+            )
+            .map_err(verr)?;
+        }
+        let old = self.avail_idx;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         m.store(self.avail_idx, GuestAddress(avail + 2), Ordering::Release)
             .map_err(verr)?;
-        self.kicks[1].write(1)?;
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let kick = if self.event_idx {
+            // avail_event (after the used ring): the device wants a kick once the avail index
+            // passes it; a polling device leaves it behind and is not kicked.
+            let avail_event: u16 = m
+                .load(GuestAddress(used + 4 + 8 * QSIZE as u64), Ordering::Acquire)
+                .map_err(verr)?;
+            self.avail_idx.wrapping_sub(avail_event).wrapping_sub(1)
+                < self.avail_idx.wrapping_sub(old)
+        } else {
+            true
+        };
+        if kick {
+            self.kicks[1].write(1)?;
+            self.kicks_sent += 1;
+        }
         let deadline = std::time::Instant::now() + self.timeout;
         let mut events = [EpollEvent::default(); 1];
         loop {
