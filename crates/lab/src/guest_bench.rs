@@ -171,6 +171,11 @@ pub enum Workload {
     /// new directory on it (`--rootfs conformance`; `scripts/conformance` reads its `@pjd`
     /// lines). Never part of the default workloads.
     Pjdfstest,
+    /// Not file I/O: `statfs` on the rootfs `--small` × 4 times. The kernel caches no statfs
+    /// answer, so over virtio-fs every call is one FUSE STATFS round trip (the guest overlay
+    /// asks its upper): the transport's latency, guest to server and back, with no work on
+    /// the host beyond one `fstatfs`. Not a default workload.
+    Statfs,
 }
 
 impl Workload {
@@ -189,6 +194,7 @@ impl Workload {
             Workload::Write => "write",
             Workload::Seqread => "seqread",
             Workload::Pjdfstest => "pjdfstest",
+            Workload::Statfs => "statfs",
         }
     }
 }
@@ -198,11 +204,12 @@ impl std::str::FromStr for Workload {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         Workload::ALL
             .into_iter()
-            .chain([Workload::Pjdfstest])
+            .chain([Workload::Pjdfstest, Workload::Statfs])
             .find(|x| x.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown workload {s:?}: use read, walk, create, write, seqread or pjdfstest"
+                    "unknown workload {s:?}: use read, walk, create, write, seqread, statfs or \
+                     pjdfstest"
                 )
             })
     }
@@ -296,6 +303,13 @@ pub fn guest_io(w: Workload, root: &Path, small: u64, seq_mib: u64) -> std::io::
             (bytes >> 20, bytes)
         }
         Workload::Pjdfstest => (pjdfstest(root)?, 0),
+        Workload::Statfs => {
+            let n = small * 4;
+            for _ in 0..n {
+                nix::sys::statfs::statfs(root).map_err(std::io::Error::from)?;
+            }
+            (n, 0)
+        }
     };
     Ok(IoResult {
         seconds: t0.elapsed().as_secs_f64(),
@@ -1551,8 +1565,10 @@ pub fn canonical(ws: &[Workload]) -> Vec<Workload> {
     if v.contains(&Workload::Seqread) && !v.contains(&Workload::Write) {
         v.insert(v.len() - 1, Workload::Write);
     }
-    if ws.contains(&Workload::Pjdfstest) {
-        v.push(Workload::Pjdfstest);
+    for extra in [Workload::Statfs, Workload::Pjdfstest] {
+        if ws.contains(&extra) {
+            v.push(extra);
+        }
     }
     v
 }
