@@ -1796,7 +1796,10 @@ mod tests {
         for s in super::Setup::EVERY {
             assert_eq!(super::Setup::from_str(s.name(), false), Ok(s));
         }
-        for w in super::Workload::ALL {
+        for w in super::Workload::ALL
+            .into_iter()
+            .chain([super::Workload::Statfs, super::Workload::Pjdfstest])
+        {
             assert_eq!(super::Workload::from_str(w.name(), false), Ok(w));
             assert_eq!(w.name().parse::<super::Workload>(), Ok(w));
         }

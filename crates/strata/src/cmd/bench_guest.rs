@@ -17,11 +17,12 @@ pub struct Args {
     /// Guest kernel: 6.1 or 6.12.
     #[arg(long, value_parser = str::parse::<KernelChoice>, default_value = "6.1")]
     kernel: KernelChoice,
-    /// A setup to run; repeat to pick several (default: virtiofsd, strata, erofs and
-    /// strata-erofs).
+    /// A setup to run; repeat to pick several (default: virtiofsd, strata, erofs,
+    /// strata-erofs and strata-union).
     #[arg(long = "setup", value_enum)]
     setups: Vec<Setup>,
-    /// A workload to time; repeat to pick several (default: all).
+    /// A workload to time; repeat to pick several (default: read, walk, create, write and
+    /// seqread; statfs and pjdfstest only when named).
     #[arg(long = "workload", value_enum)]
     workloads: Vec<Workload>,
     /// Boots per setup (interleaved); the table shows medians.
