@@ -107,6 +107,10 @@ impl Setup {
         Setup::StrataUpper,
         Setup::StrataUnion,
     ];
+    /// Whether the setup runs `strata serve` (what `--vary` changes).
+    pub fn serves(self) -> bool {
+        !matches!(self, Setup::Virtiofsd | Setup::Erofs)
+    }
     /// The workloads a setup can time: (e) has no image under its root.
     pub fn times(self, w: Workload) -> bool {
         self != Setup::StrataUpper
@@ -453,12 +457,33 @@ pub struct GuestBenchConfig {
     /// Also boot (b) once per workload (and once with none) to get each workload's FUSE
     /// request counts.
     pub opstats: bool,
+    /// `(NAME, VALUE)`: also boot every setup that runs `strata serve` with `NAME=VALUE` in
+    /// its environment, in the same interleaved runs (an A/B of a daemon setting on one
+    /// machine at one time). Those samples carry the variant `NAME=VALUE`.
+    pub vary: Option<(String, String)>,
+}
+
+/// Parse `--vary NAME=VALUE`: an environment variable name (letters, digits, `_`) and a value.
+pub fn parse_vary(s: &str) -> std::result::Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE, e.g. STRATA_SERVE_POLL_US=0"))?;
+    let valid = !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!("{k:?} is not an environment variable name"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// One timed workload of one boot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub setup: Setup,
+    /// `NAME=VALUE` when the boot ran `strata serve` with `--vary`'s setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     pub workload: Workload,
     pub run: usize,
     pub seconds: f64,
@@ -466,10 +491,12 @@ pub struct Sample {
     pub bytes: u64,
 }
 
-/// The summary of one setup × workload.
+/// The summary of one setup (and variant) × workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub setup: Setup,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
     pub workload: Workload,
     pub n: usize,
     pub median_s: f64,
@@ -479,6 +506,20 @@ pub struct Summary {
     pub ratio_to_virtiofsd: Option<f64>,
     pub count: u64,
     pub bytes: u64,
+}
+
+impl Summary {
+    /// The setup's name, with `+NAME=VALUE` for a `--vary` variant.
+    pub fn label(&self) -> String {
+        variant_label(self.setup, self.variant.as_deref())
+    }
+}
+
+fn variant_label(setup: Setup, variant: Option<&str>) -> String {
+    match variant {
+        Some(v) => format!("{}+{v}", setup.name()),
+        None => setup.name().to_string(),
+    }
 }
 
 /// What the rootfs under test holds.
@@ -1452,19 +1493,45 @@ pub fn run(
         stop: stop.clone(),
     };
     let workloads = canonical(&cfg.workloads);
+    // Each setup, then (with --vary) each setup that runs strata serve again with the setting.
+    let variant = cfg.vary.as_ref().map(|(k, v)| format!("{k}={v}"));
+    let mut slots: Vec<(Setup, Option<&str>)> = setups.iter().map(|&s| (s, None)).collect();
+    if let Some(v) = &variant {
+        slots.extend(
+            setups
+                .iter()
+                .filter(|s| s.serves())
+                .map(|&s| (s, Some(v.as_str()))),
+        );
+    }
+    let original = cfg.vary.as_ref().map(|(k, _)| std::env::var_os(k));
     for run in 1..=cfg.runs {
-        for &setup in &setups {
+        for &(setup, variant) in &slots {
+            let label = variant_label(setup, variant);
             progress(&format!("run {run}/{}: {}", cfg.runs, setup.label()));
-            let dir = cfg.workdir.join(format!("{}-{run}", setup.name()));
-            let b = boot(&ctx, setup, &workloads, &dir, progress)?;
+            if let Some(v) = variant {
+                progress(&format!("  with {v} for strata serve"));
+            }
+            let dir = cfg.workdir.join(format!("{label}-{run}"));
+            // strata serve reads it at start; no other thread of ours runs between boots.
+            if let (Some((k, v)), Some(_)) = (&cfg.vary, variant) {
+                std::env::set_var(k, v);
+            }
+            let b = boot(&ctx, setup, &workloads, &dir, progress);
+            if let (Some((k, _)), Some(_), Some(orig)) = (&cfg.vary, variant, &original) {
+                match orig {
+                    Some(o) => std::env::set_var(k, o),
+                    None => std::env::remove_var(k),
+                }
+            }
+            let b = b?;
             let _ = std::fs::remove_dir_all(ctx.data_dir(&dir));
             // Nothing a boot left dirty on the host is written back during the next one (the
             // guest's syncfs and fsync reach the host's filesystem).
             nix::unistd::sync();
             for (w, r) in b.results {
                 progress(&format!(
-                    "  {} {}: {:.3} s ({} items, {:.1} MiB)",
-                    setup.name(),
+                    "  {label} {}: {:.3} s ({} items, {:.1} MiB)",
                     w.name(),
                     r.seconds,
                     r.count,
@@ -1472,6 +1539,7 @@ pub fn run(
                 ));
                 report.samples.push(Sample {
                     setup,
+                    variant: variant.map(str::to_string),
                     workload: w,
                     run,
                     seconds: r.seconds,
@@ -1481,9 +1549,9 @@ pub fn run(
             }
             if let Some(o) = b.opstats {
                 // (b)'s keep their plain names; every other strata setup's are prefixed.
-                let key = match setup {
-                    Setup::Strata => format!("run{run}"),
-                    s => format!("{}/run{run}", s.name()),
+                let key = match (setup, variant) {
+                    (Setup::Strata, None) => format!("run{run}"),
+                    _ => format!("{label}/run{run}"),
                 };
                 report.opstats.insert(key, o);
             }
@@ -1575,9 +1643,12 @@ pub fn canonical(ws: &[Workload]) -> Vec<Workload> {
 
 /// Medians per setup × workload, and ratios to (a).
 pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
-    let mut groups: BTreeMap<(Workload, Setup), Vec<&Sample>> = BTreeMap::new();
+    let mut groups: BTreeMap<(Workload, Setup, Option<&str>), Vec<&Sample>> = BTreeMap::new();
     for s in samples {
-        groups.entry((s.workload, s.setup)).or_default().push(s);
+        groups
+            .entry((s.workload, s.setup, s.variant.as_deref()))
+            .or_default()
+            .push(s);
     }
     let median = |v: &[&Sample]| {
         let mut t: Vec<f64> = v.iter().map(|s| s.seconds).collect();
@@ -1590,14 +1661,15 @@ pub fn summarize(samples: &[Sample]) -> Vec<Summary> {
         }
     };
     let mut out = Vec::new();
-    for ((w, setup), v) in &groups {
+    for ((w, setup, variant), v) in &groups {
         let m = median(v);
         let base = groups
-            .get(&(*w, Setup::Virtiofsd))
+            .get(&(*w, Setup::Virtiofsd, None))
             .map(|b| median(b))
             .filter(|b| *b > 0.0);
         out.push(Summary {
             setup: *setup,
+            variant: variant.map(str::to_string),
             workload: *w,
             n: v.len(),
             median_s: m,
@@ -1628,17 +1700,24 @@ pub fn table(r: &GuestBenchReport) -> String {
         r.rootfs.bytes as f64 / (1 << 20) as f64,
         r.runs
     );
+    let width = r
+        .summary
+        .iter()
+        .map(|x| x.label().len())
+        .max()
+        .unwrap_or(0)
+        .max(13);
     let _ = writeln!(
         s,
-        "{:<8} {:<13} {:>10} {:>10} {:>10} {:>9}  items",
+        "{:<8} {:<width$} {:>10} {:>10} {:>10} {:>9}  items",
         "workload", "setup", "median s", "min s", "max s", "× (a)"
     );
     for x in &r.summary {
         let _ = writeln!(
             s,
-            "{:<8} {:<13} {:>10.3} {:>10.3} {:>10.3} {:>9}  {}",
+            "{:<8} {:<width$} {:>10.3} {:>10.3} {:>10.3} {:>9}  {}",
             x.workload.name(),
-            x.setup.name(),
+            x.label(),
             x.median_s,
             x.min_s,
             x.max_s,
@@ -1687,16 +1766,26 @@ pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), St
     use plotters::prelude::*;
     let workloads: Vec<Workload> =
         canonical(&r.summary.iter().map(|s| s.workload).collect::<Vec<_>>());
-    let setups: Vec<Setup> = Setup::EVERY
-        .into_iter()
-        .filter(|s| r.summary.iter().any(|x| x.setup == *s))
-        .collect();
+    // Every setup in table order, each followed by its --vary variant.
+    let mut setups: Vec<(Setup, Option<&str>)> = Vec::new();
+    for s in Setup::EVERY {
+        let mut here: Vec<Option<&str>> = r
+            .summary
+            .iter()
+            .filter(|x| x.setup == s)
+            .map(|x| x.variant.as_deref())
+            .collect();
+        here.sort();
+        here.dedup();
+        setups.extend(here.into_iter().map(|v| (s, v)));
+    }
+    // Headroom for the legend, one line per series, above the tallest bar.
     let ymax = r
         .summary
         .iter()
         .filter_map(|s| s.ratio_to_virtiofsd)
         .fold(1.5f64, f64::max)
-        * 1.15;
+        * (1.0 + 0.09 * setups.len() as f64);
     let colors = [
         RGBColor(120, 120, 120),
         RGBColor(240, 150, 150),
@@ -1737,17 +1826,21 @@ pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), St
         .draw()
         .map_err(|e| e.to_string())?;
     let width = 0.8 / setups.len().max(1) as f64;
-    for (si, setup) in setups.iter().enumerate() {
-        let color =
-            colors[Setup::EVERY.iter().position(|s| s == setup).unwrap_or(0) % colors.len()];
+    for (si, &(setup, variant)) in setups.iter().enumerate() {
+        let base =
+            colors[Setup::EVERY.iter().position(|s| *s == setup).unwrap_or(0) % colors.len()];
+        // A variant: its setup's colour, lighter.
+        let color = match variant {
+            None => base,
+            Some(_) => RGBColor(base.0 / 2 + 128, base.1 / 2 + 128, base.2 / 2 + 128),
+        };
         let bars: Vec<Rectangle<(f64, f64)>> = workloads
             .iter()
             .enumerate()
             .filter_map(|(wi, w)| {
-                let s = r
-                    .summary
-                    .iter()
-                    .find(|x| x.setup == *setup && x.workload == *w)?;
+                let s = r.summary.iter().find(|x| {
+                    x.setup == setup && x.variant.as_deref() == variant && x.workload == *w
+                })?;
                 let x0 = wi as f64 + 0.1 + si as f64 * width;
                 Some(Rectangle::new(
                     [(x0, 0.0), (x0 + width * 0.92, s.ratio_to_virtiofsd?)],
@@ -1758,7 +1851,10 @@ pub fn ratio_svg(r: &GuestBenchReport, out: &Path) -> std::result::Result<(), St
         chart
             .draw_series(bars)
             .map_err(|e| e.to_string())?
-            .label(setup.label())
+            .label(match variant {
+                None => setup.label().to_string(),
+                Some(v) => format!("{} + {v}", setup.label()),
+            })
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
     chart
@@ -1819,6 +1915,7 @@ mod tests {
     fn summary_ratios_to_virtiofsd() {
         let s = |setup, seconds| Sample {
             setup,
+            variant: None,
             workload: Workload::Walk,
             run: 1,
             seconds,
@@ -1833,6 +1930,49 @@ mod tests {
         let b = sum.iter().find(|x| x.setup == Setup::Strata).unwrap();
         assert_eq!(b.median_s, 2.0);
         assert_eq!(b.ratio_to_virtiofsd, Some(1.0));
+    }
+
+    #[test]
+    fn a_variant_is_summarized_apart_and_compared_with_plain_virtiofsd() {
+        let s = |setup, variant: Option<&str>, seconds| Sample {
+            setup,
+            variant: variant.map(str::to_string),
+            workload: Workload::Create,
+            run: 1,
+            seconds,
+            count: 1,
+            bytes: 0,
+        };
+        let v = Some("STRATA_SERVE_POLL_US=0");
+        let sum = summarize(&[
+            s(Setup::Virtiofsd, None, 2.0),
+            s(Setup::StrataErofs, None, 3.0),
+            s(Setup::StrataErofs, v, 4.0),
+        ]);
+        assert_eq!(sum.len(), 3);
+        let plain = sum.iter().find(|x| x.label() == "strata-erofs").unwrap();
+        let varied = sum
+            .iter()
+            .find(|x| x.label() == "strata-erofs+STRATA_SERVE_POLL_US=0")
+            .unwrap();
+        assert_eq!(plain.ratio_to_virtiofsd, Some(1.5));
+        assert_eq!(varied.ratio_to_virtiofsd, Some(2.0));
+        // Old results (no variant field) still load.
+        let old =
+            r#"{"setup":"strata","workload":"walk","run":1,"seconds":1.0,"count":1,"bytes":0}"#;
+        assert_eq!(serde_json::from_str::<Sample>(old).unwrap().variant, None);
+    }
+
+    #[test]
+    fn vary_takes_an_environment_name_and_a_value() {
+        assert_eq!(
+            parse_vary("STRATA_SERVE_POLL_US=0"),
+            Ok(("STRATA_SERVE_POLL_US".into(), "0".into()))
+        );
+        assert_eq!(parse_vary("A=b=c"), Ok(("A".into(), "b=c".into())));
+        for bad in ["", "NOEQUALS", "=1", "1A=2", "A B=1", "A-B=1"] {
+            assert!(parse_vary(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

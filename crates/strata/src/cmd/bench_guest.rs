@@ -44,6 +44,11 @@ pub struct Args {
     /// Also boot (b) once per workload to count the FUSE requests each one makes.
     #[arg(long)]
     opstats: bool,
+    /// NAME=VALUE: also boot every setup that runs `strata serve` with this in the daemon's
+    /// environment, in the same interleaved runs, reported as SETUP+NAME=VALUE (an A/B of a
+    /// daemon setting, e.g. STRATA_SERVE_POLL_US=0).
+    #[arg(long, value_name = "NAME=VALUE", value_parser = guest_bench::parse_vary)]
+    vary: Option<(String, String)>,
     /// `--json`: the full result as JSON on stdout instead of the tables; `--output FILE`: also
     /// written to FILE.
     #[command(flatten)]
@@ -118,6 +123,7 @@ pub fn run(a: Args) -> Result {
         workdir,
         timeout: Duration::from_secs(a.timeout),
         opstats: a.opstats,
+        vary: a.vary.clone(),
     };
     let mut progress = |s: &str| eprintln!("bench guest: {s}");
     // A given workdir keeps consoles and logs; the uppers and scratch disks went with the
