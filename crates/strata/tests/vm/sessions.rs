@@ -45,5 +45,15 @@ fn short_soak_has_no_errors() {
     let (out, err) = (r.stdout.as_str(), r.stderr.as_str());
     assert!(r.ok(), "{out}{err}");
     assert!(out.contains(", 0 errors"), "{out}");
+    // The daemon's CPU per request, and with the 3 sessions connected but idle.
+    assert!(out.contains("µs per request"), "{out}");
+    let idle: f64 = out
+        .split("% of a core with 3 sessions connected and idle")
+        .next()
+        .and_then(|head| head.rsplit(' ').find(|w| !w.is_empty()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no idle CPU line: {out}"));
+    // Idle sessions must not keep a worker polling: a spinning one would be ~100 %.
+    assert!(idle < 20.0, "idle daemon used {idle} % of a core: {out}");
     eprintln!("{out}");
 }
