@@ -252,10 +252,10 @@ struct Poll {
     idle_since_us: AtomicU64,
 }
 
-/// The most a worker polls, µs: `STRATA_SERVE_POLL_US`, 0 never polls. 150 by default: in
-/// `strata bench guest` (docs/benchmarks.md) it took creates through the guest overlay from
-/// 1.30× to 1.04× virtiofsd's time on one 2-core host and saved 8 % on another, where a FUSE
-/// round trip alone takes 130-180 µs; a fixed spin of 50 µs did not help.
+/// The most a worker polls, µs: `STRATA_SERVE_POLL_US`, 0 never polls. 150 by default: it
+/// takes 9-13 % off creates through the guest overlay in `strata bench guest --vary
+/// STRATA_SERVE_POLL_US=0` (docs/benchmarks.md#polling-before-sleeping), on a host where one
+/// FUSE round trip takes 130-180 µs; a fixed spin of 50 µs did not help.
 static POLL_MAX_US: LazyLock<u64> = LazyLock::new(|| {
     std::env::var("STRATA_SERVE_POLL_US")
         .ok()
@@ -275,13 +275,10 @@ impl Poll {
     /// The guest kicked the queue: adjust the window by the gap since the worker ran out of
     /// requests.
     fn woken(&self) {
-        self.woken_at(Self::now_us());
+        self.adjust(*POLL_MAX_US, Self::now_us());
     }
 
-    fn woken_at(&self, now_us: u64) {
-        self.adjust(*POLL_MAX_US, now_us);
-    }
-
+    /// Adjust the window to the gap ending at `now_us`, for a maximum of `max` µs.
     fn adjust(&self, max: u64, now_us: u64) {
         let idle_since = self.idle_since_us.swap(0, Ordering::Relaxed);
         if max == 0 || idle_since == 0 {
