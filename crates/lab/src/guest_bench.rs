@@ -935,12 +935,17 @@ pub fn bench_initramfs(strata: &Path, kernel: &GuestKernel, out: &Path) -> Resul
 }
 
 /// A host `mount -t overlay` for setup (a), unmounted (lazily, if busy) when dropped.
-struct HostOverlay {
+pub(crate) struct HostOverlay {
     merged: PathBuf,
 }
 
 impl HostOverlay {
-    fn mount(layers: &[PathBuf], upper: &Path, work: &Path, merged: &Path) -> Result<Self> {
+    pub(crate) fn mount(
+        layers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        merged: &Path,
+    ) -> Result<Self> {
         let lower: Vec<String> = layers.iter().map(|l| l.display().to_string()).collect();
         let data = format!(
             "lowerdir={},upperdir={},workdir={},{OVERLAY_OPTIONS}",
@@ -983,17 +988,17 @@ impl Drop for HostOverlay {
 /// fs/ext4/ialloc.c): 5000 creates near earlier deletions took 2-10x as long, by the order
 /// of the setups. A journaled ext4, as on a production host, does not do that, and a fresh
 /// one is the same for every setup and run. Without loop devices the workdir is used.
-struct DataFs {
-    dir: PathBuf,
+pub(crate) struct DataFs {
+    pub(crate) dir: PathBuf,
     img: Option<PathBuf>,
-    what: String,
+    pub(crate) what: String,
 }
 
 impl DataFs {
     /// Size of the sparse image: one boot's data at a time (the 256 MiB write, a scratch disk).
     const SIZE: &'static str = "8G";
 
-    fn new(workdir: &Path) -> DataFs {
+    pub(crate) fn new(workdir: &Path) -> DataFs {
         let dir = workdir.join("data");
         let img = workdir.join("data.ext4");
         match Self::mount(&dir, &img) {
@@ -1055,10 +1060,10 @@ impl Drop for DataFs {
 }
 
 /// A running virtiofsd; killed when dropped.
-struct Virtiofsd(Child);
+pub(crate) struct Virtiofsd(Child);
 
 impl Virtiofsd {
-    fn spawn(shared: &Path, socket: &Path, log: &Path) -> Result<Self> {
+    pub(crate) fn spawn(shared: &Path, socket: &Path, log: &Path) -> Result<Self> {
         let logf = std::fs::File::create(log).map_err(VmError::io("cannot create", log))?;
         let logf2 = logf
             .try_clone()

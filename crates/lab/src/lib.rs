@@ -6,6 +6,8 @@
 //! - [`stall`] reproduces the shrinker_rwsem mount stall in Debian guests and measures every
 //!   start strategy under it (`strata lab`); [`plot`] draws its latency tail.
 //! - [`guest_bench`] times guest I/O over virtiofsd, strata and EROFS (`strata bench guest`).
+//! - [`requests`] replays each setup's FUSE requests per created file against the real
+//!   daemons, without a guest (`strata bench requests`).
 //! - [`soak`] drives many sessions of one `strata daemon` (`strata bench sessions|soak`).
 //! - [`demo`] boots a Debian guest on a tiny served image (`strata demo`).
 //!
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod demo;
 pub mod guest_bench;
 pub mod plot;
+pub mod requests;
 pub mod soak;
 pub mod stall;
 #[allow(unsafe_code)]

@@ -57,6 +57,9 @@ pub mod op {
     pub const READDIR: u32 = 28;
     pub const RELEASEDIR: u32 = 29;
     pub const CREATE: u32 = 35;
+    pub const MKNOD: u32 = 8;
+    pub const GETXATTR: u32 = 22;
+    pub const FLUSH: u32 = 25;
 }
 
 /// One connected "VMM" with its guest memory and request queue. Dropping it hangs up, which
@@ -406,6 +409,63 @@ impl TestVm {
         let mut b = Vec::new();
         let flags = (libc::O_RDWR | libc::O_CREAT | libc::O_EXCL) as u32;
         for v in [flags, mode | libc::S_IFREG, 0o022, 0] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&name(n));
+        let r = self.call(op::CREATE, parent, &b)?;
+        Ok((entry(&r), le_u64(&r, 128)))
+    }
+
+    /// MKNOD of a regular file, as the kernel's `vfs_create` on a FUSE directory sends it.
+    pub fn mknod(&mut self, parent: u64, n: &str, mode: u32) -> io::Result<Entry> {
+        let mut b = Vec::new();
+        for v in [mode | libc::S_IFREG, 0, 0o022, 0] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&name(n));
+        Ok(entry(&self.call(op::MKNOD, parent, &b)?))
+    }
+
+    /// GETXATTR of `n` with size 0 (the value's length), as the kernel's own probes ask.
+    pub fn getxattr_len(&mut self, node: u64, n: &str) -> io::Result<u32> {
+        let mut b = Vec::new();
+        for v in [0u32, 0] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&name(n));
+        Ok(le_u32(&self.call(op::GETXATTR, node, &b)?, 0))
+    }
+
+    /// GETATTR: the node's mode.
+    pub fn getattr(&mut self, node: u64) -> io::Result<u32> {
+        // fuse_attr_out: attr_valid, attr_valid_nsec, dummy, then fuse_attr (mode at 60).
+        let r = self.call(op::GETATTR, node, &[0u8; 16])?;
+        Ok(le_u32(&r, 16 + 60))
+    }
+
+    /// FLUSH of `fh` (on every close of a file the kernel opened with a handle).
+    pub fn flush(&mut self, node: u64, fh: u64) -> io::Result<()> {
+        let mut b = fh.to_le_bytes().to_vec();
+        b.extend_from_slice(&[0u8; 16]);
+        self.call(op::FLUSH, node, &b).map(|_| ())
+    }
+
+    /// STATFS: the bare round trip (the server does one `fstatfs`).
+    pub fn statfs(&mut self) -> io::Result<()> {
+        self.call(op::STATFS, 1, &[]).map(|_| ())
+    }
+
+    /// CREATE with the guest's `flags` (`O_CREAT` added): the entry and the handle (0 if the
+    /// server keeps none).
+    pub fn create_flags(
+        &mut self,
+        parent: u64,
+        n: &str,
+        mode: u32,
+        flags: u32,
+    ) -> io::Result<(Entry, u64)> {
+        let mut b = Vec::new();
+        for v in [flags | libc::O_CREAT as u32, mode | libc::S_IFREG, 0o022, 0] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(&name(n));

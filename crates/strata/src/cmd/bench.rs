@@ -23,6 +23,9 @@ pub enum Cmd {
     /// Boot one guest kernel over (a) virtiofsd + host overlay, (b) strata, (c) EROFS images
     /// and time the same I/O workloads (ratios to (a)).
     Guest(super::bench_guest::Args),
+    /// Replay the FUSE requests each setup's guest sends per created file against the real
+    /// daemons, without a guest: the server's cost per file where round trips are cheap.
+    Requests(super::bench_requests::Args),
     /// Inside the `bench guest` VM: run one timed workload.
     #[command(hide = true)]
     GuestIo(super::bench_guest::GuestIoArgs),
@@ -39,6 +42,7 @@ impl Cmd {
             Cmd::Sessions(_) => "bench sessions",
             Cmd::Soak(_) => "bench soak",
             Cmd::Guest(_) => "bench guest",
+            Cmd::Requests(_) => "bench requests",
             Cmd::GuestIo(_) => "bench guest-io",
             Cmd::PageFaults(_) => "bench page-faults",
         }
@@ -51,6 +55,7 @@ pub fn run(cmd: Cmd) -> Result {
         Cmd::Sessions(a) => super::bench_soak::sessions(a),
         Cmd::Soak(a) => super::bench_soak::soak(a),
         Cmd::Guest(a) => super::bench_guest::run(a),
+        Cmd::Requests(a) => super::bench_requests::run(a),
         Cmd::GuestIo(a) => super::bench_guest::guest_io(a),
         Cmd::PageFaults(a) => page_faults(a),
     }

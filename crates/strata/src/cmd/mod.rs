@@ -17,6 +17,8 @@ pub mod bench;
 #[cfg(feature = "lab")]
 pub mod bench_guest;
 #[cfg(feature = "lab")]
+pub mod bench_requests;
+#[cfg(feature = "lab")]
 pub mod bench_soak;
 #[cfg(feature = "lab")]
 pub mod demo;

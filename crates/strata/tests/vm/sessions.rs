@@ -1,6 +1,8 @@
 //! `strata bench sessions` and a short `strata bench soak` against a real, confined
 //! `strata daemon` process, driven by vhost-user frontends (no VM): every session serves real
 //! FUSE requests, none fails, and after the sessions end the daemon is back to its idle fds.
+//! `strata bench requests` replays each setup's requests per created file against real
+//! `strata serve` processes (and virtiofsd, if installed) and checks every answer.
 //! Memory numbers are printed, never asserted (they are benchmarks).
 
 #[test]
@@ -56,4 +58,42 @@ fn short_soak_has_no_errors() {
     // Idle sessions must not keep a worker polling: a spinning one would be ~100 %.
     assert!(idle < 20.0, "idle daemon used {idle} % of a core: {out}");
     eprintln!("{out}");
+}
+
+#[test]
+fn request_replay_gets_the_answers_a_guest_kernel_expects() {
+    let _machine = crate::alone();
+    let r = crate::strata().run([
+        "bench",
+        "requests",
+        "--files",
+        "300",
+        "--round-trips",
+        "100",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    let (out, err) = (r.stdout.as_str(), r.stderr.as_str());
+    // Each request's answer is checked by the bench itself (a negative LOOKUP, ENODATA for
+    // an absent xattr, success for the rest): any other answer fails the command.
+    assert!(r.ok(), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let summary = v["summary"].as_array().unwrap();
+    let per_file = |setup: &str| {
+        summary
+            .iter()
+            .find(|s| s["setup"] == setup)
+            .unwrap_or_else(|| panic!("no {setup} in {out}"))["requests_per_file"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(per_file("strata"), 8, "{out}");
+    assert_eq!(per_file("strata-union"), 5, "{out}");
+    if summary.iter().any(|s| s["setup"] == "virtiofsd") {
+        assert_eq!(per_file("virtiofsd"), 5, "{out}");
+    } else {
+        assert!(err.contains("skipped: virtiofsd not found"), "{err}");
+    }
+    eprintln!("{err}");
 }

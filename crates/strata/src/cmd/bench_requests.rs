@@ -1,0 +1,91 @@
+//! `strata bench requests`: each setup's FUSE requests per created file, replayed against the
+//! real daemons by an in-process vhost-user frontend (no guest; see strata_lab::requests).
+
+use std::path::PathBuf;
+
+use clap::Args as ClapArgs;
+use strata_lab::requests::{self, Config, Report, Setup};
+
+use crate::args::{json_pretty, OutputArgs};
+use crate::error::{Error, Result};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Setups to run (repeatable; default all): virtiofsd (a), strata (b)/(d: the guest's
+    /// overlay over the served upper), strata-union (f).
+    #[arg(long = "setup", value_parser = Setup::parse)]
+    setups: Vec<Setup>,
+    /// Files created per setup and run.
+    #[arg(long, default_value_t = 5000)]
+    files: usize,
+    /// Bare round trips (GETATTR: one `fstat` on the server) timed per setup and run.
+    #[arg(long, default_value_t = 5000)]
+    round_trips: usize,
+    /// Interleaved runs per setup (the table shows medians).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Directory to work in (default: a temp dir; uppers go on a loop-mounted ext4 in it).
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// `--json`: the report as JSON on stdout instead of the table; `--output FILE`: also
+    /// written to FILE.
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+pub fn run(a: Args) -> Result {
+    let strata = std::env::current_exe()
+        .map_err(|e| Error::failed(format!("cannot find my own binary: {e}")))?;
+    let cfg = Config {
+        strata,
+        setups: if a.setups.is_empty() {
+            Setup::ALL.to_vec()
+        } else {
+            a.setups
+        },
+        files: a.files.max(1),
+        round_trips: a.round_trips,
+        runs: a.runs.max(1),
+        workdir: a.workdir,
+    };
+    let report = requests::run(&cfg, &mut |line| eprintln!("{line}")).map_err(Error::failed)?;
+    if a.out.json {
+        println!("{}", json_pretty(&report)?);
+    } else {
+        print!("{}", table(&report));
+    }
+    a.out.write(&report)
+}
+
+/// The summary as a text table: per setup, then its requests.
+fn table(r: &Report) -> String {
+    let mut s = format!(
+        "{} files of 1 KiB per setup and run, medians of {} runs (uppers on {})\n\n",
+        r.files, r.runs, r.data_fs
+    );
+    s.push_str(&format!(
+        "{:<30} {:>10} {:>9} {:>11} {:>8}\n",
+        "setup", "µs/file", "requests", "round trip", "ratio"
+    ));
+    for x in &r.summary {
+        let ratio = x
+            .ratio_to_virtiofsd
+            .map(|v| format!("{v:.2}"))
+            .unwrap_or_else(|| "-".into());
+        s.push_str(&format!(
+            "{:<30} {:>10.1} {:>9} {:>8.1} µs {:>8}\n",
+            x.setup.label(),
+            x.per_file_us,
+            x.requests_per_file,
+            x.round_trip_us,
+            ratio
+        ));
+    }
+    for x in &r.summary {
+        s.push_str(&format!("\n{}:\n", x.setup.label()));
+        for (op, (n, us)) in &x.ops {
+            s.push_str(&format!("  {op:<36} {n:>4.1} × {us:>7.1} µs\n"));
+        }
+    }
+    s
+}
