@@ -118,6 +118,12 @@ pub struct Summary {
     pub requests_per_file: usize,
     /// `per_file_us` over (a)'s, if (a) ran.
     pub ratio_to_virtiofsd: Option<f64>,
+    /// For a setup faster than (a) per file here but with more requests per file: what a
+    /// guest's own share of each round trip (its exit, interrupt and FUSE client, none of which
+    /// runs here) may cost before the setup is slower than (a), µs. `None` if that never
+    /// happens (no more requests than (a)) or the setup is slower already.
+    #[serde(default)]
+    pub break_even_guest_us: Option<f64>,
     /// Per request kind: per file, median µs each.
     pub ops: BTreeMap<String, (f64, f64)>,
 }
@@ -394,15 +400,23 @@ pub fn summarize(setups: &[Setup], samples: &[Sample]) -> Vec<Summary> {
             round_trip_us: median(mine.iter().map(|s| s.round_trip_us).collect()),
             requests_per_file: first.requests_per_file,
             ratio_to_virtiofsd: None,
+            break_even_guest_us: None,
             ops,
         });
     }
     let base = out
         .iter()
         .find(|s| s.setup == Setup::Virtiofsd)
-        .map(|s| s.per_file_us);
+        .map(|s| (s.per_file_us, s.requests_per_file));
     for s in &mut out {
-        s.ratio_to_virtiofsd = base.map(|b| s.per_file_us / b);
+        let Some((us, reqs)) = base else {
+            continue;
+        };
+        s.ratio_to_virtiofsd = Some(s.per_file_us / us);
+        if s.requests_per_file > reqs && s.per_file_us < us {
+            s.break_even_guest_us =
+                Some((us - s.per_file_us) / (s.requests_per_file - reqs) as f64);
+        }
     }
     out
 }
@@ -495,6 +509,21 @@ mod tests {
         assert_eq!(s[1].per_file_us, 165.0);
         assert_eq!(s[1].ratio_to_virtiofsd, Some(1.5));
         assert_eq!(s[1].ops["LOOKUP"], (1.0, 33.0));
+        assert_eq!(s[1].break_even_guest_us, None, "slower already");
+    }
+
+    #[test]
+    fn break_even_is_the_lead_over_the_extra_requests() {
+        let mut d = sample(Setup::Strata, 1, 200.0);
+        d.requests_per_file = 8;
+        let mut f = sample(Setup::StrataUnion, 1, 150.0);
+        f.requests_per_file = 5;
+        let samples = vec![sample(Setup::Virtiofsd, 1, 260.0), d, f];
+        let s = summarize(&Setup::ALL, &samples);
+        // 60 µs ahead with 3 requests more: each may cost a guest 20 µs.
+        assert_eq!(s[1].break_even_guest_us, Some(20.0));
+        // As many requests as (a): ahead whatever a round trip costs the guest.
+        assert_eq!(s[2].break_even_guest_us, None);
     }
 
     #[test]

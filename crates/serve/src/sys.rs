@@ -611,6 +611,23 @@ pub mod xattr {
         Ok(buf)
     }
 
+    /// `get` through an open (not `O_PATH`) file: no `/proc/self/fd` path to resolve.
+    pub fn get_open(f: &File, name: &CStr, size: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; size];
+        // SAFETY: live fd; `buf` writable for `size` bytes (size 0 asks the length).
+        let n = cvt_size(unsafe {
+            libc::fgetxattr(f.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), size)
+        })?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// `len` through an open (not `O_PATH`) file.
+    pub fn len_open(f: &File, name: &CStr) -> io::Result<usize> {
+        // SAFETY: live fd; size 0 with a null buffer only queries the length.
+        cvt_size(unsafe { libc::fgetxattr(f.as_raw_fd(), name.as_ptr(), std::ptr::null_mut(), 0) })
+    }
+
     pub fn len(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<usize> {
         let p = proc_fd_path(fd);
         // SAFETY: size 0 with a null buffer only queries the length.

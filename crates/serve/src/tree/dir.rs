@@ -331,6 +331,11 @@ impl StrataFs {
         }
         let dir = self.rw_dir(parent)?;
         self.node_room()?;
+        if kind == libc::S_IFREG {
+            if let Some(made) = self.mknod_file(ctx, &dir, name, perm) {
+                return made;
+            }
+        }
         self.created(ctx, &dir, name, kind | perm, || {
             sys::mknod_at(dir.fd.as_fd(), name, kind | perm, rdev as u64)
         })

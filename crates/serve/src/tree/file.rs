@@ -9,10 +9,20 @@
 //! `default_permissions`), `O_TRUNC` as a SETATTR of the size (ATOMIC_O_TRUNC is not asked
 //! for without handles, or the kernel would trust OPEN to have truncated), `O_APPEND` as the
 //! kernel's own offset, `O_SYNC` as FSYNC after each write.
+//!
+//! Opening the inode again for every request costs a `/proc/self/fd` path walk and a close
+//! each time, so the daemon keeps a few such files open between requests ([`IoCache`]): a
+//! regular file of the upper opened read-write (a new file's one is the one MKNOD created it
+//! with), a layer file read-only, each dropped when the guest forgets the node or when newer
+//! ones push it out.
 
+use std::collections::VecDeque;
 use std::ffi::CStr;
+use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Weak};
 
 use fuse_backend_rs::abi::fuse_abi::{CreateIn, OpenOptions};
 use fuse_backend_rs::api::filesystem::{Context, Entry, ZeroCopyReader, ZeroCopyWriter};
@@ -39,18 +49,191 @@ pub(crate) enum IoFile {
     /// What an OPEN or CREATE opened (`STRATA_SERVE_OPEN=1`).
     Handle(Arc<Handle>),
     /// Handle 0: the node's inode, opened for this one request and closed after it.
-    Inode(std::fs::File),
+    Inode(File),
+    /// Handle 0: the node's inode, kept open in the [`IoCache`].
+    Cached(Arc<File>),
 }
 
 impl IoFile {
-    pub(crate) fn file(&self) -> io::Result<&std::fs::File> {
+    pub(crate) fn file(&self) -> io::Result<&File> {
         match self {
             IoFile::Inode(f) => Ok(f),
+            IoFile::Cached(f) => Ok(f),
             IoFile::Handle(h) => match &**h {
                 Handle::File { file, .. } => Ok(file),
                 Handle::Dir { .. } | Handle::Merged { .. } => Err(err(libc::EISDIR)),
             },
         }
+    }
+}
+
+/// Files each default session keeps open for reads and writes by inode (`STRATA_SERVE_IO_CACHE`
+/// sets another number; 0 turns the cache off). A handful covers the files a guest is writing
+/// at once (an install, a log, a database); more would only hold fds.
+const IO_CACHE_DEFAULT: usize = 64;
+
+/// A node's file kept open for reads and writes by inode.
+pub(crate) struct CachedIo {
+    file: Arc<File>,
+    /// What it was opened for: an upper file read-write, a layer file read-only, a new file as
+    /// its CREATE asked.
+    access: Access,
+    _slot: Slot,
+    _fd: crate::fdbudget::Permit,
+}
+
+/// What a kept file may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Access {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl Access {
+    pub(crate) const READ_WRITE: Access = Access {
+        read: true,
+        write: true,
+    };
+    pub(crate) const READ: Access = Access {
+        read: true,
+        write: false,
+    };
+
+    /// What a file opened with host open `flags` may be kept for: nothing if a flag changes
+    /// what a positioned write does (`O_APPEND` writes at the end whatever the offset) or
+    /// makes every later write synchronous.
+    pub(crate) fn of_flags(flags: i32) -> Option<Access> {
+        if flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC | libc::O_PATH) != 0 {
+            return None;
+        }
+        let acc = flags & libc::O_ACCMODE;
+        Some(Access {
+            read: acc == libc::O_RDONLY || acc == libc::O_RDWR,
+            write: acc == libc::O_WRONLY || acc == libc::O_RDWR,
+        })
+    }
+
+    fn allows(self, write: bool) -> bool {
+        if write {
+            self.write
+        } else {
+            self.read
+        }
+    }
+}
+
+/// One place in an [`IoCache`], given back when its [`CachedIo`] drops (pushed out, or its node
+/// forgotten).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The session's files kept open between reads and writes by inode, at most `cap`, oldest
+/// pushed out first. Each sits in its node ([`HostNode::io`]), so forgetting the node closes
+/// it; this only keeps the count and the order. Each fd is counted in the process's fd budget
+/// and none is kept when the budget is spent.
+///
+/// Which inode a node's file is open on never changes: an upper or layer inode is the node
+/// itself, and a `/rootfs` node is cached only once it has its upper inode (a copy-up would
+/// change which inode its reads must see).
+pub(crate) struct IoCache {
+    cap: usize,
+    held: Arc<AtomicUsize>,
+    /// Nodes in the order their files were kept; some forgotten or pushed out since.
+    order: Mutex<VecDeque<Weak<HostNode>>>,
+}
+
+impl IoCache {
+    pub(crate) fn new(cap: usize) -> IoCache {
+        IoCache {
+            cap,
+            held: Arc::new(AtomicUsize::new(0)),
+            order: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// [`IO_CACHE_DEFAULT`], or `STRATA_SERVE_IO_CACHE` (a count; 0 turns the cache off).
+    pub(crate) fn from_env() -> IoCache {
+        let cap = std::env::var("STRATA_SERVE_IO_CACHE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(IO_CACHE_DEFAULT);
+        IoCache::new(cap)
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.cap > 0
+    }
+
+    /// Files kept open now.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Close every kept file (the fd budget is short).
+    pub(crate) fn clear(&self) {
+        let Ok(mut order) = self.order.lock() else {
+            return;
+        };
+        for w in order.drain(..) {
+            if let Some(n) = w.upgrade() {
+                let gone = n.io.lock().ok().and_then(|mut io| io.take());
+                drop(gone);
+            }
+        }
+    }
+
+    /// The node's kept file, if it has one that allows `write` (or reads).
+    pub(crate) fn get(&self, node: &HostNode, write: bool) -> Option<Arc<File>> {
+        let io = node.io.lock().ok()?;
+        let c = io.as_ref()?;
+        c.access.allows(write).then(|| c.file.clone())
+    }
+
+    /// Keep `file` (opened on `node`'s inode for `access`) if there is room in the fd budget,
+    /// pushing the oldest kept file out past `cap`. Returns it for the request.
+    pub(crate) fn put(&self, node: &Arc<HostNode>, file: File, access: Access) -> Arc<File> {
+        let file = Arc::new(file);
+        if self.cap == 0 || !crate::fdbudget::room(1) {
+            return file;
+        }
+        let Ok(mut io) = node.io.lock() else {
+            return file;
+        };
+        self.held.fetch_add(1, Ordering::Relaxed);
+        *io = Some(CachedIo {
+            file: file.clone(),
+            access,
+            _slot: Slot(self.held.clone()),
+            _fd: crate::fdbudget::Permit::take(1),
+        });
+        drop(io);
+        // Order lock, then node locks (never the other way round).
+        let Ok(mut order) = self.order.lock() else {
+            return file;
+        };
+        order.push_back(Arc::downgrade(node));
+        while self.held() > self.cap {
+            let Some(old) = order.pop_front() else {
+                break;
+            };
+            if let Some(n) = old.upgrade() {
+                let gone = n.io.lock().ok().and_then(|mut io| io.take());
+                drop(gone);
+            }
+        }
+        // Forgotten nodes leave their entries behind: sweep them now and then.
+        if order.len() > 2 * self.cap + 16 {
+            order.retain(|w| {
+                w.upgrade()
+                    .is_some_and(|n| n.io.lock().is_ok_and(|io| io.is_some()))
+            });
+        }
+        file
     }
 }
 
@@ -85,6 +268,60 @@ impl StrataFs {
             Area::Rw | Area::Union => OpenOptions::empty(),
         };
         Ok((Some(id), opts))
+    }
+
+    /// CREATE without handles (OPEN answered ENOSYS): instead of closing the file CREATE opened,
+    /// keep it for the reads and writes by inode that follow, if its flags allow.
+    pub(crate) fn keep_created(&self, inode: u64, id: u64, flags: u32) {
+        let taken = self.handles.write().ok().and_then(|mut t| t.remove(&id));
+        let Some((handle, _permit)) = taken else {
+            return;
+        };
+        let Some(access) = Access::of_flags(host_flags(flags)) else {
+            return;
+        };
+        let Ok(Node::Host(node)) = self.node(inode) else {
+            return;
+        };
+        if !self.io_cache.enabled() || (node.area == Area::Union && node.upper().is_none()) {
+            return;
+        }
+        if let Ok(Handle::File { file, .. }) = Arc::try_unwrap(handle) {
+            self.io_cache.put(&node, file, access);
+        }
+    }
+
+    /// MKNOD of a regular file in the upper (the guest's overlay creates files so): made with
+    /// `open(O_CREAT | O_EXCL | O_RDWR)` instead of `mknod`, the same file, and the open file
+    /// kept for the write that usually follows. `None` if the cache is off.
+    pub(crate) fn mknod_file(
+        &self,
+        ctx: &Context,
+        dir: &HostNode,
+        name: &CStr,
+        perm: u32,
+    ) -> Option<io::Result<Entry>> {
+        if !self.io_cache.enabled() {
+            return None;
+        }
+        let made = self.make_as_caller(
+            ctx,
+            libc::S_IFREG | perm,
+            || sys::create_at(dir.fd.as_fd(), name, libc::O_RDWR | libc::O_EXCL, perm),
+            || sys::open_path_at(dir.fd.as_fd(), name),
+        );
+        let (file, fd) = match made {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        let entry = match self.register_new(fd, dir.area) {
+            Ok(e) => e,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Ok(Node::Host(node)) = self.node(entry.inode) {
+            self.io_cache.put(&node, file, Access::READ_WRITE);
+        }
+        Some(Ok(entry))
     }
 
     /// OPEN of a `/rootfs` file: copied up first if opened for writing. A file still in its
@@ -248,8 +485,30 @@ impl StrataFs {
                 return Err(err(libc::EROFS));
             }
         }
+        if let Some(f) = self.io_cache.get(&h, write) {
+            return Ok(IoFile::Cached(f));
+        }
         // O_NONBLOCK: were the inode ever not a regular file after all, opening it must not
         // wait for a fifo's other end. Regular files ignore it.
+        let upper = match h.area {
+            Area::Rw => true,
+            Area::Union => h.upper().is_some(),
+            Area::Layer(_) | Area::Merged => false,
+        };
+        // Not a `/rootfs` file still in its layer: a copy-up would leave its reads on the
+        // layer's inode.
+        if self.io_cache.enabled() && (h.area != Area::Union || upper) {
+            let (flags, access) = if upper {
+                (libc::O_RDWR, Access::READ_WRITE)
+            } else {
+                (libc::O_RDONLY, Access::READ)
+            };
+            // A file the daemon cannot open read-write (an immutable one, say) is opened per
+            // request below, as the request needs it.
+            if let Ok(f) = sys::reopen(h.cur(), flags | libc::O_NONBLOCK) {
+                return Ok(IoFile::Cached(self.io_cache.put(&h, f, access)));
+            }
+        }
         let access = if write {
             libc::O_WRONLY
         } else {

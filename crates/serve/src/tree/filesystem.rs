@@ -217,10 +217,10 @@ impl FileSystem for StrataFs {
         let (e, h, opts) = self.do_create(ctx, parent, name, args)?;
         self.kill_suidgid_on_open(h, flags, fuse_flags)?;
         if !self.file_handles() {
-            // The kernel sends no RELEASE once an OPEN was answered ENOSYS: keep nothing
-            // open, and let its reads and writes name the inode.
+            // The kernel sends no RELEASE once an OPEN was answered ENOSYS: its reads and
+            // writes name the inode, and the file stays open only in the I/O cache.
             if let Some(h) = h {
-                self.drop_handle(h);
+                self.keep_created(e.inode, h, flags);
             }
             return Ok((e, None, opts, None));
         }

@@ -11,7 +11,8 @@
 //! - `mod.rs`: nodes, the inode table, handles, name checks, attributes;
 //! - `lookup.rs`: lookup/forget/getattr/setattr/readlink/statfs;
 //! - `dir.rs`: directory reads and namespace changes (mkdir, unlink, rename, link, ...);
-//! - `file.rs`: open/create/read/write/fsync/release;
+//! - `file.rs`: open/create/read/write/fsync/release, and the files kept open between reads
+//!   and writes by inode;
 //! - `xattr.rs`: extended attributes and which namespaces a guest may write;
 //! - `merged.rs`: `/lower`, the layers merged with overlayfs' rules (the plan's one lower);
 //! - `union.rs`: `/rootfs`, upper and layers merged by the daemon (`--union`: no guest overlay);
@@ -201,6 +202,9 @@ pub(crate) struct HostNode {
     pub(crate) listing: std::sync::OnceLock<Arc<Vec<merged::MergedEntry>>>,
     /// For a `/rootfs` node: where it is and what it merges.
     pub(crate) union: Option<union::UnionNode>,
+    /// A regular file's inode opened for READ and WRITE by inode, kept between requests
+    /// ([`file::IoCache`]).
+    pub(crate) io: Mutex<Option<file::CachedIo>>,
     /// `fd` and the stack's fds, counted in the process's fd budget.
     _fds: crate::fdbudget::Permit,
 }
@@ -319,6 +323,8 @@ pub struct StrataFs {
     /// ENOSYS, the guest kernel then sends neither OPEN nor RELEASE, and reads and writes name
     /// the inode with handle 0 ([`file`]).
     file_handles: bool,
+    /// Files kept open for reads and writes by inode ([`file::IoCache`]).
+    io_cache: file::IoCache,
     /// One copy-up at a time (`union.rs`).
     copy_lock: Mutex<()>,
     /// Names of things being built in `work`.
@@ -475,6 +481,7 @@ impl StrataFs {
             ops: opstats::OpStats::from_env(),
             union: cfg.union,
             file_handles: std::env::var_os("STRATA_SERVE_OPEN").is_some_and(|v| v == "1"),
+            io_cache: file::IoCache::from_env(),
             copy_lock: Mutex::new(()),
             next_temp: AtomicU64::new(0),
             union_gen: AtomicU64::new(0),
@@ -559,7 +566,16 @@ impl StrataFs {
         if held >= self.limits.max_nodes {
             return Err(self.refuse_node());
         }
-        fd_room(1)
+        self.fd_room(1)
+    }
+
+    /// Room for `n` more fds in the process's budget, closing this session's kept I/O files
+    /// first if that makes it: they only save re-opens, a node or handle is what the guest asked.
+    fn fd_room(&self, n: usize) -> io::Result<()> {
+        if !crate::fdbudget::room(n) {
+            self.io_cache.clear();
+        }
+        fd_room(n)
     }
 
     /// ENFILE if the guest already holds as many open handles as it may (checked before the
@@ -569,7 +585,7 @@ impl StrataFs {
         if held >= self.limits.max_handles {
             return Err(self.refuse_handle());
         }
-        fd_room(1)
+        self.fd_room(1)
     }
 
     fn refuse_node(&self) -> io::Error {
@@ -752,7 +768,7 @@ impl StrataFs {
                     + merged.as_ref().map_or(0, |(_, below)| below.len())
                     + union.as_ref().map_or(0, |u| u.lowers.len());
                 if enforce {
-                    fd_room(fds)?;
+                    self.fd_room(fds)?;
                 }
                 let id = self.next_node.fetch_add(1, Ordering::Relaxed);
                 let node = HostNode {
@@ -764,6 +780,7 @@ impl StrataFs {
                     merged,
                     listing: std::sync::OnceLock::new(),
                     union,
+                    io: Mutex::new(None),
                     _fds: crate::fdbudget::Permit::take(fds),
                 };
                 t.by_id.insert(id, Arc::new(node));

@@ -927,3 +927,99 @@ fn merged_listing_has_real_dot_and_dotdot() {
     assert_eq!(got[1], ("..".to_string(), ino("l0")));
     assert!(got.iter().all(|(_, i)| *i != 0), "{got:?}");
 }
+
+/// Write `data` at `offset` of node `id` as a WRITE with handle 0 does.
+fn write_at(fs: &StrataFs, id: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+    let f = fs.io_file(id, 0, true)?;
+    std::os::unix::fs::FileExt::write_all_at(f.file()?, data, offset)
+}
+
+/// Read `len` bytes of node `id` as a READ with handle 0 does.
+fn read_at(fs: &StrataFs, id: u64, len: usize) -> io::Result<Vec<u8>> {
+    let f = fs.io_file(id, 0, false)?;
+    let mut buf = vec![0u8; len];
+    let n = std::os::unix::fs::FileExt::read_at(f.file()?, &mut buf, 0)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+#[test]
+fn kept_files_stay_within_their_cap_and_close_with_their_node() {
+    let mut s = sandbox();
+    s.fs.io_cache = file::IoCache::new(2);
+    let ctx = Context::default();
+    let upper = s.walk("upper").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let name = c(&format!("f{i}"));
+        let e =
+            s.fs.do_mknod(&ctx, upper, &name, libc::S_IFREG | 0o600, 0, 0)
+                .unwrap();
+        // MKNOD's own open file is kept: the write that follows opens nothing.
+        write_at(&s.fs, e.inode, 0, format!("file {i}").as_bytes()).unwrap();
+        assert!(s.fs.io_cache.held() <= 2, "{} kept", s.fs.io_cache.held());
+        ids.push(e.inode);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        // Pushed out or not, every node reads what was written, as the host sees it.
+        assert_eq!(
+            read_at(&s.fs, *id, 64).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+        let host = std::fs::read(s.path(&format!("c/upper/f{i}"))).unwrap();
+        assert_eq!(host, format!("file {i}").as_bytes());
+        let m = std::fs::metadata(s.path(&format!("c/upper/f{i}"))).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+    }
+    assert_eq!(s.fs.io_cache.held(), 2);
+    for id in ids {
+        s.fs.forget_node(id, 1);
+    }
+    assert_eq!(s.fs.io_cache.held(), 0, "forgotten nodes close their files");
+}
+
+#[test]
+fn a_kept_file_answers_reads_writes_and_xattrs_of_its_node_only_as_allowed() {
+    if !strata_harness::needs("a_kept_file_answers_reads_writes_and_xattrs", true, &[]) {
+        return;
+    }
+    let s = sandbox();
+    let ctx = Context::default();
+    let upper = s.walk("upper").unwrap();
+    let e =
+        s.fs.do_mknod(&ctx, upper, c"f", libc::S_IFREG | 0o444, 0, 0)
+            .unwrap();
+    assert_eq!(s.fs.io_cache.held(), 1);
+    // A read-only mode binds the guest's callers (its kernel checks), not the daemon.
+    write_at(&s.fs, e.inode, 0, b"0123456789").unwrap();
+    write_at(&s.fs, e.inode, 4, b"ab").unwrap();
+    assert_eq!(read_at(&s.fs, e.inode, 64).unwrap(), b"0123ab6789");
+    s.fs.do_setxattr(e.inode, c"user.k", b"v", 0).unwrap();
+    match s.fs.do_getxattr(e.inode, c"user.k", 0).unwrap() {
+        GetxattrReply::Count(n) => assert_eq!(n, 1),
+        GetxattrReply::Value(_) => panic!("asked for the length"),
+    }
+    assert_eq!(
+        errno(s.fs.do_getxattr(e.inode, c"security.capability", 0)),
+        libc::ENODATA
+    );
+    // A layer file is kept read-only, and writes to it are still refused.
+    let top = s.walk("layers/0/etc/top").unwrap();
+    assert_eq!(read_at(&s.fs, top, 64).unwrap(), b"top");
+    assert_eq!(errno(write_at(&s.fs, top, 0, b"x")), libc::EROFS);
+    assert_eq!(std::fs::read(s.path("l0/etc/top")).unwrap(), b"top");
+}
+
+#[test]
+fn without_the_cache_nothing_is_kept() {
+    let mut s = sandbox();
+    s.fs.io_cache = file::IoCache::new(0);
+    let ctx = Context::default();
+    let upper = s.walk("upper").unwrap();
+    let e =
+        s.fs.do_mknod(&ctx, upper, c"f", libc::S_IFREG | 0o644, 0, 0)
+            .unwrap();
+    write_at(&s.fs, e.inode, 0, b"data").unwrap();
+    assert_eq!(read_at(&s.fs, e.inode, 64).unwrap(), b"data");
+    assert_eq!(s.fs.io_cache.held(), 0);
+}

@@ -81,6 +81,18 @@ fn table(r: &Report) -> String {
             ratio
         ));
     }
+    let base = r.summary.iter().find(|x| x.setup == Setup::Virtiofsd);
+    for x in &r.summary {
+        if let (Some(us), Some(a)) = (x.break_even_guest_us, base) {
+            s.push_str(&format!(
+                "{}: {:.1} µs per file ahead of (a) here, which its guest's own work for {} more \
+                 requests per file (and its overlay) may spend: {us:.1} µs per request\n",
+                x.setup.label(),
+                a.per_file_us - x.per_file_us,
+                x.requests_per_file - a.requests_per_file,
+            ));
+        }
+    }
     for x in &r.summary {
         s.push_str(&format!("\n{}:\n", x.setup.label()));
         for (op, (n, us)) in &x.ops {
