@@ -180,6 +180,11 @@ pub enum Workload {
     /// asks its upper): the transport's latency, guest to server and back, with no work on
     /// the host beyond one `fstatfs`. Not a default workload.
     Statfs,
+    /// Append `--small` × 4 lines of 100 bytes to one new file, one `write()` each (a log, a
+    /// journal), then fsync: the cost of a small write to a file already open, which over
+    /// virtio-fs is a WRITE each plus whatever the guest asks around it. Not a default
+    /// workload.
+    Append,
 }
 
 impl Workload {
@@ -199,6 +204,7 @@ impl Workload {
             Workload::Seqread => "seqread",
             Workload::Pjdfstest => "pjdfstest",
             Workload::Statfs => "statfs",
+            Workload::Append => "append",
         }
     }
 }
@@ -208,12 +214,12 @@ impl std::str::FromStr for Workload {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         Workload::ALL
             .into_iter()
-            .chain([Workload::Pjdfstest, Workload::Statfs])
+            .chain([Workload::Pjdfstest, Workload::Statfs, Workload::Append])
             .find(|x| x.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown workload {s:?}: use read, walk, create, write, seqread, statfs or \
-                     pjdfstest"
+                    "unknown workload {s:?}: use read, walk, create, write, seqread, statfs, \
+                     append or pjdfstest"
                 )
             })
     }
@@ -307,6 +313,22 @@ pub fn guest_io(w: Workload, root: &Path, small: u64, seq_mib: u64) -> std::io::
             (bytes >> 20, bytes)
         }
         Workload::Pjdfstest => (pjdfstest(root)?, 0),
+        Workload::Append => {
+            let dir = root.join(SCRATCH_DIR);
+            std::fs::create_dir_all(&dir)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("log"))?;
+            let n = small * 4;
+            let mut line = [b'.'; 100];
+            line[99] = b'\n';
+            for _ in 0..n {
+                f.write_all(&line)?;
+            }
+            f.sync_all()?;
+            (n, n * 100)
+        }
         Workload::Statfs => {
             let n = small * 4;
             for _ in 0..n {
@@ -1638,7 +1660,7 @@ pub fn canonical(ws: &[Workload]) -> Vec<Workload> {
     if v.contains(&Workload::Seqread) && !v.contains(&Workload::Write) {
         v.insert(v.len() - 1, Workload::Write);
     }
-    for extra in [Workload::Statfs, Workload::Pjdfstest] {
+    for extra in [Workload::Statfs, Workload::Append, Workload::Pjdfstest] {
         if ws.contains(&extra) {
             v.push(extra);
         }
@@ -1897,10 +1919,11 @@ mod tests {
         for s in super::Setup::EVERY {
             assert_eq!(super::Setup::from_str(s.name(), false), Ok(s));
         }
-        for w in super::Workload::ALL
-            .into_iter()
-            .chain([super::Workload::Statfs, super::Workload::Pjdfstest])
-        {
+        for w in super::Workload::ALL.into_iter().chain([
+            super::Workload::Statfs,
+            super::Workload::Append,
+            super::Workload::Pjdfstest,
+        ]) {
             assert_eq!(super::Workload::from_str(w.name(), false), Ok(w));
             assert_eq!(w.name().parse::<super::Workload>(), Ok(w));
         }

@@ -1,4 +1,5 @@
-//! `strata bench requests`: what one created file costs the file server, without a guest.
+//! `strata bench requests`: what one created file, or one small write, costs the file server,
+//! without a guest.
 //!
 //! A guest kernel turns `open(O_CREAT) + write(1 KiB) + close` into a fixed series of FUSE
 //! requests, and which series depends on the setup (`strata bench guest --opstats` counts
@@ -12,9 +13,13 @@
 //! - (f) `strata-union`, the daemon merging: LOOKUP (negative), CREATE, GETATTR of the
 //!   directory, GETXATTR `security.capability`, WRITE by inode.
 //!
+//! A `write()` to a file already open (`append`) is a WRITE for (a) and (f), and GETXATTR
+//! `security.capability` twice, then WRITE, for (b)/(d).
+//!
 //! Here a vhost-user frontend in this process ([`TestVm`]) sends exactly those series through
 //! a real virtqueue to the real daemons, one request at a time as a guest's FUSE client does,
-//! and waits for each reply on the call eventfd as a KVM vCPU waits for its interrupt. No guest
+//! and waits for each reply as a KVM guest does (polling briefly, then sleeping until the call
+//! eventfd, its interrupt, fires). No guest
 //! runs: what is timed is the server's work and the host's notification path, which on a KVM
 //! host is most of a guest's round trip, and none of the TCG emulation that dominates
 //! `strata bench guest` on machines without working KVM. It answers "would the guest bench's
@@ -77,13 +82,51 @@ impl Setup {
     }
 }
 
+/// What each setup's guest does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// `open(O_CREAT)`, a 1 KiB `write()`, `close()` of `--files` new files (as
+    /// `strata bench guest --workload create`).
+    Create,
+    /// `--files` × 4 `write()`s of 100 bytes to one open file (as `--workload append`).
+    Append,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 2] = [Workload::Create, Workload::Append];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Create => "create",
+            Workload::Append => "append",
+        }
+    }
+
+    /// What one item is.
+    pub fn item(self) -> &'static str {
+        match self {
+            Workload::Create => "file",
+            Workload::Append => "write",
+        }
+    }
+
+    pub fn parse(s: &str) -> std::result::Result<Workload, String> {
+        Workload::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| format!("unknown workload {s:?} (one of: create, append)"))
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The `strata` binary for `strata serve`.
     pub strata: PathBuf,
     pub setups: Vec<Setup>,
-    /// Files created per setup and run.
+    pub workloads: Vec<Workload>,
+    /// Files created per setup and run (and a quarter of the appends).
     pub files: usize,
     /// Bare round trips (GETATTR of the directory: one `fstat` on the server) timed per setup
     /// and run.
@@ -93,32 +136,34 @@ pub struct Config {
     pub workdir: Option<PathBuf>,
 }
 
-/// One setup's run.
+/// One setup's run of one workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     pub setup: Setup,
+    pub workload: Workload,
     pub run: usize,
-    /// Wall time per created file, µs.
-    pub per_file_us: f64,
+    /// Wall time per item (created file, or write), µs.
+    pub per_item_us: f64,
     /// One bare round trip (GETATTR of the directory), µs.
     pub round_trip_us: f64,
-    /// Requests per file.
-    pub requests_per_file: usize,
-    /// Per request kind (`LOOKUP`, `GETXATTR security.capability`, …): how many per file and
+    /// Requests per item.
+    pub requests_per_item: usize,
+    /// Per request kind (`LOOKUP`, `GETXATTR security.capability`, …): how many per item and
     /// the mean time of one, µs.
     pub ops: BTreeMap<String, (f64, f64)>,
 }
 
-/// Medians over the runs of one setup.
+/// Medians over the runs of one setup and workload.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub setup: Setup,
-    pub per_file_us: f64,
+    pub workload: Workload,
+    pub per_item_us: f64,
     pub round_trip_us: f64,
-    pub requests_per_file: usize,
-    /// `per_file_us` over (a)'s, if (a) ran.
+    pub requests_per_item: usize,
+    /// `per_item_us` over (a)'s for the same workload, if (a) ran.
     pub ratio_to_virtiofsd: Option<f64>,
-    /// For a setup faster than (a) per file here but with more requests per file: what a
+    /// For a setup faster than (a) per item here but with more requests per item: what a
     /// guest's own share of each round trip (its exit, interrupt and FUSE client, none of which
     /// runs here) may cost before the setup is slower than (a), µs. `None` if that never
     /// happens (no more requests than (a)) or the setup is slower already.
@@ -137,6 +182,13 @@ pub struct Report {
     pub samples: Vec<Sample>,
     pub summary: Vec<Summary>,
 }
+
+/// How long the frontend polls for a reply before it sleeps: what KVM does for a halted vCPU
+/// (host `halt_poll_ns`, 200 µs by default on x86; guests' `cpuidle-haltpoll` the same), so a
+/// reply within it wakes nothing. Without it each reply would also time waking this thread on
+/// an idle CPU, which on a nested VM like this project's CI machine costs 15-50 µs and swings
+/// with whatever else runs.
+const REPLY_POLL: Duration = Duration::from_micros(200);
 
 /// The 1 KiB each created file gets (the guest bench's create workload writes 1 KiB too).
 const BODY: [u8; 1024] = [b's'; 1024];
@@ -235,6 +287,41 @@ fn create_one(setup: Setup, vm: &mut TestVm, clock: &mut Clock, dir: u64, n: &st
     Ok(())
 }
 
+/// Before the appends: the file, opened for appending as each setup's guest has it. Returns
+/// its node and handle.
+fn append_open(setup: Setup, vm: &mut TestVm, dir: u64) -> std::io::Result<(u64, u64)> {
+    let flags = (libc::O_WRONLY | libc::O_APPEND | libc::O_CLOEXEC) as u32;
+    match setup {
+        Setup::Virtiofsd | Setup::StrataUnion => {
+            let (e, fh) = vm.create_flags(dir, "log", 0o644, flags)?;
+            Ok((e.node, fh))
+        }
+        Setup::Strata => Ok((vm.mknod(dir, "log", 0o644)?.node, 0)),
+    }
+}
+
+/// One `write()` of 100 bytes at `offset` (the end: the guest kernel knows its size).
+fn append_one(
+    setup: Setup,
+    vm: &mut TestVm,
+    clock: &mut Clock,
+    (node, fh): (u64, u64),
+    offset: u64,
+) -> Result<()> {
+    const LINE: [u8; 100] = [b'.'; 100];
+    if setup == Setup::Strata {
+        // The guest overlay's file_remove_privs, then FUSE's own under it: FUSE never marks
+        // an inode S_NOSEC, so both ask on every write.
+        for _ in 0..2 {
+            clock.time("GETXATTR security.capability", Some(libc::ENODATA), || {
+                vm.getxattr_len(node, "security.capability")
+            })?;
+        }
+    }
+    clock.time("WRITE", None, || vm.write(node, fh, offset, &LINE))?;
+    Ok(())
+}
+
 fn io(what: &'static str, p: &Path) -> impl FnOnce(std::io::Error) -> VmError {
     VmError::io(what, p)
 }
@@ -270,7 +357,7 @@ fn one_run(
     run: usize,
     base: &Path,
     layers: &[PathBuf],
-) -> Result<Sample> {
+) -> Result<Vec<Sample>> {
     let dir = base.join(format!("{}-{run}", setup.name()));
     let _ = std::fs::remove_dir_all(&dir);
     let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
@@ -313,6 +400,7 @@ fn one_run(
         ))
     };
     let mut vm = TestVm::connect_event_idx(&socket).map_err(fail)?;
+    vm.set_reply_poll(REPLY_POLL);
     // The directory the files go to: "bench", present in the layers (as a container's
     // directories are), its path in each server's tree.
     let path = match setup {
@@ -333,39 +421,60 @@ fn one_run(
         vm.getattr(bench.node).map_err(fail)?;
     }
     let round_trip_us = t.elapsed().as_secs_f64() * 1e6 / cfg.round_trips.max(1) as f64;
-    let mut clock = Clock::default();
-    let t = Instant::now();
-    for i in 0..cfg.files {
-        create_one(setup, &mut vm, &mut clock, bench.node, &format!("f{i}"))?;
+    let mut samples = Vec::new();
+    for &workload in &cfg.workloads {
+        let mut clock = Clock::default();
+        let items = match workload {
+            Workload::Create => cfg.files,
+            Workload::Append => cfg.files * 4,
+        };
+        let t;
+        match workload {
+            Workload::Create => {
+                t = Instant::now();
+                for i in 0..items {
+                    create_one(setup, &mut vm, &mut clock, bench.node, &format!("f{i}"))?;
+                }
+            }
+            Workload::Append => {
+                let file = append_open(setup, &mut vm, bench.node).map_err(fail)?;
+                t = Instant::now();
+                for i in 0..items {
+                    append_one(setup, &mut vm, &mut clock, file, i as u64 * 100)?;
+                }
+            }
+        }
+        let per_item_us = t.elapsed().as_secs_f64() * 1e6 / items.max(1) as f64;
+        let n = items.max(1) as f64;
+        let ops: BTreeMap<String, (f64, f64)> = clock
+            .ops
+            .iter()
+            .map(|(k, (count, d))| {
+                (
+                    (*k).to_string(),
+                    (
+                        *count as f64 / n,
+                        d.as_secs_f64() * 1e6 / (*count).max(1) as f64,
+                    ),
+                )
+            })
+            .collect();
+        let requests_per_item =
+            clock.ops.values().map(|(c, _)| *c).sum::<u64>() as usize / items.max(1);
+        samples.push(Sample {
+            setup,
+            workload,
+            run,
+            per_item_us,
+            round_trip_us,
+            requests_per_item,
+            ops,
+        });
     }
-    let per_file_us = t.elapsed().as_secs_f64() * 1e6 / cfg.files.max(1) as f64;
     drop(vm);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
-    let files = cfg.files.max(1) as f64;
-    let ops: BTreeMap<String, (f64, f64)> = clock
-        .ops
-        .iter()
-        .map(|(k, (n, d))| {
-            (
-                (*k).to_string(),
-                (
-                    *n as f64 / files,
-                    d.as_secs_f64() * 1e6 / (*n).max(1) as f64,
-                ),
-            )
-        })
-        .collect();
-    let requests_per_file =
-        clock.ops.values().map(|(n, _)| *n).sum::<u64>() as usize / cfg.files.max(1);
-    Ok(Sample {
-        setup,
-        run,
-        per_file_us,
-        round_trip_us,
-        requests_per_file,
-        ops,
-    })
+    Ok(samples)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -377,45 +486,53 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Medians per setup, in the order of `setups`.
-pub fn summarize(setups: &[Setup], samples: &[Sample]) -> Vec<Summary> {
+/// Medians per workload and setup, in the order of `workloads` and `setups`.
+pub fn summarize(workloads: &[Workload], setups: &[Setup], samples: &[Sample]) -> Vec<Summary> {
     let mut out: Vec<Summary> = Vec::new();
-    for &setup in setups {
-        let mine: Vec<&Sample> = samples.iter().filter(|s| s.setup == setup).collect();
-        let Some(first) = mine.first() else {
-            continue;
-        };
-        let mut ops = BTreeMap::new();
-        for (k, (per_file, _)) in &first.ops {
-            let each = median(
-                mine.iter()
-                    .filter_map(|s| s.ops.get(k).map(|o| o.1))
-                    .collect(),
-            );
-            ops.insert(k.clone(), (*per_file, each));
+    for &workload in workloads {
+        let first_here = out.len();
+        for &setup in setups {
+            let mine: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.setup == setup && s.workload == workload)
+                .collect();
+            let Some(first) = mine.first() else {
+                continue;
+            };
+            let mut ops = BTreeMap::new();
+            for (k, (per_item, _)) in &first.ops {
+                let each = median(
+                    mine.iter()
+                        .filter_map(|s| s.ops.get(k).map(|o| o.1))
+                        .collect(),
+                );
+                ops.insert(k.clone(), (*per_item, each));
+            }
+            out.push(Summary {
+                setup,
+                workload,
+                per_item_us: median(mine.iter().map(|s| s.per_item_us).collect()),
+                round_trip_us: median(mine.iter().map(|s| s.round_trip_us).collect()),
+                requests_per_item: first.requests_per_item,
+                ratio_to_virtiofsd: None,
+                break_even_guest_us: None,
+                ops,
+            });
         }
-        out.push(Summary {
-            setup,
-            per_file_us: median(mine.iter().map(|s| s.per_file_us).collect()),
-            round_trip_us: median(mine.iter().map(|s| s.round_trip_us).collect()),
-            requests_per_file: first.requests_per_file,
-            ratio_to_virtiofsd: None,
-            break_even_guest_us: None,
-            ops,
-        });
-    }
-    let base = out
-        .iter()
-        .find(|s| s.setup == Setup::Virtiofsd)
-        .map(|s| (s.per_file_us, s.requests_per_file));
-    for s in &mut out {
+        let here = &mut out[first_here..];
+        let base = here
+            .iter()
+            .find(|s| s.setup == Setup::Virtiofsd)
+            .map(|s| (s.per_item_us, s.requests_per_item));
         let Some((us, reqs)) = base else {
             continue;
         };
-        s.ratio_to_virtiofsd = Some(s.per_file_us / us);
-        if s.requests_per_file > reqs && s.per_file_us < us {
-            s.break_even_guest_us =
-                Some((us - s.per_file_us) / (s.requests_per_file - reqs) as f64);
+        for s in here {
+            s.ratio_to_virtiofsd = Some(s.per_item_us / us);
+            if s.requests_per_item > reqs && s.per_item_us < us {
+                s.break_even_guest_us =
+                    Some((us - s.per_item_us) / (s.requests_per_item - reqs) as f64);
+            }
         }
     }
     out
@@ -454,20 +571,24 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(&str)) -> Result<Report> {
     let mut samples = Vec::new();
     for run in 1..=cfg.runs {
         for &setup in &setups {
-            let s = one_run(cfg, setup, run, &data.dir, &layers)?;
-            progress(&format!(
-                "run {run}/{}: {:<13} {:>7.1} µs per file ({} requests), round trip {:.1} µs",
-                cfg.runs,
-                setup.name(),
-                s.per_file_us,
-                s.requests_per_file,
-                s.round_trip_us
-            ));
-            samples.push(s);
+            for s in one_run(cfg, setup, run, &data.dir, &layers)? {
+                progress(&format!(
+                    "run {run}/{}: {:<13} {:<7} {:>7.1} µs per {} ({} requests), round trip \
+                     {:.1} µs",
+                    cfg.runs,
+                    setup.name(),
+                    s.workload.name(),
+                    s.per_item_us,
+                    s.workload.item(),
+                    s.requests_per_item,
+                    s.round_trip_us
+                ));
+                samples.push(s);
+            }
             nix::unistd::sync();
         }
     }
-    let summary = summarize(&setups, &samples);
+    let summary = summarize(&cfg.workloads, &setups, &samples);
     Ok(Report {
         files: cfg.files,
         runs: cfg.runs,
@@ -481,45 +602,51 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(&str)) -> Result<Report> {
 mod tests {
     use super::*;
 
-    fn sample(setup: Setup, run: usize, us: f64) -> Sample {
+    fn sample(setup: Setup, workload: Workload, run: usize, us: f64) -> Sample {
         Sample {
             setup,
+            workload,
             run,
-            per_file_us: us,
+            per_item_us: us,
             round_trip_us: 10.0,
-            requests_per_file: 5,
+            requests_per_item: 5,
             ops: BTreeMap::from([("LOOKUP".to_string(), (1.0, us / 5.0))]),
         }
     }
 
     #[test]
-    fn summary_is_the_median_and_its_ratio_to_virtiofsd() {
+    fn summary_is_the_median_and_its_ratio_to_virtiofsd_per_workload() {
+        let (c, a) = (Workload::Create, Workload::Append);
         let samples = vec![
-            sample(Setup::Virtiofsd, 1, 100.0),
-            sample(Setup::Strata, 1, 300.0),
-            sample(Setup::Virtiofsd, 2, 120.0),
-            sample(Setup::Strata, 2, 150.0),
-            sample(Setup::Virtiofsd, 3, 110.0),
-            sample(Setup::Strata, 3, 165.0),
+            sample(Setup::Virtiofsd, c, 1, 100.0),
+            sample(Setup::Strata, c, 1, 300.0),
+            sample(Setup::Virtiofsd, c, 2, 120.0),
+            sample(Setup::Strata, c, 2, 150.0),
+            sample(Setup::Virtiofsd, c, 3, 110.0),
+            sample(Setup::Strata, c, 3, 165.0),
+            sample(Setup::Virtiofsd, a, 1, 20.0),
+            sample(Setup::Strata, a, 1, 10.0),
         ];
-        let s = summarize(&[Setup::Virtiofsd, Setup::Strata], &samples);
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[0].per_file_us, 110.0);
+        let s = summarize(&Workload::ALL, &[Setup::Virtiofsd, Setup::Strata], &samples);
+        assert_eq!(s.len(), 4);
+        assert_eq!((s[0].workload, s[0].per_item_us), (c, 110.0));
         assert_eq!(s[0].ratio_to_virtiofsd, Some(1.0));
-        assert_eq!(s[1].per_file_us, 165.0);
+        assert_eq!(s[1].per_item_us, 165.0);
         assert_eq!(s[1].ratio_to_virtiofsd, Some(1.5));
         assert_eq!(s[1].ops["LOOKUP"], (1.0, 33.0));
         assert_eq!(s[1].break_even_guest_us, None, "slower already");
+        assert_eq!((s[3].workload, s[3].ratio_to_virtiofsd), (a, Some(0.5)));
     }
 
     #[test]
     fn break_even_is_the_lead_over_the_extra_requests() {
-        let mut d = sample(Setup::Strata, 1, 200.0);
-        d.requests_per_file = 8;
-        let mut f = sample(Setup::StrataUnion, 1, 150.0);
-        f.requests_per_file = 5;
-        let samples = vec![sample(Setup::Virtiofsd, 1, 260.0), d, f];
-        let s = summarize(&Setup::ALL, &samples);
+        let c = Workload::Create;
+        let mut d = sample(Setup::Strata, c, 1, 200.0);
+        d.requests_per_item = 8;
+        let mut f = sample(Setup::StrataUnion, c, 1, 150.0);
+        f.requests_per_item = 5;
+        let samples = vec![sample(Setup::Virtiofsd, c, 1, 260.0), d, f];
+        let s = summarize(&[c], &Setup::ALL, &samples);
         // 60 µs ahead with 3 requests more: each may cost a guest 20 µs.
         assert_eq!(s[1].break_even_guest_us, Some(20.0));
         // As many requests as (a): ahead whatever a round trip costs the guest.
@@ -527,10 +654,13 @@ mod tests {
     }
 
     #[test]
-    fn setups_parse_by_name() {
+    fn setups_and_workloads_parse_by_name() {
         for s in Setup::ALL {
             assert_eq!(Setup::parse(s.name()), Ok(s));
         }
         assert!(Setup::parse("kata").unwrap_err().contains("virtiofsd"));
+        for w in Workload::ALL {
+            assert_eq!(Workload::parse(w.name()), Ok(w));
+        }
     }
 }

@@ -22,7 +22,7 @@ pub struct Args {
     #[arg(long = "setup", value_enum)]
     setups: Vec<Setup>,
     /// A workload to time; repeat to pick several (default: read, walk, create, write and
-    /// seqread; statfs and pjdfstest only when named).
+    /// seqread; statfs, append and pjdfstest only when named).
     #[arg(long = "workload", value_enum)]
     workloads: Vec<Workload>,
     /// Boots per setup (interleaved); the table shows medians.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use strata_lab::requests::{self, Config, Report, Setup};
+use strata_lab::requests::{self, Config, Report, Setup, Workload};
 
 use crate::args::{json_pretty, OutputArgs};
 use crate::error::{Error, Result};
@@ -15,7 +15,11 @@ pub struct Args {
     /// overlay over the served upper), strata-union (f).
     #[arg(long = "setup", value_parser = Setup::parse)]
     setups: Vec<Setup>,
-    /// Files created per setup and run.
+    /// Workloads (repeatable; default both): create (a new 1 KiB file), append (a 100-byte
+    /// `write()` to an open file).
+    #[arg(long = "workload", value_parser = Workload::parse)]
+    workloads: Vec<Workload>,
+    /// Files created per setup and run (appends: 4 times as many writes).
     #[arg(long, default_value_t = 5000)]
     files: usize,
     /// Bare round trips (GETATTR: one `fstat` on the server) timed per setup and run.
@@ -43,6 +47,11 @@ pub fn run(a: Args) -> Result {
         } else {
             a.setups
         },
+        workloads: if a.workloads.is_empty() {
+            Workload::ALL.to_vec()
+        } else {
+            a.workloads
+        },
         files: a.files.max(1),
         round_trips: a.round_trips,
         runs: a.runs.max(1),
@@ -57,17 +66,29 @@ pub fn run(a: Args) -> Result {
     a.out.write(&report)
 }
 
-/// The summary as a text table: per setup, then its requests.
+/// The summary as a text table: per workload and setup, then each one's requests.
 fn table(r: &Report) -> String {
     let mut s = format!(
-        "{} files of 1 KiB per setup and run, medians of {} runs (uppers on {})\n\n",
-        r.files, r.runs, r.data_fs
+        "{} files of 1 KiB (create) and {} writes of 100 bytes (append) per setup and run, \
+         medians of {} runs (uppers on {})\n",
+        r.files,
+        r.files * 4,
+        r.runs,
+        r.data_fs
     );
-    s.push_str(&format!(
-        "{:<30} {:>10} {:>9} {:>11} {:>8}\n",
-        "setup", "µs/file", "requests", "round trip", "ratio"
-    ));
+    let mut workload = None;
     for x in &r.summary {
+        if workload != Some(x.workload) {
+            workload = Some(x.workload);
+            s.push_str(&format!(
+                "\n{:<30} {:>10} {:>9} {:>11} {:>8}\n",
+                x.workload.name(),
+                format!("µs/{}", x.workload.item()),
+                "requests",
+                "round trip",
+                "ratio"
+            ));
+        }
         let ratio = x
             .ratio_to_virtiofsd
             .map(|v| format!("{v:.2}"))
@@ -75,26 +96,32 @@ fn table(r: &Report) -> String {
         s.push_str(&format!(
             "{:<30} {:>10.1} {:>9} {:>8.1} µs {:>8}\n",
             x.setup.label(),
-            x.per_file_us,
-            x.requests_per_file,
+            x.per_item_us,
+            x.requests_per_item,
             x.round_trip_us,
             ratio
         ));
     }
-    let base = r.summary.iter().find(|x| x.setup == Setup::Virtiofsd);
+    s.push('\n');
     for x in &r.summary {
+        let base = r
+            .summary
+            .iter()
+            .find(|b| b.setup == Setup::Virtiofsd && b.workload == x.workload);
         if let (Some(us), Some(a)) = (x.break_even_guest_us, base) {
             s.push_str(&format!(
-                "{}: {:.1} µs per file ahead of (a) here, which its guest's own work for {} more \
-                 requests per file (and its overlay) may spend: {us:.1} µs per request\n",
+                "{} {}: {:.1} µs per {} ahead of (a) here, which its guest's own work for {} \
+                 more requests (and its overlay) may spend: {us:.1} µs per request\n",
                 x.setup.label(),
-                a.per_file_us - x.per_file_us,
-                x.requests_per_file - a.requests_per_file,
+                x.workload.name(),
+                a.per_item_us - x.per_item_us,
+                x.workload.item(),
+                x.requests_per_item - a.requests_per_item,
             ));
         }
     }
     for x in &r.summary {
-        s.push_str(&format!("\n{}:\n", x.setup.label()));
+        s.push_str(&format!("\n{} {}:\n", x.setup.label(), x.workload.name()));
         for (op, (n, us)) in &x.ops {
             s.push_str(&format!("  {op:<36} {n:>4.1} × {us:>7.1} µs\n"));
         }

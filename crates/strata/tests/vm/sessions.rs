@@ -80,18 +80,21 @@ fn request_replay_gets_the_answers_a_guest_kernel_expects() {
     assert!(r.ok(), "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let summary = v["summary"].as_array().unwrap();
-    let per_file = |setup: &str| {
+    let per_item = |setup: &str, workload: &str| {
         summary
             .iter()
-            .find(|s| s["setup"] == setup)
-            .unwrap_or_else(|| panic!("no {setup} in {out}"))["requests_per_file"]
+            .find(|s| s["setup"] == setup && s["workload"] == workload)
+            .unwrap_or_else(|| panic!("no {setup} {workload} in {out}"))["requests_per_item"]
             .as_u64()
             .unwrap()
     };
-    assert_eq!(per_file("strata"), 8, "{out}");
-    assert_eq!(per_file("strata-union"), 5, "{out}");
+    assert_eq!(per_item("strata", "create"), 8, "{out}");
+    assert_eq!(per_item("strata-union", "create"), 5, "{out}");
+    assert_eq!(per_item("strata", "append"), 3, "{out}");
+    assert_eq!(per_item("strata-union", "append"), 1, "{out}");
     if summary.iter().any(|s| s["setup"] == "virtiofsd") {
-        assert_eq!(per_file("virtiofsd"), 5, "{out}");
+        assert_eq!(per_item("virtiofsd", "create"), 5, "{out}");
+        assert_eq!(per_item("virtiofsd", "append"), 1, "{out}");
     } else {
         assert!(err.contains("skipped: virtiofsd not found"), "{err}");
     }
