@@ -598,6 +598,106 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(&str)) -> Result<Report> {
     })
 }
 
+/// Draw where each setup's time per item goes, request kind by request kind: one panel per
+/// workload, one stacked bar per setup (µs per item = requests per item × µs each).
+pub fn breakdown_svg(r: &Report, out: &Path) -> std::result::Result<(), String> {
+    use plotters::prelude::*;
+    let mut workloads: Vec<Workload> = r.summary.iter().map(|s| s.workload).collect();
+    workloads.dedup();
+    let mut kinds: Vec<&str> = r
+        .summary
+        .iter()
+        .flat_map(|s| s.ops.keys().map(String::as_str))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    let palette = [
+        RGBColor(40, 90, 200),
+        RGBColor(200, 40, 40),
+        RGBColor(40, 160, 90),
+        RGBColor(230, 150, 30),
+        RGBColor(140, 70, 170),
+        RGBColor(90, 180, 200),
+        RGBColor(120, 120, 120),
+        RGBColor(200, 110, 160),
+        RGBColor(150, 120, 60),
+        RGBColor(20, 20, 20),
+    ];
+    let color = |k: &str| palette[kinds.iter().position(|x| *x == k).unwrap_or(0) % palette.len()];
+    let panels = workloads.len().max(1);
+    let root = SVGBackend::new(out, (520 * panels as u32, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    for (area, &w) in root.split_evenly((1, panels)).iter().zip(&workloads) {
+        let rows: Vec<&Summary> = r.summary.iter().filter(|s| s.workload == w).collect();
+        let stack = |s: &Summary| s.ops.values().map(|(n, us)| n * us).sum::<f64>();
+        // Headroom for the legend.
+        let ymax = rows.iter().map(|s| stack(s)).fold(1.0f64, f64::max) * 1.6;
+        let n = rows.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{}: server side per {}, no guest", w.name(), w.item()),
+                ("sans-serif", 16),
+            )
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.0..n, 0.0..ymax)
+            .map_err(|e| e.to_string())?;
+        let names: Vec<&str> = rows.iter().map(|s| s.setup.name()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(rows.len() * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - i as f64 - 0.5).abs() < 0.01 {
+                    names.get(i).copied().unwrap_or("").to_string()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(format!("µs per {}", w.item()))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for &k in &kinds {
+            let mut bars = Vec::new();
+            for (i, s) in rows.iter().enumerate() {
+                let Some((count, us)) = s.ops.get(k) else {
+                    continue;
+                };
+                // Below it: the kinds before it in `kinds`.
+                let below: f64 = kinds
+                    .iter()
+                    .take_while(|x| **x != k)
+                    .filter_map(|x| s.ops.get(*x).map(|(n, us)| n * us))
+                    .sum();
+                let x0 = i as f64 + 0.2;
+                bars.push(Rectangle::new(
+                    [(x0, below), (x0 + 0.6, below + count * us)],
+                    color(k).filled(),
+                ));
+            }
+            if bars.is_empty() {
+                continue;
+            }
+            let c = color(k);
+            chart
+                .draw_series(bars)
+                .map_err(|e| e.to_string())?
+                .label(k.to_string())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,9 +35,33 @@ pub struct Args {
     /// written to FILE.
     #[command(flatten)]
     out: OutputArgs,
+    /// Draw each setup's time per item, request kind by request kind, as an SVG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Print (and plot) a report written earlier with `--output` instead of running.
+    #[arg(long, value_name = "FILE")]
+    from_json: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result {
+    let report = match &a.from_json {
+        Some(p) => crate::args::load_json(p)?,
+        None => measure(&a)?,
+    };
+    if a.out.json {
+        println!("{}", json_pretty(&report)?);
+    } else {
+        print!("{}", table(&report));
+    }
+    a.out.write(&report)?;
+    if let Some(p) = &a.plot {
+        requests::breakdown_svg(&report, p)
+            .map_err(|e| Error::failed(format!("cannot draw {}: {e}", p.display())))?;
+    }
+    Ok(())
+}
+
+fn measure(a: &Args) -> Result<Report> {
     let strata = std::env::current_exe()
         .map_err(|e| Error::failed(format!("cannot find my own binary: {e}")))?;
     let cfg = Config {
@@ -45,25 +69,19 @@ pub fn run(a: Args) -> Result {
         setups: if a.setups.is_empty() {
             Setup::ALL.to_vec()
         } else {
-            a.setups
+            a.setups.clone()
         },
         workloads: if a.workloads.is_empty() {
             Workload::ALL.to_vec()
         } else {
-            a.workloads
+            a.workloads.clone()
         },
         files: a.files.max(1),
         round_trips: a.round_trips,
         runs: a.runs.max(1),
-        workdir: a.workdir,
+        workdir: a.workdir.clone(),
     };
-    let report = requests::run(&cfg, &mut |line| eprintln!("{line}")).map_err(Error::failed)?;
-    if a.out.json {
-        println!("{}", json_pretty(&report)?);
-    } else {
-        print!("{}", table(&report));
-    }
-    a.out.write(&report)
+    requests::run(&cfg, &mut |line| eprintln!("{line}")).map_err(Error::failed)
 }
 
 /// The summary as a text table: per workload and setup, then each one's requests.

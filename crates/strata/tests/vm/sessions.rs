@@ -63,6 +63,8 @@ fn short_soak_has_no_errors() {
 #[test]
 fn request_replay_gets_the_answers_a_guest_kernel_expects() {
     let _machine = crate::alone();
+    let tmp = tempfile::tempdir().unwrap();
+    let svg = tmp.path().join("requests.svg");
     let r = crate::strata().run([
         "bench",
         "requests",
@@ -73,6 +75,8 @@ fn request_replay_gets_the_answers_a_guest_kernel_expects() {
         "--runs",
         "1",
         "--json",
+        "--plot",
+        svg.to_str().unwrap(),
     ]);
     let (out, err) = (r.stdout.as_str(), r.stderr.as_str());
     // Each request's answer is checked by the bench itself (a negative LOOKUP, ENODATA for
@@ -98,5 +102,7 @@ fn request_replay_gets_the_answers_a_guest_kernel_expects() {
     } else {
         assert!(err.contains("skipped: virtiofsd not found"), "{err}");
     }
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.contains("<svg") && drawn.contains("MKNOD"), "no plot");
     eprintln!("{err}");
 }
