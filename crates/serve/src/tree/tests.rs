@@ -900,10 +900,23 @@ fn set_id_bits_survive_a_create_by_a_guest_user() {
         fuse_flags: 0,
     };
     s.fs.do_create(&ctx, upper, c"suid", args).unwrap();
+    // The guest's overlay creates regular files with MKNOD (made with an exclusive open).
+    s.fs.do_mknod(&ctx, upper, c"suid2", libc::S_IFREG | 0o6755, 0, 0o022)
+        .unwrap();
+    assert_eq!(
+        errno(s.fs.do_mknod(&ctx, upper, c"suid2", libc::S_IFREG | 0o644, 0, 0)),
+        libc::EEXIST
+    );
     s.fs.do_mkdir(&ctx, upper, c"sgid", libc::S_ISGID | 0o775, 0o002)
         .unwrap();
-    let m = std::fs::metadata(s.path("c/upper/suid")).unwrap();
-    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o6755));
+    for f in ["c/upper/suid", "c/upper/suid2"] {
+        let m = std::fs::metadata(s.path(f)).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (1000, 1000, 0o6755),
+            "{f}"
+        );
+    }
     let m = std::fs::metadata(s.path("c/upper/sgid")).unwrap();
     // mkdir(2) ignores S_ISGID in the mode (a dir inherits it from its parent).
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o775));
